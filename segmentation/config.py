@@ -1,0 +1,243 @@
+"""The function's configuration: one immutable object, read once from environment variables.
+
+Every variable the code reads is declared once in `SETTINGS`; the README's table and the
+Terraform tests are checked against this list, so it is the single source of truth.
+
+>>> cfg = Config.from_env({"SOURCE_PREFIX": "cams/", "GEMINI_TEMPERATURE": "0.2"})
+>>> cfg.source_prefix, cfg.gemini_temperature, cfg.crops_prefix
+('cams/', 0.2, 'processed/')
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+DEFAULT_PROMPT = "Detect bags and luggage only."
+
+DEFAULT_SYSTEM_INSTRUCTION = (
+    "You detect objects on a conveyor belt in a photo from a fixed camera. "
+    "Return a JSON array of at most {max_objects} objects. For each object give: "
+    '"box_2d" as [ymin, xmin, ymax, xmax] normalized to 0-1000; '
+    '"label", a short name of the object; '
+    '"color", its dominant colour in one or two words; '
+    '"general_description", one short sentence; '
+    '"detailed_description", two or three sentences on material, shape, size and distinguishing marks. '
+    "If an object appears several times, give each instance its own entry. "
+    "Return an empty array if nothing matches. Never return masks or code fencing."
+)
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the function cannot use."""
+
+
+def _str(value: str) -> str:
+    return value
+
+
+def _prefix(value: str) -> str:
+    if value and not value.endswith("/"):
+        raise ConfigError(f"prefix {value!r} must end with '/'")
+    return value
+
+
+def _int(value: str) -> int:
+    return int(value)
+
+
+def _optional_int(value: str) -> int | None:
+    return int(value) if value.strip() else None
+
+
+def _float(value: str) -> float:
+    return float(value)
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{value!r} is not a boolean (use true or false)")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in allowed:
+            raise ConfigError(f"{value!r} is not one of {', '.join(allowed)}")
+        return lowered
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, default (as the string a user would set) and meaning."""
+
+    env: str
+    field: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Where things are in the bucket.
+    Setting("SOURCE_PREFIX", "source_prefix", "raw/", _prefix,
+            "Only objects under this prefix are processed; everything else is ignored."),
+    Setting("CROPS_PREFIX", "crops_prefix", "processed/", _prefix,
+            "Where one JPEG crop per object is written: {prefix}{stem}-output-{NNNN}.jpg."),
+    Setting("OVERVIEW_PREFIX", "overview_prefix", "processed-overview/", _prefix,
+            "Where the annotated overview is written: {prefix}processed_{stem}.jpg."),
+    Setting("MARKERS_PREFIX", "markers_prefix", "processed-markers/", _prefix,
+            "Where completion markers go; a redelivered event whose marker exists is a no-op."),
+    # Gemini.
+    Setting("GEMINI_BACKEND", "gemini_backend", "auto", _choice("auto", "vertex", "api-key"),
+            "vertex (Application Default Credentials, project and location below), api-key "
+            "(GEMINI_API_KEY or GOOGLE_API_KEY), or auto: api-key if a key is set, else vertex "
+            "if a project is set."),
+    Setting("GOOGLE_CLOUD_PROJECT", "project", "", _str,
+            "Project for Vertex AI calls (set by Terraform; also read by the Google clients)."),
+    Setting("GOOGLE_CLOUD_LOCATION", "location", "global", _str,
+            "Vertex AI location for Gemini calls, e.g. global or us-central1."),
+    Setting("GEMINI_API_KEY", "gemini_api_key", "", _str,
+            "API key for local development (api-key backend). Never logged. GOOGLE_API_KEY also works.",
+            secret=True),
+    Setting("GEMINI_MODEL", "gemini_model", "gemini-2.5-flash", _str,
+            "Model id."),
+    Setting("GEMINI_PROMPT", "gemini_prompt", DEFAULT_PROMPT, _str,
+            "What to detect, sent with each image."),
+    Setting("GEMINI_SYSTEM_INSTRUCTION", "gemini_system_instruction", DEFAULT_SYSTEM_INSTRUCTION, _str,
+            "System instruction; {max_objects} is replaced by GEMINI_MAX_OBJECTS."),
+    Setting("GEMINI_TEMPERATURE", "gemini_temperature", "0.5", _float,
+            "Sampling temperature."),
+    Setting("GEMINI_THINKING_BUDGET", "gemini_thinking_budget", "0", _optional_int,
+            "Thinking budget in tokens for 2.5-family models (0 = off). Ignored for 3.x models."),
+    Setting("GEMINI_THINKING_LEVEL", "gemini_thinking_level", "low", _choice("", "minimal", "low", "medium", "high"),
+            "Thinking level for 3.x-family models. Ignored for 2.5-family models."),
+    Setting("GEMINI_MAX_OBJECTS", "gemini_max_objects", "25", _int,
+            "Most objects asked for per image; extra objects in an answer are dropped."),
+    Setting("GEMINI_MAX_OUTPUT_TOKENS", "gemini_max_output_tokens", "8192", _int,
+            "Output-token limit per call; an answer cut at the limit keeps its complete objects "
+            "and the image is marked partial."),
+    Setting("GEMINI_TIMEOUT_S", "gemini_timeout_s", "60", _float,
+            "Timeout of one Gemini HTTP request, in seconds."),
+    Setting("MODEL_INPUT_MAX_SIDE", "model_input_max_side", "1024", _int,
+            "The image sent to the model is downscaled to this longest side (boxes still map to "
+            "the original)."),
+    # Limits and retries.
+    Setting("MAX_IMAGE_BYTES", "max_image_bytes", str(40 * 1024 * 1024), _int,
+            "Larger objects are refused without being downloaded."),
+    Setting("MAX_IMAGE_PIXELS", "max_image_pixels", str(100_000_000), _int,
+            "Decompression-bomb guard: images with more pixels are refused before decoding."),
+    Setting("RETRY_DEADLINE_S", "retry_deadline_s", "300", _float,
+            "Transient errors are retried with backoff until this many seconds after the event "
+            "arrived; then the function raises so the platform redelivers. Keep it below the "
+            "function timeout."),
+    # Results.
+    Setting("BQ_OBJECTS_TABLE", "bq_objects_table", "", _str,
+            "BigQuery table for object rows, project.dataset.table. Empty: rows go to SQLITE_PATH."),
+    Setting("BQ_IMAGES_TABLE", "bq_images_table", "", _str,
+            "BigQuery table for image rows, project.dataset.table. Empty: rows go to SQLITE_PATH."),
+    Setting("SQLITE_PATH", "sqlite_path", "local-data/results.sqlite", _str,
+            "Local row sink used when no BigQuery tables are configured."),
+    Setting("LOG_LEVEL", "log_level", "INFO", _choice("debug", "info", "warning", "error"),
+            "Lowest severity written to the log."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Runtime configuration. Build it with `Config.from_env()`; see `SETTINGS` for meanings."""
+
+    source_prefix: str
+    crops_prefix: str
+    overview_prefix: str
+    markers_prefix: str
+    gemini_backend: str
+    project: str
+    location: str
+    gemini_api_key: str
+    gemini_model: str
+    gemini_prompt: str
+    gemini_system_instruction: str
+    gemini_temperature: float
+    gemini_thinking_budget: int | None
+    gemini_thinking_level: str
+    gemini_max_objects: int
+    gemini_max_output_tokens: int
+    gemini_timeout_s: float
+    model_input_max_side: int
+    max_image_bytes: int
+    max_image_pixels: int
+    retry_deadline_s: float
+    bq_objects_table: str
+    bq_images_table: str
+    sqlite_path: str
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+        """Read every setting from `environ` (default `os.environ`), applying defaults.
+
+        Raises `ConfigError` naming the variable when a value is unusable.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = environ.get(setting.env, setting.default)
+            if setting.env == "GEMINI_API_KEY" and not raw:
+                raw = environ.get("GOOGLE_API_KEY", "")
+            try:
+                values[setting.field] = setting.parse(raw)
+            except (ValueError, ConfigError) as exc:
+                shown = "(hidden)" if setting.secret else repr(raw)
+                raise ConfigError(f"{setting.env}={shown}: {exc}") from None
+        config = cls(**values)
+        config._validate()
+        return config
+
+    def _validate(self) -> None:
+        outputs = (self.crops_prefix, self.overview_prefix, self.markers_prefix)
+        for prefix in outputs:
+            if _overlaps(prefix, self.source_prefix):
+                raise ConfigError(
+                    f"output prefix {prefix!r} overlaps SOURCE_PREFIX {self.source_prefix!r}: "
+                    "the function would trigger itself"
+                )
+        if bool(self.bq_objects_table) != bool(self.bq_images_table):
+            raise ConfigError("set both BQ_OBJECTS_TABLE and BQ_IMAGES_TABLE, or neither")
+        if self.gemini_max_objects < 1 or self.model_input_max_side < 64:
+            raise ConfigError("GEMINI_MAX_OBJECTS must be >= 1 and MODEL_INPUT_MAX_SIDE >= 64")
+
+    @property
+    def uses_bigquery(self) -> bool:
+        return bool(self.bq_objects_table)
+
+    @property
+    def resolved_backend(self) -> str | None:
+        """The Gemini backend to use: "api-key", "vertex", or None when nothing is configured."""
+        if self.gemini_backend != "auto":
+            return self.gemini_backend
+        if self.gemini_api_key:
+            return "api-key"
+        if self.project:
+            return "vertex"
+        return None
+
+    def __repr__(self) -> str:
+        secret_fields = {s.field for s in SETTINGS if s.secret}
+        shown = ", ".join(
+            f"{f.name}={'***' if f.name in secret_fields and getattr(self, f.name) else repr(getattr(self, f.name))}"
+            for f in fields(self)
+        )
+        return f"Config({shown})"
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a.startswith(b) or b.startswith(a)

@@ -1,0 +1,69 @@
+"""Error classes, split by what the function must do about them.
+
+- `TransientError`: worth retrying in-process; past the retry deadline the function raises
+  so the platform redelivers the event.
+- `PermanentError`: retrying cannot help; the image gets a `failed` row and one error log
+  line, and the function returns normally so the event is acknowledged.
+
+`error_type` is the short, stable name written to the `error_type` column.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error the pipeline classifies."""
+
+    error_type = "pipeline_error"
+
+
+class PermanentError(PipelineError):
+    """Retrying will not help: record a failed-image row and acknowledge the event."""
+
+    error_type = "permanent_error"
+
+
+class TransientError(PipelineError):
+    """A retry may help (quota, 5xx, timeout). `retry_after` is the server's hint in seconds."""
+
+    error_type = "transient_error"
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ImageDecodeError(PermanentError):
+    """The bytes are not an image Pillow can decode (truncated, corrupt, wrong format)."""
+
+    error_type = "image_decode_error"
+
+
+class ImageTooLargeError(PermanentError):
+    """The file or its pixel count exceeds the configured limits (decompression-bomb guard)."""
+
+    error_type = "image_too_large"
+
+
+class ResponseParseError(PermanentError):
+    """The model's answer holds no usable detections list, even after a re-ask."""
+
+    error_type = "response_parse_error"
+
+
+class ObjectGoneError(PermanentError):
+    """The event's object generation no longer exists (deleted or overwritten before it was read)."""
+
+    error_type = "object_gone"
+
+
+class ModelRequestError(PermanentError):
+    """The model rejected the request itself (bad model name, invalid argument, permission)."""
+
+    error_type = "model_request_error"
+
+
+class DetectorNotConfiguredError(PermanentError):
+    """No Gemini credentials or project are configured, so no detection can run."""
+
+    error_type = "detector_not_configured"

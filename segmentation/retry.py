@@ -6,6 +6,7 @@ client's exceptions into `TransientError` (retry) or `PermanentError` (don't), a
 is honoured as a lower bound. When the next wait would cross the deadline the last
 `TransientError` is raised, so the function fails and the platform redelivers the event.
 
+>>> from segmentation import logs; logs.set_level("ERROR")  # keep the example's output quiet
 >>> attempts = []
 >>> def flaky():
 ...     attempts.append(1)
@@ -16,6 +17,7 @@ is honoured as a lower bound. When the next wait would cross the deadline the la
 'done'
 >>> len(attempts)
 3
+>>> logs.set_level("INFO")
 """
 
 from __future__ import annotations

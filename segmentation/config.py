@@ -55,6 +55,10 @@ def _float(value: str) -> float:
     return float(value)
 
 
+def _optional_float(value: str) -> float | None:
+    return float(value) if value.strip() else None
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -108,18 +112,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GEMINI_API_KEY", "gemini_api_key", "", _str,
             "API key for local development (api-key backend). Never logged. GOOGLE_API_KEY also works.",
             secret=True),
-    Setting("GEMINI_MODEL", "gemini_model", "gemini-2.5-flash", _str,
-            "Model id."),
+    Setting("GEMINI_MODEL", "gemini_model", "gemini-3.5-flash", _str,
+            "Model id. The default is the long-term GA Flash model on Vertex AI "
+            "(gemini-2.5-flash was retired there on 2026-10-20)."),
     Setting("GEMINI_PROMPT", "gemini_prompt", DEFAULT_PROMPT, _str,
             "What to detect, sent with each image."),
     Setting("GEMINI_SYSTEM_INSTRUCTION", "gemini_system_instruction", DEFAULT_SYSTEM_INSTRUCTION, _str,
             "System instruction; {max_objects} is replaced by GEMINI_MAX_OBJECTS."),
-    Setting("GEMINI_TEMPERATURE", "gemini_temperature", "0.5", _float,
-            "Sampling temperature."),
+    Setting("GEMINI_TEMPERATURE", "gemini_temperature", "", _optional_float,
+            "Sampling temperature. Empty sends none, as Google advises for 3.x models "
+            "(below 1.0 they may loop); 2.x spatial examples used 0.5."),
+    Setting("GEMINI_THINKING_LEVEL", "gemini_thinking_level", "minimal",
+            _choice("", "minimal", "low", "medium", "high"),
+            "Thinking level, sent to 3.x-family models only. Google advises no thinking for "
+            "detection; 3.8 Flash rejects minimal, use low there. Empty sends none."),
     Setting("GEMINI_THINKING_BUDGET", "gemini_thinking_budget", "0", _optional_int,
-            "Thinking budget in tokens for 2.5-family models (0 = off). Ignored for 3.x models."),
-    Setting("GEMINI_THINKING_LEVEL", "gemini_thinking_level", "low", _choice("", "minimal", "low", "medium", "high"),
-            "Thinking level for 3.x-family models. Ignored for 2.5-family models."),
+            "Thinking budget in tokens, sent to 2.x-family models only (0 = off, Google's advice "
+            "for object detection). Empty sends none."),
+    Setting("GEMINI_MEDIA_RESOLUTION", "gemini_media_resolution", "high",
+            _choice("", "low", "medium", "high"),
+            "Media resolution of the image (3.x: low 280, medium 560, high 1120 tokens). "
+            "Empty sends none."),
     Setting("GEMINI_MAX_OBJECTS", "gemini_max_objects", "25", _int,
             "Most objects asked for per image; extra objects in an answer are dropped."),
     Setting("GEMINI_MAX_OUTPUT_TOKENS", "gemini_max_output_tokens", "8192", _int,
@@ -166,9 +179,10 @@ class Config:
     gemini_model: str
     gemini_prompt: str
     gemini_system_instruction: str
-    gemini_temperature: float
-    gemini_thinking_budget: int | None
+    gemini_temperature: float | None
     gemini_thinking_level: str
+    gemini_thinking_budget: int | None
+    gemini_media_resolution: str
     gemini_max_objects: int
     gemini_max_output_tokens: int
     gemini_timeout_s: float

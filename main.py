@@ -1,0 +1,16 @@
+"""Cloud Function (2nd gen) entry point: `google.cloud.storage.object.v1.finalized` -> pipeline.
+
+Deploy with `--entry-point on_object_finalized` (Terraform does); run locally with
+`functions-framework --target on_object_finalized --signature-type cloudevent`.
+"""
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from segmentation.function import handle_cloud_event
+
+
+@functions_framework.cloud_event
+def on_object_finalized(cloud_event: CloudEvent) -> None:
+    """Process the image the event names; raise only when the platform should redeliver it."""
+    handle_cloud_event(cloud_event.get_attributes(), cloud_event.get_data())

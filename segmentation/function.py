@@ -1,0 +1,49 @@
+"""Wiring: the configured pipeline, built once per process, and the CloudEvent handler body.
+
+`main.py` stays a two-line entry point; this module is what it calls. The pipeline and its
+clients are built on the first event (not at import) and shared by every request thread of
+the instance, because building clients is the expensive part of a cold start.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from segmentation import logs
+from segmentation.config import Config
+from segmentation.events import EventError, object_ref_from_event
+from segmentation.gemini import GeminiDetector
+from segmentation.pipeline import Outcome, Pipeline
+from segmentation.sink import sink_from_config
+from segmentation.storage import GcsStorage
+
+_lock = threading.Lock()
+_pipeline: Pipeline | None = None
+
+
+def build_pipeline(config: Config) -> Pipeline:
+    """The production pipeline for `config`: Cloud Storage, Gemini, BigQuery or SQLite."""
+    return Pipeline(config, storage=GcsStorage(), sink=sink_from_config(config), detector=GeminiDetector(config))
+
+
+def default_pipeline() -> Pipeline:
+    """The process-wide pipeline, configured from the environment on first use."""
+    global _pipeline
+    with _lock:
+        if _pipeline is None:
+            config = Config.from_env()
+            logs.set_level(config.log_level)
+            _pipeline = build_pipeline(config)
+        return _pipeline
+
+
+def handle_cloud_event(attributes: dict[str, Any], data: Any, pipeline: Pipeline | None = None) -> Outcome | None:
+    """Process one object-finalize event; a malformed or foreign event is logged and acknowledged."""
+    try:
+        ref = object_ref_from_event(attributes, data)
+    except EventError as exc:
+        logs.log_event("WARNING", f"ignored event: {exc}", event_id=attributes.get("id"),
+                       event_type=attributes.get("type"), event_source=attributes.get("source"))
+        return None
+    return (pipeline or default_pipeline()).process(ref)

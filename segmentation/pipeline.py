@@ -1,0 +1,310 @@
+"""One image through the whole flow: read -> decode -> detect -> render -> write -> rows.
+
+```
+storage.read ─► images.load_image ─► detector.detect ─► render ─► storage.write ─► sink.insert
+```
+
+Failure policy (see `segmentation.errors`):
+- `PermanentError` (broken image, unusable answer, object gone): a `failed` image row, one
+  error log line, a completion marker; `process` returns normally so the event is acked.
+- `TransientError` past the retry deadline: logged and re-raised, so the function fails and
+  the platform redelivers the event. Nothing is marked complete, so the redelivery redoes
+  the work; deterministic names and row ids make that rewrite, not duplicate.
+
+Idempotency: a completion marker is written last, carrying the source generation. A
+redelivered event whose marker already names its generation (or a newer one) is a cheap
+no-op: one metadata read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from segmentation import PIPELINE_VERSION
+from segmentation.config import Config
+from segmentation.detections import Detection, DetectionResult, ObjectRef
+from segmentation.errors import PermanentError, TransientError
+from segmentation.events import skip_reason
+from segmentation.images import ModelInput, load_image, model_input
+from segmentation.logs import log_event
+from segmentation.naming import OutputNames, row_id
+from segmentation.render import crop_jpeg, overview_jpeg
+from segmentation.retry import retry_call
+from segmentation.sink import RowSink
+from segmentation.storage import GcsStorage
+
+GENERATION_KEY = "source-generation"
+
+
+class Detector(Protocol):
+    """What the pipeline needs from a detector (Gemini, or the offline one)."""
+
+    name: str
+
+    def detect(self, model_input: ModelInput, image_size: tuple[int, int], *, deadline: float) -> DetectionResult:
+        ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one event: `status` is ok, partial, empty, failed, ignored or duplicate."""
+
+    status: str
+    objects_found: int = 0
+    reason: str | None = None
+    crop_uris: tuple[str, ...] = field(default=())
+    overview_uri: str | None = None
+
+
+class Pipeline:
+    """Processes storage objects; safe to share between threads (it holds no per-image state)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        storage: GcsStorage,
+        sink: RowSink,
+        detector: Detector,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.storage = storage
+        self.sink = sink
+        self.detector = detector
+        self._clock = clock
+
+    def process(self, ref: ObjectRef) -> Outcome:
+        """Process one object-finalize event's object. Raises only `TransientError` (redeliver me)."""
+        started = self._clock()
+        deadline = started + self.config.retry_deadline_s
+        fields = {"bucket": ref.bucket, "object": ref.name, "generation": ref.generation}
+
+        reason = skip_reason(ref, self.config)
+        if reason:
+            log_event("INFO", f"ignored: {reason}", **fields)
+            return Outcome("ignored", reason=reason)
+
+        names = OutputNames.for_object(
+            ref.name,
+            source_prefix=self.config.source_prefix,
+            crops_prefix=self.config.crops_prefix,
+            overview_prefix=self.config.overview_prefix,
+            markers_prefix=self.config.markers_prefix,
+        )
+        done_generation = self._completed_generation(ref, names, deadline)
+        if done_generation is not None and ref.generation is not None and done_generation >= ref.generation:
+            why = "already processed" if done_generation == ref.generation else f"superseded by generation {done_generation}"
+            log_event("INFO", f"duplicate: {why}", **fields)
+            return Outcome("duplicate", reason=why)
+
+        try:
+            outcome, image_row = self._run(ref, names, deadline, started)
+        except PermanentError as exc:
+            outcome = Outcome("failed", reason=f"{exc.error_type}: {exc}")
+            image_row = self._image_row(ref, status="failed", started=started, error=exc)
+            self._insert("images", [image_row], deadline)
+            log_event("ERROR", f"image failed: {exc}", error_type=exc.error_type, **fields)
+        except TransientError as exc:
+            log_event(
+                "ERROR",
+                f"giving up for now after retries; the event will be redelivered: {exc}",
+                error_type=exc.error_type,
+                **fields,
+            )
+            raise
+        else:
+            log_event(
+                "INFO",
+                "image processed",
+                status=outcome.status,
+                objects_found=outcome.objects_found,
+                prompt_tokens=image_row["prompt_tokens"],
+                output_tokens=image_row["output_tokens"],
+                total_tokens=image_row["total_tokens"],
+                model_latency_ms=image_row["model_latency_ms"],
+                processing_ms=image_row["processing_ms"],
+                **fields,
+            )
+        self._write_marker(ref, names, outcome, deadline)
+        return outcome
+
+    def _run(self, ref: ObjectRef, names: OutputNames, deadline: float, started: float) -> tuple[Outcome, dict]:
+        data = retry_call(
+            lambda: self.storage.read(ref, max_bytes=self.config.max_image_bytes),
+            deadline=deadline,
+            what="storage read",
+        )
+        loaded = load_image(data, max_pixels=self.config.max_image_pixels)
+        del data
+        image = loaded.image
+        result = self.detector.detect(
+            model_input(image, max_side=self.config.model_input_max_side),
+            (loaded.width, loaded.height),
+            deadline=deadline,
+        )
+        detections = result.detections[: self.config.gemini_max_objects]
+
+        metadata = {GENERATION_KEY: str(ref.generation or ""), "source-uri": ref.uri}
+        crop_uris = tuple(
+            self._write(ref.bucket, names.crop(index), crop_jpeg(image, detection), metadata, deadline)
+            for index, detection in enumerate(detections, start=1)
+        )
+        overview_uri = self._write(ref.bucket, names.overview, overview_jpeg(image, detections), metadata, deadline)
+        self._delete_stale_crops(ref, names, len(detections), deadline)
+
+        status = "partial" if result.partial else ("ok" if detections else "empty")
+        image_row = self._image_row(
+            ref,
+            status=status,
+            started=started,
+            result=result,
+            objects_found=len(detections),
+            overview_uri=overview_uri,
+            size=(loaded.width, loaded.height),
+        )
+        object_rows = [
+            self._object_row(ref, index, detection, crop_uri, overview_uri, result, (loaded.width, loaded.height))
+            for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris), start=1)
+        ]
+        self._insert("objects", object_rows, deadline)
+        self._insert("images", [image_row], deadline)
+        return Outcome(status, len(detections), crop_uris=crop_uris, overview_uri=overview_uri), image_row
+
+    # --- I/O with retries -------------------------------------------------------------------
+
+    def _write(self, bucket: str, name: str, data: bytes, metadata: dict[str, str], deadline: float) -> str:
+        return retry_call(
+            lambda: self.storage.write(bucket, name, data, content_type="image/jpeg", metadata=metadata),
+            deadline=deadline,
+            what="storage write",
+        )
+
+    def _insert(self, table: str, rows: list[dict], deadline: float) -> None:
+        if rows:
+            retry_call(lambda: self.sink.insert(table, rows), deadline=deadline, what=f"{table} rows insert")
+
+    def _completed_generation(self, ref: ObjectRef, names: OutputNames, deadline: float) -> int | None:
+        metadata = retry_call(
+            lambda: self.storage.metadata(ref.bucket, names.marker), deadline=deadline, what="marker read"
+        )
+        try:
+            return int(metadata[GENERATION_KEY]) if metadata else None
+        except (KeyError, ValueError):
+            return None
+
+    def _write_marker(self, ref: ObjectRef, names: OutputNames, outcome: Outcome, deadline: float) -> None:
+        if ref.generation is None:
+            return
+        summary = {"source_uri": ref.uri, "generation": ref.generation, "status": outcome.status,
+                   "objects_found": outcome.objects_found, "reason": outcome.reason}
+        retry_call(
+            lambda: self.storage.write(
+                ref.bucket,
+                names.marker,
+                json.dumps(summary).encode(),
+                content_type="application/json",
+                metadata={GENERATION_KEY: str(ref.generation)},
+            ),
+            deadline=deadline,
+            what="marker write",
+        )
+
+    def _delete_stale_crops(self, ref: ObjectRef, names: OutputNames, count: int, deadline: float) -> None:
+        """Remove crops an older generation of the same object left beyond this one's count."""
+        existing = retry_call(
+            lambda: self.storage.list_names(ref.bucket, names.crops_glob_prefix), deadline=deadline, what="crop list"
+        )
+        current = {names.crop(index) for index in range(1, count + 1)}
+        for name in existing:
+            suffix = name[len(names.crops_glob_prefix):]
+            if name not in current and suffix[:4].isdigit() and suffix[4:] == ".jpg":
+                retry_call(lambda: self.storage.delete(ref.bucket, name), deadline=deadline, what="stale crop delete")
+
+    # --- rows ------------------------------------------------------------------------------
+
+    def _common(self, ref: ObjectRef, result: DetectionResult | None) -> dict[str, Any]:
+        usage = result.usage if result else None
+        return {
+            "source_uri": ref.uri,
+            "source_bucket": ref.bucket,
+            "source_name": ref.name,
+            "source_generation": ref.generation,
+            "detector": result.detector if result else self.detector.name,
+            "model": (result.model if result else "") or self.config.gemini_model,
+            "prompt": self.config.gemini_prompt,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "output_tokens": usage.output_tokens if usage else 0,
+            "thinking_tokens": usage.thinking_tokens if usage else 0,
+            "total_tokens": usage.total_tokens if usage else 0,
+            "model_latency_ms": round(result.latency_ms, 3) if result else 0.0,
+            "processed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "pipeline_version": PIPELINE_VERSION,
+        }
+
+    def _image_row(
+        self,
+        ref: ObjectRef,
+        *,
+        status: str,
+        started: float,
+        result: DetectionResult | None = None,
+        objects_found: int = 0,
+        overview_uri: str | None = None,
+        size: tuple[int, int] | None = None,
+        error: PermanentError | None = None,
+    ) -> dict[str, Any]:
+        error_type = error.error_type if error else ("truncated_answer" if status == "partial" else None)
+        return {
+            "row_id": row_id(ref.bucket, ref.name, ref.generation, "image", status, error_type),
+            **self._common(ref, result),
+            "content_type": ref.content_type,
+            "size_bytes": ref.size,
+            "status": status,
+            "objects_found": objects_found,
+            "error_type": error_type,
+            "error_message": str(error)[:2000] if error else None,
+            "overview_uri": overview_uri,
+            "image_width": size[0] if size else None,
+            "image_height": size[1] if size else None,
+            "processing_ms": round((self._clock() - started) * 1000, 3),
+        }
+
+    def _object_row(
+        self,
+        ref: ObjectRef,
+        index: int,
+        detection: Detection,
+        crop_uri: str,
+        overview_uri: str,
+        result: DetectionResult,
+        size: tuple[int, int],
+    ) -> dict[str, Any]:
+        width, height = size
+        box = detection.box
+        return {
+            "row_id": row_id(ref.bucket, ref.name, ref.generation, "object", index),
+            **self._common(ref, result),
+            "object_index": index,
+            "label": detection.label,
+            "output_uri": crop_uri,
+            "item_color": detection.color,
+            "item_gen_desc": detection.general_description,
+            "item_det_desc": detection.detailed_description,
+            "box_x_min": box.x_min,
+            "box_y_min": box.y_min,
+            "box_x_max": box.x_max,
+            "box_y_max": box.y_max,
+            "box_norm_x_min": round(box.x_min / width, 6),
+            "box_norm_y_min": round(box.y_min / height, 6),
+            "box_norm_x_max": round(box.x_max / width, 6),
+            "box_norm_y_max": round(box.y_max / height, 6),
+            "has_mask": detection.mask is not None,
+            "overview_uri": overview_uri,
+            "image_width": width,
+            "image_height": height,
+        }

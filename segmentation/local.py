@@ -1,0 +1,320 @@
+"""Local emulation: the real function under functions-framework, a Cloud Storage emulator,
+and a bridge that delivers object-finalize CloudEvents as Eventarc would.
+
+    python -m segmentation.local up                 # emulator + function + bridge, until Ctrl-C
+    python -m segmentation.local up --demo --once   # also upload samples/, wait, print rows, stop
+    python -m segmentation.local upload a.jpg b.png --camera cam1   # as a camera would
+    python -m segmentation.local rows               # print the rows in the local SQLite sink
+
+The storage code path is the production one: google-cloud-storage follows
+STORAGE_EMULATOR_HOST to gcp-storage-emulator. Rows go to SQLITE_PATH (no BigQuery here).
+Gemini needs credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); without them
+each image gets a `failed` row saying so.
+
+This module is for developers' machines only; the deployed function never imports it, and
+gcp-storage-emulator is a development dependency (requirements-dev.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from segmentation.config import Config
+from segmentation.events import FINALIZED, IMAGE_EXTENSIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUCKET = "local-conveyor"
+DEFAULT_STORAGE_PORT = 9023
+DEFAULT_FUNCTION_PORT = 8080
+SAMPLES_DIR = ROOT / "samples"
+
+
+def storage_client(emulator_url: str):
+    """A google-cloud-storage client pointed at the emulator (as STORAGE_EMULATOR_HOST does)."""
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator_url
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project="local", credentials=AnonymousCredentials())
+
+
+def wait_for_http(url: str, timeout: float = 30.0) -> None:
+    """Block until `url` answers any HTTP status, or raise TimeoutError."""
+    stop = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > stop:
+                raise TimeoutError(f"{url} did not answer within {timeout:.0f}s") from None
+            time.sleep(0.1)
+
+
+def cloud_event_for(bucket: str, blob) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a binary-mode CloudEvent for a finalized object, as Eventarc sends it."""
+    data = {
+        "kind": "storage#object",
+        "bucket": bucket,
+        "name": blob.name,
+        "generation": str(blob.generation),
+        "metageneration": str(blob.metageneration or 1),
+        "contentType": blob.content_type or "application/octet-stream",
+        "size": str(blob.size),
+        "timeCreated": blob.time_created.isoformat() if blob.time_created else None,
+        "updated": blob.updated.isoformat() if blob.updated else None,
+    }
+    headers = {
+        "Content-Type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-id": uuid.uuid4().hex,
+        "ce-type": FINALIZED,
+        "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
+        "ce-subject": f"objects/{blob.name}",
+        "ce-time": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    return headers, json.dumps(data).encode()
+
+
+class EventBridge:
+    """Polls the emulated bucket and posts one finalize event per new (name, generation).
+
+    Like Eventarc with retry enabled, a delivery that fails (non-2xx or no answer) is
+    redelivered with backoff, up to `max_attempts` times.
+    """
+
+    def __init__(self, client, bucket: str, prefix: str, function_url: str, *,
+                 interval: float = 0.3, max_attempts: int = 5):
+        self.client, self.bucket, self.prefix = client, bucket, prefix
+        self.function_url = function_url
+        self.interval, self.max_attempts = interval, max_attempts
+        self.seen: set[tuple[str, int]] = set()
+        self.delivered: dict[tuple[str, int], int] = {}
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eventarc")
+        self._thread = threading.Thread(target=self._run, name="event-bridge", daemon=True)
+
+    def start(self) -> "EventBridge":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for blob in self.client.list_blobs(self.bucket, prefix=self.prefix):
+                    key = (blob.name, int(blob.generation))
+                    if key not in self.seen:
+                        self.seen.add(key)
+                        self._pool.submit(self._deliver, blob)
+            except Exception as exc:  # the emulator may be restarting; keep polling
+                print(f"bridge: listing failed: {exc}", file=sys.stderr)
+            self._stop.wait(self.interval)
+
+    def _deliver(self, blob) -> None:
+        headers, body = cloud_event_for(self.bucket, blob)
+        key = (blob.name, int(blob.generation))
+        for attempt in range(1, self.max_attempts + 1):
+            request = urllib.request.Request(self.function_url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=600) as response:
+                    self.delivered[key] = response.status
+                    return
+            except (urllib.error.URLError, OSError) as exc:
+                status = getattr(exc, "code", None)
+                print(f"bridge: delivery of {blob.name} failed ({status or exc}); attempt {attempt}", file=sys.stderr)
+                self._stop.wait(min(30.0, 0.5 * 2**attempt))
+        self.delivered[key] = -1
+
+
+class LocalStack:
+    """The emulator, the function and the bridge as child processes/threads of this one."""
+
+    def __init__(self, *, bucket: str, storage_port: int, function_port: int, data_dir: Path,
+                 extra_env: dict[str, str] | None = None):
+        self.bucket = bucket
+        self.storage_url = f"http://127.0.0.1:{storage_port}"
+        self.function_url = f"http://127.0.0.1:{function_port}/"
+        self.storage_port, self.function_port = storage_port, function_port
+        self.data_dir = data_dir
+        self.extra_env = extra_env or {}
+        self.processes: list[subprocess.Popen] = []
+        self.bridge: EventBridge | None = None
+
+    def function_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "STORAGE_EMULATOR_HOST": self.storage_url,
+            "SQLITE_PATH": str(self.data_dir / "results.sqlite"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> "LocalStack":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        emulator_env = dict(os.environ, STORAGE_BASE=str(self.data_dir), STORAGE_DIR="gcs")
+        self.processes.append(subprocess.Popen(
+            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+             "--port", str(self.storage_port), "--default-bucket", self.bucket, "--quiet"],
+            env=emulator_env,
+        ))
+        wait_for_http(self.storage_url + "/storage/v1/b")
+        self.processes.append(subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", "on_object_finalized",
+             "--signature-type", "cloudevent", "--source", str(ROOT / "main.py"),
+             "--host", "127.0.0.1", "--port", str(self.function_port)],
+            env=self.function_env(), cwd=ROOT,
+        ))
+        wait_for_http(self.function_url)
+        config = Config.from_env(self.function_env())
+        self.bridge = EventBridge(storage_client(self.storage_url), self.bucket, config.source_prefix,
+                                  self.function_url).start()
+        return self
+
+    def stop(self) -> None:
+        if self.bridge:
+            self.bridge.stop()
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def upload(paths: Iterable[Path], *, bucket: str, emulator_url: str, prefix: str, camera: str | None) -> list[str]:
+    """Upload image files under `prefix` (and `camera/`), as a camera would; returns object names."""
+    client = storage_client(emulator_url)
+    names = []
+    for path in paths:
+        name = f"{prefix}{camera + '/' if camera else ''}{path.name}"
+        blob = client.bucket(bucket).blob(name)
+        blob.upload_from_filename(str(path), content_type=_content_type(path))
+        names.append(name)
+        print(f"uploaded {path} -> gs://{bucket}/{name}")
+    return names
+
+
+def print_rows(sqlite_path: Path, table: str, limit: int) -> None:
+    """Print the newest rows of the local sink's `table`, one JSON object per line."""
+    if not sqlite_path.exists():
+        print(f"no rows yet: {sqlite_path} does not exist")
+        return
+    with sqlite3.connect(sqlite_path) as connection:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute(
+            f'SELECT * FROM "{table}" ORDER BY processed_at DESC LIMIT ?', (limit,)  # table is from a fixed choice
+        ).fetchall()
+    for row in rows:
+        print(json.dumps({key: row[key] for key in row.keys()}, ensure_ascii=False))
+    print(f"({len(rows)} {table} rows shown from {sqlite_path})")
+
+
+def _content_type(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+            ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp", ".gif": "image/gif"}.get(
+        suffix, "application/octet-stream")
+
+
+def _wait_until_processed(stack: LocalStack, names: Sequence[str], timeout: float) -> bool:
+    stop = time.monotonic() + timeout
+    while time.monotonic() < stop:
+        delivered = {name for (name, _), status in (stack.bridge.delivered.items() if stack.bridge else [])}
+        if all(name in delivered for name in names):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segmentation.local", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the emulator, the function and the event bridge")
+    up.add_argument("--bucket", default=DEFAULT_BUCKET)
+    up.add_argument("--storage-port", type=int, default=DEFAULT_STORAGE_PORT)
+    up.add_argument("--function-port", type=int, default=DEFAULT_FUNCTION_PORT)
+    up.add_argument("--data-dir", type=Path, default=ROOT / "local-data")
+    up.add_argument("--demo", action="store_true", help=f"upload the images in {SAMPLES_DIR.name}/ once started")
+    up.add_argument("--once", action="store_true", help="with --demo: stop when the uploads are processed")
+
+    up_files = sub.add_parser("upload", help="upload image files into the emulated bucket's source prefix")
+    up_files.add_argument("paths", nargs="+", type=Path)
+    up_files.add_argument("--camera", help="sub-folder under the source prefix, e.g. cam1")
+    up_files.add_argument("--bucket", default=DEFAULT_BUCKET)
+    up_files.add_argument("--emulator", default=os.environ.get("STORAGE_EMULATOR_HOST",
+                                                               f"http://127.0.0.1:{DEFAULT_STORAGE_PORT}"))
+
+    rows = sub.add_parser("rows", help="print rows from the local SQLite sink")
+    rows.add_argument("--table", choices=("images", "objects"), default="objects")
+    rows.add_argument("--limit", type=int, default=50)
+    rows.add_argument("--db", type=Path, default=ROOT / "local-data" / "results.sqlite")
+
+    args = parser.parse_args(argv)
+    config = Config.from_env()
+    if args.command == "upload":
+        upload(args.paths, bucket=args.bucket, emulator_url=args.emulator, prefix=config.source_prefix,
+               camera=args.camera)
+        return 0
+    if args.command == "rows":
+        print_rows(args.db, args.table, args.limit)
+        return 0
+
+    stack = LocalStack(bucket=args.bucket, storage_port=args.storage_port, function_port=args.function_port,
+                       data_dir=args.data_dir)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with stack:
+        print(f"storage emulator: {stack.storage_url}  (export STORAGE_EMULATOR_HOST={stack.storage_url})")
+        print(f"function:         {stack.function_url}  bucket: gs://{args.bucket}/{config.source_prefix}")
+        if config.resolved_backend is None:
+            print("note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); "
+                  "images will get failed rows saying so")
+        if args.demo:
+            samples = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            names = upload(samples, bucket=args.bucket, emulator_url=stack.storage_url,
+                           prefix=config.source_prefix, camera="demo")
+            finished = _wait_until_processed(stack, names, timeout=600)
+            print_rows(args.data_dir / "results.sqlite", "images", len(names))
+            print_rows(args.data_dir / "results.sqlite", "objects", 100)
+            if args.once:
+                return 0 if finished else 1
+        print("running; upload with `python -m segmentation.local upload FILE...`; Ctrl-C stops")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Untrusted image bytes in, one predictable RGB image out; and the downscaled copy for the model.
+
+`load_image` is the only place that decodes uploaded bytes. Whatever arrives (six formats, any
+colour mode, any EXIF orientation), what leaves is an 8-bit RGB image the right way up, or one of
+two permanent errors:
+
+- `ImageTooLargeError` when the header announces more pixels than allowed; this is checked from
+  the header, before any pixel data is decoded or memory for it allocated.
+- `ImageDecodeError` for empty, truncated, corrupt or refused (non-accepted format) data.
+
+`model_input` makes the JPEG the model sees: the same picture, longest side at most `max_side`.
+The model answers in coordinates relative to that picture, which map back to the original by
+fractions, so the aspect ratio is kept as exactly as integer sizes allow.
+
+Nothing here mutates global Pillow state (no `Image.MAX_IMAGE_PIXELS`, no
+`ImageFile.LOAD_TRUNCATED_IMAGES`, no warning filters), so calls are safe from several threads.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+
+from PIL import Image
+
+from segmentation.errors import ImageDecodeError, ImageTooLargeError
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+"""Pillow format names `load_image` opens; everything else is refused unread."""
+
+MODEL_JPEG_QUALITY = 90
+
+_WHITE = (255, 255, 255)
+_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedImage:
+    """A decoded upload: `image` is RGB with its EXIF orientation applied.
+
+    `source_format` is the Pillow format name of the bytes ("JPEG", "PNG", "WEBP", "TIFF",
+    "BMP" or "GIF"); a multi-picture JPEG (MPO) counts as "JPEG".
+    """
+
+    image: Image.Image
+    source_format: str
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The encoded image sent to the model and its pixel size."""
+
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+
+
+def load_image(data: bytes, *, max_pixels: int) -> LoadedImage:
+    """Decode `data` into an upright RGB image.
+
+    Accepts JPEG, PNG, WEBP, TIFF, BMP and GIF; animated or multi-page files give their first
+    frame. Transparent areas become white. 16-bit and float greyscale is stretched from its
+    actual minimum..maximum to 0..255. An embedded ICC profile is kept in `image.info` only when
+    it describes RGB data (a CMYK or grey profile would be wrong after conversion).
+
+    Raises `ImageTooLargeError` when width * height > `max_pixels` (read from the header, before
+    decoding) or when Pillow's own decompression-bomb guard fires, and `ImageDecodeError` for
+    anything that is not a complete image in an accepted format.
+    """
+    if not data:
+        raise ImageDecodeError("image is empty (0 bytes)")
+    _register_accepted_plugins()
+
+    try:
+        im = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow checks its own (global) limit inside Image.open, before we see the size; the
+        # warning only arrives here as an exception if the process escalated it.
+        raise _too_large_from_pillow(exc, max_pixels) from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(_unidentified_message(data)) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # untrusted header: any parser error means "not a usable image"
+        raise ImageDecodeError(f"cannot read the image header: {_describe(exc)}") from None
+
+    source_format = "JPEG" if im.format == "MPO" else (im.format or "unknown")
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"{source_format} header gives an empty size {width}x{height}")
+    pixels = width * height
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{source_format} image is {width}x{height} = {pixels} pixels, "
+            f"more than the limit of {max_pixels} pixels"
+        )
+
+    try:
+        im.load()  # full decode: truncated or corrupt data fails here, not later
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large_from_pillow(exc, max_pixels) from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(
+            f"{source_format} image data is truncated or corrupt: {_describe(exc)}"
+        ) from None
+
+    _apply_exif_orientation(im, source_format)
+
+    icc_profile = im.info.get("icc_profile")
+    try:
+        rgb = to_rgb(im)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(
+            f"cannot convert {source_format} image of mode {im.mode} to RGB: {_describe(exc)}"
+        ) from None
+    if _is_rgb_icc_profile(icc_profile):
+        rgb.info["icc_profile"] = icc_profile
+    else:
+        rgb.info.pop("icc_profile", None)
+    return LoadedImage(image=rgb, source_format=source_format)
+
+
+def model_input(image: Image.Image, *, max_side: int) -> ModelInput:
+    """Encode `image` as the model's JPEG, downscaled so its longest side is at most `max_side`.
+
+    Never upscales. The short side is rounded to the nearest pixel (at least 1), so the aspect
+    ratio differs from the original's by less than one pixel.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    width, height = model_input_size(image.width, image.height, max_side)
+    rgb = to_rgb(image)
+    if (width, height) != rgb.size:
+        # reducing_gap: box-reduce by an integer factor first, then LANCZOS the rest; several
+        # times faster than a pure LANCZOS from 24 MP and visually the same at this size.
+        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG", quality=MODEL_JPEG_QUALITY)
+    return ModelInput(data=buffer.getvalue(), mime_type="image/jpeg", width=width, height=height)
+
+
+def model_input_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The (width, height) `model_input` produces for an image of `width` x `height`.
+
+    >>> model_input_size(6000, 4000, 1024)
+    (1024, 683)
+    >>> model_input_size(800, 600, 1024)
+    (800, 600)
+    """
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    if width >= height:
+        return max_side, max(1, round(height * max_side / width))
+    return max(1, round(width * max_side / height)), max_side
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB; returns `image` itself when it already is RGB without transparency.
+
+    - alpha (RGBA, LA, PA, premultiplied modes) and palette or colour-key transparency are
+      composited onto white, so a transparent background never turns black;
+    - I;16*, I and F greyscale is stretched linearly from its actual min..max to 0..255;
+    - everything else (L, 1, P, CMYK, YCbCr, ...) goes through Pillow's own conversion.
+    """
+    mode = image.mode
+    if mode in _HIGH_DEPTH_MODES:
+        return _stretch_to_l(image).convert("RGB")
+    if image.has_transparency_data:
+        return _flatten_on_white(image)
+    if mode == "RGB":
+        return image
+    return image.convert("RGB")
+
+
+def _register_accepted_plugins() -> None:
+    # Importing exactly these plugins registers them, so Image.open never falls back to
+    # Image.init() (which imports ~40 plugins) on the normal path. Cheap after the first call.
+    from PIL import (  # noqa: F401
+        BmpImagePlugin,
+        GifImagePlugin,
+        JpegImagePlugin,
+        PngImagePlugin,
+        TiffImagePlugin,
+        WebPImagePlugin,
+    )
+
+
+def _apply_exif_orientation(im: Image.Image, source_format: str) -> None:
+    from PIL import ImageOps
+
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # A damaged EXIF block should not cost us an otherwise good photo.
+        from segmentation.logs import log_event
+
+        log_event(
+            "WARNING",
+            "unreadable EXIF orientation ignored",
+            source_format=source_format,
+            error=_describe(exc),
+        )
+
+
+def _flatten_on_white(image: Image.Image) -> Image.Image:
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    background = Image.new("RGB", rgba.size, _WHITE)
+    background.paste(rgba, mask=rgba)  # alpha-weighted blend of the colour onto white
+    return background
+
+
+def _stretch_to_l(image: Image.Image) -> Image.Image:
+    source = image if image.mode in ("I", "F") else image.convert("I")
+    low, high = source.getextrema()
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return source.convert("L")  # NaN/inf floats: no meaningful range, clip instead
+    if high <= low:
+        return Image.new("L", source.size, 0 if high <= 0 else 255)
+    scale = 255.0 / (high - low)
+    offset = -low * scale + 0.5  # +0.5: the point transform truncates, we want rounding
+    return source.point(lambda value: value * scale + offset).convert("L")
+
+
+def _is_rgb_icc_profile(profile: object) -> bool:
+    # ICC header: bytes 16-19 are the data colour space signature.
+    return isinstance(profile, bytes) and len(profile) >= 128 and profile[16:20] == b"RGB "
+
+
+def _too_large_from_pillow(exc: Exception, max_pixels: int) -> ImageTooLargeError:
+    match = _BOMB_PIXELS.search(str(exc))
+    pixels = match.group(1) if match else "too many"
+    return ImageTooLargeError(
+        f"image is {pixels} pixels, more than the limit of {max_pixels} pixels "
+        f"(refused by Pillow's decompression-bomb guard: {exc})"
+    )
+
+
+def _unidentified_message(data: bytes) -> str:
+    name = _sniff_format(data[:16])
+    accepted = ", ".join(ACCEPTED_FORMATS)
+    if name:
+        return f"unsupported image format (looks like {name}); accepted formats: {accepted}"
+    return f"not a recognised image ({len(data)} bytes); accepted formats: {accepted}"
+
+
+def _sniff_format(prefix: bytes) -> str | None:
+    """Name the format of a refused file from its magic bytes only (no plugin parses it)."""
+    Image.init()  # error path only: registers every plugin so their signatures can be checked
+    for name in Image.ID:
+        if name in ACCEPTED_FORMATS:
+            continue
+        factory_and_accept = Image.OPEN.get(name)
+        accept = factory_and_accept[1] if factory_and_accept else None
+        if accept is None:
+            continue
+        try:
+            if accept(prefix):
+                return name
+        except Exception:
+            continue
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

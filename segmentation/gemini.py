@@ -1,0 +1,484 @@
+"""The Gemini detector: one image in, object boxes out, through the google-genai SDK.
+
+Both of Google's front doors are supported, chosen by `Config.resolved_backend`:
+
+- ``vertex`` (production): Vertex AI with Application Default Credentials, or the
+  `credentials` passed in; the project and location come from the config.
+- ``api-key`` (local development): the Gemini Developer API with ``GEMINI_API_KEY``.
+
+Why the defaults are what they are (Google's guidance for object detection):
+
+- Model ``gemini-3.5-flash``: the long-term GA Flash model on Vertex AI.
+  ``gemini-2.5-flash`` was retired on Vertex AI on 2026-10-20.
+- No thinking. Google advises turning thinking off for detection: it adds latency and cost
+  and doesn't make boxes better. 3.x models take ``thinking_level`` (``minimal`` by default)
+  and 2.x models take ``thinking_budget`` (0 = off). A request never carries both, and other
+  model families get neither.
+- No temperature for 3.x. Google advises keeping 3.x at its default of 1.0, because lower
+  values can make it loop. Set ``GEMINI_TEMPERATURE`` only on purpose (the 2.x spatial
+  examples used 0.5).
+- ``MEDIA_RESOLUTION_HIGH`` (1120 tokens per image on 3.x): small objects need the detail.
+  3.x models get it on the image part (per-part media resolution is a Gemini 3 feature); other
+  models get it in the request config.
+- JSON mode with a response schema, so the answer is a bare array of
+  ``{box_2d, label, color, general_description, detailed_description}`` with ``box_2d`` first.
+  Models still sometimes add fences or get cut off, and `segmentation.parse` copes with that.
+
+Retries are ours, not the SDK's: SDK retries are off, and each call goes through
+`segmentation.retry.retry_call` until the caller's `deadline`. Each request's timeout is
+``GEMINI_TIMEOUT_S``, cut to the time left, so no request can outlive the deadline.
+An answer that can't be parsed is asked for once more, then gives `ResponseParseError`.
+
+Endpoints follow the SDK's own environment variables ``GOOGLE_VERTEX_BASE_URL`` and
+``GOOGLE_GEMINI_BASE_URL``. Tests point these at `tests.fakes.gemini_server`.
+
+>>> from segmentation.config import Config  # doctest: +SKIP
+>>> detector = GeminiDetector(Config.from_env())  # doctest: +SKIP
+>>> result = detector.detect(model_input, (4000, 3000), deadline=time.monotonic() + 120)  # doctest: +SKIP
+>>> [(d.label, d.box.as_tuple()) for d in result.detections]  # doctest: +SKIP
+[('black suitcase', (812, 1204, 1630, 2288)), ('red backpack', (2410, 1502, 2871, 2160))]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from google import genai
+from google.auth import exceptions as auth_exceptions
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from segmentation.config import Config
+from segmentation.detections import DetectionResult, Usage
+from segmentation.errors import (
+    DetectorNotConfiguredError,
+    ModelRequestError,
+    ResponseParseError,
+    TransientError,
+)
+from segmentation.logs import log_event
+from segmentation.parse import ParsedResponse, parse_response
+from segmentation.retry import retry_call
+
+if TYPE_CHECKING:
+    import google.auth.credentials
+
+    from segmentation.images import ModelInput
+
+_TRANSIENT_HTTP_CODES = frozenset({408, 429, 500, 502, 503, 504})
+
+# First backoff step between attempts (grows exponentially, with jitter; a server-given
+# retryDelay is waited at least). Google's retry guidance for 429/5xx starts at about 1 s.
+RETRY_BASE_DELAY_S = 1.0
+
+# A request needs at least this long to have a chance; with less time left, none is started.
+_MIN_REQUEST_S = 0.05
+
+# Answers a blocked or failed generation ends with: their text, if any, is not a detection list.
+_FAILED_FINISH_REASONS = frozenset(
+    {
+        "SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
+        "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "IMAGE_OTHER",
+        "MALFORMED_FUNCTION_CALL", "MALFORMED_RESPONSE", "UNEXPECTED_TOOL_CALL", "OTHER",
+    }
+)
+
+# Per-part media resolution is documented for the Developer API's v1beta, but google-genai 3.x
+# defaults that API to v1. GOOGLE_GENAI_API_VERSION, when set, still wins.
+_DEVELOPER_API_VERSION = "v1beta"
+
+REASK_INSTRUCTION = (
+    "Your previous answer was not a valid JSON list. Answer again with only the JSON array "
+    "described in the system instruction: no code fences, no other text."
+)
+
+_FIELD_ORDER = ["box_2d", "label", "color", "general_description", "detailed_description"]
+
+
+def response_json_schema(max_objects: int) -> dict[str, Any]:
+    """The JSON Schema of the answer: an array of at most `max_objects` objects, `box_2d` first."""
+    text = {"type": "string"}
+    return {
+        "type": "array",
+        "maxItems": max_objects,
+        "items": {
+            "type": "object",
+            "properties": {
+                "box_2d": {
+                    "type": "array",
+                    "description": "[ymin, xmin, ymax, xmax] normalized to 0-1000",
+                    "items": {"type": "integer", "minimum": 0, "maximum": 1000},
+                    "minItems": 4,
+                    "maxItems": 4,
+                },
+                "label": text,
+                "color": text,
+                "general_description": text,
+                "detailed_description": text,
+            },
+            "required": list(_FIELD_ORDER),
+            "propertyOrdering": list(_FIELD_ORDER),
+        },
+    }
+
+
+def model_family(model: str) -> str:
+    """The model's generation, which decides the thinking field: "3", "2", or "" for others.
+
+    >>> model_family("gemini-3.5-flash"), model_family("publishers/google/models/gemini-2.5-flash")
+    ('3', '2')
+    >>> model_family("gemma-3-27b-it")
+    ''
+    """
+    model_id = model.rsplit("/", 1)[-1]
+    for family in ("3", "2"):
+        if model_id.startswith(f"gemini-{family}"):
+            return family
+    return ""
+
+
+class GeminiDetector:
+    """Finds objects with Gemini. Safe to share between threads; the SDK client is built once.
+
+    `credentials` is used in Vertex mode only (None: Application Default Credentials).
+    A missing backend is reported by the first `detect()` as `DetectorNotConfiguredError`.
+    """
+
+    name = "gemini"
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        credentials: "google.auth.credentials.Credentials | None" = None,
+    ):
+        self._config = config
+        self._credentials = credentials
+        self._client: genai.Client | None = None
+        self._client_lock = threading.Lock()
+
+    def detect(self, model_input: "ModelInput", image_size: tuple[int, int], *, deadline: float) -> DetectionResult:
+        """Detect objects in `model_input`; boxes come back in pixels of `image_size` (the original).
+
+        `deadline` is a `time.monotonic()` instant. Raises `TransientError` when it passes
+        while Gemini keeps failing transiently, `ModelRequestError` when Gemini rejects the
+        request, and `ResponseParseError` when two answers in a row are unusable.
+        """
+        client = self._get_client()
+        calls = _CallLog()
+        image_part = self._image_part(model_input)
+        contents: list[Any] = [image_part, self._config.gemini_prompt]
+
+        response = self._generate(client, contents, deadline, calls)
+        try:
+            parsed = self._parse(response, image_size)
+        except ResponseParseError as first_error:
+            log_event(
+                "WARNING",
+                "Gemini answer unusable; asking once more",
+                model=self._config.gemini_model,
+                error=str(first_error)[:300],
+            )
+            response = self._generate(client, [*contents, REASK_INSTRUCTION], deadline, calls)
+            try:
+                parsed = self._parse(response, image_size)
+            except ResponseParseError as second_error:
+                raise ResponseParseError(
+                    f"both Gemini answers were unusable: first: {first_error}; "
+                    f"after asking again: {second_error}"
+                ) from second_error
+
+        if parsed.notes:
+            log_event("INFO", "Gemini answer repaired while parsing", notes=list(parsed.notes))
+        return DetectionResult(
+            detections=parsed.detections,
+            detector=self.name,
+            model=response.model_version or self._config.gemini_model,
+            partial=parsed.partial,
+            usage=calls.usage(),
+            latency_ms=calls.latency_ms,
+        )
+
+    def close(self) -> None:
+        """Release the HTTP connections (the detector rebuilds its client if used again)."""
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- the request ----------------------------------------------------------------------
+
+    def _get_client(self) -> genai.Client:
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._build_client()
+            return self._client
+
+    def _build_client(self) -> genai.Client:
+        config = self._config
+        # Our own retry loop owns retries; the SDK makes exactly one attempt per call.
+        http_options = types.HttpOptions(
+            timeout=_milliseconds(config.gemini_timeout_s),
+            retry_options=types.HttpRetryOptions(attempts=1),
+        )
+        backend = config.resolved_backend
+        # `vertexai` is always passed explicitly: left as None, the SDK would read
+        # GOOGLE_GENAI_USE_VERTEXAI and could pick the other backend's base URL variable.
+        if backend == "vertex":
+            if not config.project:
+                raise DetectorNotConfiguredError(
+                    "GEMINI_BACKEND=vertex needs GOOGLE_CLOUD_PROJECT (and GOOGLE_CLOUD_LOCATION, "
+                    "default global)"
+                )
+            return self._new_client(
+                vertexai=True,
+                project=config.project,
+                location=config.location or "global",
+                credentials=self._credentials,
+                http_options=http_options,
+            )
+        if backend == "api-key":
+            if not config.gemini_api_key:
+                raise DetectorNotConfiguredError(
+                    "GEMINI_BACKEND=api-key needs GEMINI_API_KEY (or GOOGLE_API_KEY)"
+                )
+            if not os.environ.get("GOOGLE_GENAI_API_VERSION"):
+                http_options.api_version = _DEVELOPER_API_VERSION
+            return self._new_client(vertexai=False, api_key=config.gemini_api_key, http_options=http_options)
+        raise DetectorNotConfiguredError(
+            "Gemini is not configured: set GOOGLE_CLOUD_PROJECT (and GOOGLE_CLOUD_LOCATION) to use "
+            "Vertex AI with Application Default Credentials, or GEMINI_API_KEY to use the Gemini "
+            "Developer API"
+        )
+
+    def _new_client(self, **kwargs: Any) -> genai.Client:
+        try:
+            return genai.Client(**kwargs)
+        except ValueError as exc:  # the SDK's word for unusable settings
+            raise DetectorNotConfiguredError(self._redact(f"cannot set up the Gemini client: {exc}")) from None
+
+    def _image_part(self, model_input: "ModelInput") -> types.Part:
+        resolution = self._config.gemini_media_resolution
+        per_part = resolution and model_family(self._config.gemini_model) == "3"
+        return types.Part.from_bytes(
+            data=model_input.data,
+            mime_type=model_input.mime_type,
+            media_resolution=_part_resolution(resolution) if per_part else None,
+        )
+
+    def _generation_config(self, request_timeout_s: float) -> types.GenerateContentConfig:
+        config = self._config
+        family = model_family(config.gemini_model)
+        thinking = None
+        if family == "3" and config.gemini_thinking_level:
+            thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(config.gemini_thinking_level.upper()))
+        elif family == "2" and config.gemini_thinking_budget is not None:
+            thinking = types.ThinkingConfig(thinking_budget=config.gemini_thinking_budget)
+        request_resolution = None
+        if config.gemini_media_resolution and family != "3":
+            request_resolution = types.MediaResolution(f"MEDIA_RESOLUTION_{config.gemini_media_resolution.upper()}")
+        return types.GenerateContentConfig(
+            system_instruction=config.gemini_system_instruction.replace(
+                "{max_objects}", str(config.gemini_max_objects)
+            ),
+            temperature=config.gemini_temperature,
+            max_output_tokens=config.gemini_max_output_tokens,
+            response_mime_type="application/json",
+            response_json_schema=response_json_schema(config.gemini_max_objects),
+            thinking_config=thinking,
+            media_resolution=request_resolution,
+            # One HTTP request per call: automatic continuation would send follow-up requests
+            # that our deadline and timeout cap don't see. A CONTINUATION answer counts as cut off.
+            automatic_continuation=False,
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+            http_options=types.HttpOptions(timeout=_milliseconds(request_timeout_s)),
+        )
+
+    def _generate(
+        self,
+        client: genai.Client,
+        contents: list[Any],
+        deadline: float,
+        calls: "_CallLog",
+    ) -> types.GenerateContentResponse:
+        last_error: list[Exception] = []
+
+        def attempt() -> types.GenerateContentResponse:
+            remaining = deadline - time.monotonic()
+            if remaining < _MIN_REQUEST_S:
+                after = f" (last error: {last_error[-1]})" if last_error else ""
+                raise TransientError(f"no time left before the deadline for a Gemini call{after}")
+            timeout_s = min(self._config.gemini_timeout_s, remaining)
+            try:
+                return client.models.generate_content(
+                    model=self._config.gemini_model,
+                    contents=contents,
+                    config=self._generation_config(timeout_s),
+                )
+            except Exception as exc:  # noqa: BLE001 - classified, never swallowed
+                mapped = self._classify(exc)
+                last_error.append(mapped)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+
+        started = time.monotonic()
+        try:
+            response = retry_call(
+                attempt, deadline=deadline, what="Gemini generateContent", base_delay=RETRY_BASE_DELAY_S
+            )
+        finally:
+            calls.latency_ms += (time.monotonic() - started) * 1000
+        calls.responses.append(response)
+        return response
+
+    # -- the answer -----------------------------------------------------------------------
+
+    def _parse(self, response: types.GenerateContentResponse, image_size: tuple[int, int]) -> ParsedResponse:
+        candidate = response.candidates[0] if response.candidates else None
+        finish = _finish_reason(candidate)
+        if candidate is None:
+            block = getattr(response.prompt_feedback, "block_reason", None) if response.prompt_feedback else None
+            reason = f"the prompt was blocked ({_enum_name(block)})" if block else "the answer has no candidates"
+            raise ResponseParseError(f"Gemini gave no answer: {reason}")
+        if finish in _FAILED_FINISH_REASONS:
+            raise ResponseParseError(f"Gemini stopped with finish reason {finish}")
+        text = response.text
+        if text is None:
+            raise ResponseParseError(f"Gemini's answer has no text (finish reason {finish or 'unknown'})")
+        return parse_response(
+            text,
+            image_size,
+            max_objects=self._config.gemini_max_objects,
+            truncated=finish in ("MAX_TOKENS", "CONTINUATION"),
+        )
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _classify(self, exc: Exception) -> Exception:
+        """Map an SDK, HTTP or auth exception to our error classes (messages never hold the key)."""
+        if isinstance(exc, (TransientError, ModelRequestError, DetectorNotConfiguredError)):
+            return exc
+        if isinstance(exc, genai_errors.APIError):
+            summary = self._redact(f"Gemini answered HTTP {exc.code} {exc.status or ''}: {exc.message or ''}")
+            summary = summary[:500]
+            if exc.code in _TRANSIENT_HTTP_CODES:
+                return TransientError(summary, retry_after=_retry_delay(exc) if exc.code == 429 else None)
+            return ModelRequestError(summary)
+        if isinstance(exc, _TRANSIENT_TRANSPORT_ERRORS):
+            return TransientError(self._redact(f"Gemini request failed: {type(exc).__name__}: {exc}")[:500])
+        if isinstance(exc, auth_exceptions.DefaultCredentialsError):
+            return DetectorNotConfiguredError(
+                "no Application Default Credentials for Vertex AI: run "
+                "`gcloud auth application-default login`, give the function a service account, "
+                f"or set GEMINI_API_KEY ({self._redact(str(exc))[:200]})"
+            )
+        if isinstance(exc, auth_exceptions.TransportError) or (
+            isinstance(exc, auth_exceptions.RefreshError) and getattr(exc, "retryable", False)
+        ):
+            return TransientError(self._redact(f"refreshing Google credentials failed: {exc}")[:500])
+        if isinstance(exc, auth_exceptions.RefreshError):
+            return ModelRequestError(self._redact(f"Google credentials were refused: {exc}")[:500])
+        if isinstance(exc, genai_errors.UnknownApiResponseError):
+            return TransientError("Gemini answered with a body that is not JSON")
+        return exc
+
+    def _redact(self, text: str) -> str:
+        key = self._config.gemini_api_key
+        return text.replace(key, "***") if key else text
+
+
+class _CallLog:
+    """What the calls for one image cost: their responses and the wall time spent in them."""
+
+    def __init__(self) -> None:
+        self.responses: list[types.GenerateContentResponse] = []
+        self.latency_ms = 0.0
+
+    def usage(self) -> Usage:
+        totals = [0, 0, 0, 0]
+        for response in self.responses:
+            meta = response.usage_metadata
+            if meta is None:
+                continue
+            counts = (
+                meta.prompt_token_count,
+                meta.candidates_token_count,
+                meta.thoughts_token_count,
+                meta.total_token_count,
+            )
+            totals = [total + (count or 0) for total, count in zip(totals, counts)]
+        return Usage(*totals)
+
+
+def _transport_error_classes() -> tuple[type[BaseException], ...]:
+    """The network errors the SDK's HTTP client raises: httpx2 by default, httpx if installed."""
+    classes: list[type[BaseException]] = []
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            continue
+        # TimeoutException: connect/read/write/pool timeouts. NetworkError: refused, reset.
+        # RemoteProtocolError: the server closed the connection mid-answer.
+        for name in ("TimeoutException", "NetworkError", "RemoteProtocolError"):
+            cls = getattr(module, name, None)
+            if cls is not None:
+                classes.append(cls)
+    return tuple(classes)
+
+
+_TRANSIENT_TRANSPORT_ERRORS = _transport_error_classes()
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
+
+
+def _retry_delay(exc: genai_errors.APIError) -> float | None:
+    """Seconds from the google.rpc.RetryInfo detail ("retryDelay": "26s"), else Retry-After."""
+    body = exc.details
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = _duration_seconds(detail.get("retryDelay"))
+            if delay is not None:
+                return delay
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    header = headers.get("retry-after") if headers is not None else None
+    if header and header.strip().isdigit():
+        return float(header.strip())
+    return None
+
+
+def _duration_seconds(value: Any) -> float | None:
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        return float(match.group(1)) if match else None
+    if isinstance(value, dict):  # the proto form {"seconds": 26, "nanos": 500000000}
+        try:
+            return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _finish_reason(candidate: types.Candidate | None) -> str:
+    return _enum_name(candidate.finish_reason) if candidate is not None and candidate.finish_reason else ""
+
+
+def _enum_name(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _part_resolution(level: str) -> types.PartMediaResolutionLevel:
+    return types.PartMediaResolutionLevel(f"MEDIA_RESOLUTION_{level.upper()}")
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, math.floor(seconds * 1000))
+

@@ -1,0 +1,450 @@
+"""A local server that speaks Gemini's REST wire format, for tests only.
+
+It answers ``POST generateContent`` on both of Google's paths, so the real google-genai
+client can talk to it when ``GOOGLE_GEMINI_BASE_URL`` / ``GOOGLE_VERTEX_BASE_URL`` point here:
+
+- Gemini Developer API: ``/{version}/models/{model}:generateContent`` with an
+  ``x-goog-api-key`` header;
+- Vertex AI: ``/{version}/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent``
+  with ``Authorization: Bearer ...``.
+
+A request without the right credential header gets 401 UNAUTHENTICATED, as from Google.
+Every request is recorded (`RecordedRequest`: auth values are not kept, only whether auth
+was there). Answers come from a script: queued behaviours first (`enqueue`), then the
+`default` responder, a callable ``(RecordedRequest) -> Behaviour``. Behaviours are
+`Answer` (text, optionally cut off), `ErrorReply` (Google's error JSON), each optionally
+slow. A base `latency` is added to every answer, for benchmarks.
+
+Token counts in ``usageMetadata`` are plausible. The prompt costs a fixed number of tokens
+per image by media resolution (Gemini 3: low 280, medium 560, high 1120, ultra high 2240).
+Without a media resolution, the Gemini 2 tiling rule applies (258 tokens per 768-pixel tile),
+so downscaling the input shows up in the count. Text costs one token per four characters.
+
+>>> with FakeGeminiServer() as server:
+...     server.enqueue(Answer('[{"box_2d": [0, 0, 500, 500], "label": "bag"}]'))
+...     server.base_url.startswith("http://127.0.0.1:")
+True
+
+Run one for local work or benchmarks (every image answered with a fixture, 0.8 s each)::
+
+    python -m tests.fakes.gemini_server --port 8089 --latency 0.8 --answer sample_5
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import io
+import json
+import math
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Union
+
+from PIL import Image
+
+from tests.fixtures import shared_fixture
+
+IMAGE_TOKENS_BY_RESOLUTION = {
+    "MEDIA_RESOLUTION_LOW": 280,
+    "MEDIA_RESOLUTION_MEDIUM": 560,
+    "MEDIA_RESOLUTION_HIGH": 1120,
+    "MEDIA_RESOLUTION_ULTRA_HIGH": 2240,
+}
+_TILE_TOKENS, _TILE_SIDE, _SMALL_IMAGE_SIDE = 258, 768, 384
+
+_GEMINI_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^/:]+):generateContent$")
+_VERTEX_PATH = re.compile(
+    r"^/(?P<version>v1[a-z0-9]*)/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+    r"/publishers/google/models/(?P<model>[^/:]+):generateContent$"
+)
+_AUTH_HEADERS = ("authorization", "x-goog-api-key")
+_FREE_FORM_FIELDS = frozenset({"responseJsonSchema"})
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw it. Credential values are never kept."""
+
+    path: str
+    api: str  # "gemini", "vertex", or "" for a path the server does not serve
+    model: str
+    version: str
+    headers: dict[str, str]  # lower-cased names; authorization / x-goog-api-key left out
+    api_key_present: bool
+    bearer_present: bool
+    body: dict[str, Any]  # the JSON body, field names in camelCase whichever spelling was sent
+    image_bytes: bytes | None
+    image_mime_type: str | None
+    project: str = ""
+    location: str = ""
+
+    @property
+    def auth_present(self) -> bool:
+        return self.api_key_present if self.api == "gemini" else self.bearer_present
+
+    @property
+    def texts(self) -> list[str]:
+        """The text parts of the user turns, in order (prompt, then any re-ask instruction)."""
+        return [
+            part["text"]
+            for content in self.body.get("contents", [])
+            for part in content.get("parts", [])
+            if "text" in part
+        ]
+
+    @property
+    def system_instruction(self) -> str:
+        parts = (self.body.get("systemInstruction") or {}).get("parts", [])
+        return "".join(part.get("text", "") for part in parts)
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        return self.body.get("generationConfig") or {}
+
+    @property
+    def image_part(self) -> dict[str, Any] | None:
+        for content in self.body.get("contents", []):
+            for part in content.get("parts", []):
+                if "inlineData" in part:
+                    return part
+        return None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A 200 answer with `text` as the model's output (None: a candidate without content)."""
+
+    text: str | None
+    finish_reason: str = "STOP"
+    model_version: str | None = None  # None: the model the request named
+    thoughts_tokens: int = 0
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """An error status with Google's error JSON: {"error": {"code", "message", "status", "details"}}."""
+
+    code: int
+    status: str
+    message: str
+    details: tuple[dict[str, Any], ...] = ()
+    delay: float = 0.0
+
+
+Behaviour = Union[Answer, ErrorReply]
+Responder = Callable[[RecordedRequest], Behaviour]
+
+
+def truncated(text: str, chars: int, **kwargs: Any) -> Answer:
+    """`text` cut after `chars` characters, ending as a token-limit stop (MAX_TOKENS)."""
+    return Answer(text[:chars], finish_reason="MAX_TOKENS", **kwargs)
+
+
+def slow(behaviour: Behaviour, seconds: float) -> Behaviour:
+    """`behaviour` sent only after `seconds` (to trigger client timeouts)."""
+    return dataclasses.replace(behaviour, delay=seconds)
+
+
+def rate_limited(retry_delay: str | None = "2s", message: str = "Resource exhausted. Please try again later.") -> ErrorReply:
+    """429 RESOURCE_EXHAUSTED, with a google.rpc.RetryInfo detail unless `retry_delay` is None."""
+    details = ({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},) if retry_delay else ()
+    return ErrorReply(429, "RESOURCE_EXHAUSTED", message, details)
+
+
+def internal_error() -> ErrorReply:
+    return ErrorReply(500, "INTERNAL", "An internal error has occurred. Please retry or report.")
+
+
+def unavailable() -> ErrorReply:
+    return ErrorReply(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+
+
+def model_not_found(model: str) -> ErrorReply:
+    return ErrorReply(404, "NOT_FOUND", f"models/{model} is not found for API version v1beta, or is not supported.")
+
+
+def empty_list(request: RecordedRequest) -> Behaviour:
+    """The default responder: nothing found."""
+    return Answer("[]")
+
+
+def sample_text(n: int) -> str:
+    """The exact ``response.text`` of recorded sample `n` (1-6) in ../shared/fixtures/gemini."""
+    return shared_fixture("gemini", f"sample_{n}.txt").read_text(encoding="utf-8")
+
+
+def sample_numbers() -> list[int]:
+    """The numbers of every recorded sample present, in order."""
+    folder = shared_fixture("gemini")
+    return sorted(int(m.group(1)) for p in folder.glob("sample_*.txt") if (m := re.fullmatch(r"sample_(\d+)\.txt", p.name)))
+
+
+def fixture_responder(n: int) -> Responder:
+    """A responder answering every request with recorded sample `n`."""
+    answer = Answer(sample_text(n))
+    return lambda request: answer
+
+
+def estimate_text_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+def image_tokens(request: RecordedRequest) -> int:
+    """Tokens the image would cost: by media resolution, else by 768-pixel tiles (Gemini 2 rule)."""
+    part = request.image_part or {}
+    level = (part.get("mediaResolution") or {}).get("level") or request.generation_config.get("mediaResolution")
+    if level in IMAGE_TOKENS_BY_RESOLUTION:
+        return IMAGE_TOKENS_BY_RESOLUTION[level]
+    if request.image_bytes is None:
+        return 0
+    try:
+        with Image.open(io.BytesIO(request.image_bytes)) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - an undecodable image still costs something
+        return _TILE_TOKENS
+    if width <= _SMALL_IMAGE_SIDE and height <= _SMALL_IMAGE_SIDE:
+        return _TILE_TOKENS
+    return _TILE_TOKENS * math.ceil(width / _TILE_SIDE) * math.ceil(height / _TILE_SIDE)
+
+
+def usage_metadata(request: RecordedRequest, answer: Answer) -> dict[str, int]:
+    prompt = image_tokens(request) + estimate_text_tokens(request.system_instruction + "".join(request.texts))
+    candidates = estimate_text_tokens(answer.text or "")
+    return {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": candidates,
+        "thoughtsTokenCount": answer.thoughts_tokens,
+        "totalTokenCount": prompt + candidates + answer.thoughts_tokens,
+    }
+
+
+class FakeGeminiServer:
+    """The fake on 127.0.0.1 and a free port. Use as a context manager, or `start()`/`stop()`."""
+
+    def __init__(self, default: Responder = empty_list, *, latency: float = 0.0, port: int = 0):
+        self.default = default
+        self.latency = latency
+        self._port = port
+        self._queue: deque[Behaviour] = deque()
+        self._requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> "FakeGeminiServer":
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gemini", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes slow answers so their threads end promptly
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> "FakeGeminiServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "the server is not running"
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    # -- script and record ----------------------------------------------------------------------
+
+    def enqueue(self, *behaviours: Behaviour) -> None:
+        """Answer the next requests with `behaviours`, in order, before falling back to `default`."""
+        with self._lock:
+            self._queue.extend(behaviours)
+
+    def reset(self, default: Responder = empty_list, *, latency: float = 0.0) -> None:
+        """Forget the script and the record, and answer with `default` from now on."""
+        with self._lock:
+            self._queue.clear()
+            self._requests.clear()
+            self.default = default
+            self.latency = latency
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    def _behaviour_for(self, request: RecordedRequest) -> Behaviour:
+        """Record `request` and pick its answer; a refused request does not use up the script."""
+        with self._lock:
+            self._requests.append(request)
+            if request.api == "":
+                return ErrorReply(404, "NOT_FOUND", f"The requested URL {request.path} was not found on this server.")
+            if not request.auth_present:
+                return ErrorReply(401, "UNAUTHENTICATED", "Request is missing required authentication credential.")
+            queued = self._queue.popleft() if self._queue else None
+        return queued if queued is not None else self.default(request)
+
+    def _wait(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeGeminiServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass  # keep test output clean
+
+    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        request = _record(self.path, self.headers, raw)
+        behaviour = self.fake._behaviour_for(request)
+        self.fake._wait(self.fake.latency + behaviour.delay)
+        if isinstance(behaviour, Answer):
+            self._send(200, _answer_body(request, behaviour))
+        else:
+            error = {"code": behaviour.code, "message": behaviour.message, "status": behaviour.status}
+            if behaviour.details:
+                error["details"] = list(behaviour.details)
+            self._send(behaviour.code, {"error": error})
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        payload = json.dumps(body).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout) before the answer came
+
+
+def _record(path: str, headers: Any, raw: bytes) -> RecordedRequest:
+    lowered = {name.lower(): value for name, value in headers.items()}
+    route = ""
+    match = _GEMINI_PATH.match(path)
+    if match:
+        route = "gemini"
+    else:
+        match = _VERTEX_PATH.match(path)
+        route = "vertex" if match else ""
+    groups = match.groupdict() if match else {}
+    try:
+        body = _camel_keys(json.loads(raw)) if raw else {}
+    except json.JSONDecodeError:
+        body = {}
+    image_bytes = image_mime = None
+    for content in body.get("contents", []) if isinstance(body, dict) else []:
+        for part in content.get("parts", []):
+            if "inlineData" in part:
+                image_bytes = _decode_base64(part["inlineData"].get("data", ""))
+                image_mime = part["inlineData"].get("mimeType")
+    return RecordedRequest(
+        path=path,
+        api=route,
+        model=groups.get("model", ""),
+        version=groups.get("version", ""),
+        headers={name: value for name, value in lowered.items() if name not in _AUTH_HEADERS},
+        api_key_present=bool(lowered.get("x-goog-api-key")),
+        bearer_present=lowered.get("authorization", "").startswith("Bearer ")
+        and len(lowered.get("authorization", "")) > len("Bearer "),
+        body=body if isinstance(body, dict) else {},
+        image_bytes=image_bytes,
+        image_mime_type=image_mime,
+        project=groups.get("project", ""),
+        location=groups.get("location", ""),
+    )
+
+
+def _camel_keys(value: Any) -> Any:
+    """Field names as Google's proto-JSON parser reads them: `mime_type` and `mimeType` alike.
+
+    The SDK sends some nested fields in snake_case (``inlineData.mime_type``,
+    ``thinkingConfig.thinking_budget``); Google accepts both spellings, so the fake records
+    the camelCase one. A JSON Schema is free-form (google.protobuf.Value) and kept as sent.
+    """
+    if isinstance(value, list):
+        return [_camel_keys(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    converted = {}
+    for key, item in value.items():
+        name = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), key)
+        converted[name] = item if name in _FREE_FORM_FIELDS else _camel_keys(item)
+    return converted
+
+
+def _decode_base64(data: str) -> bytes:
+    """Standard or URL-safe base64 (the SDK sends URL-safe; Google accepts both), padding optional."""
+    return base64.urlsafe_b64decode(data.replace("+", "-").replace("/", "_") + "=" * (-len(data) % 4))
+
+
+def _answer_body(request: RecordedRequest, answer: Answer) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"finishReason": answer.finish_reason, "index": 0}
+    if answer.text is not None:
+        candidate["content"] = {"role": "model", "parts": [{"text": answer.text}]}
+    return {
+        "candidates": [candidate],
+        "usageMetadata": usage_metadata(request, answer),
+        "modelVersion": answer.model_version or request.model,
+        "responseId": uuid.uuid4().hex[:22],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument(
+        "--answer", default="empty", help="'empty' (an empty list for every image) or sample_N (a recorded answer)"
+    )
+    args = parser.parse_args(argv)
+    if args.answer == "empty":
+        responder: Responder = empty_list
+    else:
+        match = re.fullmatch(r"sample_(\d+)", args.answer)
+        if not match:
+            parser.error("--answer must be 'empty' or sample_N")
+        responder = fixture_responder(int(match.group(1)))
+    with FakeGeminiServer(responder, latency=args.latency, port=args.port) as server:
+        print(
+            f"fake Gemini on {server.base_url} (latency {args.latency}s, answer {args.answer}); set "
+            f"GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL to it. Ctrl-C stops.",
+            flush=True,
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

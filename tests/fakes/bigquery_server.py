@@ -1,0 +1,272 @@
+"""TEST STAND-IN for BigQuery's streaming API: `tabledata.insertAll` over real HTTP.
+
+`FakeBigQuery` serves POST /bigquery/v2/projects/{p}/datasets/{d}/tables/{t}/insertAll on
+127.0.0.1:<free port> from a thread, so the real google-cloud-bigquery client can be pointed
+at it (`BIGQUERY_EMULATOR_HOST=<url>`, which the client honours for its endpoint, or
+`client_options={"api_endpoint": url}`), with `AnonymousCredentials`.
+
+What it imitates, and how far:
+- Tables: `{t}` must be "objects" or "images"; rows are checked against
+  segmentation/schema/{t}.json with its own type rules (deliberately not
+  `segmentation.schema.validate_row`, so it is an independent check). Any other table -> 404.
+- Validation errors come back as BigQuery does: HTTP 200 with
+  `insertErrors: [{"index": i, "errors": [{"reason": "invalid", "location": col, ...}]}]`;
+  without `skipInvalidRows` the whole request is refused and the valid rows are reported with
+  reason "stopped"; with it, the valid rows are stored.
+- insertId de-duplication: a row whose insertId the table has already accepted is dropped
+  silently (BigQuery does this best-effort, for about a minute; here always).
+- Faults: `fail_next(n, status=503)` answers the next n requests with that HTTP status and a
+  Google-shaped error body (`reason` settable, e.g. 403 "rateLimitExceeded");
+  `reject_next(n, reason=...)` answers the next n requests 200 with every row in
+  insertErrors (reason "invalid" by default; BigQuery also uses e.g. "timeout").
+Nothing else of BigQuery (tables API, queries, partitions, schema updates) exists here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+
+from segmentation.schema import TABLES, load_schema
+
+_INSERT_ALL = re.compile(
+    r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)/insertAll$"
+)
+_STATUS_REASONS = {400: "invalid", 403: "rateLimitExceeded", 404: "notFound", 429: "rateLimitExceeded",
+                   500: "internalError", 502: "badGateway", 503: "backendError", 504: "backendError"}
+
+
+@dataclass
+class _Fault:
+    remaining: int
+    status: int
+    reason: str
+    retry_after: float | None
+
+
+@dataclass
+class _State:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    insert_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[_Fault] = field(default_factory=list)
+    rejections: list[list[Any]] = field(default_factory=list)  # [remaining, reason, message]
+
+
+def _value_error(column: dict[str, str], value: Any) -> str | None:
+    """BigQuery-like check of one JSON value; the message for a bad value, else None."""
+    kind = column["type"]
+    if kind == "STRING":
+        ok = isinstance(value, str)
+    elif kind == "INT64":
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()) is not None
+        )
+        if ok and not -(2**63) <= int(value) < 2**63:
+            ok = False
+    elif kind == "FLOAT64":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(value, str):
+            try:
+                float(value)
+                ok = True
+            except ValueError:
+                ok = False
+    elif kind == "BOOL":
+        ok = isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false"))
+    elif kind == "TIMESTAMP":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(value, str):
+            try:
+                dt.datetime.fromisoformat(value.replace(" UTC", "+00:00"))
+                ok = True
+            except ValueError:
+                ok = False
+    else:
+        return f"unsupported type {kind}"
+    return None if ok else f"Cannot convert value to {kind.lower()}: {json.dumps(value)[:80]}."
+
+
+def row_errors(table: str, row: Any) -> list[dict[str, str]]:
+    """The insertErrors entries BigQuery would give `row` for our `table` schema."""
+    if not isinstance(row, dict):
+        return [{"reason": "invalid", "location": "", "debugInfo": "", "message": "Row is not a JSON object."}]
+    columns = {column["name"]: column for column in load_schema(table)}
+    errors = []
+    for name in row:
+        if name not in columns:
+            errors.append({"reason": "invalid", "location": name, "debugInfo": "", "message": "no such field: " + name + "."})
+    for name, column in columns.items():
+        value = row.get(name)
+        if value is None:
+            if column["mode"] == "REQUIRED":
+                errors.append({"reason": "invalid", "location": name, "debugInfo": "",
+                               "message": f"Missing required field: {name}."})
+            continue
+        problem = _value_error(column, value)
+        if problem:
+            errors.append({"reason": "invalid", "location": name, "debugInfo": "", "message": problem})
+    return errors
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real endpoint
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        state = self.server.state
+        match = _INSERT_ALL.fullmatch(self.path.split("?", 1)[0])
+        with state.lock:
+            state.requests.append({"path": self.path, "body": body})
+            fault = next((f for f in state.faults if f.remaining > 0), None)
+            if fault is not None:
+                fault.remaining -= 1
+        if fault is not None:
+            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            return self._error(fault.status, fault.reason, f"injected by the test stand-in: HTTP {fault.status}", headers)
+        if match is None:
+            return self._error(404, "notFound", f"Not found: URL {self.path}")
+        table = match["table"]
+        if table not in TABLES:
+            return self._error(404, "notFound", f"Not found: Table {match['project']}:{match['dataset']}.{table}")
+        try:
+            request = json.loads(body)
+            rows = request["rows"]
+            assert isinstance(rows, list)
+        except (ValueError, KeyError, AssertionError):
+            return self._error(400, "invalid", "Invalid JSON payload received.")
+        table_id = f"{match['project']}.{match['dataset']}.{table}"
+        self._send(200, self._insert(state, table_id, table, rows, bool(request.get("skipInvalidRows"))))
+
+    def _insert(self, state: _State, table_id: str, table: str, rows: list, skip_invalid: bool) -> dict:
+        with state.lock:
+            rejection = next((r for r in state.rejections if r[0] > 0), None)
+            if rejection is not None:
+                rejection[0] -= 1
+                error = {"reason": rejection[1], "location": "", "debugInfo": "", "message": rejection[2]}
+                return {"kind": "bigquery#tableDataInsertAllResponse",
+                        "insertErrors": [{"index": i, "errors": [error]} for i in range(len(rows))]}
+            problems = {i: row_errors(table, item.get("json") if isinstance(item, dict) else None)
+                        for i, item in enumerate(rows)}
+            problems = {i: errors for i, errors in problems.items() if errors}
+            if problems and not skip_invalid:
+                stopped = {"reason": "stopped", "location": "", "debugInfo": "", "message": ""}
+                insert_errors = [{"index": i, "errors": problems.get(i, [stopped])} for i in range(len(rows))]
+                return {"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": insert_errors}
+            seen = state.insert_ids[table_id]
+            for i, item in enumerate(rows):
+                if i in problems:
+                    continue
+                insert_id = item.get("insertId")
+                if insert_id is not None and insert_id in seen:
+                    continue  # best-effort de-duplication on insertId
+                if insert_id is not None:
+                    seen.add(insert_id)
+                state.rows[table_id].append({"insertId": insert_id, "json": item["json"]})
+            response: dict[str, Any] = {"kind": "bigquery#tableDataInsertAllResponse"}
+            if problems:
+                response["insertErrors"] = [{"index": i, "errors": errors} for i, errors in sorted(problems.items())]
+            return response
+
+    def _error(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        body = {"error": {"code": status, "message": message,
+                          "errors": [{"message": message, "domain": "global", "reason": reason}]}}
+        self._send(status, body, headers or {})
+
+    def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(payload)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    state: _State
+
+
+class FakeBigQuery:
+    """The stand-in server: `start()`/`stop()` or use as a context manager; `url` is its base URL."""
+
+    def __init__(self) -> None:
+        self._state = _State()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    def start(self) -> "FakeBigQuery":
+        httpd = _Server(("127.0.0.1", 0), _Handler)
+        httpd.state = self._state
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-bigquery", daemon=True)
+        self._thread.start()
+        host, port = httpd.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> "FakeBigQuery":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def rows(self, table_id: str) -> list[dict[str, Any]]:
+        """Stored rows of "project.dataset.table": [{"insertId": ..., "json": {...}}, ...]."""
+        with self._state.lock:
+            return [dict(row) for row in self._state.rows.get(table_id, [])]
+
+    @property
+    def request_count(self) -> int:
+        with self._state.lock:
+            return len(self._state.requests)
+
+    def request_bodies(self) -> list[dict[str, Any]]:
+        """The JSON bodies of every request received, oldest first."""
+        with self._state.lock:
+            return [json.loads(request["body"]) for request in self._state.requests]
+
+    def fail_next(self, n: int = 1, *, status: int = 503, reason: str | None = None,
+                  retry_after: float | None = None) -> None:
+        """Answer the next `n` requests with HTTP `status` (rows are not stored)."""
+        with self._state.lock:
+            self._state.faults.append(_Fault(n, status, reason or _STATUS_REASONS.get(status, "invalid"), retry_after))
+
+    def reject_next(self, n: int = 1, *, reason: str = "invalid", message: str = "rejected by the test stand-in") -> None:
+        """Answer the next `n` requests 200 with every row in insertErrors (nothing stored)."""
+        with self._state.lock:
+            self._state.rejections.append([n, reason, message])
+
+
+@pytest.fixture
+def fake_bigquery() -> Iterator[FakeBigQuery]:
+    """A fresh, running `FakeBigQuery` per test."""
+    with FakeBigQuery() as server:
+        yield server

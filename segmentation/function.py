@@ -47,3 +47,12 @@ def handle_cloud_event(attributes: dict[str, Any], data: Any, pipeline: Pipeline
                        event_type=attributes.get("type"), event_source=attributes.get("source"))
         return None
     return (pipeline or default_pipeline()).process(ref)
+
+
+def reset_pipeline() -> None:
+    """Forget the process-wide pipeline; the next event rebuilds it from the environment."""
+    global _pipeline
+    with _lock:
+        if _pipeline is not None:
+            _pipeline.detector.close()
+        _pipeline = None

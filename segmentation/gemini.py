@@ -32,11 +32,12 @@ An answer that can't be parsed is asked for once more, then gives `ResponseParse
 Endpoints follow the SDK's own environment variables ``GOOGLE_VERTEX_BASE_URL`` and
 ``GOOGLE_GEMINI_BASE_URL``. Tests point these at `tests.fakes.gemini_server`.
 
->>> from segmentation.config import Config  # doctest: +SKIP
->>> detector = GeminiDetector(Config.from_env())  # doctest: +SKIP
->>> result = detector.detect(model_input, (4000, 3000), deadline=time.monotonic() + 120)  # doctest: +SKIP
->>> [(d.label, d.box.as_tuple()) for d in result.detections]  # doctest: +SKIP
-[('black suitcase', (812, 1204, 1630, 2288)), ('red backpack', (2410, 1502, 2871, 2160))]
+Example (needs credentials, or GOOGLE_GEMINI_BASE_URL pointing at a server)::
+
+    detector = GeminiDetector(Config.from_env())
+    result = detector.detect(model_input, (4000, 3000), deadline=time.monotonic() + 120)
+    [(d.label, d.box.as_tuple()) for d in result.detections]
+    # [('black suitcase', (812, 1204, 1630, 2288)), ('red backpack', (2410, 1502, 2871, 2160))]
 """
 
 from __future__ import annotations

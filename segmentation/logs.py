@@ -4,7 +4,7 @@ Cloud Run (and so Cloud Functions 2nd gen) parses each JSON line on stdout/stder
 structured log entry: `severity` and `message` are special fields, everything else lands in
 `jsonPayload`. Locally the same lines are easy to grep or pipe into `jq`.
 
->>> log_event("INFO", "image processed", bucket="b", object="raw/a.jpg", objects_found=3)  # doctest: +SKIP
+>>> log_event("INFO", "image processed", bucket="b", object="raw/a.jpg", objects_found=3)
 {"severity": "INFO", "message": "image processed", "bucket": "b", "object": "raw/a.jpg", "objects_found": 3}
 """
 

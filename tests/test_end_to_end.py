@@ -1,0 +1,398 @@
+"""End to end: a CloudEvent over HTTP into functions-framework's real app, the storage
+emulator for every read and write, the Gemini wire server, and the row sinks.
+
+Nothing of ours is patched: the function reads its configuration from the environment the
+test sets, exactly as on Cloud Run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from PIL import Image
+from werkzeug.serving import make_server
+
+from segmentation.function import reset_pipeline
+from segmentation.parse import parse_response
+from segmentation.sink import SqliteSink
+from tests.fakes.bigquery_server import FakeBigQuery
+from tests.fakes.gemini_server import (
+    Answer,
+    FakeGeminiServer,
+    internal_error,
+    rate_limited,
+    sample_text,
+    truncated,
+    unavailable,
+)
+from tests.fakes.storage_emulator import running_storage_emulator
+from tests.fixtures import shared_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "conveyor-test"
+API_KEY = "test-key-5b1e0c"
+FINALIZED = "google.cloud.storage.object.v1.finalized"
+
+
+@dataclass
+class Stack:
+    """The running pieces of one end-to-end test."""
+
+    emulator: object
+    gemini: FakeGeminiServer
+    function_url: str
+    client: storage.Client
+    sqlite_path: Path
+
+    @property
+    def bucket(self) -> storage.Bucket:
+        return self.client.bucket(BUCKET)
+
+    def upload(self, name: str, data: bytes, content_type: str = "image/png") -> storage.Blob:
+        blob = self.bucket.blob(name)
+        blob.upload_from_string(data, content_type=content_type)
+        return blob
+
+    def event_for(self, blob: storage.Blob, **overrides) -> CloudEvent:
+        data = {"bucket": BUCKET, "name": blob.name, "generation": str(blob.generation),
+                "contentType": blob.content_type, "size": str(blob.size), "metageneration": "1"}
+        data.update(overrides)
+        return CloudEvent({"type": FINALIZED, "source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}",
+                           "subject": f"objects/{blob.name}"}, data)
+
+    def deliver(self, event: CloudEvent, mode: str = "binary") -> requests.Response:
+        headers, body = (to_binary if mode == "binary" else to_structured)(event)
+        return requests.post(self.function_url, headers=headers, data=body, timeout=60)
+
+    def names(self, prefix: str) -> list[str]:
+        return sorted(blob.name for blob in self.client.list_blobs(BUCKET, prefix=prefix))
+
+    def rows(self, table: str) -> list[dict]:
+        return SqliteSink(self.sqlite_path).rows(table) if self.sqlite_path.exists() else []
+
+
+@pytest.fixture
+def stack(tmp_path, monkeypatch) -> Iterator[Stack]:
+    with running_storage_emulator() as emulator, FakeGeminiServer() as gemini:
+        emulator.create_bucket(BUCKET)
+        sqlite_path = tmp_path / "results.sqlite"
+        for name in ("GOOGLE_CLOUD_PROJECT", "GOOGLE_API_KEY", "BQ_OBJECTS_TABLE", "BQ_IMAGES_TABLE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", gemini.base_url)
+        monkeypatch.setenv("GEMINI_API_KEY", API_KEY)
+        monkeypatch.setenv("SQLITE_PATH", str(sqlite_path))
+        monkeypatch.setenv("RETRY_DEADLINE_S", "20")
+        import functions_framework
+
+        app = functions_framework.create_app(target="on_object_finalized", source=str(ROOT / "main.py"),
+                                             signature_type="cloudevent")
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        reset_pipeline()
+        client = storage.Client(project="test", credentials=AnonymousCredentials())
+        try:
+            yield Stack(emulator, gemini, f"http://127.0.0.1:{server.server_port}/", client, sqlite_path)
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)
+            reset_pipeline()
+
+
+def cupcakes() -> bytes:
+    return shared_fixture("gemini", "sample_1.png").read_bytes()
+
+
+def expected_boxes(sample: int, size=(620, 620)) -> list[tuple[int, int, int, int]]:
+    return [d.box.as_tuple() for d in parse_response(sample_text(sample), size).detections]
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_an_image_in_raw_gives_crops_overview_and_rows(stack, mode):
+    stack.gemini.enqueue(Answer(sample_text(1)))
+    blob = stack.upload("raw/cam1/cupcakes.png", cupcakes())
+
+    response = stack.deliver(stack.event_for(blob), mode)
+
+    assert response.status_code == 200, response.text
+    boxes = expected_boxes(1)
+    crops = stack.names("processed/")
+    assert crops == [f"processed/cam1/cupcakes-output-{i:04d}.jpg" for i in range(1, len(boxes) + 1)]
+    assert stack.names("processed-overview/") == ["processed-overview/cam1/processed_cupcakes.jpg"]
+    overview = Image.open(io.BytesIO(stack.bucket.blob("processed-overview/cam1/processed_cupcakes.jpg")
+                                     .download_as_bytes()))
+    assert overview.size == (620, 620)
+
+    objects = sorted(stack.rows("objects"), key=lambda row: row["object_index"])
+    assert [(r["box_x_min"], r["box_y_min"], r["box_x_max"], r["box_y_max"]) for r in objects] == boxes
+    for row, crop_name in zip(objects, crops):
+        assert row["output_uri"] == f"gs://{BUCKET}/{crop_name}"
+        crop = Image.open(io.BytesIO(stack.bucket.blob(crop_name).download_as_bytes()))
+        assert crop.size == (row["box_x_max"] - row["box_x_min"], row["box_y_max"] - row["box_y_min"])
+        assert row["source_generation"] == blob.generation
+        assert row["overview_uri"] == f"gs://{BUCKET}/processed-overview/cam1/processed_cupcakes.jpg"
+        assert row["detector"] == "gemini" and row["prompt"] == "Detect bags and luggage only."
+        assert row["total_tokens"] > 0
+    assert objects[0]["label"] == "red sprinkles"
+    (image_row,) = stack.rows("images")
+    assert (image_row["status"], image_row["objects_found"], image_row["error_type"]) == ("ok", len(boxes), None)
+    assert (image_row["image_width"], image_row["image_height"]) == (620, 620)
+
+    request = stack.gemini.requests[0]
+    sent = Image.open(io.BytesIO(request.image_bytes))
+    assert max(sent.size) <= 1024 and request.image_mime_type == "image/jpeg"
+
+
+def test_redelivery_after_success_is_a_cheap_no_op(stack):
+    stack.gemini.enqueue(Answer(sample_text(1)))
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+    event = stack.event_for(blob)
+    assert stack.deliver(event).status_code == 200
+    outputs_before = stack.names("processed")
+    rows_before = (len(stack.rows("objects")), len(stack.rows("images")))
+    stack.emulator.clear_requests()
+
+    assert stack.deliver(event).status_code == 200
+    assert stack.deliver(event, "structured").status_code == 200
+
+    assert len(stack.gemini.requests) == 1
+    assert stack.emulator.media_requests() == []
+    assert not [r for r in stack.emulator.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
+    assert stack.names("processed") == outputs_before
+    assert (len(stack.rows("objects")), len(stack.rows("images"))) == rows_before
+
+
+def test_a_newer_generation_is_a_new_image(stack):
+    stack.gemini.enqueue(Answer(sample_text(1)), Answer(sample_text(5)))
+    first = stack.upload("raw/cupcakes.png", cupcakes())
+    assert stack.deliver(stack.event_for(first)).status_code == 200
+    second = stack.upload("raw/cupcakes.png", cupcakes())
+    assert second.generation != first.generation
+
+    assert stack.deliver(stack.event_for(second)).status_code == 200
+
+    assert len(stack.gemini.requests) == 2
+    statuses = {(row["source_generation"], row["status"]) for row in stack.rows("images")}
+    assert statuses == {(first.generation, "ok"), (second.generation, "ok")}
+    newest = [row for row in stack.rows("objects") if row["source_generation"] == second.generation]
+    assert len(newest) == len(expected_boxes(5))
+    # The crops now belong to the newer generation only: none left over from the first.
+    assert len(stack.names("processed/")) == len(expected_boxes(5))
+
+
+def test_an_old_generation_redelivered_after_a_newer_one_is_skipped(stack):
+    stack.gemini.enqueue(Answer(sample_text(1)))
+    old = stack.upload("raw/cupcakes.png", cupcakes())
+    new = stack.upload("raw/cupcakes.png", cupcakes())
+    assert stack.deliver(stack.event_for(new)).status_code == 200
+
+    assert stack.deliver(stack.event_for(old)).status_code == 200
+
+    assert len(stack.gemini.requests) == 1
+    assert {row["source_generation"] for row in stack.rows("images")} == {new.generation}
+
+
+@pytest.mark.parametrize(
+    "name, content_type, data",
+    [
+        ("processed/cupcakes-output-0001.jpg", "image/jpeg", b"jpeg"),
+        ("processed-overview/processed_cupcakes.jpg", "image/jpeg", b"jpeg"),
+        ("raw/cam1/", "text/plain", b""),
+        ("raw/empty.jpg", "image/jpeg", b""),
+        ("raw/notes.txt", "text/plain", b"hello"),
+    ],
+)
+def test_objects_that_are_not_ours_are_ignored(stack, name, content_type, data, capsys):
+    blob = stack.upload(name, data, content_type)
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    assert stack.gemini.requests == [] and stack.rows("images") == []
+    ignored = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"ignored' in line]
+    assert len(ignored) == 1 and ignored[0]["object"] == name
+
+
+def test_a_wrong_event_is_acknowledged_and_logged(stack, capsys):
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+    deleted = CloudEvent({"type": "google.cloud.storage.object.v1.deleted", "source": "//storage"},
+                         {"bucket": BUCKET, "name": blob.name})
+    no_name = CloudEvent({"type": FINALIZED, "source": "//storage"}, {"bucket": BUCKET})
+
+    assert stack.deliver(deleted).status_code == 200
+    assert stack.deliver(no_name).status_code == 200
+
+    assert stack.gemini.requests == []
+    warnings = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "ignored event" in line]
+    assert [w["severity"] for w in warnings] == ["WARNING", "WARNING"]
+
+
+def failed_row(stack) -> dict:
+    (row,) = stack.rows("images")
+    assert row["status"] == "failed" and row["objects_found"] == 0
+    assert stack.rows("objects") == [] and stack.names("processed/") == []
+    return row
+
+
+@pytest.mark.parametrize(
+    "data, error_type",
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image_decode_error"),
+        (b"this is a text file named .jpg", "image_decode_error"),
+    ],
+)
+def test_a_broken_image_gets_a_failed_row_and_the_event_is_acknowledged(stack, data, error_type, capsys):
+    blob = stack.upload("raw/broken.jpg", data, "image/jpeg")
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    row = failed_row(stack)
+    assert row["error_type"] == error_type and row["error_message"]
+    assert stack.gemini.requests == []
+    errors = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["severity"], e["error_type"]) for e in errors] == [("ERROR", error_type)]
+
+
+def test_an_oversized_file_is_refused_without_download(stack, monkeypatch):
+    monkeypatch.setenv("MAX_IMAGE_BYTES", "1000")
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    assert failed_row(stack)["error_type"] == "image_too_large"
+    assert stack.emulator.media_requests() == []
+
+
+def test_an_object_deleted_before_it_was_read(stack):
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+    event = stack.event_for(blob)
+    blob.delete()
+
+    assert stack.deliver(event).status_code == 200
+
+    assert failed_row(stack)["error_type"] == "object_gone"
+
+
+def test_an_answer_unparseable_after_a_re_ask_is_a_failed_image(stack):
+    stack.gemini.enqueue(Answer("I can see some cupcakes."), Answer("Sorry, no JSON today."))
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    row = failed_row(stack)
+    assert row["error_type"] == "response_parse_error"
+    assert len(stack.gemini.requests) == 2
+
+
+def test_an_empty_answer_gives_an_empty_image_row_and_an_overview(stack):
+    stack.gemini.enqueue(Answer("[]"))
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    (row,) = stack.rows("images")
+    assert (row["status"], row["objects_found"]) == ("empty", 0)
+    assert stack.names("processed-overview/") == ["processed-overview/processed_cupcakes.jpg"]
+
+
+def test_an_answer_cut_at_the_token_limit_keeps_complete_objects_and_is_partial(stack):
+    text = sample_text(1)
+    stack.gemini.enqueue(truncated(text, len(text) // 2))
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    (row,) = stack.rows("images")
+    kept = parse_response(text[: len(text) // 2], (620, 620)).detections
+    assert row["status"] == "partial" and row["objects_found"] == len(kept) > 0
+    assert len(stack.rows("objects")) == len(kept)
+
+
+def test_quota_and_server_errors_are_retried_in_process(stack):
+    stack.gemini.enqueue(rate_limited("0.2s"), internal_error(), Answer(sample_text(4)))
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    assert len(stack.gemini.requests) == 3
+    (row,) = stack.rows("images")
+    assert row["status"] == "ok" and row["objects_found"] == len(expected_boxes(4))
+
+
+def test_a_storage_outage_is_retried_in_process(stack):
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+    stack.gemini.enqueue(Answer(sample_text(1)))
+    stack.emulator.fail_next(2, method="GET", path=r"^/download/", status=503)
+    stack.emulator.fail_next(1, method="POST", path=r"^/upload/", status=503)
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    assert stack.rows("images")[0]["status"] == "ok"
+    assert len(stack.names("processed/")) == len(expected_boxes(1))
+
+
+def test_past_the_deadline_the_function_fails_so_the_platform_redelivers(stack, monkeypatch):
+    monkeypatch.setenv("RETRY_DEADLINE_S", "1.5")
+    stack.gemini.reset(lambda request: unavailable())
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+    event = stack.event_for(blob)
+
+    assert stack.deliver(event).status_code == 500
+
+    assert stack.rows("images") == [] and stack.names("processed") == []
+    # The platform redelivers once Gemini is back; the image is processed exactly once.
+    stack.gemini.reset(lambda request: Answer(sample_text(1)))
+    assert stack.deliver(event).status_code == 200
+    assert stack.deliver(event).status_code == 200
+    assert [row["status"] for row in stack.rows("images")] == ["ok"]
+    assert len(stack.rows("objects")) == len(expected_boxes(1))
+
+
+def test_rows_stream_to_bigquery_through_the_real_client(stack, monkeypatch):
+    with FakeBigQuery() as bigquery:
+        monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bigquery.url)
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+        monkeypatch.setenv("GEMINI_BACKEND", "api-key")
+        monkeypatch.setenv("BQ_OBJECTS_TABLE", "test-project.conveyor.objects")
+        monkeypatch.setenv("BQ_IMAGES_TABLE", "test-project.conveyor.images")
+        reset_pipeline()
+        stack.gemini.enqueue(Answer(sample_text(1)))
+        blob = stack.upload("raw/cupcakes.png", cupcakes())
+        bigquery.fail_next(1, status=503)
+        event = stack.event_for(blob)
+
+        assert stack.deliver(event).status_code == 200
+        assert stack.deliver(event).status_code == 200
+
+        stored_objects = bigquery.rows("test-project.conveyor.objects")
+        stored_images = bigquery.rows("test-project.conveyor.images")
+        assert all(row["insertId"] == row["json"]["row_id"] for row in stored_objects + stored_images)
+        objects = [row["json"] for row in stored_objects]
+        assert len(objects) == len(expected_boxes(1)) and len(stored_images) == 1
+        assert {row["object_index"] for row in objects} == set(range(1, len(objects) + 1))
+        assert stored_images[0]["json"]["status"] == "ok"
+        assert not stack.sqlite_path.exists()
+
+
+def test_the_api_key_never_reaches_logs_rows_or_outputs(stack, capsys):
+    stack.gemini.enqueue(rate_limited("0.1s"), Answer(sample_text(2)))
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    captured = capsys.readouterr()
+    assert API_KEY not in captured.out + captured.err
+    assert API_KEY not in json.dumps(stack.rows("objects") + stack.rows("images"))
+    for name in stack.names(""):
+        assert API_KEY.encode() not in stack.bucket.blob(name).download_as_bytes()

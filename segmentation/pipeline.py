@@ -18,6 +18,8 @@ no-op: one metadata read.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -58,6 +60,31 @@ class Outcome:
     reason: str | None = None
     crop_uris: tuple[str, ...] = field(default=())
     overview_uri: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class PhaseTimer:
+    """Wall time per pipeline phase, in milliseconds, for the log line and the benchmarks.
+
+    >>> timer = PhaseTimer()
+    >>> with timer("decode"):
+    ...     pass
+    >>> list(timer.ms)
+    ['decode']
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self._clock = clock
+        self.ms: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = self._clock()
+        try:
+            yield
+        finally:
+            elapsed = (self._clock() - start) * 1000
+            self.ms[phase] = round(self.ms.get(phase, 0.0) + elapsed, 3)
 
 
 class Pipeline:
@@ -102,8 +129,9 @@ class Pipeline:
             log_event("INFO", f"duplicate: {why}", **fields)
             return Outcome("duplicate", reason=why)
 
+        timer = PhaseTimer()
         try:
-            outcome, image_row = self._run(ref, names, deadline, started)
+            outcome, image_row = self._run(ref, names, deadline, started, timer)
         except PermanentError as exc:
             outcome = Outcome("failed", reason=f"{exc.error_type}: {exc}")
             image_row = self._image_row(ref, status="failed", started=started, error=exc)
@@ -128,34 +156,43 @@ class Pipeline:
                 total_tokens=image_row["total_tokens"],
                 model_latency_ms=image_row["model_latency_ms"],
                 processing_ms=image_row["processing_ms"],
+                timings_ms=timer.ms,
                 **fields,
             )
-        self._write_marker(ref, names, outcome, deadline)
-        return outcome
+        with timer("marker"):
+            self._write_marker(ref, names, outcome, deadline)
+        return dataclasses.replace(outcome, timings_ms=timer.ms)
 
-    def _run(self, ref: ObjectRef, names: OutputNames, deadline: float, started: float) -> tuple[Outcome, dict]:
-        data = retry_call(
-            lambda: self.storage.read(ref, max_bytes=self.config.max_image_bytes),
-            deadline=deadline,
-            what="storage read",
-        )
-        loaded = load_image(data, max_pixels=self.config.max_image_pixels)
-        del data
-        image = loaded.image
-        result = self.detector.detect(
-            model_input(image, max_side=self.config.model_input_max_side),
-            (loaded.width, loaded.height),
-            deadline=deadline,
-        )
+    def _run(
+        self, ref: ObjectRef, names: OutputNames, deadline: float, started: float, timer: PhaseTimer
+    ) -> tuple[Outcome, dict]:
+        with timer("read"):
+            data = retry_call(
+                lambda: self.storage.read(ref, max_bytes=self.config.max_image_bytes),
+                deadline=deadline,
+                what="storage read",
+            )
+        with timer("decode"):
+            loaded = load_image(data, max_pixels=self.config.max_image_pixels)
+            del data
+            image = loaded.image
+            prepared = model_input(image, max_side=self.config.model_input_max_side)
+        with timer("model"):
+            result = self.detector.detect(prepared, (loaded.width, loaded.height), deadline=deadline)
         detections = result.detections[: self.config.gemini_max_objects]
 
         metadata = {GENERATION_KEY: str(ref.generation or ""), "source-uri": ref.uri}
-        crop_uris = tuple(
-            self._write(ref.bucket, names.crop(index), crop_jpeg(image, detection), metadata, deadline)
-            for index, detection in enumerate(detections, start=1)
-        )
-        overview_uri = self._write(ref.bucket, names.overview, overview_jpeg(image, detections), metadata, deadline)
-        self._delete_stale_crops(ref, names, len(detections), deadline)
+        crop_uris = []
+        for index, detection in enumerate(detections, start=1):
+            with timer("render"):
+                crop = crop_jpeg(image, detection)
+            with timer("write"):
+                crop_uris.append(self._write(ref.bucket, names.crop(index), crop, metadata, deadline))
+        with timer("render"):
+            overview = overview_jpeg(image, detections)
+        with timer("write"):
+            overview_uri = self._write(ref.bucket, names.overview, overview, metadata, deadline)
+            self._delete_stale_crops(ref, names, len(detections), deadline)
 
         status = "partial" if result.partial else ("ok" if detections else "empty")
         image_row = self._image_row(
@@ -171,9 +208,11 @@ class Pipeline:
             self._object_row(ref, index, detection, crop_uri, overview_uri, result, (loaded.width, loaded.height))
             for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris), start=1)
         ]
-        self._insert("objects", object_rows, deadline)
-        self._insert("images", [image_row], deadline)
-        return Outcome(status, len(detections), crop_uris=crop_uris, overview_uri=overview_uri), image_row
+        with timer("insert"):
+            self._insert("objects", object_rows, deadline)
+            self._insert("images", [image_row], deadline)
+        outcome = Outcome(status, len(detections), crop_uris=tuple(crop_uris), overview_uri=overview_uri)
+        return outcome, image_row
 
     # --- I/O with retries -------------------------------------------------------------------
 

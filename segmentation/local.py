@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import os
 import signal
-import sqlite3
+import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 
 from segmentation.config import Config
 from segmentation.events import FINALIZED, IMAGE_EXTENSIONS
+from segmentation.sink import SqliteSink
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUCKET = "local-conveyor"
@@ -173,14 +174,19 @@ class LocalStack:
         return env
 
     def start(self) -> "LocalStack":
+        for port in (self.storage_port, self.function_port):
+            _require_free_port(port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         emulator_env = dict(os.environ, STORAGE_BASE=str(self.data_dir), STORAGE_DIR="gcs")
         self.processes.append(subprocess.Popen(
             [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-             "--port", str(self.storage_port), "--default-bucket", self.bucket, "--quiet"],
+             "--port", str(self.storage_port), "--quiet"],
             env=emulator_env,
         ))
         wait_for_http(self.storage_url + "/storage/v1/b")
+        client = storage_client(self.storage_url)
+        if client.lookup_bucket(self.bucket) is None:
+            client.create_bucket(self.bucket)
         self.processes.append(subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "on_object_finalized",
              "--signature-type", "cloudevent", "--source", str(ROOT / "main.py"),
@@ -189,8 +195,7 @@ class LocalStack:
         ))
         wait_for_http(self.function_url)
         config = Config.from_env(self.function_env())
-        self.bridge = EventBridge(storage_client(self.storage_url), self.bucket, config.source_prefix,
-                                  self.function_url).start()
+        self.bridge = EventBridge(client, self.bucket, config.source_prefix, self.function_url).start()
         return self
 
     def stop(self) -> None:
@@ -224,19 +229,43 @@ def upload(paths: Iterable[Path], *, bucket: str, emulator_url: str, prefix: str
     return names
 
 
-def print_rows(sqlite_path: Path, table: str, limit: int) -> None:
-    """Print the newest rows of the local sink's `table`, one JSON object per line."""
+# The columns `rows` shows by default; --json prints every column.
+SUMMARY_COLUMNS = {
+    "images": ("source_name", "status", "objects_found", "total_tokens", "processing_ms", "error_type"),
+    "objects": ("source_name", "object_index", "label", "item_color", "output_uri"),
+}
+
+
+def print_rows(sqlite_path: Path, table: str, limit: int, *, as_json: bool = False) -> None:
+    """Print the newest rows of the local sink's `table`: a summary table, or JSON lines."""
     if not sqlite_path.exists():
         print(f"no rows yet: {sqlite_path} does not exist")
         return
-    with sqlite3.connect(sqlite_path) as connection:
-        connection.row_factory = sqlite3.Row
-        rows = connection.execute(
-            f'SELECT * FROM "{table}" ORDER BY processed_at DESC LIMIT ?', (limit,)  # table is from a fixed choice
-        ).fetchall()
-    for row in rows:
-        print(json.dumps({key: row[key] for key in row.keys()}, ensure_ascii=False))
-    print(f"({len(rows)} {table} rows shown from {sqlite_path})")
+    rows = SqliteSink(sqlite_path).rows(table)
+    rows = sorted(rows, key=lambda row: row["processed_at"], reverse=True)[:limit]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    else:
+        columns = SUMMARY_COLUMNS[table]
+        cells = [[_cell(row[column]) for column in columns] for row in rows]
+        widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
+        print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+        for line in cells:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+    print(f"({len(rows)} {table} rows from {sqlite_path})")
+
+
+def _cell(value) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _require_free_port(port: int) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(f"port {port} on 127.0.0.1 is already in use (another `local up`?); "
+                             "stop it or choose --storage-port / --function-port")
 
 
 def _content_type(path: Path) -> str:
@@ -254,6 +283,11 @@ def _wait_until_processed(stack: LocalStack, names: Sequence[str], timeout: floa
             return True
         time.sleep(0.2)
     return False
+
+
+def _interrupt(signum, frame) -> None:
+    """Stop `up` on SIGTERM the way Ctrl-C does, so the child processes are stopped too."""
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.add_argument("--table", choices=("images", "objects"), default="objects")
     rows.add_argument("--limit", type=int, default=50)
     rows.add_argument("--db", type=Path, default=ROOT / "local-data" / "results.sqlite")
+    rows.add_argument("--json", action="store_true", help="print every column, one JSON object per row")
 
     args = parser.parse_args(argv)
     config = Config.from_env()
@@ -287,12 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                camera=args.camera)
         return 0
     if args.command == "rows":
-        print_rows(args.db, args.table, args.limit)
+        print_rows(args.db, args.table, args.limit, as_json=args.json)
         return 0
 
     stack = LocalStack(bucket=args.bucket, storage_port=args.storage_port, function_port=args.function_port,
                        data_dir=args.data_dir)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     with stack:
         print(f"storage emulator: {stack.storage_url}  (export STORAGE_EMULATOR_HOST={stack.storage_url})")
         print(f"function:         {stack.function_url}  bucket: gs://{args.bucket}/{config.source_prefix}")

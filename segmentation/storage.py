@@ -14,14 +14,16 @@ loops would multiply attempts and could run past that deadline.
 
 The google.cloud imports happen on first use, not at import time (~250 ms of a cold start).
 
-Deployment note: google-cloud-storage 3.17's bucket-metadata cache (an OpenTelemetry preview
-feature) starts a background thread that GETs each bucket once per client, even with tracing
-off. Set DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA=true in the function's environment to
-avoid the extra request (it also needs storage.buckets.get, which the function does not need).
+google-cloud-storage 3.17's bucket-metadata cache (an OpenTelemetry preview feature) starts a
+background thread that GETs each bucket once per client, even with tracing off. That request
+needs storage.buckets.get, which the function's service account deliberately lacks, so it
+would only add a 403 to every cold start: the client is built with the library's switch
+DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA set (unless the environment sets it already).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Mapping, NoReturn
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from google.cloud import storage
 
     from segmentation.detections import ObjectRef
+
+_BUCKET_METADATA_SWITCH = "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"
 
 # (connect, read) seconds for one HTTP request; retry_call decides whether to try again.
 REQUEST_TIMEOUT = (10.0, 60.0)
@@ -157,6 +161,7 @@ class GcsStorage:
         if self._client is None:
             with self._lock:
                 if self._client is None:
+                    os.environ.setdefault(_BUCKET_METADATA_SWITCH, "true")
                     from google.cloud import storage
 
                     self._client = storage.Client()

@@ -25,8 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _use(monkeypatch: pytest.MonkeyPatch, emulator: StorageEmulator) -> GcsStorage:
     """Point a fresh GcsStorage (lazy default client) at `emulator`, with BUCKET created."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    # The client's bucket-metadata cache would GET buckets from a background thread.
-    monkeypatch.setenv("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
+    monkeypatch.delenv("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", raising=False)
     emulator.create_bucket(BUCKET)
     return GcsStorage()
 
@@ -251,3 +250,13 @@ def test_importing_storage_and_sink_loads_no_google_client_library() -> None:
     loaded = set(json.loads(result.stdout))
     assert not {m for m in loaded if m.startswith("google.") and m != "google.cloud"}
     assert not {"requests", "email.utils"} & loaded
+
+
+def test_the_default_client_never_reads_bucket_metadata(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:  # noqa: F811
+    """The function's service account has no storage.buckets.get: the client must not need it."""
+    uri = gcs.write(BUCKET, "processed/a.jpg", b"x", content_type="image/jpeg")
+    assert gcs.metadata(BUCKET, "processed/a.jpg") == {}
+    gcs.list_names(BUCKET, "processed/")
+    time.sleep(0.3)  # the library's cache fetches from a background thread
+    bucket_reads = [r for r in storage_emulator.requests if r.method == "GET" and r.path == f"/storage/v1/b/{BUCKET}"]
+    assert uri == f"gs://{BUCKET}/processed/a.jpg" and bucket_reads == []

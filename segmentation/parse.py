@@ -118,7 +118,8 @@ def parse_response(
 
     `max_objects` keeps only the first that many valid, distinct objects. `truncated` says the
     model stopped at its token limit, which makes the result partial even if the JSON closed.
-    Raises `ResponseParseError` only when the text holds no detections list at all.
+    Raises `ResponseParseError` when the text holds no detections list at all, or only a
+    list whose entries all lack `box_2d`.
     """
     width, height = image_size
     if width < 1 or height < 1:
@@ -127,6 +128,11 @@ def parse_response(
         raise ValueError(f"max_objects must be >= 0, got {max_objects!r}")
 
     entries, complete = _find_entries(text)
+    if entries and not any(isinstance(entry, dict) and "box_2d" in entry for entry in entries):
+        # A list of things without coordinates is a malformed answer, not an empty belt:
+        # raising lets the caller ask again instead of recording "nothing found".
+        raise ResponseParseError(f"the answer lists {len(entries)} entries but none has a box_2d: "
+                                 f"{_excerpt(text)!r}")
     notes = _Notes()
     if not complete:
         notes.lines.append(
@@ -191,8 +197,7 @@ def _find_entries(text: str) -> tuple[list[Any], bool]:
             return entries, True
     if saw_unfinished_list:
         return [], False
-    excerpt = text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS] + "..."
-    raise ResponseParseError(f"no list of detections in the model's answer: {excerpt!r}")
+    raise ResponseParseError(f"no list of detections in the model's answer: {_excerpt(text)!r}")
 
 
 def _scan_list(text: str, start: int) -> tuple[list[Any], bool]:
@@ -348,6 +353,10 @@ def _polygon_mask(points: list[Any], box: Box, image_size: tuple[int, int]) -> I
     mask = Image.new("L", (box.width, box.height), 0)
     ImageDraw.Draw(mask).polygon(vertices, fill=255)
     return mask
+
+
+def _excerpt(text: str) -> str:
+    return text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS] + "..."
 
 
 def _clip(value: str) -> str:

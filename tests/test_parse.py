@@ -415,6 +415,14 @@ def test_entries_without_a_valid_box_are_dropped() -> None:
     assert any("not JSON objects (3)" in note for note in parsed.notes)
 
 
+def test_a_list_whose_entries_all_lack_box_2d_is_a_malformed_answer() -> None:
+    text = '[{"label": "suitcase", "color": "red"}, {"label": "backpack"}]'
+    with pytest.raises(ResponseParseError, match="2 entries but none has a box_2d"):
+        parse_response(text, (100, 100))
+    with pytest.raises(ResponseParseError, match=r"\.\.\.'$"):
+        parse_response("[" + ", ".join(['{"label": "x"}'] * 100) + "]", (100, 100))
+
+
 def test_text_fields_default_stringify_and_strip() -> None:
     text = answer(
         {"box_2d": [0, 0, 100, 100]},

@@ -88,6 +88,8 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     secret: bool = False
+    # Only meaningful on a developer's machine; Terraform does not set it on the function.
+    local_only: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -111,7 +113,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Vertex AI location for Gemini calls, e.g. global or us-central1."),
     Setting("GEMINI_API_KEY", "gemini_api_key", "", _str,
             "API key for local development (api-key backend). Never logged. GOOGLE_API_KEY also works.",
-            secret=True),
+            secret=True, local_only=True),
     Setting("GEMINI_MODEL", "gemini_model", "gemini-3.5-flash", _str,
             "Model id. The default is the long-term GA Flash model on Vertex AI "
             "(gemini-2.5-flash was retired there on 2026-10-20)."),
@@ -158,7 +160,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BQ_IMAGES_TABLE", "bq_images_table", "", _str,
             "BigQuery table for image rows, project.dataset.table. Empty: rows go to SQLITE_PATH."),
     Setting("SQLITE_PATH", "sqlite_path", "local-data/results.sqlite", _str,
-            "Local row sink used when no BigQuery tables are configured."),
+            "Local row sink used when no BigQuery tables are configured.", local_only=True),
     Setting("LOG_LEVEL", "log_level", "INFO", _choice("debug", "info", "warning", "error"),
             "Lowest severity written to the log."),
 )

@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -40,6 +41,8 @@ from segmentation.sink import RowSink
 from segmentation.storage import GcsStorage
 
 GENERATION_KEY = "source-generation"
+# Parallel uploads per pipeline (shared by the instance's concurrent requests).
+UPLOAD_THREADS = 16
 
 
 class Detector(Protocol):
@@ -104,6 +107,7 @@ class Pipeline:
         self.sink = sink
         self.detector = detector
         self._clock = clock
+        self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload")
 
     def process(self, ref: ObjectRef) -> Outcome:
         """Process one object-finalize event's object. Raises only `TransientError` (redeliver me)."""
@@ -181,18 +185,17 @@ class Pipeline:
             result = self.detector.detect(prepared, (loaded.width, loaded.height), deadline=deadline)
         detections = result.detections[: self.config.gemini_max_objects]
 
-        metadata = {GENERATION_KEY: str(ref.generation or ""), "source-uri": ref.uri}
-        crop_uris = []
-        for index, detection in enumerate(detections, start=1):
-            with timer("render"):
-                crop = crop_jpeg(image, detection)
-            with timer("write"):
-                crop_uris.append(self._write(ref.bucket, names.crop(index), crop, metadata, deadline))
         with timer("render"):
-            overview = overview_jpeg(image, detections)
+            outputs = [(names.crop(index), crop_jpeg(image, detection))
+                       for index, detection in enumerate(detections, start=1)]
+            outputs.append((names.overview, overview_jpeg(image, detections)))
+        metadata = {GENERATION_KEY: str(ref.generation or ""), "source-uri": ref.uri}
         with timer("write"):
-            overview_uri = self._write(ref.bucket, names.overview, overview, metadata, deadline)
+            # Uploads are network round trips: run them side by side, not one after another.
+            uris = list(self._uploads.map(
+                lambda output: self._write(ref.bucket, output[0], output[1], metadata, deadline), outputs))
             self._delete_stale_crops(ref, names, len(detections), deadline)
+        *crop_uris, overview_uri = uris
 
         status = "partial" if result.partial else ("ok" if detections else "empty")
         image_row = self._image_row(

@@ -2,14 +2,24 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# checkov (tests/test_terraform.py) pins libraries that conflict with requirements.txt, so it
+# lives in its own virtualenv.
+TOOLS := .venv-tools
+CHECKOV_VERSION := 3.3.30
 
 .PHONY: local test install bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/python
+install: $(BIN)/python $(TOOLS)/.checkov-$(CHECKOV_VERSION)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+
+$(TOOLS)/.checkov-$(CHECKOV_VERSION):
+	rm -rf $(TOOLS)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	touch $@
 
 # Emulator + function + event bridge; uploads samples/, prints the rows, stops.
 local: install

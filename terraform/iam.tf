@@ -1,0 +1,167 @@
+# Identities and every grant, each on the narrowest resource that can carry it.
+# No basic roles (owner/editor/viewer), nothing for allUsers or allAuthenticatedUsers.
+# tests/test_terraform.py checks this file's grants against the list below.
+#
+# runtime SA (the function runs as it)
+#   images bucket, objects under source_prefix     roles/storage.objectViewer  (IAM condition)
+#   images bucket, objects under the 3 output      roles/storage.objectUser    (IAM condition)
+#     prefixes, and listing under crops_prefix
+#   objects table, images table                     roles/bigquery.dataEditor
+#   project                                         roles/aiplatform.user
+# trigger SA (Eventarc delivers events as it)
+#   project                                         roles/eventarc.eventReceiver
+#   the function's Cloud Run service                roles/run.invoker          (function.tf)
+# build SA (Cloud Build builds the function's container as it)
+#   project                                         roles/run.builder
+# Cloud Storage service agent (publishes bucket notifications for the trigger)
+#   project                                         roles/pubsub.publisher
+#
+# Not granted: roles/logging.logWriter. Cloud Run collects the function's stdout/stderr (its
+# structured logs) without any permission on the runtime identity.
+
+resource "google_service_account" "runtime" {
+  project      = var.project_id
+  account_id   = "${local.base}-run"
+  display_name = "Conveyor segmentation function (${var.environment})"
+  description  = "Runs the function: reads camera uploads, writes crops/overviews/markers, streams rows to BigQuery, calls Gemini on Vertex AI."
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "trigger" {
+  project      = var.project_id
+  account_id   = "${local.base}-trigger"
+  display_name = "Conveyor segmentation trigger (${var.environment})"
+  description  = "Eventarc delivers the images bucket's object-finalize events to the function as this account."
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "build" {
+  project      = var.project_id
+  account_id   = "${local.base}-build"
+  display_name = "Conveyor segmentation build (${var.environment})"
+  description  = "Cloud Build builds the function's container image from the source archive as this account."
+
+  depends_on = [google_project_service.enabled]
+}
+
+# --- Runtime: the images bucket ------------------------------------------------------------------
+# Conditions need uniform bucket-level access (always on for a created bucket; checked for an
+# existing one). Object permissions are checked against
+# projects/_/buckets/BUCKET/objects/NAME, so startsWith on that name scopes them to a prefix.
+#
+# storage.objects.list is checked against the bucket, not an object, so no resource.name
+# condition can match it. The function lists only under crops_prefix (the stale-crop clean-up in
+# segmentation/pipeline.py), and Cloud Storage passes a list request's prefix to IAM as the API
+# attribute storage.googleapis.com/objectListPrefix: the clause below allows a list only when
+# that prefix starts with crops_prefix. Without a prefix, or with any other, listing is denied.
+# (The alternatives were worse: an unconditional list grant or a custom role with
+# storage.objects.list on the bucket would reveal every object name in the bucket.)
+
+locals {
+  runtime_member   = "serviceAccount:${google_service_account.runtime.email}"
+  object_name_root = "projects/_/buckets/${local.images_bucket_name}/objects/"
+  output_prefixes  = [var.crops_prefix, var.overview_prefix, var.markers_prefix]
+
+  raw_read_condition = "resource.name.startsWith(\"${local.object_name_root}${var.source_prefix}\")"
+  outputs_write_condition = join(" || ", concat(
+    [for prefix in local.output_prefixes : "resource.name.startsWith(\"${local.object_name_root}${prefix}\")"],
+    ["api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"${var.crops_prefix}\")"],
+  ))
+}
+
+resource "google_storage_bucket_iam_member" "runtime_reads_uploads" {
+  bucket = local.images_bucket_name
+  role   = "roles/storage.objectViewer"
+  member = local.runtime_member
+
+  condition {
+    title       = "read-${trimsuffix(replace(var.source_prefix, "/", "-"), "-")}"
+    description = "Read camera uploads (exact generations and their metadata) under ${var.source_prefix} only."
+    expression  = local.raw_read_condition
+  }
+}
+
+resource "google_storage_bucket_iam_member" "runtime_writes_outputs" {
+  bucket = local.images_bucket_name
+  role   = "roles/storage.objectUser"
+  member = local.runtime_member
+
+  condition {
+    title       = "write-outputs"
+    description = "Create, overwrite, read and delete crops, overviews and completion markers; list under ${var.crops_prefix} only."
+    expression  = local.outputs_write_condition
+  }
+}
+
+# --- Runtime: BigQuery ---------------------------------------------------------------------------
+# tabledata.insertAll needs bigquery.tables.updateData on the table; dataEditor on each table
+# (not the dataset, not the project) is the narrowest predefined grant that has it. The function
+# runs no query jobs, so no bigquery.jobUser.
+
+resource "google_bigquery_table_iam_member" "runtime_inserts_objects" {
+  project    = google_bigquery_table.objects.project
+  dataset_id = google_bigquery_table.objects.dataset_id
+  table_id   = google_bigquery_table.objects.table_id
+  role       = "roles/bigquery.dataEditor"
+  member     = local.runtime_member
+}
+
+resource "google_bigquery_table_iam_member" "runtime_inserts_images" {
+  project    = google_bigquery_table.images.project
+  dataset_id = google_bigquery_table.images.dataset_id
+  table_id   = google_bigquery_table.images.table_id
+  role       = "roles/bigquery.dataEditor"
+  member     = local.runtime_member
+}
+
+# --- Runtime: Vertex AI --------------------------------------------------------------------------
+# Gemini is a publisher model (projects/PROJECT/locations/LOCATION/publishers/google/models/...),
+# which has no IAM policy of its own: aiplatform.endpoints.predict on it can only be granted on
+# the project. aiplatform.user is the predefined role for calling models.
+
+resource "google_project_iam_member" "runtime_calls_vertex" {
+  project = var.project_id
+  role    = "roles/aiplatform.user"
+  member  = local.runtime_member
+}
+
+# --- Trigger ---------------------------------------------------------------------------------------
+# Receiving Eventarc events is a project-level permission (eventarc.events.receiveEvent has no
+# narrower resource). Invoking the function is granted on its Cloud Run service only (function.tf).
+
+resource "google_project_iam_member" "trigger_receives_events" {
+  project = var.project_id
+  role    = "roles/eventarc.eventReceiver"
+  member  = "serviceAccount:${google_service_account.trigger.email}"
+}
+
+# --- Build -----------------------------------------------------------------------------------------
+# Since 2024 new projects no longer give Cloud Build a broadly privileged default account, so the
+# function names its own build account. Cloud Run Builder is Google's documented role for a
+# function's build account; it can only be granted on the project, because the build reads the
+# source from Google-managed buckets (gcf-v2-sources-*) and pushes to the Google-managed
+# gcf-artifacts repository, neither of which this configuration owns.
+
+resource "google_project_iam_member" "build_builds_function" {
+  project = var.project_id
+  role    = "roles/run.builder"
+  member  = "serviceAccount:${google_service_account.build.email}"
+}
+
+# --- Cloud Storage service agent -------------------------------------------------------------------
+# Cloud Storage triggers are delivered through Pub/Sub notifications that the project's Cloud
+# Storage service agent publishes; Eventarc creates the topic, so the grant is on the project.
+
+data "google_storage_project_service_account" "gcs_agent" {
+  project = var.project_id
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_project_iam_member" "gcs_agent_publishes_events" {
+  project = var.project_id
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${data.google_storage_project_service_account.gcs_agent.email_address}"
+}

@@ -1,0 +1,48 @@
+# What to use after `terraform apply`: see the README's Deploy section.
+
+output "images_bucket" {
+  description = "The bucket cameras upload to."
+  value       = local.images_bucket_name
+}
+
+output "upload_command" {
+  description = "How a camera (or you) uploads a photo: replace PHOTO.jpg and CAMERA_ID. Only objects under the source prefix are processed."
+  value       = "gcloud storage cp PHOTO.jpg gs://${local.images_bucket_name}/${var.source_prefix}CAMERA_ID/"
+}
+
+output "objects_table" {
+  description = "BigQuery table with one row per detected object (project.dataset.table)."
+  value       = local.objects_table_id
+}
+
+output "images_table" {
+  description = "BigQuery table with one row per processed image (project.dataset.table)."
+  value       = local.images_table_id
+}
+
+output "function_name" {
+  description = "The Cloud Function (2nd gen) that processes each upload."
+  value       = google_cloudfunctions2_function.segmentation.name
+}
+
+output "function_region" {
+  description = "Region of the function (for gcloud functions logs read --region)."
+  value       = google_cloudfunctions2_function.segmentation.location
+}
+
+output "runtime_service_account" {
+  description = "The identity the function runs as."
+  value       = google_service_account.runtime.email
+}
+
+output "example_query" {
+  description = "Today's objects with the newest first, de-duplicated on row_id; run it with bq query --use_legacy_sql=false."
+  value       = <<-SQL
+    SELECT processed_at, label, item_color, item_gen_desc, output_uri
+    FROM `${local.objects_table_id}`
+    WHERE DATE(processed_at) = CURRENT_DATE()
+    QUALIFY ROW_NUMBER() OVER (PARTITION BY row_id ORDER BY processed_at) = 1
+    ORDER BY processed_at DESC
+    LIMIT 20
+  SQL
+}

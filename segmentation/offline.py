@@ -1,0 +1,766 @@
+"""A weight-free detector for items on a conveyor belt (NumPy + OpenCV, no model, no network).
+
+Class-agnostic: it finds and segments *items* (anything on the belt that is not belt), it does
+not know what they are, so every detection is labelled "item" and described by measured facts
+(colour, size as a share of the belt, elongation). It is the local default when Gemini has no
+credentials, the empty-belt gate before a Gemini call, and the fallback when Gemini keeps failing.
+
+How it works, on a copy whose longest side is `work_side` (640) pixels:
+
+1. **Background model.** With a reference photo of the empty scene from the same camera, the
+   reference, corrected for the change of light (a per-channel gain plus a smooth gain field
+   fitted on the pixels that still look like background). Without one, the belt is modelled from
+   the image itself, in log intensity, as row profile + column profile + smooth residual (a median
+   polish, iterated with the pixels found to be foreground replaced by the model). A belt is
+   constant along its running direction and across it up to its seams, so the row and column
+   profiles take in the rails, ribs, seams, lane lines and most of the uneven light (a vignette or
+   a gradient is separable); the residual takes in spots.
+2. **Evidence.** Per pixel, the log-brightness ratio to the model and the chroma difference
+   (the colour change after removing brightness), both against thresholds scaled to the measured
+   noise; and the colour gradient.
+3. **Regions.** Marker-controlled watershed on the log image: one marker for the belt (flat pixels
+   that match the model), one per flat patch of foreground. Flooding stops at sharp edges.
+4. **Shadows and paint.** A region that is only darker than the belt, with no colour of its
+   own, is a shadow or a dark item. A shadow's border with the belt is soft (penumbra); a dark
+   item's is a sharp edge. Regions with a soft belt border go back to the belt. Thin strokes
+   (painted words and arrows, seams) are too thin to hold a marker and are flooded by the belt.
+5. **Instances.** The item mask (holes filled, thin bridges cut) is split where items touch or
+   overlap: one marker per bulge of its distance transform, flooded by colour; two bulges are
+   joined again when no neck separates them (the border is nearly as deep inside the mask as
+   the smaller bulge) and their commonest colours agree.
+6. **Colour.** The item's own pixels (edges eroded, belt-like pixels left out), white-balanced
+   against the belt (taken as neutral) and corrected for the local light, named pixel by pixel
+   with `segmentation.colors` and counted.
+
+NumPy and OpenCV are imported on first use, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from segmentation.detections import Box, Detection, DetectionResult, Usage
+from segmentation.images import ModelInput, to_rgb
+
+MODEL = "offline-belt-v1"
+LABEL = "item"
+
+
+@dataclass(frozen=True)
+class _Instance:
+    mask: Any  # bool array at working resolution
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 at working resolution (exclusive max)
+    score: float
+    color: str
+    colors: list[tuple[str, float]]
+    belt_share: float
+    elongation: float
+    angle: float
+    fill: float
+
+
+@dataclass
+class _Analysis:
+    shape: tuple[int, int]
+    instances: list[_Instance]
+    evidence_area: int  # pixels of the largest thick blob of anything-not-belt
+    belt_area: int
+
+
+class OfflineDetector:
+    """Finds items on a belt photo; see the module docstring.
+
+    `background` is an optional photo of the empty scene from the same camera. Tunables:
+    `work_side` (analysis resolution), `min_area` (smallest item, as a fraction of the image),
+    `gate_min_area` (smallest blob that keeps the gate from calling the belt empty).
+    """
+
+    name = "offline"
+    model = MODEL
+
+    def __init__(
+        self,
+        *,
+        background: Image.Image | None = None,
+        work_side: int = 512,
+        min_area: float = 0.0015,
+        gate_min_area: float = 0.003,
+        max_items: int = 50,
+    ):
+        self.background = to_rgb(background) if background is not None else None
+        self.work_side = work_side
+        self.min_area = min_area
+        self.gate_min_area = gate_min_area
+        self.max_items = max_items
+        self._background_cache: dict[tuple[int, int], Any] = {}
+
+    # --- public API ------------------------------------------------------------------------
+
+    def detect(self, model_input: ModelInput, image_size: tuple[int, int], *, deadline: float) -> DetectionResult:
+        """Detections for the model input (decoded here), in pixels of the original `image_size`."""
+        started = time.perf_counter()
+        image = Image.open(io.BytesIO(model_input.data))
+        image.draft("RGB", _draft_size(image.size, self.work_side))  # JPEG: decode at reduced size
+        image = to_rgb(image.convert("RGB") if image.mode != "RGB" else image)
+        detections = [d for d, _ in self._detect(image, image_size)]
+        return DetectionResult(
+            detections=detections,
+            detector=self.name,
+            model=self.model,
+            usage=Usage(),
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def detect_image(self, image: Image.Image) -> list[Detection]:
+        """Detections for a PIL image, in its own pixel coordinates, most confident first."""
+        return [d for d, _ in self._detect(to_rgb(image), image.size)]
+
+    def detect_scored(self, image: Image.Image) -> list[tuple[Detection, float]]:
+        """`detect_image` with each detection's confidence (0-1), for evaluation."""
+        return self._detect(to_rgb(image), image.size)
+
+    def belt_is_empty(self, image: Image.Image) -> bool:
+        """True only when nothing is on the belt: no item, and no blob of anything-not-belt
+        (including a shadow, which only an item casts) bigger than `gate_min_area`.
+        Conservative by design: in doubt, the frame is not empty."""
+        analysis = self._analyze(to_rgb(image))
+        height, width = analysis.shape
+        return not analysis.instances and analysis.evidence_area < self.gate_min_area * width * height
+
+    # --- pipeline --------------------------------------------------------------------------
+
+    def _detect(self, image: Image.Image, out_size: tuple[int, int]) -> list[tuple[Detection, float]]:
+        analysis = self._analyze(image)
+        height, width = analysis.shape
+        sx, sy = out_size[0] / width, out_size[1] / height
+        results = []
+        for inst in analysis.instances[: self.max_items]:
+            detection = _to_detection(inst, sx, sy, out_size)
+            if detection is not None:
+                results.append((detection, inst.score))
+        return results
+
+    def _analyze(self, image: Image.Image) -> _Analysis:
+        import cv2
+        import numpy as np
+
+        work = _work_array(image, self.work_side)
+        ref = None
+        if self.background is not None:
+            key = (work.shape[1], work.shape[0])
+            ref = self._background_cache.get(key)
+            if ref is None:
+                ref = cv2.resize(np.asarray(self.background), key, interpolation=cv2.INTER_AREA)
+                self._background_cache[key] = ref
+        return _analyze(work, ref, min_area=self.min_area, gate_min_area=self.gate_min_area)
+
+
+# ------------------------------------------------------------------------------------------
+# The analysis itself (module-level functions on NumPy arrays).
+
+_DEBUG: dict | None = None  # set to a dict to collect intermediate maps (development only)
+_K = 8.0  # offset of the log intensity: keeps noise in dark pixels from exploding
+_LOG_SCALE = 255 / math.log((255 + _K) / _K)  # log image -> 0..255 for the watershed
+
+
+def _mat(rows):
+    import numpy as np
+
+    return np.array(rows, np.float32)
+
+
+def _draft_size(size: tuple[int, int], work_side: int) -> tuple[int, int]:
+    w, h = size
+    f = max(1.0, max(w, h) / (2 * work_side))
+    return int(w / f), int(h / f)
+
+
+def _work_array(image: Image.Image, work_side: int):
+    import cv2
+    import numpy as np
+
+    arr = np.asarray(image)
+    h, w = arr.shape[:2]
+    f = work_side / max(h, w)
+    if f < 1:
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        arr = cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(arr)
+
+
+def _log(arr):
+    import numpy as np
+
+    return np.log(arr.astype(np.float32) + _K)
+
+
+def _masked_blur(values, weights, sigma: float):
+    """Normalised convolution: Gaussian average of `values` over the pixels where `weights` > 0."""
+    import cv2
+    import numpy as np
+
+    small = 4
+    h, w = weights.shape
+    size = (max(2, w // small), max(2, h // small))
+    wv = cv2.resize(weights.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    if values.ndim == 3:
+        vv = cv2.resize(values * weights[..., None], size, interpolation=cv2.INTER_AREA)
+        num = cv2.GaussianBlur(vv, (0, 0), sigma / small)
+        den = cv2.GaussianBlur(wv, (0, 0), sigma / small)[..., None]
+    else:
+        vv = cv2.resize(values * weights, size, interpolation=cv2.INTER_AREA)
+        num = cv2.GaussianBlur(vv, (0, 0), sigma / small)
+        den = cv2.GaussianBlur(wv, (0, 0), sigma / small)
+    out = num / np.maximum(den, 1e-3)
+    return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _evidence(lg, model):
+    """Log-brightness ratio `m` and chroma difference `cd` of the image against the model."""
+    import numpy as np
+
+    import cv2
+
+    d = lg - model
+    m = cv2.transform(d, _mat([[1 / 3, 1 / 3, 1 / 3]]))
+    sq = cv2.transform(d * d, _mat([[1, 1, 1]]))
+    cd = np.sqrt(np.maximum(sq - 3 * m * m, 0))
+    return m, cd
+
+
+def _noise(values) -> float:
+    import numpy as np
+
+    sample = values[::3, ::3]
+    med = np.median(sample)
+    return float(1.4826 * np.median(np.abs(sample - med)))
+
+
+def _thresholds(m, cd) -> tuple[float, float]:
+    return max(0.07, 4.0 * _noise(m)), max(0.06, 4.0 * _noise(cd))
+
+
+def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = None):
+    """Per row (axis=1) or column (axis=0) of x (H x W x 3), the most frequent value of each
+    channel: the belt is the commonest single level of a line across it even when items cover
+    more of the line than belt does (they spread over many levels, the belt over a few)."""
+    import numpy as np
+
+    if axis == 0:
+        x = x.transpose(1, 0, 2)
+    if line_index is None:  # one line per row of x
+        lines, count, channels = x.shape
+        line_index = np.repeat(np.arange(lines), count)
+    else:  # x is 1 x N x 3, grouped by line_index (labels)
+        channels = x.shape[2]
+    out = np.empty((lines, channels), np.float32)
+    for c in range(channels):
+        v = x[..., c].ravel()
+        lo, hi = float(v.min()), float(v.max())
+        if hi - lo < 1e-6:
+            out[:, c] = lo
+            continue
+        b = ((v - lo) * ((bins - 1) / (hi - lo))).astype(np.int64)
+        codes = line_index * bins + b
+        counts = np.bincount(codes, minlength=lines * bins).reshape(lines, bins).astype(np.float32)
+        sums = np.bincount(codes, weights=v, minlength=lines * bins).reshape(lines, bins)
+        # three-bin windows
+        c3 = counts.copy()
+        c3[:, 1:] += counts[:, :-1]
+        c3[:, :-1] += counts[:, 1:]
+        s3 = sums.copy()
+        s3[:, 1:] += sums[:, :-1]
+        s3[:, :-1] += sums[:, 1:]
+        best = np.argmax(c3, axis=1)
+        rows = np.arange(lines)
+        out[:, c] = s3[rows, best] / np.maximum(c3[rows, best], 1)
+    return out[:, None, :] if axis == 1 else out[None, :, :]
+
+
+def _belt_model(lg, iterations: int = 2):
+    """Row profile + column profile (modes) + smooth residual, iterated with foreground replaced."""
+    import cv2
+    import numpy as np
+
+    h, w = lg.shape[:2]
+    sx, sy = max(1, w // 160), max(1, h // 120)
+    x = lg
+    fg = None
+    model = None
+    for it in range(iterations):
+        rows = _modes(x[:, ::sx], axis=1)
+        if fg is not None:  # rows mostly covered by items: interpolate from the rows around them
+            rows = _interpolate_unreliable(rows, fg[:, ::sx].mean(axis=1) > 0.45, axis=0)
+        cols = _modes((x - rows)[::sy], axis=0)
+        if fg is not None:
+            cols = _interpolate_unreliable(cols, fg[::sy].mean(axis=0) > 0.45, axis=1)
+        model = rows + cols
+        if fg is None:
+            m, cd = _evidence(lg, model)
+            tm, tc = _thresholds(m, cd)
+            fg = cv2.dilate(((np.abs(m) > tm) | (cd > tc)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        model = model + _masked_blur(lg - model, (~fg).astype(np.float32), sigma=max(h, w) / 10)
+        m, cd = _evidence(lg, model)
+        tm, tc = _thresholds(m, cd)
+        fg = (np.abs(m) > tm) | (cd > tc)
+        fg = cv2.dilate(fg.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        x = np.where(fg[..., None], model, lg)
+    return model, fg
+
+
+def _interpolate_unreliable(profile, bad, axis: int):
+    """`profile` (H x 1 x 3 or 1 x W x 3) with the entries flagged `bad` linearly interpolated
+    from the good ones (unchanged when too few are good)."""
+    import numpy as np
+
+    if not bad.any() or bad.mean() > 0.7:
+        return profile
+    flat = profile.reshape(-1, 3).copy()
+    idx = np.arange(len(flat))
+    good = ~bad
+    for c in range(3):
+        flat[bad, c] = np.interp(idx[bad], idx[good], flat[good, c])
+    return flat.reshape(profile.shape)
+
+
+def _reference_model(lg, ref):
+    """The reference image's log, corrected for the change of light between the two photos."""
+    import cv2
+    import numpy as np
+
+    lr = _log(cv2.GaussianBlur(ref, (0, 0), 1.0))
+    d = lg - lr
+    h, w = lg.shape[:2]
+    offset = np.median(d[::2, ::2].reshape(-1, 3), axis=0)
+    model = lr + offset
+    for _ in range(2):
+        m, cd = _evidence(lg, model)
+        tm, tc = _thresholds(m, cd)
+        fg = (np.abs(m) > tm) | (cd > tc)
+        fg = cv2.dilate(fg.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        model = lr + _masked_blur(d, (~fg).astype(np.float32), sigma=max(h, w) / 8)
+    return model
+
+
+def _analyze(work, ref, *, min_area: float, gate_min_area: float) -> _Analysis:
+    import cv2
+    import numpy as np
+
+    h, w = work.shape[:2]
+    blurred = cv2.GaussianBlur(work, (0, 0), 1.0)
+    lg = _log(blurred)
+    model = _reference_model(lg, ref) if ref is not None else _belt_model(lg)[0]
+    m, cd = _evidence(lg, model)
+    tm, tc = _thresholds(m, cd)
+
+    # gradient of the log image (max over channels)
+    gx = cv2.Sobel(lg, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(lg, cv2.CV_32F, 0, 1, ksize=3)
+    g2 = gx * gx + gy * gy
+    grad = np.sqrt(np.maximum(np.maximum(g2[..., 0], g2[..., 1]), g2[..., 2])) / 8  # per-pixel log step
+
+    beltlike = (np.abs(m) < tm) & (cd < tc)
+    notbelt = ~beltlike
+    strong = (m > 2 * tm) | (m < -0.45) | (cd > 2 * tc)
+    flat = grad < max(0.035, 2.5 * _noise(grad) + float(np.median(grad[::3, ::3])))
+
+    # markers: 1 = belt, 2.. = flat patches of foreground
+    k3 = np.ones((3, 3), np.uint8)
+    belt_marker = beltlike & flat
+    belt_marker &= cv2.dilate(notbelt.astype(np.uint8), k3) == 0
+    # strong markers: clearly not belt (colour, brighter, much darker), textured or not;
+    # weak markers: flat patches that are only somewhat darker (a shadow or a dark item)
+    strong_u8 = strong.astype(np.uint8)
+    strong_core = cv2.erode(strong_u8, k3)
+    weak_core = cv2.erode((notbelt & flat & (cv2.dilate(strong_u8, np.ones((5, 5), np.uint8)) == 0)).astype(np.uint8), k3)
+    markers = np.zeros((h, w), np.int32)
+    next_label = 2
+    min_marker = max(6, int(0.00006 * h * w))
+    for core in (strong_core, weak_core):
+        n_core, core_labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=4)
+        keep = np.zeros(n_core, bool)
+        keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_marker
+        # a marker must be thick: at least a 5x5 block of the core (painted strokes are thinner)
+        thick = cv2.erode(core, np.ones((5, 5), np.uint8))
+        has_thick = np.zeros(n_core, bool)
+        has_thick[np.unique(core_labels[thick > 0])] = True
+        keep &= has_thick
+        keep[0] = False
+        remap = np.zeros(n_core, np.int32)
+        remap[keep] = np.arange(next_label, next_label + keep.sum())
+        next_label += int(keep.sum())
+        sel = keep[core_labels]
+        markers[sel] = remap[core_labels][sel]
+    markers[belt_marker] = 1
+
+    image8 = np.clip((lg - math.log(_K)) * _LOG_SCALE, 0, 255).astype(np.uint8)
+    labels = cv2.watershed(image8, markers)
+    lab_f = labels.astype(np.float32)
+    lab_f[labels < 0] = 0
+    labels = np.where(labels < 0, cv2.dilate(lab_f, k3), lab_f).astype(np.int32)
+    labels[labels < 1] = 1
+    n = int(labels.max()) + 1
+
+    # region statistics
+    flat_labels = labels.ravel()
+    area = np.bincount(flat_labels, minlength=n).astype(np.float64)
+    strong_frac = np.bincount(flat_labels, weights=strong.ravel(), minlength=n) / np.maximum(area, 1)
+    m_mean = np.bincount(flat_labels, weights=m.ravel(), minlength=n) / np.maximum(area, 1)
+    cd_mean = np.bincount(flat_labels, weights=cd.ravel(), minlength=n) / np.maximum(area, 1)
+
+    lum = cv2.transform(lg, _mat([[1 / 3, 1 / 3, 1 / 3]]))
+    pairs, length, sharp, _ = _boundaries(labels, grad, lum, n)
+
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            if ra < rb:
+                parent[rb] = ra
+            else:
+                parent[ra] = rb
+
+    # 1) shadows: regions darker than the belt and colourless whose border with the belt is soft
+    belt_border = {}
+    for (a, b), ln, sh in zip(pairs, length, sharp):
+        if a == 1:
+            belt_border[b] = (ln, sh)
+    for r in range(2, n):
+        if area[r] == 0:
+            continue
+        ln, sh = belt_border.get(r, (0, 0.0))
+        shadowish = m_mean[r] < 0 and cd_mean[r] < 1.5 * tc and strong_frac[r] < 0.5
+        if shadowish and ln > 0 and sh < 0.12:
+            union(1, r)
+        elif strong_frac[r] < 0.15 and abs(m_mean[r]) < 1.2 * tm and cd_mean[r] < 1.2 * tc:
+            union(1, r)  # faint, belt-like: noise, wear, dirt
+
+    groups = np.array([find(r) for r in range(n)], np.int32)
+    fg = groups[labels] != 1
+    if _DEBUG is not None:
+        _DEBUG.update(m=m, cd=cd, grad=grad, beltlike=beltlike, markers=markers, labels=labels,
+                      groups=groups[labels], tm=tm, tc=tc, model=model, lg=lg)
+
+    # 2) the items' outline: fill holes (belt-coloured parts of an item), cut thin bridges
+    fg = _fill_holes(fg, max_hole=0.05 * h * w)
+    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, k3)
+    # 3) separate touching and overlapping items: one marker per bulge of the distance
+    #    transform, flooded by colour, bulges joined again unless a neck separates them
+    inst = _split_touching(fg, image8, lg, min_px=max(20, 0.3 * min_area * h * w))
+    if _DEBUG is not None:
+        _DEBUG["inst"] = inst
+
+    # instances
+    ids, counts = np.unique(inst, return_counts=True)
+    min_px = min_area * h * w
+    belt_mask = inst == 0
+    belt_area = _belt_area(model, h, w)
+    neutral, light = _illumination(blurred, model, belt_mask)
+    instances = []
+    for rid, cnt in zip(ids, counts):
+        if rid == 0 or cnt < min_px:
+            continue
+        mask = inst == rid
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, k3) > 0
+        ys, xs = np.nonzero(mask)
+        if len(ys) < min_px:
+            continue
+        x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+        sub = mask[y0:y1, x0:x1]
+        dist = cv2.distanceTransform(np.pad(sub.astype(np.uint8), 1), cv2.DIST_L2, 3)
+        if dist.max() < 3.0:  # a stroke, not an object
+            continue
+        contrast = float(np.abs(m[y0:y1, x0:x1][sub]).mean() + cd[y0:y1, x0:x1][sub].mean())
+        edge = float(np.mean(grad[y0:y1, x0:x1][_border(sub)]))
+        score = _score(contrast / (tm + tc), edge, len(ys) / (h * w), dist.max())
+        colors = _colors(blurred[y0:y1, x0:x1], sub, beltlike[y0:y1, x0:x1], neutral, light[y0:y1, x0:x1])
+        elong, angle = _shape(ys, xs)
+        instances.append(_Instance(
+            mask=sub, box=(x0, y0, x1, y1), score=score,
+            color=colors[0][0] if colors else "gray", colors=colors,
+            belt_share=len(ys) / max(belt_area, 1), elongation=elong, angle=angle,
+            fill=len(ys) / float(sub.size),
+        ))
+    instances.sort(key=lambda i: -i.score)
+
+    # gate evidence: the largest thick blob of anything-not-belt (shadows included)
+    blob = cv2.morphologyEx(notbelt.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    nb, _, bstats, _ = cv2.connectedComponentsWithStats(blob, connectivity=8)
+    evidence = int(bstats[1:, cv2.CC_STAT_AREA].max()) if nb > 1 else 0
+    return _Analysis(shape=(h, w), instances=instances, evidence_area=evidence, belt_area=belt_area)
+
+
+def _boundaries(labels, grad, lum, n: int):
+    """Adjacent region pairs (a < b) with border length, mean sharpness (gradient) and mean
+    brightness (the darker of the two pixels across the border)."""
+    import numpy as np
+
+    codes, gvals, vvals = [], [], []
+    for a, b, g1, g2, v1, v2 in (
+        (labels[:, :-1], labels[:, 1:], grad[:, :-1], grad[:, 1:], lum[:, :-1], lum[:, 1:]),
+        (labels[:-1], labels[1:], grad[:-1], grad[1:], lum[:-1], lum[1:]),
+    ):
+        diff = a != b
+        lo = np.minimum(a[diff], b[diff]).astype(np.int64)
+        hi = np.maximum(a[diff], b[diff]).astype(np.int64)
+        codes.append(lo * n + hi)
+        gvals.append(np.maximum(g1[diff], g2[diff]))
+        vvals.append(np.minimum(v1[diff], v2[diff]))
+    codes = np.concatenate(codes)
+    if not len(codes):
+        return [], np.zeros(0), np.zeros(0), np.zeros(0)
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    length = np.bincount(inverse).astype(np.float64)
+    sharp = np.bincount(inverse, weights=np.concatenate(gvals)) / length
+    vall = np.bincount(inverse, weights=np.concatenate(vvals)) / length
+    pairs = [(int(c // n), int(c % n)) for c in uniq]
+    return pairs, length, sharp, vall
+
+
+def _fill_holes(fg, *, max_hole: float):
+    """`fg` with its holes (background not connected to the image border) up to `max_hole`
+    pixels filled."""
+    import cv2
+    import numpy as np
+
+    bg = (~fg).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(bg, connectivity=4)
+    if n <= 2:
+        return fg
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    fill = np.zeros(n, bool)
+    fill[1:] = stats[1:, cv2.CC_STAT_AREA] <= max_hole
+    fill[border] = False
+    return fg | fill[labels]
+
+
+def _split_touching(fg, image8, lg, *, min_px: float, neck: float = 0.72, max_color_dist: float = 0.3):
+    """Instance labels (0 = background, 1.. = items) for the foreground mask `fg`."""
+    import cv2
+    import numpy as np
+
+    h, w = fg.shape
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    out = np.zeros((h, w), np.int32)
+    next_id = 1
+    for c in range(1, n):
+        x, y, bw, bh, area = stats[c]
+        if area < min_px:
+            continue
+        x0, y0, x1, y1 = max(0, x - 2), max(0, y - 2), min(w, x + bw + 2), min(h, y + bh + 2)
+        mask = comp[y0:y1, x0:x1] == c
+        dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+        peak_level = cv2.dilate(dist, np.ones((7, 7), np.uint8))
+        peaks = (dist >= peak_level - 1e-3) & (dist >= 3)
+        npk, pk = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
+        if npk <= 2:
+            out[y0:y1, x0:x1][mask] = next_id
+            next_id += 1
+            continue
+        markers = pk.astype(np.int32) + 1  # peaks 2.., background 1
+        markers[~peaks & mask] = 0
+        markers[~mask] = 1
+        ws = cv2.watershed(np.ascontiguousarray(image8[y0:y1, x0:x1]), markers)
+        wf = ws.astype(np.float32)
+        wf[ws < 0] = 0
+        ws = np.where(ws < 0, cv2.dilate(wf, np.ones((3, 3), np.uint8)), wf).astype(np.int32)
+        ws[~mask] = 1
+        k = int(ws.max()) + 1
+        peak_value = np.zeros(k)
+        np.maximum.at(peak_value, ws.ravel(), dist.ravel())
+        # joins: mean distance along the border between two bulges vs the smaller bulge's peak
+        parent = list(range(k))
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        pairs = []
+        for a, b, d1, d2 in ((ws[:, :-1], ws[:, 1:], dist[:, :-1], dist[:, 1:]), (ws[:-1], ws[1:], dist[:-1], dist[1:])):
+            diff = (a != b) & (a > 1) & (b > 1)
+            lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
+            pairs.append((lo.astype(np.int64) * k + hi, np.minimum(d1[diff], d2[diff])))
+        codes = np.concatenate([p[0] for p in pairs])
+        # each piece's commonest colour (a mode per channel: stripes and highlights do not count);
+        # pieces of clearly different colours stay apart even without a neck between them
+        color = _modes(lg[y0:y1, x0:x1].reshape(1, -1, 3), axis=1, bins=48, line_index=ws.ravel(), lines=k)
+        color = color.reshape(k, 3)
+        if len(codes):
+            vals = np.concatenate([p[1] for p in pairs])
+            uniq, inv = np.unique(codes, return_inverse=True)
+            border_max = np.zeros(len(uniq))
+            np.maximum.at(border_max, inv, vals)
+            order = np.argsort(-border_max / np.maximum([min(peak_value[c // k], peak_value[c % k]) for c in uniq], 1e-3))
+            for i in order:
+                a, b = int(uniq[i] // k), int(uniq[i] % k)
+                ra, rb = find(a), find(b)
+                if ra == rb:
+                    continue
+                if border_max[i] >= neck * min(peak_value[ra], peak_value[rb]) and \
+                        np.abs(color[ra] - color[rb]).sum() <= max_color_dist:
+                    parent[rb] = ra
+                    peak_value[ra] = max(peak_value[ra], peak_value[rb])
+        roots = np.array([find(r) for r in range(k)])
+        merged = roots[ws]
+        for r in np.unique(merged[mask]):
+            piece = (merged == r) & mask
+            if piece.sum() >= min_px:
+                out[y0:y1, x0:x1][piece] = next_id
+                next_id += 1
+    return out
+
+
+def _border(sub):
+    import cv2
+    import numpy as np
+
+    m8 = sub.astype(np.uint8)
+    return (m8 - cv2.erode(np.pad(m8, 1), np.ones((3, 3), np.uint8))[1:-1, 1:-1]) > 0
+
+
+def _score(contrast: float, edge: float, area_frac: float, thickness: float) -> float:
+    c = 1 - math.exp(-contrast / 1.5)
+    e = min(1.0, edge / 0.15)
+    a = min(1.0, area_frac / 0.01)
+    t = min(1.0, thickness / 8)
+    return round(0.15 + 0.85 * (0.4 * c + 0.25 * e + 0.2 * a + 0.15 * t), 4)
+
+
+def _belt_area(model, h: int, w: int) -> int:
+    """Pixels of belt in view: where the background model is within a factor 1.5 of its median
+    brightness (rails and surroundings are brighter or darker); the image if that finds little."""
+    import numpy as np
+
+    lum = model.mean(axis=2)
+    med = float(np.median(lum))
+    area = int((np.abs(lum - med) < math.log(1.5)).sum())
+    return area if area > 0.3 * h * w else h * w
+
+
+def _illumination(blurred, model, belt_mask):
+    """The neutral (belt) colour in linear RGB and the local light relative to its median."""
+    import numpy as np
+
+    from segmentation.colors import srgb_to_linear
+
+    lum = model.mean(axis=2)
+    med = float(np.median(lum[belt_mask])) if belt_mask.any() else float(np.median(lum))
+    near = np.abs(lum - med) < math.log(1.5)
+    sample = blurred[near & belt_mask] if (near & belt_mask).sum() > 100 else blurred.reshape(-1, 3)
+    neutral = srgb_to_linear(sample[:: max(1, len(sample) // 20000)]).mean(axis=0)
+    smooth = _masked_blur(lum, (near & belt_mask).astype(np.float32), sigma=max(lum.shape) / 12)
+    light = np.exp(np.clip(smooth - med, -0.7, 0.7) * 2.2)  # sRGB log ratio -> linear light ratio
+    return neutral, light
+
+
+def _colors(rgb, mask, beltlike, neutral, light):
+    import cv2
+    import numpy as np
+
+    from segmentation.colors import dominant_colors, linear_to_srgb8, srgb_to_linear, white_balance
+
+    inner = cv2.erode(np.pad(mask.astype(np.uint8), 1), np.ones((5, 5), np.uint8))[1:-1, 1:-1] > 0
+    if inner.sum() < 0.25 * mask.sum():
+        inner = mask
+    own = inner & ~beltlike
+    use = own if own.sum() >= 0.3 * inner.sum() else inner
+    px = rgb[use]
+    gain = 1.0 / light[use]
+    step = max(1, len(px) // 4000)
+    lin = srgb_to_linear(px[::step]) * gain[::step, None]
+    balanced = white_balance(lin, neutral)
+    colors = dominant_colors(linear_to_srgb8(balanced))
+    return [(name, share) for name, share in colors if share >= 0.05]
+
+
+def _shape(ys, xs) -> tuple[float, float]:
+    """Elongation (ratio of the principal axes) and orientation in degrees (0 = along x)."""
+    import numpy as np
+
+    y = ys.astype(np.float64) - ys.mean()
+    x = xs.astype(np.float64) - xs.mean()
+    cxx, cyy, cxy = (x * x).mean(), (y * y).mean(), (x * y).mean()
+    tr, det = cxx + cyy, cxx * cyy - cxy * cxy
+    disc = math.sqrt(max(tr * tr / 4 - det, 0))
+    l1, l2 = tr / 2 + disc, max(tr / 2 - disc, 1e-9)
+    angle = math.degrees(0.5 * math.atan2(2 * cxy, cxx - cyy)) % 180
+    return math.sqrt(l1 / l2), angle
+
+
+def _size_word(share: float) -> str:
+    if share < 0.01:
+        return "small"
+    if share < 0.05:
+        return "medium-sized"
+    return "large"
+
+
+def _shape_word(elongation: float) -> str:
+    if elongation < 1.3:
+        return "compact"
+    if elongation < 2.0:
+        return "oblong"
+    return "elongated"
+
+
+def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, int]) -> Detection | None:
+    import cv2
+    import numpy as np
+
+    x0, y0, x1, y1 = inst.box
+    ox0, oy0 = int(math.floor(x0 * sx)), int(math.floor(y0 * sy))
+    ox1, oy1 = min(out_size[0], int(math.ceil(x1 * sx))), min(out_size[1], int(math.ceil(y1 * sy)))
+    if ox1 <= ox0 or oy1 <= oy0:
+        return None
+    # resample the mask: pixel centres of the output box mapped into the working mask
+    pad = np.pad(inst.mask.astype(np.float32), 1)
+    gx = (np.arange(ox0, ox1, dtype=np.float32) + 0.5) / sx - 0.5 - x0 + 1
+    gy = (np.arange(oy0, oy1, dtype=np.float32) + 0.5) / sy - 0.5 - y0 + 1
+    mx, my = np.meshgrid(gx, gy)
+    big = cv2.remap(pad, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    big = big >= 0.5
+    ys, xs = np.nonzero(big)
+    if not len(ys):
+        return None
+    bx0, bx1, by0, by1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    crop = big[by0:by1, bx0:bx1]
+    box = Box(ox0 + bx0, oy0 + by0, ox0 + bx1, oy0 + by1)
+    mask = Image.fromarray((crop * 255).astype(np.uint8), "L")
+    colors = inst.colors
+    main = inst.color
+    second = next(((n, s) for n, s in colors[1:] if s >= 0.15), None)
+    pct = inst.belt_share * 100
+    general = f"{main} item, {_size_word(inst.belt_share)} ({pct:.1f}% of the belt), {_shape_word(inst.elongation)}"
+    colour_text = f"dominant colour {main} ({colors[0][1] * 100:.0f}% of its pixels)" if colors else f"colour {main}"
+    if second:
+        colour_text += f", secondary {second[0]} ({second[1] * 100:.0f}%)"
+    detailed = (
+        f"Unclassified item found by the offline detector: {colour_text}; "
+        f"covers {pct:.1f}% of the belt in view; {box.width}x{box.height} px box, "
+        f"elongation {inst.elongation:.1f} (principal axes), long axis at {inst.angle:.0f} deg to the image x axis; "
+        f"fills {inst.fill * 100:.0f}% of its box."
+    )
+    return Detection(
+        box=box,
+        label=LABEL,
+        color=main,
+        general_description=general,
+        detailed_description=detailed,
+        mask=mask,
+        score=inst.score,
+    )

@@ -1,0 +1,1 @@
+"""Developer tools: synthetic scene generation and offline-detector evaluation. Not deployed."""

@@ -1,0 +1,222 @@
+"""Score the offline detector on generated belt scenes with exact ground truth.
+
+    .venv/bin/python -m tools.eval_offline [--split heldout] [--n 60] [--empty 40] [--small-dark 30]
+
+- mask AP (IoU 0.50:0.95) and AP50, class-agnostic, by pycocotools' COCOeval on the scenes'
+  COCO ground truth (visible masks), scores = the detector's confidence;
+- colour accuracy: share of ground-truth items matched by a detection (IoU >= 0.5, one-to-one,
+  most confident first) whose colour term equals the item's base paint colour;
+- the empty-belt gate: false skips (non-empty frames called empty: the n scenes that hold items,
+  plus `--small-dark` frames holding one small black pouch) and the skip rate on `--empty`
+  empty frames;
+- throughput: images per second of `detect_image` at 1280x720 on one core (OpenCV and BLAS
+  limited to one thread; generation and JPEG decoding not timed).
+
+Fixed-camera "carousel" scenes are run with their empty reference image (background path).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from segmentation.offline import OfflineDetector  # noqa: E402
+from tools.belt_scenes import Scene, make_scene, to_coco  # noqa: E402
+
+
+@dataclass
+class Report:
+    split: str
+    images: int
+    items: int
+    ap: float
+    ap50: float
+    ap75: float
+    recall50: float
+    color_acc: float
+    color_n: int
+    false_skips: int
+    nonempty_frames: int
+    skip_rate: float
+    empty_frames: int
+    fps: float
+    confusions: dict
+
+    def table(self) -> str:
+        rows = [
+            ("split", self.split),
+            ("images / items", f"{self.images} / {self.items}"),
+            ("mask AP (0.50:0.95)", f"{self.ap:.3f}"),
+            ("mask AP50", f"{self.ap50:.3f}"),
+            ("mask AP75", f"{self.ap75:.3f}"),
+            ("recall at IoU 0.5", f"{self.recall50:.3f}"),
+            ("colour accuracy (matched)", f"{self.color_acc:.3f} of {self.color_n}"),
+            ("gate false skips", f"{self.false_skips} of {self.nonempty_frames} non-empty frames"),
+            ("gate skip rate (empty)", f"{self.skip_rate:.3f} of {self.empty_frames} empty frames"),
+            ("images/s at 1280x720, 1 core", f"{self.fps:.1f}"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _detector_for(scene: Scene) -> OfflineDetector:
+    return OfflineDetector(background=scene.background)
+
+
+def _full_mask(det, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    out = np.zeros((h, w), np.uint8)
+    b = det.box
+    m = np.asarray(det.mask) > 127
+    out[b.y_min:b.y_max, b.x_min:b.x_max] = m
+    return out
+
+
+def evaluate_scenes(scenes: list[Scene]) -> tuple[dict, list[dict], list[list]]:
+    """COCO ground truth, COCO results, and per image the detections (for colour matching)."""
+    from pycocotools import mask as mask_utils
+
+    gt = to_coco(scenes)
+    results, per_image = [], []
+    for image_id, scene in enumerate(scenes, start=1):
+        scored = _detector_for(scene).detect_scored(scene.image)
+        dets = []
+        for det, score in scored:
+            full = _full_mask(det, scene.image.size)
+            rle = mask_utils.encode(np.asfortranarray(full))
+            dets.append((det, score, rle))
+            results.append({"image_id": image_id, "category_id": 1, "score": float(score),
+                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+        per_image.append(dets)
+    return gt, results, per_image
+
+
+def coco_scores(gt: dict, results: list[dict]) -> tuple[float, float, float, float]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if not results:
+            return 0.0, 0.0, 0.0, 0.0
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, iouType="segm")
+        ev.params.useCats = 0
+        ev.params.maxDets = [1, 10, 100]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # recall at IoU 0.5, all areas, maxDets 100
+    recall = ev.eval["recall"][0, :, 0, -1]
+    recall50 = float(recall[recall > -1].mean()) if (recall > -1).any() else 0.0
+    return float(ev.stats[0]), float(ev.stats[1]), float(ev.stats[2]), recall50
+
+
+def color_accuracy(gt: dict, per_image: list[list]) -> tuple[float, int, dict]:
+    from pycocotools import mask as mask_utils
+
+    by_image: dict[int, list[dict]] = {}
+    for ann in gt["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    correct = total = 0
+    confusions: dict[tuple[str, str], int] = {}
+    for image_id, dets in enumerate(per_image, start=1):
+        anns = by_image.get(image_id, [])
+        if not anns or not dets:
+            continue
+        gts = [dict(a["segmentation"], counts=a["segmentation"]["counts"].encode()) for a in anns]
+        dts = [d[2] for d in dets]
+        ious = mask_utils.iou(dts, gts, [0] * len(gts))
+        taken = set()
+        for di in np.argsort([-d[1] for d in dets]):
+            best, best_iou = None, 0.5
+            for gi in range(len(anns)):
+                if gi not in taken and ious[di, gi] >= best_iou:
+                    best, best_iou = gi, ious[di, gi]
+            if best is None:
+                continue
+            taken.add(best)
+            total += 1
+            want, got = anns[best]["color"], dets[di][0].color
+            correct += want == got
+            if want != got:
+                confusions[(want, got)] = confusions.get((want, got), 0) + 1
+    return (correct / total if total else 0.0), total, confusions
+
+
+def gate_figures(split: str, nonempty: list[Scene], n_empty: int, n_small_dark: int) -> tuple[int, int, float, int]:
+    false_skips = 0
+    frames = list(nonempty)
+    frames += [make_scene(split, i, kind="belt", count=1, item_kinds=("pouch",), item_colors=("black",),
+                          salt="small-dark") for i in range(n_small_dark)]
+    for scene in frames:
+        if _detector_for(scene).belt_is_empty(scene.image):
+            false_skips += 1
+    skipped = 0
+    empties = [make_scene(split, i, count=0, salt="empty") for i in range(n_empty)]
+    for scene in empties:
+        skipped += _detector_for(scene).belt_is_empty(scene.image)
+    return false_skips, len(frames), (skipped / len(empties) if empties else 0.0), len(empties)
+
+
+def throughput(scenes: list[Scene], repeats: int = 2) -> float:
+    import cv2
+
+    cv2.setNumThreads(1)
+    images = [s.image if s.image.size == (1280, 720) else s.image.resize((1280, 720)) for s in scenes[:20]]
+    detector = OfflineDetector()
+    detector.detect_image(images[0])  # warm up (imports, LUTs)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for image in images:
+            detector.detect_image(image)
+    return repeats * len(images) / (time.perf_counter() - start)
+
+
+def run(split: str, n: int, *, start: int = 0, n_empty: int = 40, n_small_dark: int = 30,
+        timing: bool = True) -> Report:
+    import cv2
+
+    cv2.setNumThreads(1)
+    scenes = [make_scene(split, i) for i in range(start, start + n)]
+    gt, results, per_image = evaluate_scenes(scenes)
+    ap, ap50, ap75, recall50 = coco_scores(gt, results)
+    acc, n_color, confusions = color_accuracy(gt, per_image)
+    nonempty = [s for s in scenes if s.items]
+    false_skips, n_nonempty, skip_rate, n_empties = gate_figures(split, nonempty, n_empty, n_small_dark)
+    fps = throughput(scenes) if timing else 0.0
+    return Report(split, len(scenes), len(gt["annotations"]), ap, ap50, ap75, recall50, acc, n_color,
+                  false_skips, n_nonempty, skip_rate, n_empties, fps, confusions)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", default="heldout", choices=("tuning", "heldout"))
+    parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--empty", type=int, default=40, help="extra empty frames for the gate")
+    parser.add_argument("--small-dark", type=int, default=30, help="extra frames with one small black pouch")
+    parser.add_argument("--no-timing", action="store_true")
+    args = parser.parse_args(argv)
+    report = run(args.split, args.n, start=args.start, n_empty=args.empty, n_small_dark=args.small_dark,
+                 timing=not args.no_timing)
+    print(report.table())
+    if report.confusions:
+        worst = sorted(report.confusions.items(), key=lambda kv: -kv[1])[:8]
+        print("colour confusions (truth -> said):", ", ".join(f"{a}->{b} x{c}" for (a, b), c in worst))
+
+
+if __name__ == "__main__":
+    main()

@@ -102,6 +102,19 @@ SETTINGS: tuple[Setting, ...] = (
             "Where the annotated overview is written: {prefix}processed_{stem}.jpg."),
     Setting("MARKERS_PREFIX", "markers_prefix", "processed-markers/", _prefix,
             "Where completion markers go; a redelivered event whose marker exists is a no-op."),
+    Setting("BACKGROUNDS_PREFIX", "backgrounds_prefix", "backgrounds/", _prefix,
+            "Optional photos of each camera's empty scene, {prefix}{camera}.jpg, camera = first "
+            "folder under SOURCE_PREFIX; the offline detector and the gate compare against them."),
+    # Detectors.
+    Setting("DETECTOR", "detector", "gemini", _choice("gemini", "offline"),
+            "gemini, or offline: the weight-free belt detector for every image (no model calls)."),
+    Setting("EMPTY_BELT_GATE", "empty_belt_gate", "true", _bool,
+            "Before a Gemini call, check with the offline detector whether the belt holds anything; "
+            "if not, skip the call and record the image as empty."),
+    Setting("OFFLINE_FALLBACK", "offline_fallback", "true", _bool,
+            "When Gemini is not configured, or keeps failing past RETRY_DEADLINE_S, process the "
+            "image with the offline detector (rows say detector=offline and why) instead of "
+            "failing or waiting for redelivery."),
     # Gemini.
     Setting("GEMINI_BACKEND", "gemini_backend", "auto", _choice("auto", "vertex", "api-key"),
             "vertex (Application Default Credentials, project and location below), api-key "
@@ -174,6 +187,10 @@ class Config:
     crops_prefix: str
     overview_prefix: str
     markers_prefix: str
+    backgrounds_prefix: str
+    detector: str
+    empty_belt_gate: bool
+    offline_fallback: bool
     gemini_backend: str
     project: str
     location: str
@@ -219,12 +236,12 @@ class Config:
         return config
 
     def _validate(self) -> None:
-        outputs = (self.crops_prefix, self.overview_prefix, self.markers_prefix)
+        outputs = (self.crops_prefix, self.overview_prefix, self.markers_prefix, self.backgrounds_prefix)
         for prefix in outputs:
             if _overlaps(prefix, self.source_prefix):
                 raise ConfigError(
-                    f"output prefix {prefix!r} overlaps SOURCE_PREFIX {self.source_prefix!r}: "
-                    "the function would trigger itself"
+                    f"prefix {prefix!r} overlaps SOURCE_PREFIX {self.source_prefix!r}: "
+                    "the function would trigger itself on its own files"
                 )
         if bool(self.bq_objects_table) != bool(self.bq_images_table):
             raise ConfigError("set both BQ_OBJECTS_TABLE and BQ_IMAGES_TABLE, or neither")

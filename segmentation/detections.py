@@ -61,7 +61,8 @@ class Detection:
     """One object found in an image.
 
     `mask`, when the detector gave one, is a mode-"L" image exactly the size of `box`
-    (255 = object, 0 = background).
+    (255 = object, 0 = background). `score`, when the detector gave one, is its confidence
+    0-1 (the offline detector does; Gemini answers carry none).
     """
 
     box: Box
@@ -70,6 +71,7 @@ class Detection:
     general_description: str = ""
     detailed_description: str = ""
     mask: Image.Image | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ class DetectionResult:
     """What a detector returns for one image.
 
     `partial` is True when the answer was cut off (token limit) and only the complete
-    objects before the cut were kept.
+    objects before the cut were kept. `fallback_reason` says why a fallback detector
+    produced the result instead of the configured one (None when it did not).
     """
 
     detections: list[Detection]
@@ -96,3 +99,4 @@ class DetectionResult:
     partial: bool = False
     usage: Usage = field(default_factory=Usage)
     latency_ms: float = 0.0
+    fallback_reason: str | None = None

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from segmentation import logs
+from segmentation.backgrounds import OfflineDetectors
 from segmentation.config import Config
 from segmentation.events import EventError, object_ref_from_event
 from segmentation.gemini import GeminiDetector
@@ -23,8 +24,17 @@ _pipeline: Pipeline | None = None
 
 
 def build_pipeline(config: Config) -> Pipeline:
-    """The production pipeline for `config`: Cloud Storage, Gemini, BigQuery or SQLite."""
-    return Pipeline(config, storage=GcsStorage(), sink=sink_from_config(config), detector=GeminiDetector(config))
+    """The production pipeline for `config`: Cloud Storage, Gemini (with the offline detector
+    as gate and fallback, as configured), BigQuery or SQLite."""
+    storage = GcsStorage()
+    uses_offline = config.detector == "offline" or config.empty_belt_gate or config.offline_fallback
+    return Pipeline(
+        config,
+        storage=storage,
+        sink=sink_from_config(config),
+        detector=GeminiDetector(config),
+        offline=OfflineDetectors(storage, config) if uses_offline else None,
+    )
 
 
 def default_pipeline() -> Pipeline:

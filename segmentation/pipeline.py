@@ -30,17 +30,21 @@ from typing import Any, Callable, Protocol
 from segmentation import PIPELINE_VERSION
 from segmentation.config import Config
 from segmentation.detections import Detection, DetectionResult, ObjectRef
-from segmentation.errors import PermanentError, TransientError
+from segmentation.backgrounds import OfflineDetectors
+from segmentation.errors import DetectorNotConfiguredError, PermanentError, TransientError
 from segmentation.events import skip_reason
 from segmentation.images import ModelInput, load_image, model_input
 from segmentation.logs import log_event
 from segmentation.naming import OutputNames, row_id
+from segmentation.offline import OfflineDetector
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
 from segmentation.sink import RowSink
 from segmentation.storage import GcsStorage
 
 GENERATION_KEY = "source-generation"
+# The `detector` of an image the empty-belt gate found empty (no model was called).
+EMPTY_BELT_GATE = "empty-belt-gate"
 # Parallel uploads per pipeline (shared by the instance's concurrent requests).
 UPLOAD_THREADS = 16
 
@@ -100,12 +104,14 @@ class Pipeline:
         storage: GcsStorage,
         sink: RowSink,
         detector: Detector,
+        offline: OfflineDetectors | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.config = config
         self.storage = storage
         self.sink = sink
         self.detector = detector
+        self.offline = offline
         self._clock = clock
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload")
 
@@ -182,7 +188,7 @@ class Pipeline:
             image = loaded.image
             prepared = model_input(image, max_side=self.config.model_input_max_side)
         with timer("model"):
-            result = self.detector.detect(prepared, (loaded.width, loaded.height), deadline=deadline)
+            result = self._detect(ref, image, prepared, (loaded.width, loaded.height), deadline)
         detections = result.detections[: self.config.gemini_max_objects]
 
         with timer("render"):
@@ -216,6 +222,27 @@ class Pipeline:
             self._insert("images", [image_row], deadline)
         outcome = Outcome(status, len(detections), crop_uris=tuple(crop_uris), overview_uri=overview_uri)
         return outcome, image_row
+
+    def _detect(
+        self, ref: ObjectRef, image, prepared: ModelInput, size: tuple[int, int], deadline: float
+    ) -> DetectionResult:
+        """Ask the configured detector, behind the empty-belt gate and with the offline fallback."""
+        offline = self.offline.for_object(ref) if self.offline else None
+        if offline and self.config.detector == "offline":
+            return offline.detect(prepared, size, deadline=deadline)
+        if offline and self.config.empty_belt_gate and offline.belt_is_empty(image):
+            return DetectionResult(detections=[], detector=EMPTY_BELT_GATE, model=offline.model)
+        try:
+            return self.detector.detect(prepared, size, deadline=deadline)
+        except (DetectorNotConfiguredError, TransientError) as exc:
+            if not (offline and self.config.offline_fallback):
+                raise
+            reason = (f"Gemini is not configured: {exc}" if isinstance(exc, DetectorNotConfiguredError)
+                      else f"Gemini kept failing past the retry deadline: {exc}")
+            log_event("WARNING", "using the offline detector instead of Gemini", reason=reason[:500],
+                      bucket=ref.bucket, object=ref.name, generation=ref.generation)
+            result = offline.detect(prepared, size, deadline=deadline)
+            return dataclasses.replace(result, fallback_reason=reason[:2000])
 
     # --- I/O with retries -------------------------------------------------------------------
 
@@ -276,9 +303,9 @@ class Pipeline:
             "source_bucket": ref.bucket,
             "source_name": ref.name,
             "source_generation": ref.generation,
-            "detector": result.detector if result else self.detector.name,
-            "model": (result.model if result else "") or self.config.gemini_model,
-            "prompt": self.config.gemini_prompt,
+            "detector": result.detector if result else self._configured_detector()[0],
+            "model": result.model if result else self._configured_detector()[1],
+            "prompt": self.config.gemini_prompt if (result is None or result.detector == "gemini") else None,
             "prompt_tokens": usage.prompt_tokens if usage else 0,
             "output_tokens": usage.output_tokens if usage else 0,
             "thinking_tokens": usage.thinking_tokens if usage else 0,
@@ -287,6 +314,12 @@ class Pipeline:
             "processed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "pipeline_version": PIPELINE_VERSION,
         }
+
+    def _configured_detector(self) -> tuple[str, str]:
+        """(detector, model) named on rows of images that failed before any detector answered."""
+        if self.config.detector == "offline":
+            return OfflineDetector.name, OfflineDetector.model
+        return self.detector.name, self.config.gemini_model
 
     def _image_row(
         self,
@@ -310,6 +343,7 @@ class Pipeline:
             "objects_found": objects_found,
             "error_type": error_type,
             "error_message": str(error)[:2000] if error else None,
+            "fallback_reason": result.fallback_reason if result else None,
             "overview_uri": overview_uri,
             "image_width": size[0] if size else None,
             "image_height": size[1] if size else None,

@@ -9,6 +9,10 @@ locals {
     CROPS_PREFIX              = var.crops_prefix
     OVERVIEW_PREFIX           = var.overview_prefix
     MARKERS_PREFIX            = var.markers_prefix
+    BACKGROUNDS_PREFIX        = var.backgrounds_prefix
+    DETECTOR                  = var.detector
+    EMPTY_BELT_GATE           = tostring(var.empty_belt_gate)
+    OFFLINE_FALLBACK          = tostring(var.offline_fallback)
     GEMINI_BACKEND            = "vertex"
     GOOGLE_CLOUD_PROJECT      = var.project_id
     GOOGLE_CLOUD_LOCATION     = var.vertex_location
@@ -86,10 +90,10 @@ resource "google_cloudfunctions2_function" "segmentation" {
     }
     precondition {
       condition = alltrue([
-        for prefix in local.output_prefixes :
+        for prefix in concat(local.output_prefixes, [var.backgrounds_prefix]) :
         !startswith(prefix, var.source_prefix) && !startswith(var.source_prefix, prefix)
       ])
-      error_message = "crops_prefix, overview_prefix and markers_prefix must not overlap source_prefix: the function would trigger itself on its own outputs."
+      error_message = "crops_prefix, overview_prefix, markers_prefix and backgrounds_prefix must not overlap source_prefix: the function would trigger itself on its own files."
     }
     precondition {
       condition     = var.function_concurrency == 1 || local.cpu >= 1

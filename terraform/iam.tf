@@ -4,6 +4,7 @@
 #
 # runtime SA (the function runs as it)
 #   images bucket, objects under source_prefix     roles/storage.objectViewer  (IAM condition)
+#     and backgrounds_prefix (empty-scene references)
 #   images bucket, objects under the 3 output      roles/storage.objectUser    (IAM condition)
 #     prefixes, and listing under crops_prefix
 #   objects table, images table                     roles/bigquery.dataEditor
@@ -64,7 +65,9 @@ locals {
   object_name_root = "projects/_/buckets/${local.images_bucket_name}/objects/"
   output_prefixes  = [var.crops_prefix, var.overview_prefix, var.markers_prefix]
 
-  raw_read_condition = "resource.name.startsWith(\"${local.object_name_root}${var.source_prefix}\")"
+  raw_read_condition = join(" || ", [
+    for prefix in [var.source_prefix, var.backgrounds_prefix] : "resource.name.startsWith(\"${local.object_name_root}${prefix}\")"
+  ])
   outputs_write_condition = join(" || ", concat(
     [for prefix in local.output_prefixes : "resource.name.startsWith(\"${local.object_name_root}${prefix}\")"],
     ["api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"${var.crops_prefix}\")"],
@@ -78,7 +81,7 @@ resource "google_storage_bucket_iam_member" "runtime_reads_uploads" {
 
   condition {
     title       = "read-${trimsuffix(replace(var.source_prefix, "/", "-"), "-")}"
-    description = "Read camera uploads (exact generations and their metadata) under ${var.source_prefix} only."
+    description = "Read camera uploads (exact generations and their metadata) under ${var.source_prefix} and the empty-scene references under ${var.backgrounds_prefix} only."
     expression  = local.raw_read_condition
   }
 }

@@ -116,7 +116,7 @@ variable "noncurrent_version_retention_days" {
   }
 }
 
-# --- Object prefixes (SOURCE_PREFIX, CROPS_PREFIX, OVERVIEW_PREFIX, MARKERS_PREFIX) ---------
+# --- Object prefixes (SOURCE_PREFIX, CROPS_PREFIX, OVERVIEW_PREFIX, MARKERS_PREFIX, BACKGROUNDS_PREFIX)
 # Letters, digits, '.', '_', '-' and '/' only: they are also written into IAM condition expressions.
 
 variable "source_prefix" {
@@ -161,6 +161,42 @@ variable "markers_prefix" {
     condition     = can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/$", var.markers_prefix))
     error_message = "markers_prefix must be non-empty, end with '/', not start with '/', and use only letters, digits, '.', '_', '-' and '/'."
   }
+}
+
+variable "backgrounds_prefix" {
+  description = "BACKGROUNDS_PREFIX: optional photos of each camera's empty scene, {prefix}{camera}.jpg, read by the offline detector and the empty-belt gate. Must end with '/'."
+  type        = string
+  default     = "backgrounds/"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/$", var.backgrounds_prefix))
+    error_message = "backgrounds_prefix must be non-empty, end with '/', not start with '/', and use only letters, digits, '.', '_', '-' and '/'."
+  }
+}
+
+# --- Detectors ---------------------------------------------------------------------------------
+
+variable "detector" {
+  description = "DETECTOR: gemini, or offline (the weight-free belt detector for every image, no model calls)."
+  type        = string
+  default     = "gemini"
+
+  validation {
+    condition     = contains(["gemini", "offline"], var.detector)
+    error_message = "detector must be gemini or offline."
+  }
+}
+
+variable "empty_belt_gate" {
+  description = "EMPTY_BELT_GATE: check with the offline detector whether the belt holds anything before calling Gemini; empty frames are recorded without a model call."
+  type        = bool
+  default     = true
+}
+
+variable "offline_fallback" {
+  description = "OFFLINE_FALLBACK: when Gemini keeps failing past retry_deadline_s, process the image with the offline detector (rows say so) instead of failing for redelivery."
+  type        = bool
+  default     = true
 }
 
 # --- BigQuery --------------------------------------------------------------------------------

@@ -344,6 +344,7 @@ def test_a_storage_outage_is_retried_in_process(stack):
 
 def test_past_the_deadline_the_function_fails_so_the_platform_redelivers(stack, monkeypatch):
     monkeypatch.setenv("RETRY_DEADLINE_S", "1.5")
+    monkeypatch.setenv("OFFLINE_FALLBACK", "false")
     stack.gemini.reset(lambda request: unavailable())
     blob = stack.upload("raw/cupcakes.png", cupcakes())
     event = stack.event_for(blob)
@@ -357,6 +358,67 @@ def test_past_the_deadline_the_function_fails_so_the_platform_redelivers(stack, 
     assert stack.deliver(event).status_code == 200
     assert [row["status"] for row in stack.rows("images")] == ["ok"]
     assert len(stack.rows("objects")) == len(expected_boxes(1))
+
+
+def test_past_the_deadline_the_offline_detector_takes_over_when_fallback_is_on(stack, monkeypatch):
+    monkeypatch.setenv("RETRY_DEADLINE_S", "1.5")
+    stack.gemini.reset(lambda request: unavailable())
+    blob = stack.upload("raw/belt.jpg", (ROOT / "samples" / "belt-01.jpg").read_bytes(), "image/jpeg")
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    (image_row,) = stack.rows("images")
+    assert image_row["status"] == "ok" and image_row["detector"] == "offline"
+    assert image_row["fallback_reason"].startswith("Gemini kept failing past the retry deadline")
+    objects = stack.rows("objects")
+    assert len(objects) == image_row["objects_found"] > 0
+    assert {row["detector"] for row in objects} == {"offline"} and {row["label"] for row in objects} == {"item"}
+    assert all(row["prompt"] is None and row["total_tokens"] == 0 for row in objects)
+    assert len(stack.names("processed/")) == len(objects)
+
+
+def test_without_gemini_credentials_the_offline_detector_processes_the_image(stack, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY")
+    blob = stack.upload("raw/belt.jpg", (ROOT / "samples" / "belt-02.jpg").read_bytes(), "image/jpeg")
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    (image_row,) = stack.rows("images")
+    assert (image_row["status"], image_row["detector"]) == ("ok", "offline")
+    assert image_row["fallback_reason"].startswith("Gemini is not configured")
+    assert stack.gemini.requests == []
+
+
+def test_without_credentials_and_without_fallback_the_image_fails_saying_why(stack, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY")
+    monkeypatch.setenv("OFFLINE_FALLBACK", "false")
+    blob = stack.upload("raw/belt.jpg", (ROOT / "samples" / "belt-02.jpg").read_bytes(), "image/jpeg")
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    assert failed_row(stack)["error_type"] == "detector_not_configured"
+
+
+def test_the_empty_belt_gate_skips_the_model_call(stack):
+    from segmentation.offline import OfflineDetector
+    from tools.belt_scenes import make_scene
+
+    # The gate's quality is measured in test_offline.py; here: an empty frame it recognises
+    # never reaches Gemini.
+    gate = OfflineDetector()
+    for index in range(20):
+        buffer = io.BytesIO()
+        make_scene("heldout", index, count=0).image.save(buffer, "JPEG", quality=90)
+        if gate.belt_is_empty(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")):
+            break
+    blob = stack.upload("raw/cam1/empty.jpg", buffer.getvalue(), "image/jpeg")
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    (image_row,) = stack.rows("images")
+    assert (image_row["status"], image_row["detector"], image_row["objects_found"]) == ("empty", "empty-belt-gate", 0)
+    assert stack.gemini.requests == []
+    assert stack.names("processed-overview/") == ["processed-overview/cam1/processed_empty.jpg"]
 
 
 def test_rows_stream_to_bigquery_through_the_real_client(stack, monkeypatch):

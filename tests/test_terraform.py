@@ -307,7 +307,7 @@ def test_environment_values_come_from_variables_and_the_created_tables():
     assert env["GEMINI_BACKEND"] == "vertex"
     assert ref(env["GOOGLE_CLOUD_PROJECT"]) == "var.project_id"
     assert ref(env["GOOGLE_CLOUD_LOCATION"]) == "var.vertex_location"
-    for key in ("SOURCE_PREFIX", "CROPS_PREFIX", "OVERVIEW_PREFIX", "MARKERS_PREFIX"):
+    for key in ("SOURCE_PREFIX", "CROPS_PREFIX", "OVERVIEW_PREFIX", "MARKERS_PREFIX", "BACKGROUNDS_PREFIX"):
         assert ref(env[key]) == f"var.{key.lower()}"
     assert ref(env["BQ_OBJECTS_TABLE"]) == "local.objects_table_id"
     assert ref(env["BQ_IMAGES_TABLE"]) == "local.images_table_id"
@@ -328,7 +328,7 @@ def _same_value(terraform_default: Any, code_default: str) -> bool:
     if terraform_default is None:
         return code_default == ""
     if isinstance(terraform_default, bool):
-        return False
+        return code_default.lower() == str(terraform_default).lower()
     if isinstance(terraform_default, (int, float)):
         return code_default != "" and float(code_default) == float(terraform_default)
     return str(terraform_default) == code_default
@@ -481,7 +481,9 @@ def test_storage_grants_are_conditioned_on_prefixes_and_listing_only_under_crops
     assert local["object_name_root"] == "projects/_/buckets/${local.images_bucket_name}/objects/"
     raw = resource("google_storage_bucket_iam_member", "runtime_reads_uploads")
     assert block(raw, "condition")["expression"] == "${local.raw_read_condition}"
-    assert local["raw_read_condition"] == 'resource.name.startsWith("${local.object_name_root}${var.source_prefix}")'
+    raw_condition = local["raw_read_condition"]
+    assert "for prefix in [var.source_prefix, var.backgrounds_prefix]" in raw_condition
+    assert 'resource.name.startsWith(\\"${local.object_name_root}${prefix}\\")' in raw_condition
 
     outputs = resource("google_storage_bucket_iam_member", "runtime_writes_outputs")
     assert block(outputs, "condition")["expression"] == "${local.outputs_write_condition}"

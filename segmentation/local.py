@@ -9,7 +9,7 @@ and a bridge that delivers object-finalize CloudEvents as Eventarc would.
 The storage code path is the production one: google-cloud-storage follows
 STORAGE_EMULATOR_HOST to gcp-storage-emulator. Rows go to SQLITE_PATH (no BigQuery here).
 Gemini needs credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); without them
-each image gets a `failed` row saying so.
+the offline detector processes each image (OFFLINE_FALLBACK, on by default).
 
 This module is for developers' machines only; the deployed function never imports it, and
 gcp-storage-emulator is a development dependency (requirements-dev.txt).
@@ -332,8 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"storage emulator: {stack.storage_url}  (export STORAGE_EMULATOR_HOST={stack.storage_url})")
         print(f"function:         {stack.function_url}  bucket: gs://{args.bucket}/{config.source_prefix}")
         if config.resolved_backend is None:
-            print("note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); "
-                  "images will get failed rows saying so")
+            outcome = ("the offline detector processes the images" if config.offline_fallback
+                       else "images will get failed rows saying so")
+            print("note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); " + outcome)
         if args.demo:
             samples = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             names = upload(samples, bucket=args.bucket, emulator_url=stack.storage_url,

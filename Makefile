@@ -7,13 +7,16 @@ BIN := $(VENV)/bin
 TOOLS := .venv-tools
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: local test install bench
+.PHONY: local test install tools bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/python $(TOOLS)/.checkov-$(CHECKOV_VERSION)
+install: $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+
+# Only the tests need checkov.
+tools: $(TOOLS)/.checkov-$(CHECKOV_VERSION)
 
 $(TOOLS)/.checkov-$(CHECKOV_VERSION):
 	rm -rf $(TOOLS)
@@ -25,7 +28,7 @@ $(TOOLS)/.checkov-$(CHECKOV_VERSION):
 local: install
 	$(BIN)/python -m segmentation.local up --demo --once
 
-test: install
+test: install tools
 	$(BIN)/python -m pytest
 
 bench: install

@@ -68,6 +68,8 @@ class Outcome:
     crop_uris: tuple[str, ...] = field(default=())
     overview_uri: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    detector: str | None = None
+    fallback: bool = False
 
 
 class PhaseTimer:
@@ -115,8 +117,12 @@ class Pipeline:
         self._clock = clock
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload")
 
-    def process(self, ref: ObjectRef) -> Outcome:
-        """Process one object-finalize event's object. Raises only `TransientError` (redeliver me)."""
+    def process(self, ref: ObjectRef, *, force: bool = False) -> Outcome:
+        """Process one object-finalize event's object. Raises only `TransientError` (redeliver me).
+
+        `force` reprocesses even when the completion marker says this generation is done
+        (the replay command uses it to redo failed or fallback images).
+        """
         started = self._clock()
         deadline = started + self.config.retry_deadline_s
         fields = {"bucket": ref.bucket, "object": ref.name, "generation": ref.generation}
@@ -126,14 +132,8 @@ class Pipeline:
             log_event("INFO", f"ignored: {reason}", **fields)
             return Outcome("ignored", reason=reason)
 
-        names = OutputNames.for_object(
-            ref.name,
-            source_prefix=self.config.source_prefix,
-            crops_prefix=self.config.crops_prefix,
-            overview_prefix=self.config.overview_prefix,
-            markers_prefix=self.config.markers_prefix,
-        )
-        done_generation = self._completed_generation(ref, names, deadline)
+        names = self._names(ref)
+        done_generation = None if force else _generation_of(self._marker(ref, names, deadline))
         if done_generation is not None and ref.generation is not None and done_generation >= ref.generation:
             why = "already processed" if done_generation == ref.generation else f"superseded by generation {done_generation}"
             log_event("INFO", f"duplicate: {why}", **fields)
@@ -220,7 +220,8 @@ class Pipeline:
         with timer("insert"):
             self._insert("objects", object_rows, deadline)
             self._insert("images", [image_row], deadline)
-        outcome = Outcome(status, len(detections), crop_uris=tuple(crop_uris), overview_uri=overview_uri)
+        outcome = Outcome(status, len(detections), crop_uris=tuple(crop_uris), overview_uri=overview_uri,
+                          detector=result.detector, fallback=result.fallback_reason is not None)
         return outcome, image_row
 
     def _detect(
@@ -257,14 +258,22 @@ class Pipeline:
         if rows:
             retry_call(lambda: self.sink.insert(table, rows), deadline=deadline, what=f"{table} rows insert")
 
-    def _completed_generation(self, ref: ObjectRef, names: OutputNames, deadline: float) -> int | None:
-        metadata = retry_call(
-            lambda: self.storage.metadata(ref.bucket, names.marker), deadline=deadline, what="marker read"
+    def marker(self, ref: ObjectRef) -> dict[str, str] | None:
+        """The completion marker's metadata for `ref`'s object (generation, status, detector,
+        fallback), or None if no generation of it was completed."""
+        return self._marker(ref, self._names(ref), self._clock() + self.config.retry_deadline_s)
+
+    def _names(self, ref: ObjectRef) -> OutputNames:
+        return OutputNames.for_object(
+            ref.name,
+            source_prefix=self.config.source_prefix,
+            crops_prefix=self.config.crops_prefix,
+            overview_prefix=self.config.overview_prefix,
+            markers_prefix=self.config.markers_prefix,
         )
-        try:
-            return int(metadata[GENERATION_KEY]) if metadata else None
-        except (KeyError, ValueError):
-            return None
+
+    def _marker(self, ref: ObjectRef, names: OutputNames, deadline: float) -> dict[str, str] | None:
+        return retry_call(lambda: self.storage.metadata(ref.bucket, names.marker), deadline=deadline, what="marker read")
 
     def _write_marker(self, ref: ObjectRef, names: OutputNames, outcome: Outcome, deadline: float) -> None:
         if ref.generation is None:
@@ -277,7 +286,8 @@ class Pipeline:
                 names.marker,
                 json.dumps(summary).encode(),
                 content_type="application/json",
-                metadata={GENERATION_KEY: str(ref.generation)},
+                metadata={GENERATION_KEY: str(ref.generation), "status": outcome.status,
+                          "detector": outcome.detector or "", "fallback": str(outcome.fallback).lower()},
             ),
             deadline=deadline,
             what="marker write",
@@ -334,9 +344,11 @@ class Pipeline:
         error: PermanentError | None = None,
     ) -> dict[str, Any]:
         error_type = error.error_type if error else ("truncated_answer" if status == "partial" else None)
+        common = self._common(ref, result)
         return {
-            "row_id": row_id(ref.bucket, ref.name, ref.generation, "image", status, error_type),
-            **self._common(ref, result),
+            # A different outcome or detector for the same generation (a replay) is a new fact.
+            "row_id": row_id(ref.bucket, ref.name, ref.generation, "image", common["detector"], status, error_type),
+            **common,
             "content_type": ref.content_type,
             "size_bytes": ref.size,
             "status": status,
@@ -363,7 +375,7 @@ class Pipeline:
         width, height = size
         box = detection.box
         return {
-            "row_id": row_id(ref.bucket, ref.name, ref.generation, "object", index),
+            "row_id": row_id(ref.bucket, ref.name, ref.generation, "object", result.detector, index),
             **self._common(ref, result),
             "object_index": index,
             "label": detection.label,
@@ -384,3 +396,10 @@ class Pipeline:
             "image_width": width,
             "image_height": height,
         }
+
+
+def _generation_of(marker: dict[str, str] | None) -> int | None:
+    try:
+        return int(marker[GENERATION_KEY]) if marker else None
+    except (KeyError, ValueError):
+        return None

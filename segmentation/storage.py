@@ -28,6 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Mapping, NoReturn
 
+from segmentation.detections import ObjectRef
 from segmentation.errors import (
     ImageTooLargeError,
     ObjectGoneError,
@@ -39,9 +40,11 @@ from segmentation.errors import (
 if TYPE_CHECKING:
     from google.cloud import storage
 
-    from segmentation.detections import ObjectRef
 
 _BUCKET_METADATA_SWITCH = "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"
+
+# Connections kept open to Cloud Storage (parallel uploads of concurrent requests).
+HTTP_POOL_SIZE = 64
 
 # (connect, read) seconds for one HTTP request; retry_call decides whether to try again.
 REQUEST_TIMEOUT = (10.0, 60.0)
@@ -163,8 +166,16 @@ class GcsStorage:
                 if self._client is None:
                     os.environ.setdefault(_BUCKET_METADATA_SWITCH, "true")
                     from google.cloud import storage
+                    from requests.adapters import HTTPAdapter
 
-                    self._client = storage.Client()
+                    client = storage.Client()
+                    # requests keeps 10 connections per host by default; the pipeline's parallel
+                    # uploads times the instance's concurrent requests need more, or connections
+                    # are dropped and re-opened (a TLS handshake each, in production).
+                    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=HTTP_POOL_SIZE)
+                    client._http.mount("https://", adapter)
+                    client._http.mount("http://", adapter)
+                    self._client = client
         return self._client
 
     def read(self, ref: ObjectRef, *, max_bytes: int) -> bytes:
@@ -231,11 +242,18 @@ class GcsStorage:
 
     def list_names(self, bucket: str, prefix: str) -> list[str]:
         """Names of the live objects under `prefix`, sorted."""
+        return sorted(ref.name for ref in self.list_objects(bucket, prefix))
+
+    def list_objects(self, bucket: str, prefix: str) -> list[ObjectRef]:
+        """The live objects under `prefix` (name, generation, content type, size), in listing order."""
         try:
             blobs = self.client.list_blobs(
-                bucket, prefix=prefix, fields="items(name),nextPageToken", retry=None, timeout=REQUEST_TIMEOUT
+                bucket, prefix=prefix, fields="items(name,generation,contentType,size),nextPageToken",
+                retry=None, timeout=REQUEST_TIMEOUT,
             )
-            return sorted(blob.name for blob in blobs)  # pages are fetched while iterating
+            # Pages are fetched while iterating, so errors surface inside the try.
+            return [ObjectRef(bucket, blob.name, int(blob.generation) if blob.generation else None,
+                              blob.content_type, blob.size) for blob in blobs]
         except Exception as exc:
             _raise_classified(exc, f"list gs://{bucket}/{prefix}")
 

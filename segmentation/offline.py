@@ -5,7 +5,7 @@ not know what they are, so every detection is labelled "item" and described by m
 (colour, size as a share of the belt, elongation). It is the local default when Gemini has no
 credentials, the empty-belt gate before a Gemini call, and the fallback when Gemini keeps failing.
 
-How it works, on a copy whose longest side is `work_side` (640) pixels:
+How it works, on a copy whose longest side is `work_side` (512) pixels:
 
 1. **Background model.** With a reference photo of the empty scene from the same camera, the
    reference, corrected for the change of light (a per-channel gain plus a smooth gain field
@@ -26,9 +26,19 @@ How it works, on a copy whose longest side is `work_side` (640) pixels:
    (painted words and arrows, seams) are too thin to hold a marker and are flooded by the belt.
 5. **Instances.** The item mask (holes filled, thin bridges cut) is split where items touch or
    overlap: one marker per bulge of its distance transform, flooded by colour; two bulges are
-   joined again when no neck separates them (the border is nearly as deep inside the mask as
-   the smaller bulge) and their commonest colours agree.
-6. **Colour.** The item's own pixels (edges eroded, belt-like pixels left out), white-balanced
+   joined again when no neck separates them and their commonest colours agree. The pieces are
+   then joined into items, cheapest join first, by convexity (an item is about convex; two items
+   that touch or overlap leave a concavity where they meet): pieces smaller than an item join the
+   neighbour they share most border with; neighbours of the same colour join when the join adds
+   little concavity; a patch of another colour (stripes, straps, a logo, a highlight) joins only
+   when, in addition, it borders the belt along a minority of its outline (the item's outline
+   encloses it), which an item lying on another does not.
+6. **Confidence.** Contrast to the belt, edge sharpness, size and thickness, lowered for shapes
+   that are not convex (solidity) and for pieces that border other pieces rather than the belt
+   along most of their outline (the typical false positive is a fragment of a split item).
+7. **Masks.** Scaled up from the working resolution after a slight blur, cut above half level
+   (the working-resolution mask takes in the item's soft edge and contact shadow).
+8. **Colour.** The item's own pixels (edges eroded, belt-like pixels left out), white-balanced
    against the belt (taken as neutral) and corrected for the local light, named pixel by pixel
    with `segmentation.colors` and counted.
 
@@ -69,7 +79,7 @@ class _Instance:
 class _Analysis:
     shape: tuple[int, int]
     instances: list[_Instance]
-    evidence_area: int  # pixels of the largest thick blob of anything-not-belt
+    evidence_area: int  # pixels of the largest thick blob of anything-not-belt (gate runs only)
     belt_area: int
 
 
@@ -129,7 +139,7 @@ class OfflineDetector:
         """True only when nothing is on the belt: no item, and no blob of anything-not-belt
         (including a shadow, which only an item casts) bigger than `gate_min_area`.
         Conservative by design: in doubt, the frame is not empty."""
-        analysis = self._analyze(to_rgb(image))
+        analysis = self._analyze(to_rgb(image), gate=True)
         height, width = analysis.shape
         return not analysis.instances and analysis.evidence_area < self.gate_min_area * width * height
 
@@ -146,7 +156,7 @@ class OfflineDetector:
                 results.append((detection, inst.score))
         return results
 
-    def _analyze(self, image: Image.Image) -> _Analysis:
+    def _analyze(self, image: Image.Image, *, gate: bool = False) -> _Analysis:
         import cv2
         import numpy as np
 
@@ -158,13 +168,22 @@ class OfflineDetector:
             if ref is None:
                 ref = cv2.resize(np.asarray(self.background), key, interpolation=cv2.INTER_AREA)
                 self._background_cache[key] = ref
-        return _analyze(work, ref, min_area=self.min_area, gate_min_area=self.gate_min_area)
+        return _analyze(work, ref, min_area=self.min_area, gate=gate)
 
 
 # ------------------------------------------------------------------------------------------
 # The analysis itself (module-level functions on NumPy arrays).
 
-_DEBUG: dict | None = None  # set to a dict to collect intermediate maps (development only)
+# Tuned on the generator's "tuning" split (never on "heldout").
+BELT_ITERATIONS = 2  # passes of the belt model (profiles, then with the foreground replaced)
+BELT_SAMPLES_X = 100  # samples per row / column the belt's profiles are taken from
+BELT_SAMPLES_Y = 72
+OTHER_COLOUR_MAX_CONCAVITY = 1.0  # pieces of different colours join only if their union is this convex
+PATCH_MAX_OUTLINE = 0.35  # ... and only if the smaller borders the belt along at most this share of its outline
+BELT_BORDER_BASE = 0.5  # confidence factor of an item none of whose outline borders the belt
+SOLIDITY_WEIGHT = 0.5  # confidence lost per unit of non-convexity (1 - solidity)
+MASK_SMOOTH = 0.8  # the mask is smoothed (working pixels) and cut at MASK_LEVEL when scaled up;
+MASK_LEVEL = 0.75  # above 0.5 it sheds the item's soft edge and contact shadow (masks ran ~6 % large)
 _K = 8.0  # offset of the log intensity: keeps noise in dark pixels from exploding
 _LOG_SCALE = 255 / math.log((255 + _K) / _K)  # log image -> 0..255 for the watershed
 
@@ -237,7 +256,7 @@ def _evidence(lg, model):
 def _noise(values) -> float:
     import numpy as np
 
-    sample = values[::3, ::3]
+    sample = values[::4, ::4]
     med = np.median(sample)
     return float(1.4826 * np.median(np.abs(sample - med)))
 
@@ -283,21 +302,21 @@ def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = No
     return out[:, None, :] if axis == 1 else out[None, :, :]
 
 
-def _belt_model(lg, iterations: int = 2):
+def _belt_model(lg, iterations: int = BELT_ITERATIONS):
     """Row profile + column profile (modes) + smooth residual, iterated with foreground replaced."""
     import cv2
     import numpy as np
 
     h, w = lg.shape[:2]
-    sx, sy = max(1, w // 160), max(1, h // 120)
-    x = lg
+    sx, sy = max(1, w // BELT_SAMPLES_X), max(1, h // BELT_SAMPLES_Y)
+    x_rows, x_cols = lg[:, ::sx], lg[::sy]  # the samples the profiles are taken from
     fg = None
     model = None
     for it in range(iterations):
-        rows = _modes(x[:, ::sx], axis=1)
+        rows = _modes(x_rows, axis=1)
         if fg is not None:  # rows mostly covered by items: interpolate from the rows around them
             rows = _interpolate_unreliable(rows, fg[:, ::sx].mean(axis=1) > 0.45, axis=0)
-        cols = _modes((x - rows)[::sy], axis=0)
+        cols = _modes(x_cols - rows[::sy], axis=0)
         if fg is not None:
             cols = _interpolate_unreliable(cols, fg[::sy].mean(axis=0) > 0.45, axis=1)
         model = rows + cols
@@ -306,11 +325,14 @@ def _belt_model(lg, iterations: int = 2):
             tm, tc = _thresholds(m, cd)
             fg = cv2.dilate(((np.abs(m) > tm) | (cd > tc)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         model = model + _masked_blur(lg - model, (~fg).astype(np.float32), sigma=max(h, w) / 10)
+        if it == iterations - 1:
+            break
         m, cd = _evidence(lg, model)
         tm, tc = _thresholds(m, cd)
         fg = (np.abs(m) > tm) | (cd > tc)
         fg = cv2.dilate(fg.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        x = np.where(fg[..., None], model, lg)
+        x_rows = np.where(fg[:, ::sx, None], model[:, ::sx], lg[:, ::sx])
+        x_cols = np.where(fg[::sy, :, None], model[::sy], lg[::sy])
     return model, fg
 
 
@@ -348,7 +370,7 @@ def _reference_model(lg, ref):
     return model
 
 
-def _analyze(work, ref, *, min_area: float, gate_min_area: float) -> _Analysis:
+def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
     import cv2
     import numpy as np
 
@@ -450,9 +472,6 @@ def _analyze(work, ref, *, min_area: float, gate_min_area: float) -> _Analysis:
 
     groups = np.array([find(r) for r in range(n)], np.int32)
     fg = groups[labels] != 1
-    if _DEBUG is not None:
-        _DEBUG.update(m=m, cd=cd, grad=grad, beltlike=beltlike, markers=markers, labels=labels,
-                      groups=groups[labels], tm=tm, tc=tc, model=model, lg=lg)
 
     # 2) the items' outline: fill holes (belt-coloured parts of an item), cut thin bridges
     fg = _fill_holes(fg, max_hole=0.05 * h * w)
@@ -460,8 +479,6 @@ def _analyze(work, ref, *, min_area: float, gate_min_area: float) -> _Analysis:
     # 3) separate touching and overlapping items: one marker per bulge of the distance
     #    transform, flooded by colour, bulges joined again unless a neck separates them
     inst = _split_touching(fg, image8, lg, min_px=max(20, 0.3 * min_area * h * w))
-    if _DEBUG is not None:
-        _DEBUG["inst"] = inst
 
     # instances
     ids, counts = np.unique(inst, return_counts=True)
@@ -470,22 +487,42 @@ def _analyze(work, ref, *, min_area: float, gate_min_area: float) -> _Analysis:
     belt_area = _belt_area(model, h, w)
     neutral, light = _illumination(blurred, model, belt_mask)
     instances = []
-    for rid, cnt in zip(ids, counts):
+    iy, ix = np.nonzero(inst)
+    il = inst[iy, ix]
+    order = np.argsort(il, kind="stable")
+    il, iy, ix = il[order], iy[order], ix[order]
+    starts = np.searchsorted(il, ids)
+    ends = np.searchsorted(il, ids, side="right")
+    for rid, cnt, i0, i1 in zip(ids, counts, starts, ends):
         if rid == 0 or cnt < min_px:
             continue
-        mask = inst == rid
-        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, k3) > 0
-        ys, xs = np.nonzero(mask)
+        cy0, cy1 = max(0, int(iy[i0:i1].min()) - 1), min(h, int(iy[i0:i1].max()) + 2)
+        cx0, cx1 = max(0, int(ix[i0:i1].min()) - 1), min(w, int(ix[i0:i1].max()) + 2)
+        crop = cv2.morphologyEx((inst[cy0:cy1, cx0:cx1] == rid).astype(np.uint8), cv2.MORPH_OPEN, k3) > 0
+        ys, xs = np.nonzero(crop)
         if len(ys) < min_px:
             continue
+        ys, xs = ys + cy0, xs + cx0
         x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
-        sub = mask[y0:y1, x0:x1]
+        sub = crop[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
         dist = cv2.distanceTransform(np.pad(sub.astype(np.uint8), 1), cv2.DIST_L2, 3)
         if dist.max() < 3.0:  # a stroke, not an object
             continue
         contrast = float(np.abs(m[y0:y1, x0:x1][sub]).mean() + cd[y0:y1, x0:x1][sub].mean())
         edge = float(np.mean(grad[y0:y1, x0:x1][_border(sub)]))
+        # share of the outline that borders the belt (a piece of a wrongly split item borders
+        # its other pieces along much of its outline)
+        py0, px0, py1, px1 = max(0, y0 - 1), max(0, x0 - 1), min(h, y1 + 1), min(w, x1 + 1)
+        around = inst[py0:py1, px0:px1]
+        own = np.zeros(around.shape, bool)
+        own[y0 - py0:y1 - py0, x0 - px0:x1 - px0] = sub
+        ring = (cv2.dilate(own.astype(np.uint8), k3) > 0) & ~own
+        belt_frac = float(np.mean(around[ring] == 0)) if ring.any() else 1.0
+        area_px, gap = _hull_gap(sub)
+        solidity = area_px / (area_px + gap)
         score = _score(contrast / (tm + tc), edge, len(ys) / (h * w), dist.max())
+        score *= (BELT_BORDER_BASE + (1 - BELT_BORDER_BASE) * belt_frac) * (1 - SOLIDITY_WEIGHT * (1 - solidity))
+        score = round(float(score), 4)
         colors = _colors(blurred[y0:y1, x0:x1], sub, beltlike[y0:y1, x0:x1], neutral, light[y0:y1, x0:x1])
         elong, angle = _shape(ys, xs)
         instances.append(_Instance(
@@ -496,10 +533,13 @@ def _analyze(work, ref, *, min_area: float, gate_min_area: float) -> _Analysis:
         ))
     instances.sort(key=lambda i: -i.score)
 
-    # gate evidence: the largest thick blob of anything-not-belt (shadows included)
-    blob = cv2.morphologyEx(notbelt.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
-    nb, _, bstats, _ = cv2.connectedComponentsWithStats(blob, connectivity=8)
-    evidence = int(bstats[1:, cv2.CC_STAT_AREA].max()) if nb > 1 else 0
+    # gate evidence (only for the gate, and only when no item was found): the largest thick blob
+    # of anything-not-belt (shadows included)
+    evidence = 0
+    if gate and not instances:
+        blob = cv2.morphologyEx(notbelt.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+        nb, _, bstats, _ = cv2.connectedComponentsWithStats(blob, connectivity=8)
+        evidence = int(bstats[1:, cv2.CC_STAT_AREA].max()) if nb > 1 else 0
     return _Analysis(shape=(h, w), instances=instances, evidence_area=evidence, belt_area=belt_area)
 
 
@@ -547,7 +587,8 @@ def _fill_holes(fg, *, max_hole: float):
     return fg | fill[labels]
 
 
-def _split_touching(fg, image8, lg, *, min_px: float, neck: float = 0.72, max_color_dist: float = 0.3):
+def _split_touching(fg, image8, lg, *, min_px: float, neck: float = 0.72, max_color_dist: float = 0.3,
+                    merge_gap: float = 0.15):
     """Instance labels (0 = background, 1.. = items) for the foreground mask `fg`."""
     import cv2
     import numpy as np
@@ -579,8 +620,10 @@ def _split_touching(fg, image8, lg, *, min_px: float, neck: float = 0.72, max_co
         ws = np.where(ws < 0, cv2.dilate(wf, np.ones((3, 3), np.uint8)), wf).astype(np.int32)
         ws[~mask] = 1
         k = int(ws.max()) + 1
-        peak_value = np.zeros(k)
-        np.maximum.at(peak_value, ws.ravel(), dist.ravel())
+        # each piece's deepest point (a per-label maximum by a histogram of quarter pixels)
+        levels = np.minimum(dist * 4, 1023).astype(np.int64).ravel()
+        hist = np.bincount(ws.ravel().astype(np.int64) * 1024 + levels, minlength=k * 1024).reshape(k, 1024) > 0
+        peak_value = (1023 - np.argmax(hist[:, ::-1], axis=1)) / 4.0
         # joins: mean distance along the border between two bulges vs the smaller bulge's peak
         parent = list(range(k))
 
@@ -617,12 +660,142 @@ def _split_touching(fg, image8, lg, *, min_px: float, neck: float = 0.72, max_co
                     peak_value[ra] = max(peak_value[ra], peak_value[rb])
         roots = np.array([find(r) for r in range(k)])
         merged = roots[ws]
+        merged[~mask] = 0
+        stray = mask & (merged == 1)  # flooded from outside the blob: give it to the nearest piece
+        if stray.any() and (mask & ~stray).any():
+            _, near = cv2.distanceTransformWithLabels((merged <= 1).astype(np.uint8), cv2.DIST_L2, 3,
+                                                      labelType=cv2.DIST_LABEL_PIXEL)
+            owner = np.zeros(int(near.max()) + 1, np.int32)
+            seeds = merged > 1
+            owner[near[seeds]] = merged[seeds]
+            merged[stray] = owner[near[stray]]
+        merged = _merge_convex(merged, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap)
         for r in np.unique(merged[mask]):
-            piece = (merged == r) & mask
-            if piece.sum() >= min_px:
-                out[y0:y1, x0:x1][piece] = next_id
+            if r > 0:
+                out[y0:y1, x0:x1][merged == r] = next_id
                 next_id += 1
     return out
+
+
+def _hull_gap(piece) -> tuple[float, float]:
+    """Pixels of a mask and the area its convex hull adds to it (0 for a convex shape)."""
+    import cv2
+    import numpy as np
+
+    area = float(np.count_nonzero(piece))
+    contours, _ = cv2.findContours(piece.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return area, 0.0
+    hull = cv2.convexHull(np.concatenate(contours))
+    # a pixel mask covers its contour polygon plus about half a pixel along the outline
+    return area, max(0.0, cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) - area)
+
+
+def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_other: float = 0.04,
+                  max_color_dist: float = 0.5):
+    """Join adjacent pieces (labels 1..) of one foreground blob into items.
+
+    Pieces smaller than `min_px` join the neighbour they share the longest border with. Then,
+    cheapest first, two neighbours join when their union is about as convex as one item: of the
+    same colour (mean log colours within `max_color_dist`), when the join adds little concavity
+    (hull gap of the union minus those of the pieces, relative to the smaller piece, at most
+    `max_gap`); of different colours (stripes, straps, a logo, a highlight), only when the join
+    adds almost none (`max_gap_other`), the union is not far from convex
+    (OTHER_COLOUR_MAX_CONCAVITY) and the smaller piece borders the outside of the blob along at
+    most PATCH_MAX_OUTLINE of its outline (the item's outline encloses it; an item lying on
+    another item sticks out)."""
+    import cv2
+    import numpy as np
+
+    labels = labels.copy()
+    k = int(labels.max()) + 1
+    if k <= 2:
+        return labels
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=k).astype(np.float64)
+    csum = np.stack([np.bincount(flat, weights=lg[..., c].ravel(), minlength=k) for c in range(3)], 1)
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    order = np.argsort(lab, kind="stable")
+    bounds = np.searchsorted(lab[order], np.arange(k + 1))
+    pts = np.stack([xs[order], ys[order]], 1).astype(np.int32)
+    hulls = {}
+    for r in range(1, k):
+        if bounds[r + 1] > bounds[r]:
+            hulls[r] = cv2.convexHull(pts[bounds[r]:bounds[r + 1]]).reshape(-1, 2)
+    adj: dict[tuple[int, int], int] = {}
+    outside = np.zeros(k)  # border length of each piece with the outside of the blob (belt)
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1], labels[1:])):
+        diff = a != b
+        lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
+        codes, counts = np.unique(lo.astype(np.int64) * k + hi, return_counts=True)
+        for c, n in zip(codes, counts):
+            key = (int(c // k), int(c % k))
+            if key[0] == 0:
+                outside[key[1]] += n
+            else:
+                adj[key] = adj.get(key, 0) + int(n)
+
+    def hull_area(h):
+        if len(h) < 3:
+            return 0.5 * len(h)
+        return cv2.contourArea(h) + 0.5 * cv2.arcLength(h.reshape(-1, 1, 2), True) + 1.0
+
+    gap = {r: max(0.0, hull_area(h) - area[r]) for r, h in hulls.items()}
+    parent = list(range(k))
+
+    def join(a: int, b: int) -> None:  # b into a
+        parent[b] = a
+        area[a] += area[b]
+        outside[a] += outside[b]
+        csum[a] += csum[b]
+        hulls[a] = cv2.convexHull(np.concatenate([hulls[a], hulls.pop(b)])).reshape(-1, 2)
+        gap[a] = max(0.0, hull_area(hulls[a]) - area[a])
+        for (p, q), n in list(adj.items()):
+            if b in (p, q):
+                del adj[(p, q)]
+                o = q if p == b else p
+                if o != a:
+                    key = (min(a, o), max(a, o))
+                    adj[key] = adj.get(key, 0) + n
+
+    while adj:
+        small = [r for r in hulls if area[r] < min_px and any(r in key for key in adj)]
+        if small:
+            r = min(small, key=lambda q: area[q])
+            (p, q), _ = max(((key, n) for key, n in adj.items() if r in key), key=lambda kv: kv[1])
+            o = q if p == r else p
+            join(o, r)
+            continue
+        best, best_cost = None, math.inf
+        for a, b in adj:
+            union = hull_area(cv2.convexHull(np.concatenate([hulls[a], hulls[b]])))
+            smaller = max(min(area[a], area[b]), 1.0)
+            total_gap = max(0.0, union - area[a] - area[b])
+            same = np.abs(csum[a] / area[a] - csum[b] / area[b]).sum() <= max_color_dist
+            if same:
+                cost = (total_gap - gap[a] - gap[b]) / smaller
+                ok = cost <= max_gap
+            else:
+                # a patch of another colour belongs to the item whose outline encloses it: it
+                # borders the belt only where it reaches the item's edge (stripes, straps, a logo)
+                patch = a if area[a] <= area[b] else b
+                perimeter = outside[patch] + sum(n for key, n in adj.items() if patch in key)
+                cost = (total_gap - gap[a] - gap[b]) / smaller
+                ok = (cost <= max_gap_other and total_gap / smaller <= OTHER_COLOUR_MAX_CONCAVITY
+                      and outside[patch] <= PATCH_MAX_OUTLINE * perimeter)
+            if ok and cost < best_cost:
+                best, best_cost = (a, b), cost
+        if best is None:
+            break
+        join(*best)
+    roots = np.arange(k)
+    for r in range(k):
+        q = r
+        while parent[q] != q:
+            q = parent[q]
+        roots[r] = q
+    return roots[labels]
 
 
 def _border(sub):
@@ -631,6 +804,8 @@ def _border(sub):
 
     m8 = sub.astype(np.uint8)
     return (m8 - cv2.erode(np.pad(m8, 1), np.ones((3, 3), np.uint8))[1:-1, 1:-1]) > 0
+
+
 
 
 def _score(contrast: float, edge: float, area_frac: float, thickness: float) -> float:
@@ -658,11 +833,15 @@ def _illumination(blurred, model, belt_mask):
 
     from segmentation.colors import srgb_to_linear
 
-    lum = model.mean(axis=2)
-    med = float(np.median(lum[belt_mask])) if belt_mask.any() else float(np.median(lum))
+    import cv2
+
+    lum = cv2.transform(model, _mat([[1 / 3, 1 / 3, 1 / 3]]))
+    lum_s, belt_s = lum[::2, ::2], belt_mask[::2, ::2]
+    med = float(np.median(lum_s[belt_s])) if belt_s.any() else float(np.median(lum_s))
     near = np.abs(lum - med) < math.log(1.5)
-    sample = blurred[near & belt_mask] if (near & belt_mask).sum() > 100 else blurred.reshape(-1, 3)
-    neutral = srgb_to_linear(sample[:: max(1, len(sample) // 20000)]).mean(axis=0)
+    use_s = near[::2, ::2] & belt_s
+    sample = blurred[::2, ::2][use_s] if use_s.sum() > 100 else blurred.reshape(-1, 3)
+    neutral = srgb_to_linear(sample[:: max(1, len(sample) // 8000)]).mean(axis=0)
     smooth = _masked_blur(lum, (near & belt_mask).astype(np.float32), sigma=max(lum.shape) / 12)
     light = np.exp(np.clip(smooth - med, -0.7, 0.7) * 2.2)  # sRGB log ratio -> linear light ratio
     return neutral, light
@@ -728,12 +907,14 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
     if ox1 <= ox0 or oy1 <= oy0:
         return None
     # resample the mask: pixel centres of the output box mapped into the working mask
-    pad = np.pad(inst.mask.astype(np.float32), 1)
-    gx = (np.arange(ox0, ox1, dtype=np.float32) + 0.5) / sx - 0.5 - x0 + 1
-    gy = (np.arange(oy0, oy1, dtype=np.float32) + 0.5) / sy - 0.5 - y0 + 1
+    pad = np.pad(inst.mask.astype(np.float32), 2)
+    if MASK_SMOOTH > 0:
+        pad = cv2.GaussianBlur(pad, (0, 0), MASK_SMOOTH)
+    gx = (np.arange(ox0, ox1, dtype=np.float32) + 0.5) / sx - 0.5 - x0 + 2
+    gy = (np.arange(oy0, oy1, dtype=np.float32) + 0.5) / sy - 0.5 - y0 + 2
     mx, my = np.meshgrid(gx, gy)
     big = cv2.remap(pad, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    big = big >= 0.5
+    big = big >= MASK_LEVEL
     ys, xs = np.nonzero(big)
     if not len(ys):
         return None

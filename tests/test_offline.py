@@ -1,7 +1,8 @@
 """The offline detector on generated belt scenes with exact ground truth (tools/belt_scenes.py).
 
 Metrics are measured on the HELD-OUT split (seeds and parameter ranges the detector was not
-tuned on) and asserted against floors: the figures the current version reaches, with a margin.
+tuned on) and asserted against floors: the figures the current version reaches, with a margin
+(on these 30 scenes it reaches AP50 0.687, AP 0.502, recall 0.754, colour 0.946).
 The issue's targets (AP50 >= 0.85, AP >= 0.60) are not met yet; see the README's figures.
 """
 
@@ -17,7 +18,7 @@ from segmentation.colors import TERMS, basic_color_name, dominant_colors, linear
 from segmentation.images import model_input
 from segmentation.offline import OfflineDetector
 from tools import eval_offline
-from tools.belt_scenes import EXEMPLARS, make_scene
+from tools.belt_scenes import EXEMPLARS, MIN_VISIBLE_AREA, make_scene
 
 HELDOUT = "heldout"
 
@@ -38,14 +39,14 @@ def heldout_scores(heldout_scenes):
 
 def test_heldout_mask_ap_floors(heldout_scores):
     assert heldout_scores["items"] > 60
-    assert heldout_scores["ap50"] >= 0.35, heldout_scores
-    assert heldout_scores["ap"] >= 0.18, heldout_scores
-    assert heldout_scores["recall50"] >= 0.6, heldout_scores
+    assert heldout_scores["ap50"] >= 0.65, heldout_scores
+    assert heldout_scores["ap"] >= 0.47, heldout_scores
+    assert heldout_scores["recall50"] >= 0.72, heldout_scores
 
 
 def test_heldout_colour_accuracy(heldout_scores):
     assert heldout_scores["n_color"] >= 40
-    assert heldout_scores["color"] >= 0.85, heldout_scores
+    assert heldout_scores["color"] >= 0.9, heldout_scores
 
 
 @pytest.mark.parametrize("light", [0.6, 0.8, 1.0, 1.25])
@@ -155,3 +156,11 @@ def test_generator_is_deterministic_and_splits_differ():
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
     assert not np.array_equal(np.asarray(make_scene(HELDOUT, 5).image)[:10, :10],
                               np.asarray(a.image)[:10, :10])
+
+
+def test_generator_items_are_visible_and_one_instance_each(heldout_scenes):
+    """Every ground-truth item shows at least MIN_VISIBLE_AREA of the image (realism floor)."""
+    for scene in heldout_scenes[:12]:
+        width, height = scene.image.size
+        for item in scene.items:
+            assert item.mask.sum() >= MIN_VISIBLE_AREA * width * height, (scene.index, item.kind)

@@ -15,6 +15,7 @@ data (https://cloud.google.com/storage/docs/json_api/v1/objects): numbers such a
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Any, Mapping
 
 from segmentation.config import Config
@@ -25,6 +26,14 @@ FINALIZED = "google.cloud.storage.object.v1.finalized"
 # Extensions accepted when the uploader set no useful content type (application/octet-stream).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 _UNTYPED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+# What Cloud Storage allows in a bucket name (lower-case letters, digits, "-", "_", ".", starting
+# and ending with a letter or digit, at most 222 characters). The client library puts the bucket
+# name into request URLs unescaped, so anything else ("/", "?", "&", "%") could re-aim requests.
+_BUCKET_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,220}[a-z0-9])?")
+# Cloud Storage object names: 1-1024 bytes of UTF-8, no CR or LF, not "." or "..".
+_MAX_OBJECT_NAME_BYTES = 1024
+_DECIMAL = re.compile(r"[0-9]+")
 
 
 class EventError(ValueError):
@@ -41,6 +50,11 @@ def object_ref_from_event(attributes: Mapping[str, Any], data: Any) -> ObjectRef
     bucket, name = data.get("bucket"), data.get("name")
     if not isinstance(bucket, str) or not bucket or not isinstance(name, str) or not name:
         raise EventError("event data lacks the object's bucket or name")
+    if not _BUCKET_NAME.fullmatch(bucket):
+        raise EventError(f"event bucket {bucket[:100]!r} is not a Cloud Storage bucket name")
+    problem = _object_name_problem(name)
+    if problem:
+        raise EventError(f"event object name {name[:100]!r} is not a Cloud Storage object name: {problem}")
     return ObjectRef(
         bucket=bucket,
         name=name,
@@ -74,10 +88,29 @@ def skip_reason(ref: ObjectRef, config: Config) -> str | None:
     return f"not an image (content type {content_type or 'unset'})"
 
 
+def _object_name_problem(name: str) -> str | None:
+    if name in (".", ".."):
+        return "it is . or .."
+    if "\r" in name or "\n" in name:
+        return "it contains a carriage return or line feed"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8"
+    if size > _MAX_OBJECT_NAME_BYTES:
+        return f"it is {size} bytes, more than {_MAX_OBJECT_NAME_BYTES}"
+    return None
+
+
 def _optional_int(value: Any, field: str) -> int | None:
+    """A non-negative integer field (the JSON API sends them as decimal strings), or None if absent."""
     if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise EventError(f"event field {field}={value!r} is not an integer") from None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        try:
+            return int(value)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            pass
+    raise EventError(f"event field {field}={str(value)[:40]!r} is not a non-negative integer")

@@ -76,9 +76,24 @@ def row_id(*parts: object) -> str:
 
 
 def _safe_path(path: str) -> str:
-    """Drop empty, '.' and '..' segments so no output name climbs out of its prefix."""
+    """Drop empty, '.' and '..' segments so no output name climbs out of its prefix.
+
+    Cloud Storage names are flat, so `raw//a.jpg`, `raw/./a.jpg` and `raw/x/../a.jpg` are
+    objects of their own, not `raw/a.jpg`. A path that needed cleaning therefore gets a hash of
+    the original before its extension, so it never shares crops, overview or marker (nor has
+    its crops deleted as stale) with the object whose name is the cleaned one.
+
+    >>> _safe_path("cam1/a.jpg"), _safe_path("../a.jpg"), _safe_path("/a.jpg")
+    ('cam1/a.jpg', 'a~2845741b69a9a93c.jpg', 'a~355f362d5cc8c315.jpg')
+    """
     segments = [segment for segment in path.split("/") if segment not in ("", ".", "..")]
-    return "/".join(segments) or "_"
+    cleaned = "/".join(segments)
+    if cleaned and cleaned == path:
+        return cleaned
+    digest = hashlib.sha256(path.encode("utf-8", errors="surrogatepass")).hexdigest()[:16]
+    head, tail = posixpath.split(cleaned)
+    root, extension = posixpath.splitext(tail)
+    return posixpath.join(head, f"{root or '_'}~{digest}{extension}")
 
 
 def _shorten(text: str, budget: int) -> str:

@@ -9,106 +9,32 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import pytest
-import requests
-from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 from PIL import Image
-from werkzeug.serving import make_server
 
 from segmentation.function import reset_pipeline
 from segmentation.parse import parse_response
-from segmentation.sink import SqliteSink
 from tests.fakes.bigquery_server import FakeBigQuery
 from tests.fakes.gemini_server import (
     Answer,
-    FakeGeminiServer,
+    ErrorReply,
     internal_error,
     rate_limited,
     sample_text,
     truncated,
     unavailable,
 )
-from tests.fakes.storage_emulator import running_storage_emulator
 from tests.fixtures import shared_fixture
-
-ROOT = Path(__file__).resolve().parents[1]
-BUCKET = "conveyor-test"
-API_KEY = "test-key-5b1e0c"
-FINALIZED = "google.cloud.storage.object.v1.finalized"
-
-
-@dataclass
-class Stack:
-    """The running pieces of one end-to-end test."""
-
-    emulator: object
-    gemini: FakeGeminiServer
-    function_url: str
-    client: storage.Client
-    sqlite_path: Path
-
-    @property
-    def bucket(self) -> storage.Bucket:
-        return self.client.bucket(BUCKET)
-
-    def upload(self, name: str, data: bytes, content_type: str = "image/png") -> storage.Blob:
-        blob = self.bucket.blob(name)
-        blob.upload_from_string(data, content_type=content_type)
-        return blob
-
-    def event_for(self, blob: storage.Blob, **overrides) -> CloudEvent:
-        data = {"bucket": BUCKET, "name": blob.name, "generation": str(blob.generation),
-                "contentType": blob.content_type, "size": str(blob.size), "metageneration": "1"}
-        data.update(overrides)
-        return CloudEvent({"type": FINALIZED, "source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}",
-                           "subject": f"objects/{blob.name}"}, data)
-
-    def deliver(self, event: CloudEvent, mode: str = "binary") -> requests.Response:
-        headers, body = (to_binary if mode == "binary" else to_structured)(event)
-        return requests.post(self.function_url, headers=headers, data=body, timeout=60)
-
-    def names(self, prefix: str) -> list[str]:
-        return sorted(blob.name for blob in self.client.list_blobs(BUCKET, prefix=prefix))
-
-    def rows(self, table: str) -> list[dict]:
-        return SqliteSink(self.sqlite_path).rows(table) if self.sqlite_path.exists() else []
+from tests.harness import API_KEY, BUCKET, FINALIZED, ROOT, Stack, running_stack
 
 
 @pytest.fixture
 def stack(tmp_path, monkeypatch) -> Iterator[Stack]:
-    with running_storage_emulator() as emulator, FakeGeminiServer() as gemini:
-        emulator.create_bucket(BUCKET)
-        sqlite_path = tmp_path / "results.sqlite"
-        for name in ("GOOGLE_CLOUD_PROJECT", "GOOGLE_API_KEY", "BQ_OBJECTS_TABLE", "BQ_IMAGES_TABLE"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", gemini.base_url)
-        monkeypatch.setenv("GEMINI_API_KEY", API_KEY)
-        monkeypatch.setenv("SQLITE_PATH", str(sqlite_path))
-        monkeypatch.setenv("RETRY_DEADLINE_S", "20")
-        import functions_framework
-
-        app = functions_framework.create_app(target="on_object_finalized", source=str(ROOT / "main.py"),
-                                             signature_type="cloudevent")
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        reset_pipeline()
-        client = storage.Client(project="test", credentials=AnonymousCredentials())
-        try:
-            yield Stack(emulator, gemini, f"http://127.0.0.1:{server.server_port}/", client, sqlite_path)
-        finally:
-            server.shutdown()
-            thread.join(timeout=5)
-            reset_pipeline()
+    with running_stack(tmp_path / "results.sqlite", monkeypatch) as running:
+        yield running
 
 
 def cupcakes() -> bytes:
@@ -458,3 +384,29 @@ def test_the_api_key_never_reaches_logs_rows_or_outputs(stack, capsys):
     assert API_KEY not in json.dumps(stack.rows("objects") + stack.rows("images"))
     for name in stack.names(""):
         assert API_KEY.encode() not in stack.bucket.blob(name).download_as_bytes()
+
+
+def test_an_endpoint_echoing_our_headers_cannot_leak_the_key_through_the_500_traceback(stack, monkeypatch, capsys,
+                                                                                       caplog):
+    monkeypatch.setenv("RETRY_DEADLINE_S", "1")
+    monkeypatch.setenv("OFFLINE_FALLBACK", "false")
+    stack.gemini.reset(lambda request: ErrorReply(503, "UNAVAILABLE", "overloaded; you sent:", echo_headers=True))
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 500
+
+    captured = capsys.readouterr()
+    everything = captured.out + captured.err + caplog.text  # the framework logs the traceback
+    assert "Traceback" in everything and "UNAVAILABLE" in everything
+    assert API_KEY not in everything
+
+
+def test_an_event_for_a_bucket_the_function_cannot_use_is_recorded_once_not_redelivered_forever(stack, capsys):
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+    event = stack.event_for(blob, bucket="some-other-bucket")
+
+    assert stack.deliver(event).status_code == 200
+
+    (row,) = stack.rows("images")
+    assert row["status"] == "failed" and row["source_bucket"] == "some-other-bucket"
+    assert "completion marker not written" in capsys.readouterr().err

@@ -29,6 +29,16 @@ def test_object_resource_fields_are_read_and_numbers_converted():
         ({"type": FINALIZED}, {"bucket": "b", "name": ""}, "bucket or name"),
         ({"type": FINALIZED}, {"bucket": "b", "name": "raw/a.jpg", "generation": "abc"}, "generation"),
         ({"type": FINALIZED}, {"bucket": "b", "name": "raw/a.jpg", "size": [1]}, "size"),
+        ({"type": FINALIZED}, {"bucket": "b", "name": "raw/a.jpg", "size": "-1"}, "size"),
+        ({"type": FINALIZED}, {"bucket": "b", "name": "raw/a.jpg", "generation": 1.5}, "generation"),
+        ({"type": FINALIZED}, {"bucket": "b", "name": "raw/a.jpg", "generation": True}, "generation"),
+        ({"type": FINALIZED}, {"bucket": "b", "name": "raw/a.jpg", "generation": "9" * 5000}, "generation"),
+        ({"type": FINALIZED}, {"bucket": "b/o?name=raw%2Fx&z=z", "name": "raw/a.jpg"}, "bucket name"),
+        ({"type": FINALIZED}, {"bucket": "Upper", "name": "raw/a.jpg"}, "bucket name"),
+        ({"type": FINALIZED}, {"bucket": "b", "name": "raw/a\nb.jpg"}, "line feed"),
+        ({"type": FINALIZED}, {"bucket": "b", "name": "raw/" + "a" * 1021}, "1025 bytes"),
+        ({"type": FINALIZED}, {"bucket": "b", "name": "raw/\ud800.jpg"}, "UTF-8"),
+        ({"type": FINALIZED}, {"bucket": "b", "name": ".."}, "is . or .."),
     ],
 )
 def test_wrong_events_raise_event_error(attributes, data, message):

@@ -25,8 +25,20 @@ def test_same_stem_different_extension_keeps_separate_markers():
 
 def test_dot_segments_cannot_climb_out_of_a_prefix():
     names = names_for("raw/../../etc/./passwd.jpg")
-    assert names.crop(1) == "processed/etc/passwd-output-0001.jpg"
-    assert names.overview == "processed-overview/etc/processed_passwd.jpg"
+    assert names.crop(1) == "processed/etc/passwd~ab1b415396ea2e13-output-0001.jpg"
+    assert names.overview == "processed-overview/etc/processed_passwd~ab1b415396ea2e13.jpg"
+    assert names.marker == "processed-markers/etc/passwd~ab1b415396ea2e13.jpg.json"
+
+
+def test_names_that_clean_to_the_same_path_keep_separate_outputs():
+    # Cloud Storage names are flat: each of these is a different object from raw/cam1/a.jpg.
+    variants = ["raw/cam1/a.jpg", "raw//cam1/a.jpg", "raw/cam1//a.jpg", "raw/./cam1/a.jpg",
+                "raw/x/../cam1/a.jpg", "raw/../cam1/a.jpg", "raw/cam1/a.jpg/"]
+    all_names = [names_for(name) for name in variants]
+    for pick in (lambda n: n.crop(1), lambda n: n.overview, lambda n: n.marker, lambda n: n.crops_glob_prefix):
+        assert len({pick(names) for names in all_names}) == len(variants)
+    assert all(not a.crops_glob_prefix.startswith(b.crops_glob_prefix)
+               for a in all_names for b in all_names if a is not b)
 
 
 def test_very_long_names_are_shortened_uniquely():

@@ -137,6 +137,9 @@ class ErrorReply:
     message: str
     details: tuple[dict[str, Any], ...] = ()
     delay: float = 0.0
+    # Append every request header, credentials included, to `message`: a misbehaving server or
+    # proxy that reflects the request, to prove the key never travels on from an error.
+    echo_headers: bool = False
 
 
 Behaviour = Union[Answer, ErrorReply]
@@ -329,7 +332,10 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(behaviour, Answer):
             self._send(200, _answer_body(request, behaviour))
         else:
-            error = {"code": behaviour.code, "message": behaviour.message, "status": behaviour.status}
+            message = behaviour.message
+            if behaviour.echo_headers:
+                message += f" Request headers: {json.dumps(dict(self.headers.items()))}"
+            error = {"code": behaviour.code, "message": message, "status": behaviour.status}
             if behaviour.details:
                 error["details"] = list(behaviour.details)
             self._send(behaviour.code, {"error": error})

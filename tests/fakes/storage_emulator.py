@@ -30,11 +30,21 @@ the emulator's handlers, chosen with `generations=`:
   is served) but media responses report the generation actually served, like production's
   header would. Lets a test reach the "served generation differs" check.
 - "stock": the unmodified emulator.
+
+Object names. The stock emulator keeps object bytes in a path-like store, so `raw//a.jpg` and
+`raw/./a.jpg` share the bytes of `raw/a.jpg`, and a name with a `..` segment makes it drop the
+connection; it also accepts names Cloud Storage refuses (CR or LF, more than 1024 bytes). With
+`gcs_names=True` (a TEST-ONLY extension, off by default) it behaves like Cloud Storage's flat
+namespace: bytes are keyed by a hash of the exact name, and creating an object whose name Cloud
+Storage refuses answers 400 (`gcs_name_problem` says why). Always: a response header the stock
+emulator would drop the connection on (custom metadata outside Latin-1, echoed as x-goog-meta-*)
+is sent percent-encoded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import threading
@@ -42,9 +52,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from http.server import HTTPServer
 from typing import Iterator, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
+from gcp_storage_emulator.exceptions import Conflict as EmulatorConflict
 from gcp_storage_emulator.handlers import buckets as emulator_buckets
 from gcp_storage_emulator.server import RequestHandler as EmulatorRequestHandler
 from gcp_storage_emulator.storage import Storage as EmulatorStorage
@@ -55,6 +66,7 @@ GenerationMode = Literal["exact", "serve-live", "stock"]
 # object name into one path segment.
 _STATUS_REASONS = {400: "invalid", 401: "required", 403: "forbidden", 404: "notFound", 412: "conditionNotMet",
                    429: "rateLimitExceeded"}
+_PRINTABLE_ASCII = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
 _OBJECT_PATH = re.compile(r"^(?P<download>/download)?/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>[^/]+)$")
 
 
@@ -107,6 +119,9 @@ class _State:
 
 class _Server(HTTPServer):
     # One request at a time, like the emulator's own server: its store is not thread-safe.
+    # A deep accept queue, though: the function uploads in parallel, and the default of 5 would
+    # have the kernel reset connections, a failure real Cloud Storage does not show.
+    request_queue_size = 128
     state: _State
 
 
@@ -173,6 +188,17 @@ class _Handler(EmulatorRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(payload)
+
+    def send_header(self, keyword: str, value: str) -> None:
+        # http.server writes headers as Latin-1, so the stock emulator drops the connection when
+        # a header it echoes (x-goog-meta-* custom metadata, from JSON where any Unicode is
+        # fine) holds other characters. Send those percent-encoded instead.
+        text = str(value)
+        try:
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            text = quote(text, safe=_PRINTABLE_ASCII)
+        super().send_header(keyword, text)
 
     def end_headers(self) -> None:
         for key, value in getattr(self, "_extra_headers", {}).items():
@@ -263,10 +289,51 @@ class StorageEmulator(str):
         return None if obj is None else int(obj["generation"])
 
 
+def gcs_name_problem(name: str) -> str | None:
+    """Why Cloud Storage would refuse to create an object called `name`, or None.
+
+    https://cloud.google.com/storage/docs/objects#naming: 1-1024 bytes of UTF-8, no carriage
+    return or line feed, not "." or "..", not under ".well-known/acme-challenge/".
+    """
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "Object name is not valid UTF-8."
+    if not 1 <= size <= 1024:
+        return f"Object name must be 1-1024 bytes of UTF-8, not {size}."
+    if "\r" in name or "\n" in name:
+        return "Object name must not contain carriage return or line feed characters."
+    if name in (".", "..") or name.startswith(".well-known/acme-challenge/"):
+        return f"Object name {name!r} is not allowed."
+    return None
+
+
+def _use_gcs_object_names(storage: EmulatorStorage) -> None:
+    """Make `storage` hold exactly the object names Cloud Storage holds (see the module doc)."""
+    plain_path, plain_create = storage._object_path, storage.create_file
+
+    def object_path(bucket_name: str, file_name: str) -> str:
+        digest = hashlib.sha256(file_name.encode("utf-8", errors="surrogatepass")).hexdigest()
+        return plain_path(bucket_name, digest)
+
+    def create_file(bucket_name, file_name, *args, **kwargs):
+        problem = gcs_name_problem(file_name)
+        if problem:
+            raise EmulatorConflict(problem)  # the emulator's handlers answer it with 400
+        return plain_create(bucket_name, file_name, *args, **kwargs)
+
+    storage._object_path = object_path
+    storage.create_file = create_file
+
+
 @contextlib.contextmanager
-def running_storage_emulator(*, generations: GenerationMode = "exact") -> Iterator[StorageEmulator]:
+def running_storage_emulator(
+    *, generations: GenerationMode = "exact", gcs_names: bool = False
+) -> Iterator[StorageEmulator]:
     """Serve an in-memory gcp-storage-emulator on 127.0.0.1:<free port>; yield its URL; stop on exit."""
     storage = EmulatorStorage(use_memory_fs=True)
+    if gcs_names:
+        _use_gcs_object_names(storage)
     state = _State(generations=generations)
     httpd = _Server(("127.0.0.1", 0), partial(_Handler, storage))
     httpd.state = state

@@ -1,0 +1,118 @@
+"""The end-to-end harness shared by tests/test_end_to_end.py and tests/test_hostile.py.
+
+`running_stack` starts the storage emulator, the Gemini wire server and functions-framework's
+real app (`main.on_object_finalized`) on a local HTTP port, and points the function at them
+through the environment only, exactly as on Cloud Run: nothing of ours is patched. Rows go to
+SQLite (unless a test configures the BigQuery stand-in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+from urllib.parse import quote
+
+import pytest
+import requests
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from werkzeug.serving import make_server
+
+from segmentation.function import reset_pipeline
+from segmentation.sink import SqliteSink
+from tests.fakes.gemini_server import FakeGeminiServer
+from tests.fakes.storage_emulator import running_storage_emulator
+
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "conveyor-test"
+API_KEY = "test-key-5b1e0c"
+FINALIZED = "google.cloud.storage.object.v1.finalized"
+_PRINTABLE_ASCII = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in '"%')
+
+
+@dataclass
+class Stack:
+    """The running pieces of one end-to-end test."""
+
+    emulator: object
+    gemini: FakeGeminiServer
+    function_url: str
+    client: storage.Client
+    sqlite_path: Path
+
+    @property
+    def bucket(self) -> storage.Bucket:
+        return self.client.bucket(BUCKET)
+
+    def upload(self, name: str, data: bytes, content_type: str = "image/png") -> storage.Blob:
+        blob = self.bucket.blob(name)
+        blob.upload_from_string(data, content_type=content_type)
+        return blob
+
+    def event_for(self, blob: storage.Blob, **overrides) -> CloudEvent:
+        """The finalize event Eventarc sends for `blob`; an override of None leaves that field out."""
+        data = {"bucket": BUCKET, "name": blob.name, "generation": str(blob.generation),
+                "contentType": blob.content_type, "size": str(blob.size), "metageneration": "1"}
+        data.update(overrides)
+        data = {key: value for key, value in data.items() if value is not None}
+        # The CloudEvents HTTP binding percent-encodes attribute values outside printable ASCII.
+        subject = quote(f"objects/{blob.name}", safe=_PRINTABLE_ASCII)
+        return CloudEvent({"type": FINALIZED, "source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}",
+                           "subject": subject}, data)
+
+    def deliver(self, event: CloudEvent, mode: str = "binary") -> requests.Response:
+        headers, body = (to_binary if mode == "binary" else to_structured)(event)
+        return self.post(headers, body)
+
+    def post(self, headers: Mapping[str, str], body: bytes) -> requests.Response:
+        """POST any request to the function, as Eventarc (or anyone able to invoke it) could."""
+        return requests.post(self.function_url, headers=dict(headers), data=body, timeout=60)
+
+    def names(self, prefix: str) -> list[str]:
+        return sorted(blob.name for blob in self.client.list_blobs(BUCKET, prefix=prefix))
+
+    def listing(self) -> dict[str, int]:
+        """Every live object in the bucket: name -> generation."""
+        return {blob.name: blob.generation for blob in self.client.list_blobs(BUCKET)}
+
+    def rows(self, table: str) -> list[dict]:
+        return SqliteSink(self.sqlite_path).rows(table) if self.sqlite_path.exists() else []
+
+
+@contextlib.contextmanager
+def running_stack(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, *, api_key: str = API_KEY,
+                  gcs_names: bool = False) -> Iterator[Stack]:
+    """Start everything, configure the function through `monkeypatch`'d environment, yield a `Stack`.
+
+    `gcs_names`: the emulator holds exactly the object names Cloud Storage holds (see
+    `tests.fakes.storage_emulator`).
+    """
+    with running_storage_emulator(gcs_names=gcs_names) as emulator, FakeGeminiServer() as gemini:
+        emulator.create_bucket(BUCKET)
+        for name in ("GOOGLE_CLOUD_PROJECT", "GOOGLE_API_KEY", "BQ_OBJECTS_TABLE", "BQ_IMAGES_TABLE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", gemini.base_url)
+        monkeypatch.setenv("GEMINI_API_KEY", api_key)
+        monkeypatch.setenv("SQLITE_PATH", str(sqlite_path))
+        monkeypatch.setenv("RETRY_DEADLINE_S", "20")
+        import functions_framework
+
+        app = functions_framework.create_app(target="on_object_finalized", source=str(ROOT / "main.py"),
+                                             signature_type="cloudevent")
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        reset_pipeline()
+        client = storage.Client(project="test", credentials=AnonymousCredentials())
+        try:
+            yield Stack(emulator, gemini, f"http://127.0.0.1:{server.server_port}/", client, sqlite_path)
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)
+            reset_pipeline()

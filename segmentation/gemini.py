@@ -73,6 +73,9 @@ if TYPE_CHECKING:
 
 _TRANSIENT_HTTP_CODES = frozenset({408, 429, 500, 502, 503, 504})
 
+# Bearer tokens (OAuth access tokens from ADC) and Google API keys, wherever an error echoes them.
+_CREDENTIAL_PATTERN = re.compile(r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]+|ya29\.[A-Za-z0-9._-]+|AIza[0-9A-Za-z_-]{35}")
+
 # First backoff step between attempts (grows exponentially, with jitter; a server-given
 # retryDelay is waited at least). Google's retry guidance for 429/5xx starts at about 1 s.
 RETRY_BASE_DELAY_S = 1.0
@@ -326,7 +329,10 @@ class GeminiDetector:
                 last_error.append(mapped)
                 if mapped is exc:
                     raise
-                raise mapped from exc
+                # Not chained: the SDK's exception holds the server's whole answer, which a
+                # misbehaving endpoint may fill with our request headers; a traceback logged
+                # by the framework would print it. The mapped message is already redacted.
+                raise mapped from None
 
         started = time.monotonic()
         try:
@@ -390,8 +396,11 @@ class GeminiDetector:
         return exc
 
     def _redact(self, text: str) -> str:
+        """`text` without the API key or anything shaped like a Google credential."""
         key = self._config.gemini_api_key
-        return text.replace(key, "***") if key else text
+        if key:
+            text = text.replace(key, "***")
+        return _CREDENTIAL_PATTERN.sub("***", text)
 
 
 class _CallLog:

@@ -153,14 +153,24 @@ class LocalStack:
     """The emulator, the function and the bridge as child processes/threads of this one."""
 
     def __init__(self, *, bucket: str, storage_port: int, function_port: int, data_dir: Path,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, storage_url: str | None = None,
+                 bridge: bool = True, function_log: Path | None = None):
+        """`storage_url`: use an emulator that is already running there instead of starting
+        gcp-storage-emulator (`storage_port` is then unused). `bridge=False`: deliver no events
+        (the caller posts them itself). `function_log`: functions-framework's output goes to
+        that file. The function's workers and threads follow WORKERS and THREADS in `extra_env`
+        (functions-framework's gunicorn settings)."""
         self.bucket = bucket
-        self.storage_url = f"http://127.0.0.1:{storage_port}"
+        self.external_storage = storage_url is not None
+        self.storage_url = storage_url.rstrip("/") if storage_url else f"http://127.0.0.1:{storage_port}"
         self.function_url = f"http://127.0.0.1:{function_port}/"
         self.storage_port, self.function_port = storage_port, function_port
         self.data_dir = data_dir
         self.extra_env = extra_env or {}
+        self.use_bridge = bridge
+        self.function_log = function_log
         self.processes: list[subprocess.Popen] = []
+        self.function_process: subprocess.Popen | None = None
         self.bridge: EventBridge | None = None
 
     def function_env(self) -> dict[str, str]:
@@ -174,28 +184,36 @@ class LocalStack:
         return env
 
     def start(self) -> "LocalStack":
-        for port in (self.storage_port, self.function_port):
+        for port in (self.function_port,) if self.external_storage else (self.storage_port, self.function_port):
             _require_free_port(port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        emulator_env = dict(os.environ, STORAGE_BASE=str(self.data_dir), STORAGE_DIR="gcs")
-        self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-             "--port", str(self.storage_port), "--quiet"],
-            env=emulator_env,
-        ))
+        if not self.external_storage:
+            emulator_env = dict(os.environ, STORAGE_BASE=str(self.data_dir), STORAGE_DIR="gcs")
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                 "--port", str(self.storage_port), "--quiet"],
+                env=emulator_env,
+            ))
         wait_for_http(self.storage_url + "/storage/v1/b")
         client = storage_client(self.storage_url)
         if client.lookup_bucket(self.bucket) is None:
             client.create_bucket(self.bucket)
-        self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "on_object_finalized",
-             "--signature-type", "cloudevent", "--source", str(ROOT / "main.py"),
-             "--host", "127.0.0.1", "--port", str(self.function_port)],
-            env=self.function_env(), cwd=ROOT,
-        ))
+        log = open(self.function_log, "ab") if self.function_log else None  # noqa: SIM115 - closed below
+        try:
+            self.function_process = subprocess.Popen(
+                [sys.executable, "-m", "functions_framework", "--target", "on_object_finalized",
+                 "--signature-type", "cloudevent", "--source", str(ROOT / "main.py"),
+                 "--host", "127.0.0.1", "--port", str(self.function_port)],
+                env=self.function_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log else None,
+            )
+        finally:
+            if log:
+                log.close()  # the child has its own copy of the descriptor
+        self.processes.append(self.function_process)
         wait_for_http(self.function_url)
-        config = Config.from_env(self.function_env())
-        self.bridge = EventBridge(client, self.bucket, config.source_prefix, self.function_url).start()
+        if self.use_bridge:
+            config = Config.from_env(self.function_env())
+            self.bridge = EventBridge(client, self.bucket, config.source_prefix, self.function_url).start()
         return self
 
     def stop(self) -> None:
@@ -257,7 +275,8 @@ def print_rows(sqlite_path: Path, table: str, limit: int, *, as_json: bool = Fal
 
 
 def _cell(value) -> str:
-    text = "" if value is None else str(value)
+    # Labels come from a model: show control characters escaped, never send them to the terminal.
+    text = "" if value is None else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(value))
     return text if len(text) <= 60 else text[:59] + "…"
 
 

@@ -45,6 +45,8 @@ from segmentation.storage import GcsStorage
 GENERATION_KEY = "source-generation"
 # The `detector` of an image the empty-belt gate found empty (no model was called).
 EMPTY_BELT_GATE = "empty-belt-gate"
+# Seconds of transient-error retries left for the writes after the offline fallback answered.
+FALLBACK_WRITE_BUDGET_S = 30.0
 # Parallel uploads per pipeline (shared by the instance's concurrent requests).
 UPLOAD_THREADS = 16
 
@@ -170,7 +172,12 @@ class Pipeline:
                 **fields,
             )
         with timer("marker"):
-            self._write_marker(ref, names, outcome, deadline)
+            try:
+                self._write_marker(ref, names, outcome, deadline)
+            except PermanentError as exc:
+                # The outcome is recorded in its row; redelivering cannot make the marker
+                # writable (e.g. an event for a bucket this function may not write to).
+                log_event("ERROR", f"completion marker not written: {exc}", error_type=exc.error_type, **fields)
         return dataclasses.replace(outcome, timings_ms=timer.ms)
 
     def _run(
@@ -189,6 +196,10 @@ class Pipeline:
             prepared = model_input(image, max_side=self.config.model_input_max_side)
         with timer("model"):
             result = self._detect(ref, image, prepared, (loaded.width, loaded.height), deadline)
+        if result.fallback_reason:
+            # The fallback answered after Gemini used up the deadline: give the writes their own
+            # short budget (still inside the function timeout, which Terraform keeps 60 s above).
+            deadline = max(deadline, self._clock() + FALLBACK_WRITE_BUDGET_S)
         detections = result.detections[: self.config.gemini_max_objects]
 
         with timer("render"):

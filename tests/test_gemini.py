@@ -38,7 +38,7 @@ from tests.fakes.gemini_server import (
     unavailable,
 )
 
-API_KEY = "AIzaSy-test-key-that-must-never-leak-0123456789"
+API_KEY = "gemini-test-key-that-must-never-leak-0123456789"
 IMAGE_SIZE = (620, 620)
 
 # Objects in each recorded answer (shared/fixtures/gemini/sample_N.source.txt); sample 3 has

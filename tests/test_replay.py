@@ -28,7 +28,7 @@ def env(tmp_path, monkeypatch):
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", gemini.base_url)
         monkeypatch.setenv("GEMINI_API_KEY", "replay-key")
         monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "rows.sqlite"))
-        monkeypatch.setenv("RETRY_DEADLINE_S", "1")
+        monkeypatch.setenv("RETRY_DEADLINE_S", "30")
         monkeypatch.setenv("EMPTY_BELT_GATE", "false")
         bucket = storage.Client(project="t", credentials=AnonymousCredentials()).bucket(BUCKET)
         image = shared_fixture("gemini", "sample_1.png").read_bytes()
@@ -59,6 +59,7 @@ def test_backfill_processes_everything_once_and_a_second_run_adds_nothing(env, c
 
 def test_images_that_fell_back_are_redone_with_gemini_on_request(env, capsys, monkeypatch):
     gemini, pipeline, _ = env
+    monkeypatch.setenv("RETRY_DEADLINE_S", "1")
     gemini.reset(lambda request: unavailable())
     code, err = run([f"gs://{BUCKET}/raw/cam1/"], capsys)
     assert code == 0 and "6 ok" in err
@@ -79,6 +80,7 @@ def test_images_that_fell_back_are_redone_with_gemini_on_request(env, capsys, mo
 def test_objects_still_failing_transiently_exit_1_and_are_picked_up_next_time(env, capsys, monkeypatch):
     gemini, _, _ = env
     monkeypatch.setenv("OFFLINE_FALLBACK", "false")
+    monkeypatch.setenv("RETRY_DEADLINE_S", "1")
     gemini.reset(lambda request: unavailable())
     code, err = run([f"gs://{BUCKET}/raw/cam1/0.png"], capsys)
     assert code == 1 and "1 retry-later" in err

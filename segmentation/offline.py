@@ -27,15 +27,20 @@ How it works, on a copy whose longest side is `work_side` (512) pixels:
 5. **Instances.** The item mask (holes filled, thin bridges cut) is split where items touch or
    overlap: one marker per bulge of its distance transform, flooded by colour; two bulges are
    joined again when no neck separates them and their commonest colours agree. The pieces are
-   then joined into items, cheapest join first, by convexity (an item is about convex; two items
-   that touch or overlap leave a concavity where they meet): pieces smaller than an item join the
-   neighbour they share most border with; neighbours of the same colour join when the join adds
-   little concavity; a patch of another colour (stripes, straps, a logo, a highlight) joins only
-   when, in addition, it borders the belt along a minority of its outline (the item's outline
-   encloses it), which an item lying on another does not.
-6. **Confidence.** Contrast to the belt, edge sharpness, size and thickness, lowered for shapes
-   that are not convex (solidity) and for pieces that border other pieces rather than the belt
-   along most of their outline (the typical false positive is a fragment of a split item).
+   then cut along colour: the blob's pixels are clustered (k-means in log chroma and damped log
+   brightness, close centres joined) and each piece falls into its connected colour regions, so
+   two differently painted items that touch or lie on each other without a neck come apart.
+   The pieces are then joined into items, cheapest join first, by convexity (an item is about
+   convex; two items that touch or overlap leave a concavity where they meet): pieces smaller
+   than an item join the neighbour they share most border with; neighbours of the same colour
+   (chroma, brightness damped: shading and highlights) join when the join adds little concavity;
+   a patch of another colour (stripes, straps, a logo, a highlight) joins only when, in addition,
+   it borders the belt along a minority of its outline (the item's outline encloses it), which an
+   item lying on another does not; the item keeps the colour of its paint, not of its patches,
+   so the parts of an item cut by a strap join again across it.
+6. **Confidence.** A logistic function of contrast to the belt, edge sharpness, size,
+   thickness, solidity and the share of the outline that borders the belt (the typical false
+   positive is a fragment of a split item or two items merged), calibrated on the tuning split.
 7. **Masks.** Scaled up from the working resolution after a slight blur, cut above half level
    (the working-resolution mask takes in the item's soft edge and contact shadow).
 8. **Colour.** The item's own pixels (edges eroded, belt-like pixels left out), white-balanced
@@ -180,8 +185,6 @@ BELT_SAMPLES_X = 100  # samples per row / column the belt's profiles are taken f
 BELT_SAMPLES_Y = 72
 OTHER_COLOUR_MAX_CONCAVITY = 1.0  # pieces of different colours join only if their union is this convex
 PATCH_MAX_OUTLINE = 0.35  # ... and only if the smaller borders the belt along at most this share of its outline
-BELT_BORDER_BASE = 0.5  # confidence factor of an item none of whose outline borders the belt
-SOLIDITY_WEIGHT = 0.5  # confidence lost per unit of non-convexity (1 - solidity)
 MASK_SMOOTH = 0.8  # the mask is smoothed (working pixels) and cut at MASK_LEVEL when scaled up;
 MASK_LEVEL = 0.75  # above 0.5 it sheds the item's soft edge and contact shadow (masks ran ~6 % large)
 _K = 8.0  # offset of the log intensity: keeps noise in dark pixels from exploding
@@ -520,9 +523,8 @@ def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
         belt_frac = float(np.mean(around[ring] == 0)) if ring.any() else 1.0
         area_px, gap = _hull_gap(sub)
         solidity = area_px / (area_px + gap)
-        score = _score(contrast / (tm + tc), edge, len(ys) / (h * w), dist.max())
-        score *= (BELT_BORDER_BASE + (1 - BELT_BORDER_BASE) * belt_frac) * (1 - SOLIDITY_WEIGHT * (1 - solidity))
-        score = round(float(score), 4)
+        score = _calibrated_score(contrast / (tm + tc), edge, len(ys) / (h * w), float(dist.max()), belt_frac, solidity)
+        score = max(0.0001, round(float(score), 4))
         colors = _colors(blurred[y0:y1, x0:x1], sub, beltlike[y0:y1, x0:x1], neutral, light[y0:y1, x0:x1])
         elong, angle = _shape(ys, xs)
         instances.append(_Instance(
@@ -608,6 +610,16 @@ def _split_touching(fg, image8, lg, *, min_px: float, neck: float = 0.72, max_co
         peaks = (dist >= peak_level - 1e-3) & (dist >= 3)
         npk, pk = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
         if npk <= 2:
+            if area >= 2 * min_px:
+                single = mask.astype(np.int32)
+                single = _colour_refine(single, mask, lg[y0:y1, x0:x1], min_px=min_px)
+                if single.max() > 1:
+                    single = _merge_convex(single, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap)
+                for r in np.unique(single[mask]):
+                    if r > 0:
+                        out[y0:y1, x0:x1][single == r] = next_id
+                        next_id += 1
+                continue
             out[y0:y1, x0:x1][mask] = next_id
             next_id += 1
             continue
@@ -669,11 +681,89 @@ def _split_touching(fg, image8, lg, *, min_px: float, neck: float = 0.72, max_co
             seeds = merged > 1
             owner[near[seeds]] = merged[seeds]
             merged[stray] = owner[near[stray]]
+        merged = _colour_refine(merged, mask, lg[y0:y1, x0:x1], min_px=min_px)
         merged = _merge_convex(merged, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap)
         for r in np.unique(merged[mask]):
             if r > 0:
                 out[y0:y1, x0:x1][merged == r] = next_id
                 next_id += 1
+    return out
+
+
+# Colour split of a blob (see _colour_refine) and the colour test of _merge_convex.
+COLOUR_K = 6  # k-means clusters of a blob's colours (before close centres are joined)
+COLOUR_SAMPLES = 2000  # pixels the clusters are fitted on
+COLOUR_LUM_WEIGHT = 0.25  # weight of log brightness against log chroma (shading, highlights)
+COLOUR_MERGE = 0.5  # cluster centres closer than this (L1, log units) are one colour
+MERGE_LUM_WEIGHT = 0.2  # _merge_convex: weight of the brightness part of a colour difference
+MAX_COLOR_DIST = 0.5  # _merge_convex: pieces whose colours differ by at most this are one paint
+
+
+def _colour_refine(labels, mask, lg, *, min_px: float):
+    """Pieces (labels 1.. inside `mask`) cut further along colour: the blob's pixels are
+    clustered by colour (k-means in log chroma + damped log brightness, centres closer than
+    COLOUR_MERGE joined), the cluster map is cleaned (median) and each piece is cut into its
+    connected colour regions; regions smaller than a quarter of `min_px` go to the nearest
+    larger region. _merge_convex then joins what belongs to one item."""
+    import cv2
+    import numpy as np
+
+    px = lg[mask]
+    if len(px) < 50:
+        return labels
+    lum = px.mean(axis=1, keepdims=True)
+    feat = np.concatenate([px - lum, lum * COLOUR_LUM_WEIGHT], 1).astype(np.float32)
+    step = max(1, len(feat) // COLOUR_SAMPLES)
+    sample = np.ascontiguousarray(feat[::step])
+    k = min(COLOUR_K, len(sample) // 20)
+    if k < 2:
+        return labels
+    crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1e-3)
+    cv2.setRNGSeed(1)
+    _, _, centres = cv2.kmeans(sample, k, None, crit, 2, cv2.KMEANS_PP_CENTERS)
+    # join close centres (union-find on L1 distance)
+    group = list(range(k))
+    for i in range(k):
+        for j in range(i + 1, k):
+            if np.abs(centres[i] - centres[j]).sum() < COLOUR_MERGE:
+                gi, gj = group[i], group[j]
+                group = [gi if g == gj else g for g in group]
+    if len(set(group)) < 2:
+        return labels
+    d = ((feat[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    cl = np.asarray(group)[np.argmin(d, axis=1)]
+    cmap = np.zeros(mask.shape, np.uint8)
+    cmap[mask] = cl.astype(np.uint8) + 1
+    cmap = cv2.medianBlur(cmap, 5)
+    cmap[~mask] = 0
+    cmap[mask & (cmap == 0)] = 1
+    combo = np.zeros(mask.shape, np.int32)
+    combo[mask] = labels[mask] * 8 + cmap[mask]
+    # connected regions of each (piece, colour) pair: one labelling of the pixels whose
+    # 4-neighbours all carry the same code (the one-pixel seams between codes go to the
+    # nearest region below, with the regions too small to stand alone)
+    same = mask.copy()
+    same[:, 1:] &= combo[:, 1:] == combo[:, :-1]
+    same[:, :-1] &= combo[:, :-1] == combo[:, 1:]
+    same[1:] &= combo[1:] == combo[:-1]
+    same[:-1] &= combo[:-1] == combo[1:]
+    n_c, cc, st, _ = cv2.connectedComponentsWithStats(same.astype(np.uint8), connectivity=4)
+    keep = st[:, cv2.CC_STAT_AREA] >= 0.25 * min_px
+    keep[0] = False
+    remap = np.zeros(n_c, np.int32)
+    remap[keep] = np.arange(1, int(keep.sum()) + 1)
+    out = remap[cc]
+    nxt = int(keep.sum()) + 1
+    if nxt <= 2:
+        return labels
+    small = mask & (out == 0)
+    if small.any():
+        _, near = cv2.distanceTransformWithLabels((out == 0).astype(np.uint8), cv2.DIST_L2, 3,
+                                                  labelType=cv2.DIST_LABEL_PIXEL)
+        owner = np.zeros(int(near.max()) + 1, np.int32)
+        seeds = out > 0
+        owner[near[seeds]] = out[seeds]
+        out[small] = owner[near[small]]
     return out
 
 
@@ -692,7 +782,7 @@ def _hull_gap(piece) -> tuple[float, float]:
 
 
 def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_other: float = 0.04,
-                  max_color_dist: float = 0.5):
+                  max_color_dist: float | None = None):
     """Join adjacent pieces (labels 1..) of one foreground blob into items.
 
     Pieces smaller than `min_px` join the neighbour they share the longest border with. Then,
@@ -707,6 +797,8 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
     import cv2
     import numpy as np
 
+    if max_color_dist is None:
+        max_color_dist = MAX_COLOR_DIST
     labels = labels.copy()
     k = int(labels.max()) + 1
     if k <= 2:
@@ -714,6 +806,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
     flat = labels.ravel()
     area = np.bincount(flat, minlength=k).astype(np.float64)
     csum = np.stack([np.bincount(flat, weights=lg[..., c].ravel(), minlength=k) for c in range(3)], 1)
+    carea = area.copy()  # pixels the colour (csum) is taken over: the item's paint, not its patches
     ys, xs = np.nonzero(labels)
     lab = labels[ys, xs]
     order = np.argsort(lab, kind="stable")
@@ -748,7 +841,13 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         parent[b] = a
         area[a] += area[b]
         outside[a] += outside[b]
-        csum[a] += csum[b]
+        dc = csum[a] / max(carea[a], 1) - csum[b] / max(carea[b], 1)
+        dl = dc.mean()
+        if np.abs(dc - dl).sum() + MERGE_LUM_WEIGHT * 3 * abs(dl) <= MAX_COLOR_DIST:
+            csum[a] += csum[b]
+            carea[a] += carea[b]
+        elif carea[b] > carea[a]:  # a patch of another colour: the larger part's colour stays
+            csum[a], carea[a] = csum[b], carea[b]
         hulls[a] = cv2.convexHull(np.concatenate([hulls[a], hulls.pop(b)])).reshape(-1, 2)
         gap[a] = max(0.0, hull_area(hulls[a]) - area[a])
         for (p, q), n in list(adj.items()):
@@ -772,7 +871,9 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
             union = hull_area(cv2.convexHull(np.concatenate([hulls[a], hulls[b]])))
             smaller = max(min(area[a], area[b]), 1.0)
             total_gap = max(0.0, union - area[a] - area[b])
-            same = np.abs(csum[a] / area[a] - csum[b] / area[b]).sum() <= max_color_dist
+            dc = csum[a] / carea[a] - csum[b] / carea[b]
+            dl = dc.mean()
+            same = np.abs(dc - dl).sum() + MERGE_LUM_WEIGHT * 3 * abs(dl) <= max_color_dist
             if same:
                 cost = (total_gap - gap[a] - gap[b]) / smaller
                 ok = cost <= max_gap
@@ -808,12 +909,23 @@ def _border(sub):
 
 
 
-def _score(contrast: float, edge: float, area_frac: float, thickness: float) -> float:
-    c = 1 - math.exp(-contrast / 1.5)
-    e = min(1.0, edge / 0.15)
-    a = min(1.0, area_frac / 0.01)
-    t = min(1.0, thickness / 8)
-    return round(0.15 + 0.85 * (0.4 * c + 0.25 * e + 0.2 * a + 0.15 * t), 4)
+# Confidence = logistic function of standardised features; the weights were fitted once, offline
+# (logistic regression, L2 0.01, target: the share of the IoU thresholds 0.50:0.95 a detection
+# meets), on 120 tuning scenes; halves fitted on either half gave the same AP on the other half.
+# Features: log contrast (in noise thresholds), edge sharpness, log area share, thickness
+# (distance-transform peak / 10, capped at 3), share of the outline bordering the belt, solidity.
+_CAL_MU = (1.8881, 0.2705, -4.2708, 1.9435, 0.7113, 0.9199)
+_CAL_SD = (0.5058, 0.0917, 1.0996, 0.8526, 0.2871, 0.0916)
+_CAL_W = (0.5839, -0.2130, 0.2606, 0.7220, 0.8072, 0.4448)
+_CAL_B = 0.7065
+
+
+def _calibrated_score(contrast: float, edge: float, area_frac: float, thickness: float, belt_frac: float,
+                      solidity: float) -> float:
+    x = (math.log(max(contrast, 1e-6)), min(edge, 0.5), math.log(max(area_frac, 1e-9)), min(thickness, 30) / 10,
+         belt_frac, solidity)
+    z = _CAL_B + sum(w * (v - mu) / sd for w, v, mu, sd in zip(_CAL_W, x, _CAL_MU, _CAL_SD))
+    return 1 / (1 + math.exp(-z))
 
 
 def _belt_area(model, h: int, w: int) -> int:

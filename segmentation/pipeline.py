@@ -62,7 +62,8 @@ class Detector(Protocol):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one event: `status` is ok, partial, empty, failed, ignored or duplicate."""
+    """What happened to one event: `status` is ok, partial, empty, failed, ignored, duplicate or
+    superseded (a newer generation arrived while this one was processed; nothing recorded)."""
 
     status: str
     objects_found: int = 0
@@ -144,6 +145,10 @@ class Pipeline:
         timer = PhaseTimer()
         try:
             outcome, image_row = self._run(ref, names, deadline, started, timer)
+        except _Superseded:
+            log_event("INFO", "superseded while processing: a newer generation owns the outputs; "
+                      "results dropped", **fields)
+            return Outcome("superseded", reason="a newer generation arrived while processing")
         except PermanentError as exc:
             outcome = Outcome("failed", reason=f"{exc.error_type}: {exc}")
             image_row = self._image_row(ref, status="failed", started=started, error=exc)
@@ -196,6 +201,10 @@ class Pipeline:
             prepared = model_input(image, max_side=self.config.model_input_max_side)
         with timer("model"):
             result = self._detect(ref, image, prepared, (loaded.width, loaded.height), deadline)
+        if self._superseded(ref, deadline):
+            # A newer generation of this name arrived while this one was being detected; its own
+            # event owns the outputs (same names), so this one must not overwrite them.
+            raise _Superseded()
         if result.fallback_reason:
             # The fallback answered after Gemini used up the deadline: give the writes their own
             # short budget (still inside the function timeout, which Terraform keeps 60 s above).
@@ -286,9 +295,20 @@ class Pipeline:
     def _marker(self, ref: ObjectRef, names: OutputNames, deadline: float) -> dict[str, str] | None:
         return retry_call(lambda: self.storage.metadata(ref.bucket, names.marker), deadline=deadline, what="marker read")
 
+    def _superseded(self, ref: ObjectRef, deadline: float) -> bool:
+        """Whether a newer generation of `ref`'s name is live now."""
+        if ref.generation is None:
+            return False
+        live = retry_call(lambda: self.storage.live_generation(ref.bucket, ref.name), deadline=deadline,
+                          what="generation check")
+        return live is not None and live > ref.generation
+
     def _write_marker(self, ref: ObjectRef, names: OutputNames, outcome: Outcome, deadline: float) -> None:
         if ref.generation is None:
             return
+        done = _generation_of(self._marker(ref, names, deadline))
+        if done is not None and done > ref.generation:
+            return  # a newer generation finished first; markers never go backwards
         summary = {"source_uri": ref.uri, "generation": ref.generation, "status": outcome.status,
                    "objects_found": outcome.objects_found, "reason": outcome.reason}
         retry_call(
@@ -407,6 +427,10 @@ class Pipeline:
             "image_width": width,
             "image_height": height,
         }
+
+
+class _Superseded(Exception):
+    """A newer generation of the object became live while this one was being processed."""
 
 
 def _generation_of(marker: dict[str, str] | None) -> int | None:

@@ -82,13 +82,18 @@ def cloud_event_for(bucket: str, blob) -> tuple[dict[str, str], bytes]:
         "timeCreated": blob.time_created.isoformat() if blob.time_created else None,
         "updated": blob.updated.isoformat() if blob.updated else None,
     }
+    return finalize_event(bucket, data)
+
+
+def finalize_event(bucket: str, data: dict) -> tuple[dict[str, str], bytes]:
+    """Headers and body of the binary-mode finalize CloudEvent for the object resource `data`."""
     headers = {
         "Content-Type": "application/json",
         "ce-specversion": "1.0",
         "ce-id": uuid.uuid4().hex,
         "ce-type": FINALIZED,
         "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
-        "ce-subject": f"objects/{blob.name}",
+        "ce-subject": f"objects/{data['name']}",
         "ce-time": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
     return headers, json.dumps(data).encode()

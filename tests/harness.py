@@ -23,6 +23,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from werkzeug.serving import make_server
 
+from segmentation.events import FINALIZED
 from segmentation.function import reset_pipeline
 from segmentation.sink import SqliteSink
 from tests.fakes.gemini_server import FakeGeminiServer
@@ -31,7 +32,6 @@ from tests.fakes.storage_emulator import running_storage_emulator
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "conveyor-test"
 API_KEY = "test-key-5b1e0c"
-FINALIZED = "google.cloud.storage.object.v1.finalized"
 _PRINTABLE_ASCII = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in '"%')
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import io
 import json
 import os
@@ -31,7 +30,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,7 +42,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from PIL import Image, ImageDraw
 
-from segmentation.local import LocalStack
+from segmentation.local import LocalStack, finalize_event
 from segmentation.parse import parse_response
 from segmentation.sink import SqliteSink
 from tests.fakes import gemini_server
@@ -56,7 +54,6 @@ from gcp_storage_emulator.storage import Storage as EmulatorStorage
 ROOT_DIR = Path(__file__).resolve().parents[1]
 BUCKET = "load-test"
 API_KEY = "load-test-key"
-FINALIZED = "google.cloud.storage.object.v1.finalized"
 WIDTH, HEIGHT = 640, 480
 MAX_OBJECTS_PER_IMAGE = 9
 BQ_PROJECT = "load-project"
@@ -342,17 +339,7 @@ class Eventarc:
     @staticmethod
     def event(blob_info: dict[str, Any]) -> tuple[dict[str, str], bytes]:
         """Headers and body of the binary-mode CloudEvent Eventarc sends for a finalized object."""
-        data = {"kind": "storage#object", "bucket": BUCKET, **blob_info, "metageneration": "1"}
-        headers = {
-            "Content-Type": "application/json",
-            "ce-specversion": "1.0",
-            "ce-id": uuid.uuid4().hex,
-            "ce-type": FINALIZED,
-            "ce-source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}",
-            "ce-subject": f"objects/{blob_info['name']}",
-            "ce-time": dt.datetime.now(dt.timezone.utc).isoformat(),
-        }
-        return headers, json.dumps(data).encode()
+        return finalize_event(BUCKET, {"kind": "storage#object", "bucket": BUCKET, **blob_info, "metageneration": "1"})
 
     def deliver(self, blob_info: dict[str, Any]) -> Delivery:
         """Deliver one event (blocking), redelivering until a 2xx or `max_attempts`."""

@@ -1,9 +1,14 @@
 """Benchmarks of the segmentation Cloud Function on this machine; prints Markdown tables.
 
-Run from the repository root (takes about two minutes on two cores)::
+Run from the repository root (takes about eight minutes on two cores)::
 
-    .venv/bin/python benchmarks/bench.py            # everything
-    .venv/bin/python benchmarks/bench.py --quick    # fewer repetitions, no 4000x3000 rows
+    .venv/bin/python benchmarks/bench.py                         # everything
+    .venv/bin/python benchmarks/bench.py --quick                 # fewer repetitions, small tables
+    .venv/bin/python benchmarks/bench.py --section throughput    # one section (repeatable)
+
+Sections: machine, import, first-event, memory, per-image, throughput, tokens. The results of
+one full run, with interpretation, are in BENCHMARKS.md at the repository root; the throughput
+section also draws benchmarks/throughput.png (Pillow, benchmarks/plot.py).
 
 Nothing here talks to Google: Cloud Storage is the in-process gcp-storage-emulator
 (`tests.fakes.storage_emulator`), Gemini is `tests.fakes.gemini_server` answering a fixed
@@ -34,7 +39,20 @@ Tables:
    times (the completion-marker lookup, naming, the log line); "wall - model" is the time the
    function spends on an image besides waiting for Gemini. Target: <= 150 ms at 1920x1080
    with 10 objects. Each image gets a fresh emulator (see `per_image_samples`); the emulator's
-   request handling is still inside "read", "write", "marker" and "other".
+   request handling is still inside "read", "write", "marker" and "other". "peak MiB": each
+   row again in a fresh interpreter (production pipeline, default configuration, two images),
+   VmHWM as in table 3.
+5. Throughput (`throughput_section`): the real function under functions-framework (gunicorn,
+   WORKERS=1, THREADS = per-instance concurrency) as a subprocess (`segmentation.local.LocalStack`),
+   a fresh gcp-storage-emulator process per cell (`benchmarks/storage_server.py`), and the fake
+   Gemini server with 1 s and 5 s latency counting the calls it is answering at once. A client
+   thread pool keeps exactly `concurrency` binary-mode CloudEvents in flight for
+   max(3 x concurrency, 12) 1280x720 images with 5 objects; images/s against the ideal
+   concurrency / latency (target >= 90 % up to 16 in flight), with the function's own
+   `timings_ms`, the emulator's utilisation and CPU use as evidence of what limits it.
+6. Tokens (`tokens_section`): one 4000x3000 photo through the real pipeline per
+   MODEL_INPUT_MAX_SIDE x GEMINI_MEDIA_RESOLUTION x model (3.x and 2.x); `prompt_tokens` of
+   the image row, i.e. what the fake server's implementation of Google's counting rules says.
 """
 
 from __future__ import annotations
@@ -146,6 +164,7 @@ def machine_info() -> str:
         ("OS", platform.platform()),
         ("Python", sys.version.split()[0] + f" ({sys.executable})"),
         ("Pillow", f"{PIL.__version__}, libjpeg-turbo {features.version('libjpeg_turbo') or 'no'}"),
+        ("load average at start (1, 5, 15 min)", ", ".join(f"{v:.2f}" for v in os.getloadavg())),
     ]
     return markdown_table(("", ""), rows, "ll")
 
@@ -385,8 +404,9 @@ def environ(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def fake_gemini(objects: int) -> Iterator[None]:
-    """Fake Gemini answering `objects` boxes with no latency, and a SQLite file; os.environ points at them."""
+def fake_gemini(objects: int) -> Iterator[Any]:
+    """Fake Gemini answering `objects` boxes with no latency, and a SQLite file; os.environ points at
+    them. Yields the FakeGeminiServer."""
     from tests.fakes.gemini_server import Answer, FakeGeminiServer
 
     answer = Answer(gemini_answer(objects))
@@ -399,7 +419,7 @@ def fake_gemini(objects: int) -> Iterator[None]:
             # As the deployment note in segmentation/storage.py recommends.
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
         }):
-            yield
+            yield gemini
 
 
 @contextlib.contextmanager
@@ -592,10 +612,28 @@ def timed_process(pipeline: Pipeline, ref: ObjectRef) -> Sample:
     return Sample(wall_ms, outcome.timings_ms, outcome.status, outcome.objects_found)
 
 
+def cell_peak_memory(size: tuple[int, int], objects: int, events: int = 2) -> dict[str, Any]:
+    """Peak RSS (VmHWM, KiB) of a fresh interpreter that imports `main`, builds the production
+    pipeline (`default_pipeline()`, default configuration) and handles `events` images of `size`
+    with `objects` objects each; with the child's result (statuses, import RSS)."""
+    width, height = size
+    with fake_gemini(objects), storage_emulator() as emulator:
+        uploads = [emulator.upload(f"raw/memory/{width}x{height}-{objects}-{i}.jpg", photo(width, height, i))
+                   for i in range(events)]
+        result = run_child(uploads)
+    return {"peak_kib": max(event["rss"] for event in result["events"]), "import_kib": result["import_rss"],
+            "statuses": sorted({event["status"] for event in result["events"]}),
+            "objects": [event["objects"] for event in result["events"]]}
+
+
 def per_image_section(configs: Sequence[tuple[tuple[int, int], int]], images: int) -> str:
     rows, notes, target = [], [], None
     for size, objects in configs:
         samples, size_bytes = per_image_samples(size, objects, images)
+        memory = cell_peak_memory(size, objects)
+        if memory["statuses"] != ["ok"] or any(found != objects for found in memory["objects"]):
+            notes.append(f"{size[0]}x{size[1]}, {objects} objects, memory run: statuses {memory['statuses']}, "
+                         f"objects {memory['objects']}")
         wrong = [s for s in samples if s.status != "ok" or s.objects != objects]
         if wrong:
             notes.append(f"{size[0]}x{size[1]}, {objects} objects: {len(wrong)} images ended "
@@ -609,11 +647,18 @@ def per_image_section(configs: Sequence[tuple[tuple[int, int], int]], images: in
             med_p90([s.other_ms for s in samples]),
             f"**{med_p90(outside)}**",
             med_p90([s.wall_ms for s in samples]),
+            mib(memory["peak_kib"]),
         ))
-    table = markdown_table(("image", "objects", "JPEG KiB", *PHASES, "other", "wall - model", "wall"), rows, "l")
-    text = (f"## 4. Per-image time outside the model call (ms, median / p90 of {images} images)\n\n"
+    table = markdown_table(("image", "objects", "JPEG KiB", *PHASES, "other", "wall - model", "wall", "peak MiB"),
+                           rows, "l")
+    text = (f"## 4. Per-image time outside the model call (ms, median / p90 of {images} images) and peak memory\n\n"
             "Warm in-process pipeline; fake Gemini with no latency, so \"model\" is the SDK request, the "
-            "local HTTP round trip and parsing.\n\n" + table)
+            "local HTTP round trip and parsing.\n\n"
+            "\"peak MiB\" is measured separately for each row in a fresh interpreter: VmHWM (the process's own "
+            "peak RSS) after `import main`, building the production pipeline with the default configuration "
+            "(empty-belt gate on, as deployed) and handling two images of that row's size and object count; "
+            "it includes the interpreter and the imported libraries (`import main` alone peaks at about "
+            f"{mib(memory['import_kib'])} MiB).\n\n" + table)
     if target is not None:
         verdict = "met" if target <= LATENCY_TARGET_MS else "NOT met"
         text += (f"\n\n1920x1080 with 10 objects: median wall - model {ms(target)} ms; target <= "
@@ -637,26 +682,493 @@ def per_image_configs(quick: bool) -> list[tuple[tuple[int, int], int]]:
     return configs
 
 
+# --- 5. throughput against the function under functions-framework ----------------------------------
+
+THROUGHPUT_SIZE = (1280, 720)
+THROUGHPUT_OBJECTS = 5
+THROUGHPUT_LATENCIES = (1.0, 5.0)
+THROUGHPUT_CONCURRENCY = (1, 4, 16, 64)
+THROUGHPUT_TARGET = 0.90  # of concurrency / latency, up to 16 in flight
+THROUGHPUT_PLOT = ROOT / "benchmarks" / "throughput.png"
+STORAGE_PHASES = ("read", "write", "marker")
+
+
+class InFlight:
+    """A counter of requests being answered, with its peak and its time integral (for the mean)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.current = self.peak = 0
+        self._area = 0.0
+        self._last = time.perf_counter()
+
+    def _advance(self, now: float) -> None:
+        self._area += self.current * (now - self._last)
+        self._last = now
+
+    def change(self, delta: int) -> None:
+        with self._lock:
+            self._advance(time.perf_counter())
+            self.current += delta
+            self.peak = max(self.peak, self.current)
+
+    def mark(self) -> tuple[float, float]:
+        """(time, integral so far); resets the peak to the current value."""
+        with self._lock:
+            now = time.perf_counter()
+            self._advance(now)
+            self.peak = self.current
+            return now, self._area
+
+    def since(self, mark: tuple[float, float]) -> tuple[float, int]:
+        """(mean in flight since `mark`, peak since `mark`)."""
+        with self._lock:
+            now = time.perf_counter()
+            self._advance(now)
+            return (self._area - mark[1]) / max(now - mark[0], 1e-9), self.peak
+
+
+@contextlib.contextmanager
+def counting_gemini(answer_text: str, latency: float) -> Iterator[Any]:
+    """tests.fakes' FakeGeminiServer answering `answer_text` after `latency` s, with an `in_flight`
+    counter (InFlight) around each request, and a deep listen queue (64 clients connect at once)."""
+    from tests.fakes import gemini_server
+
+    in_flight = InFlight()
+
+    class Handler(gemini_server._Handler):
+        def do_POST(self) -> None:  # noqa: N802 - the base class's name
+            in_flight.change(+1)
+            try:
+                super().do_POST()
+            finally:
+                in_flight.change(-1)
+
+    class Server(gemini_server.ThreadingHTTPServer):
+        request_queue_size = 1024
+        daemon_threads = True
+
+    class CountingGemini(gemini_server.FakeGeminiServer):
+        def start(self) -> "CountingGemini":
+            import threading
+
+            handler = type("Handler", (Handler,), {"fake": self})
+            self._httpd = Server(("127.0.0.1", self._port), handler)
+            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                            name="bench-gemini", daemon=True)
+            self._thread.start()
+            return self
+
+    answer = gemini_server.Answer(answer_text)
+    server = CountingGemini(lambda request: answer, latency=latency)
+    server.in_flight = in_flight
+    with server:
+        yield server
+
+
+@contextlib.contextmanager
+def emulator_process(meta_dump: bool = True) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A fresh gcp-storage-emulator (in memory) in its own process; see benchmarks/storage_server.py."""
+    args = [sys.executable, "-m", "benchmarks.storage_server"] + ([] if meta_dump else ["--no-meta-dump"])
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"storage emulator did not start: {line!r}")
+        yield process, line.split()[1]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def emulator_stats(url: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/__bench/stats", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def process_cpu_s(pid: int, children: bool = True) -> float:
+    """utime + stime of `pid` (and, with `children`, of its direct children), seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    if children:
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    total = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy jiffies, total jiffies) of all CPUs from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post_event(url: str, headers: dict[str, str], body: bytes) -> tuple[int, float, float]:
+    """POST one binary-mode CloudEvent; (HTTP status or -1, start, end)."""
+    import urllib.error
+    import urllib.request
+
+    start = time.perf_counter()
+    try:
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=600) as response:
+            response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError:
+        status = -1
+    return status, start, time.perf_counter()
+
+
+def function_log_lines(path: Path) -> list[dict[str, Any]]:
+    """The function's JSON log lines (functions-framework's own output is skipped)."""
+    lines = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                lines.append(json.loads(line))
+    return lines
+
+
+def throughput_cell(latency: float, concurrency: int, images: int, *, meta_dump: bool = True) -> dict[str, Any]:
+    """One cell: the function under functions-framework (gunicorn, WORKERS=1, THREADS=concurrency),
+    a fresh emulator process, the counting fake Gemini with `latency`; one warm-up event (answered
+    at once), then `images` events posted from `concurrency` client threads (exactly that many
+    in flight until the queue runs dry)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segmentation.local import LocalStack, cloud_event_for, storage_client
+
+    width, height = THROUGHPUT_SIZE
+    result: dict[str, Any] = {"latency": latency, "concurrency": concurrency, "images": images,
+                              "meta_dump": meta_dump}
+    with counting_gemini(gemini_answer(THROUGHPUT_OBJECTS), latency) as gemini, \
+            emulator_process(meta_dump) as (emulator, storage_url), \
+            tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        log_path = Path(tmp) / "function.log"
+        env = {
+            "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
+            "GEMINI_API_KEY": "bench-key",
+            "GEMINI_MAX_OBJECTS": "25",
+            "EMPTY_BELT_GATE": "false",
+            "THREADS": str(concurrency),
+            "WORKERS": "1",
+            "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
+            "LOG_LEVEL": "INFO",
+        }
+        with environ(env):
+            stack = LocalStack(bucket=BUCKET, storage_port=0, function_port=free_port(), data_dir=Path(tmp),
+                               storage_url=storage_url, bridge=False, function_log=log_path)
+            stack.start()
+            try:
+                client = storage_client(storage_url)
+                bucket = client.bucket(BUCKET)
+                events = []
+                for index in range(images + 1):
+                    blob = bucket.blob(f"raw/cam1/c{concurrency}-{index:04d}.jpg")
+                    blob.upload_from_string(photo(width, height, index), content_type="image/jpeg")
+                    events.append(cloud_event_for(BUCKET, blob))
+                warm_name = json.loads(events[0][1])["name"]
+                gemini.latency = 0.0
+                warm = post_event(stack.function_url, *events[0])
+                if warm[0] != 200:
+                    raise RuntimeError(f"warm-up event answered {warm[0]}; see the function log")
+                gemini.latency = latency
+                gemini_before = len(gemini.requests)
+                storage_before = emulator_stats(storage_url)
+                worker_pid = stack.function_process.pid
+                cpu_before = process_cpu_s(worker_pid), process_cpu_s(emulator.pid, children=False)
+                machine_before = machine_busy()
+                mark = gemini.in_flight.mark()
+                with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eventarc") as pool:
+                    posted = list(pool.map(lambda event: post_event(stack.function_url, *event), events[1:]))
+                window = time.perf_counter() - mark[0]
+                mean_in_flight, peak_in_flight = gemini.in_flight.since(mark)
+                machine_after = machine_busy()
+                cpu_after = process_cpu_s(worker_pid), process_cpu_s(emulator.pid, children=False)
+                storage_after = emulator_stats(storage_url)
+                gemini_calls = len(gemini.requests) - gemini_before
+            finally:
+                stack.stop()
+        logged = [line for line in function_log_lines(log_path)
+                  if line.get("message") == "image processed" and line.get("object") != warm_name]
+    latencies = [(end - start) * 1000 for _, start, end in posted]
+    statuses = [status for status, _, _ in posted]
+    timings = [line.get("timings_ms") or {} for line in logged]
+
+    def mean_phase(names: Sequence[str]) -> float:
+        return statistics.mean(sum(t.get(n, 0.0) for n in names) for t in timings) if timings else float("nan")
+
+    outside = [line.get("processing_ms", 0.0) - (line.get("timings_ms") or {}).get("model", 0.0)
+               for line in logged]
+    busy = machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]
+    result.update({
+        "window_s": window,
+        "images_per_s": images / window,
+        "ideal_per_s": concurrency / latency,
+        "ratio": (images / window) / (concurrency / latency),
+        "mean_in_flight": mean_in_flight,
+        "peak_in_flight": peak_in_flight,
+        "gemini_calls": gemini_calls,
+        "ok_2xx": sum(200 <= s < 300 for s in statuses),
+        "failed": [s for s in statuses if not 200 <= s < 300],
+        "rows_ok": sum(line.get("status") == "ok" for line in logged),
+        "event_ms_median": statistics.median(latencies),
+        "event_ms_max": max(latencies),
+        "model_ms_mean": mean_phase(("model",)),
+        "storage_ms_mean": mean_phase(STORAGE_PHASES),
+        "outside_ms_mean": statistics.mean(outside) if outside else float("nan"),
+        "emulator_busy": (storage_after["busy_s"] - storage_before["busy_s"]) / window,
+        "emulator_requests": storage_after["requests"] - storage_before["requests"],
+        "emulator_objects": storage_after["objects"],
+        "function_cores": (cpu_after[0] - cpu_before[0]) / window,
+        "emulator_cores": (cpu_after[1] - cpu_before[1]) / window,
+        "machine_busy": busy[0] / busy[1] if busy[1] else float("nan"),
+    })
+    return result
+
+
+def throughput_images(concurrency: int) -> int:
+    return max(3 * concurrency, 12)
+
+
+def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
+                       compare_no_dump: Sequence[tuple[float, int]] = (), images_for=throughput_images,
+                       plot_path: Path | None = THROUGHPUT_PLOT) -> str:
+    def cell(latency: float, concurrency: int, meta_dump: bool = True) -> dict[str, Any]:
+        result = throughput_cell(latency, concurrency, images_for(concurrency), meta_dump=meta_dump)
+        print(f"throughput {latency:g} s x {concurrency}{'' if meta_dump else ' (no dump)'}: "
+              f"{result['images_per_s']:.2f} images/s, {100 * result['ratio']:.0f}% of ideal", file=sys.stderr, flush=True)
+        return result
+
+    cells = [cell(latency, c) for latency in latencies for c in concurrencies]
+    extra = [cell(latency, c, meta_dump=False) for latency, c in compare_no_dump]
+    cpus = len(os.sched_getaffinity(0))
+
+    def row(cell: dict[str, Any]) -> tuple:
+        target = cell["concurrency"] <= 16
+        ratio = f"{100 * cell['ratio']:.0f}%"
+        if target:
+            ratio = f"**{ratio}**" + ("" if cell["ratio"] >= THROUGHPUT_TARGET else " (below 90%)")
+        return (
+            f"{cell['latency']:g} s", cell["concurrency"] if cell["meta_dump"] else f"{cell['concurrency']} (no dump)",
+            cell["images"], f"{cell['window_s']:.1f}", f"{cell['images_per_s']:.2f}", f"{cell['ideal_per_s']:.2f}",
+            ratio, f"{cell['peak_in_flight']} / {cell['mean_in_flight']:.1f}",
+            f"{cell['event_ms_median'] / 1000:.2f} / {cell['event_ms_max'] / 1000:.2f}",
+            ms(cell["model_ms_mean"]), ms(cell["outside_ms_mean"]), ms(cell["storage_ms_mean"]),
+            f"{100 * cell['emulator_busy']:.0f}%", f"{cell['function_cores']:.2f}", f"{100 * cell['machine_busy']:.0f}%",
+        )
+
+    table = markdown_table(
+        ("Gemini latency", "in flight (threads)", "images", "window s", "images/s", "ideal c/L", "ratio",
+         "Gemini calls max / mean", "event s median / max", "model ms", "outside model ms", "storage ms",
+         "emulator busy", "function CPU cores", "machine CPU busy"),
+        [row(cell) for cell in cells + extra], "ll",
+    )
+    problems = [f"{c['latency']:g} s x {c['concurrency']}: {len(c['failed'])} events not acknowledged "
+                f"({sorted(set(c['failed']))}), {c['rows_ok']} ok rows of {c['images']}"
+                for c in cells + extra if c["failed"] or c["rows_ok"] != c["images"]]
+    below = [c for c in cells if c["concurrency"] <= 16 and c["ratio"] < THROUGHPUT_TARGET]
+    verdict = "met" if not below else "NOT met (" + ", ".join(
+        f"{c['latency']:g} s x {c['concurrency']}: {100 * c['ratio']:.0f}%" for c in below) + ")"
+    text = (
+        "## 5. Throughput against the local Gemini server (one function instance)\n\n"
+        f"The real function under functions-framework (gunicorn gthread, WORKERS=1, THREADS = in flight), "
+        f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE=false; "
+        "the fake Gemini wire server answers each call after the stated latency; a fresh gcp-storage-emulator "
+        "process (in memory) per row; rows go to SQLite. A client thread pool posts binary-mode finalize "
+        "CloudEvents straight to the function, keeping exactly `in flight` events outstanding, for "
+        "max(3 x in flight, 12) images after one warm-up event (answered without latency, not counted). "
+        "window = first post to last answer; ideal = in flight / latency; ratio = images/s / ideal. "
+        "\"Gemini calls\" are counted at the wire server (requests being answered at once, peak and "
+        "time-weighted mean over the window). \"model\", \"outside model\" (processing_ms - model) and "
+        "\"storage\" (read + write + marker phases) are means from the function's own `timings_ms` log "
+        "lines. \"emulator busy\" is the share of the window the single-threaded emulator spent serving "
+        f"requests; \"function CPU cores\" is the function process's CPU time / window ({cpus} cores here); "
+        "\"machine CPU busy\" counts every process on the machine, the benchmark's client, emulator and "
+        "Gemini server included.\n\n" + table +
+        f"\n\nTarget: >= {100 * THROUGHPUT_TARGET:.0f}% of in flight / latency up to 16 in flight: **{verdict}**."
+    )
+    if extra:
+        text += ("\n\n\"(no dump)\" rows repeat a cell with the emulator's per-write rewrite of its whole "
+                 "metadata document switched off (benchmarks/storage_server.py `--no-meta-dump`), to show how much "
+                 "of the gap is the emulator's.")
+    for problem in problems:
+        text += f"\n\nWarning: {problem}."
+    if plot_path is not None:
+        throughput_plot(cells, plot_path)
+        shown = plot_path.resolve()
+        text += f"\n\nPlot: `{shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown}`."
+    return text
+
+
+def throughput_plot(cells: Sequence[dict[str, Any]], path: Path) -> Path:
+    from benchmarks.plot import Series, log_log_plot
+
+    colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+    series = []
+    latencies = sorted({c["latency"] for c in cells})
+    concurrencies = sorted({c["concurrency"] for c in cells})
+    for color, latency in zip(colors, latencies):
+        row = sorted((c for c in cells if c["latency"] == latency and c["meta_dump"]), key=lambda c: c["concurrency"])
+        series.append(Series(f"ideal, {latency:g} s latency", [(c, c / latency) for c in concurrencies], color,
+                             dashed=True, markers=False))
+        series.append(Series(f"measured, {latency:g} s", [(c["concurrency"], c["images_per_s"]) for c in row], color,
+                             annotations=[f"{100 * c['ratio']:.0f}%" for c in row]))
+    values = [y for s in series for _, y in s.points]
+    low = 10 ** math.floor(math.log10(min(values)))
+    high = 10 ** math.ceil(math.log10(max(values)))
+    y_ticks = [v for e in range(round(math.log10(low)), round(math.log10(high)) + 1)
+               for v in (10 ** e, 2 * 10 ** e, 5 * 10 ** e) if low <= v <= high]
+    return log_log_plot(path, series, title="Images per second, one instance, vs. Gemini calls in flight",
+                        x_label="per-instance concurrency (events in flight, gunicorn THREADS)",
+                        y_label="images / s (log)", x_ticks=concurrencies, y_ticks=y_ticks)
+
+
+# --- 6. tokens per downscale setting -------------------------------------------------------------
+
+TOKEN_MAX_SIDES = (512, 768, 1024, 1536, 2048)
+TOKEN_RESOLUTIONS = ("low", "medium", "high", "")
+TOKEN_MODELS = ("gemini-3.5-flash", "gemini-2.5-flash")
+
+
+def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequence[str] = TOKEN_RESOLUTIONS,
+                   models: Sequence[str] = TOKEN_MODELS, size: tuple[int, int] = (4000, 3000)) -> str:
+    from segmentation.config import Config
+    from segmentation.gemini import GeminiDetector
+    from segmentation.images import model_input_size
+    from segmentation.pipeline import Pipeline
+    from segmentation.sink import SqliteSink, sink_from_config
+    from segmentation.storage import GcsStorage
+    from tests.fakes.gemini_server import IMAGE_TOKENS_BY_RESOLUTION
+
+    width, height = size
+    data = synthetic_photo(width, height, seed=4000)
+    tokens: dict[tuple[str, int, str], int] = {}
+    sent: dict[tuple[str, int, str], str] = {}
+    text_tokens = set()
+    with fake_gemini(objects=1) as gemini:
+        for model in models:
+            for side in max_sides:
+                for resolution in resolutions:
+                    settings = {"GEMINI_MODEL": model, "MODEL_INPUT_MAX_SIDE": str(side),
+                                "GEMINI_MEDIA_RESOLUTION": resolution, "EMPTY_BELT_GATE": "false"}
+                    with environ(settings), storage_emulator() as emulator:
+                        config = Config.from_env()
+                        name = f"raw/tokens/{model}-{side}-{resolution or 'none'}.jpg"
+                        upload = emulator.upload(name, data)
+                        detector = GeminiDetector(config)
+                        sink = sink_from_config(config)
+                        pipeline = Pipeline(config, storage=GcsStorage(emulator.client), sink=sink, detector=detector)
+                        before = len(gemini.requests)
+                        with quiet_stdout():
+                            outcome = pipeline.process(upload.ref())
+                        detector.close()
+                        rows = [r for r in SqliteSink(config.sqlite_path).rows("images") if r["source_name"] == name]
+                        if outcome.status != "ok" or len(rows) != 1:
+                            raise RuntimeError(f"{name}: {outcome.status}, {len(rows)} image rows")
+                        request = gemini.requests[before]
+                        part = request.image_part or {}
+                        level = ((part.get("mediaResolution") or {}).get("level")
+                                 or request.generation_config.get("mediaResolution"))
+                        where = ("per part" if part.get("mediaResolution")
+                                 else "request" if request.generation_config.get("mediaResolution") else "none")
+                        key = (model, side, resolution)
+                        tokens[key] = rows[0]["prompt_tokens"]
+                        sent[key] = f"{level or '-'} ({where})"
+                        if level in IMAGE_TOKENS_BY_RESOLUTION:
+                            text_tokens.add(tokens[key] - IMAGE_TOKENS_BY_RESOLUTION[level])
+    headers = ["max side", "image sent"] + [f"{model.removeprefix('gemini-')} {res or 'none'}"
+                                            for model in models for res in resolutions]
+    rows = []
+    for side in max_sides:
+        w, h = model_input_size(width, height, side)
+        rows.append((side, f"{w}x{h}", *(tokens[(model, side, res)] for model in models for res in resolutions)))
+    table = markdown_table(headers, rows)
+    how = sorted({f"{model} / {res or 'none'}: {sent[(model, side, res)]}"
+                  for model in models for res in resolutions for side in max_sides[:1]})
+    text_part = (f"{min(text_tokens)}" if len(text_tokens) == 1 else
+                 f"{min(text_tokens)}-{max(text_tokens)}") if text_tokens else "?"
+    return (
+        f"## 6. Prompt tokens per image by downscale setting ({width}x{height} photo)\n\n"
+        "`prompt_tokens` of the image row, one image through the real pipeline per cell (GEMINI_MODEL, "
+        "MODEL_INPUT_MAX_SIDE and GEMINI_MEDIA_RESOLUTION as in the column; \"none\" = empty, no media "
+        "resolution sent). These numbers are what the local Gemini wire server (`tests/fakes/gemini_server.py`) "
+        "returns in `usageMetadata`: its implementation of Google's documented counting rules, not a live "
+        "measurement. It counts a media resolution as Gemini 3's fixed budget per image (low 280, medium 560, "
+        "high 1120), whatever the model; without one, Gemini 2's tiling rule (258 tokens per 768x768 tile, "
+        f"one tile up to 384x384). Every cell also includes about {text_part} tokens of system instruction and "
+        "prompt text (one token per four characters).\n\n" + table +
+        "\n\nWhat the function sent (the fake records each request): " + "; ".join(how) + "."
+    )
+
+
 # --- main ----------------------------------------------------------------------------------------
+
+
+SECTIONS = ("machine", "import", "first-event", "memory", "per-image", "throughput", "tokens")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and no 4000x3000 rows")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions, no 4000x3000 rows, small throughput and token tables")
+    parser.add_argument("--section", action="append", choices=SECTIONS, metavar="NAME",
+                        help=f"run only this section (repeatable): {', '.join(SECTIONS)}; default: all")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help=f"where the throughput plot goes (default: {THROUGHPUT_PLOT.relative_to(ROOT)}; "
+                             "with --quick: none unless given)")
     args = parser.parse_args(argv)
     import_runs, first_runs, images = (3, 1, 5) if args.quick else (5, 3, 20)
+    plot = args.plot if args.plot or args.quick else THROUGHPUT_PLOT
+    if args.quick:
+        throughput = lambda: throughput_section((0.5,), (1, 4), images_for=lambda c: max(2 * c, 4), plot_path=plot)
+        tokens = lambda: tokens_section(max_sides=(512, 1024), resolutions=("high", ""))
+    else:
+        throughput = lambda: throughput_section(THROUGHPUT_LATENCIES, THROUGHPUT_CONCURRENCY,
+                                                compare_no_dump=[(latency, 64) for latency in THROUGHPUT_LATENCIES],
+                                                plot_path=plot)
+        tokens = tokens_section
+    chosen = args.section or list(SECTIONS)
 
     started = time.perf_counter()
-    sections = [
-        lambda: "# Segmentation function benchmarks\n\n" + machine_info(),
-        lambda: cold_import_section(import_runs),
-        lambda: first_event_section(first_runs),
-        peak_memory_section,
-        lambda: per_image_section(per_image_configs(args.quick), images),
-    ]
-    for section in sections:
-        print(section() + "\n", flush=True)
-    print(f"_Whole run: {time.perf_counter() - started:.0f} s._")
+    sections = {
+        "machine": lambda: "# Segmentation function benchmarks\n\n" + machine_info(),
+        "import": lambda: cold_import_section(import_runs),
+        "first-event": lambda: first_event_section(first_runs),
+        "memory": peak_memory_section,
+        "per-image": lambda: per_image_section(per_image_configs(args.quick), images),
+        "throughput": throughput,
+        "tokens": tokens,
+    }
+    for name in SECTIONS:
+        if name in chosen:
+            section_started = time.perf_counter()
+            print(sections[name]() + f"\n\n_Section {name}: {time.perf_counter() - section_started:.0f} s._\n",
+                  flush=True)
+    print(f"_Whole run ({', '.join(n for n in SECTIONS if n in chosen)}): {time.perf_counter() - started:.0f} s._")
 
 
 if __name__ == "__main__":

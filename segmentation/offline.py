@@ -176,6 +176,33 @@ class OfflineDetector:
         return _analyze(work, ref, min_area=self.min_area, gate=gate)
 
 
+class _DisjointSet:
+    """Union-find over 0..n-1 (path halving): which regions have been merged into which."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def attach(self, child_root: int, root: int) -> None:
+        """Merge the set rooted at `child_root` into the one rooted at `root`."""
+        self.parent[child_root] = root
+
+    def union(self, a: int, b: int) -> None:
+        """Merge the sets of `a` and `b`; the smaller root id stays the root."""
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.attach(max(ra, rb), min(ra, rb))
+
+    def roots(self) -> list[int]:
+        return [self.find(a) for a in range(len(self.parent))]
+
+
 # ------------------------------------------------------------------------------------------
 # The analysis itself (module-level functions on NumPy arrays).
 
@@ -442,21 +469,8 @@ def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
     lum = cv2.transform(lg, _mat([[1 / 3, 1 / 3, 1 / 3]]))
     pairs, length, sharp, _ = _boundaries(labels, grad, lum, n)
 
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    def union(a: int, b: int) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            if ra < rb:
-                parent[rb] = ra
-            else:
-                parent[ra] = rb
+    regions = _DisjointSet(n)
+    union = regions.union
 
     # 1) shadows: regions darker than the belt and colourless whose border with the belt is soft
     belt_border = {}
@@ -473,7 +487,7 @@ def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
         elif strong_frac[r] < 0.15 and abs(m_mean[r]) < 1.2 * tm and cd_mean[r] < 1.2 * tc:
             union(1, r)  # faint, belt-like: noise, wear, dirt
 
-    groups = np.array([find(r) for r in range(n)], np.int32)
+    groups = np.array(regions.roots(), np.int32)
     fg = groups[labels] != 1
 
     # 2) the items' outline: fill holes (belt-coloured parts of an item), cut thin bridges
@@ -637,13 +651,7 @@ def _split_touching(fg, image8, lg, *, min_px: float, neck: float = 0.72, max_co
         hist = np.bincount(ws.ravel().astype(np.int64) * 1024 + levels, minlength=k * 1024).reshape(k, 1024) > 0
         peak_value = (1023 - np.argmax(hist[:, ::-1], axis=1)) / 4.0
         # joins: mean distance along the border between two bulges vs the smaller bulge's peak
-        parent = list(range(k))
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
+        bulges = _DisjointSet(k)
 
         pairs = []
         for a, b, d1, d2 in ((ws[:, :-1], ws[:, 1:], dist[:, :-1], dist[:, 1:]), (ws[:-1], ws[1:], dist[:-1], dist[1:])):
@@ -663,14 +671,14 @@ def _split_touching(fg, image8, lg, *, min_px: float, neck: float = 0.72, max_co
             order = np.argsort(-border_max / np.maximum([min(peak_value[c // k], peak_value[c % k]) for c in uniq], 1e-3))
             for i in order:
                 a, b = int(uniq[i] // k), int(uniq[i] % k)
-                ra, rb = find(a), find(b)
+                ra, rb = bulges.find(a), bulges.find(b)
                 if ra == rb:
                     continue
                 if border_max[i] >= neck * min(peak_value[ra], peak_value[rb]) and \
                         np.abs(color[ra] - color[rb]).sum() <= max_color_dist:
-                    parent[rb] = ra
+                    bulges.attach(rb, ra)
                     peak_value[ra] = max(peak_value[ra], peak_value[rb])
-        roots = np.array([find(r) for r in range(k)])
+        roots = np.array(bulges.roots())
         merged = roots[ws]
         merged[~mask] = 0
         stray = mask & (merged == 1)  # flooded from outside the blob: give it to the nearest piece
@@ -835,10 +843,10 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         return cv2.contourArea(h) + 0.5 * cv2.arcLength(h.reshape(-1, 1, 2), True) + 1.0
 
     gap = {r: max(0.0, hull_area(h) - area[r]) for r, h in hulls.items()}
-    parent = list(range(k))
+    pieces = _DisjointSet(k)
 
     def join(a: int, b: int) -> None:  # b into a
-        parent[b] = a
+        pieces.attach(b, a)
         area[a] += area[b]
         outside[a] += outside[b]
         dc = csum[a] / max(carea[a], 1) - csum[b] / max(carea[b], 1)
@@ -890,13 +898,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         if best is None:
             break
         join(*best)
-    roots = np.arange(k)
-    for r in range(k):
-        q = r
-        while parent[q] != q:
-            q = parent[q]
-        roots[r] = q
-    return roots[labels]
+    return np.array(pieces.roots())[labels]
 
 
 def _border(sub):

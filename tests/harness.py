@@ -116,3 +116,13 @@ def running_stack(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, *, api_key
             server.shutdown()
             thread.join(timeout=5)
             reset_pipeline()
+
+
+def use_bigquery(monkeypatch, url: str) -> None:
+    """Send the function's rows to the BigQuery stand-in at `url` (tables conveyor.objects/images)."""
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", url)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+    monkeypatch.setenv("GEMINI_BACKEND", "api-key")
+    monkeypatch.setenv("BQ_OBJECTS_TABLE", "test-project.conveyor.objects")
+    monkeypatch.setenv("BQ_IMAGES_TABLE", "test-project.conveyor.images")
+    reset_pipeline()

@@ -15,7 +15,6 @@ import pytest
 from cloudevents.http import CloudEvent
 from PIL import Image
 
-from segmentation.function import reset_pipeline
 from segmentation.parse import parse_response
 from tests.fakes.bigquery_server import FakeBigQuery
 from tests.fakes.gemini_server import (
@@ -28,7 +27,7 @@ from tests.fakes.gemini_server import (
     unavailable,
 )
 from tests.fixtures import shared_fixture
-from tests.harness import API_KEY, BUCKET, FINALIZED, ROOT, Stack, running_stack
+from tests.harness import API_KEY, BUCKET, FINALIZED, ROOT, Stack, running_stack, use_bigquery
 
 
 @pytest.fixture
@@ -349,12 +348,7 @@ def test_the_empty_belt_gate_skips_the_model_call(stack):
 
 def test_rows_stream_to_bigquery_through_the_real_client(stack, monkeypatch):
     with FakeBigQuery() as bigquery:
-        monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bigquery.url)
-        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
-        monkeypatch.setenv("GEMINI_BACKEND", "api-key")
-        monkeypatch.setenv("BQ_OBJECTS_TABLE", "test-project.conveyor.objects")
-        monkeypatch.setenv("BQ_IMAGES_TABLE", "test-project.conveyor.images")
-        reset_pipeline()
+        use_bigquery(monkeypatch, bigquery.url)
         stack.gemini.enqueue(Answer(sample_text(1)))
         blob = stack.upload("raw/cupcakes.png", cupcakes())
         bigquery.fail_next(1, status=503)

@@ -49,7 +49,7 @@ from segmentation.naming import MAX_OBJECT_NAME_BYTES, OutputNames
 from segmentation.sink import SqliteSink
 from tests.fakes.bigquery_server import FakeBigQuery
 from tests.fakes.gemini_server import Answer, ErrorReply, unavailable
-from tests.harness import BUCKET, FINALIZED, ROOT, Stack, running_stack
+from tests.harness import BUCKET, FINALIZED, ROOT, Stack, running_stack, use_bigquery
 from tests.hostile_corpus import (
     CONTENT_CASES,
     EVENT_CASES,
@@ -464,12 +464,7 @@ def test_model_text_is_stored_verbatim_as_data_in_sqlite(run, capsys):
 def test_model_text_reaches_bigquery_as_json_values(run, capsys, monkeypatch):
     text, expected = hostile_answer()
     with FakeBigQuery() as bigquery:
-        monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bigquery.url)
-        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
-        monkeypatch.setenv("GEMINI_BACKEND", "api-key")
-        monkeypatch.setenv("BQ_OBJECTS_TABLE", "test-project.conveyor.objects")
-        monkeypatch.setenv("BQ_IMAGES_TABLE", "test-project.conveyor.images")
-        reset_pipeline()
+        use_bigquery(monkeypatch, bigquery.url)
         try:
             run.stack.gemini.reset(lambda request: Answer(text))
             blob = run.stack.upload("raw/security/labels-bq.png", quadrant_png())

@@ -244,7 +244,7 @@ def _work_array(image: Image.Image, work_side: int):
     h, w = arr.shape[:2]
     f = work_side / max(h, w)
     while f <= 0.5:  # halve first (2x2 means, OpenCV's fast path), then the rest
-        h, w = h // 2, w // 2
+        h, w = max(1, h // 2), max(1, w // 2)  # a 1-pixel side stays 1 (a 1x20000 strip)
         arr = cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA)
         f = work_side / max(h, w)
     if f < 1:

@@ -155,6 +155,15 @@ def test_plain_empty_image_and_tiny_image():
     assert detector.detect_image(Image.new("RGB", (8, 6), (50, 50, 52))) == []
 
 
+@pytest.mark.parametrize("size", [(1, 20_000), (20_000, 1), (3, 9_000)])
+def test_extreme_strips_are_analysed_without_error(size):
+    """Halving a 1-pixel side must not reach 0 pixels (OpenCV refuses a 0-sized resize)."""
+    strip = Image.new("RGB", size, (50, 50, 52))
+    detector = OfflineDetector()
+    assert detector.belt_is_empty(strip)
+    assert detector.detect_image(strip) == []
+
+
 def test_generator_is_deterministic_and_splits_differ():
     a, b = make_scene("tuning", 5), make_scene("tuning", 5)
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))

@@ -15,10 +15,19 @@ was there). Answers come from a script: queued behaviours first (`enqueue`), the
 `Answer` (text, optionally cut off), `ErrorReply` (Google's error JSON), each optionally
 slow. A base `latency` is added to every answer, for benchmarks.
 
-Token counts in ``usageMetadata`` are plausible. The prompt costs a fixed number of tokens
-per image by media resolution (Gemini 3: low 280, medium 560, high 1120, ultra high 2240).
-Without a media resolution, the Gemini 2 tiling rule applies (258 tokens per 768-pixel tile),
-so downscaling the input shows up in the count. Text costs one token per four characters.
+Token counts in ``usageMetadata`` follow Google's documented rules (`image_token_count`), not a
+live model: an image costs, by model generation and media resolution (per part, else the
+request's generationConfig.mediaResolution),
+
+- Gemini 3 and later: low 280, medium 560, high 1120, ultra high 2240 tokens; with no media
+  resolution the default for images is high, 1120;
+- Gemini 2.x (and 1.x) with a media resolution: low 64, medium 256, high 256 (high is "zoomed
+  reframing with 256 tokens");
+- Gemini 2.x without one: 258 tokens per 768x768 tile, one tile when both sides are at most
+  384 pixels, so downscaling the input shows up in the count.
+
+A model id that names no Gemini generation is counted as Gemini 3. Text costs one token per
+four characters.
 
 >>> with FakeGeminiServer() as server:
 ...     server.enqueue(Answer('[{"box_2d": [0, 0, 500, 500], "label": "bag"}]'))
@@ -51,13 +60,30 @@ from PIL import Image
 
 from tests.fixtures import shared_fixture
 
-IMAGE_TOKENS_BY_RESOLUTION = {
+# Tokens per image, from Google's documentation (checked November 2026):
+# - Gemini 3 values and the Gemini 3 default for images (high, 1120 tokens): "Media resolution",
+#   https://ai.google.dev/gemini-api/docs/media-resolution (section "Token counts").
+# - Gemini 2.x values: the Vertex AI reference of GenerationConfig.MediaResolution, "low (64
+#   tokens)", "medium (256 tokens)", "high (zoomed reframing with 256 tokens)",
+#   https://docs.cloud.google.com/ruby/docs/reference/google-cloud-ai_platform-v1/latest/Google-Cloud-AIPlatform-V1-GenerationConfig-MediaResolution
+# - Gemini 2.x without a media resolution: 258 tokens per 768x768 tile, images with both sides
+#   at most 384 pixels one tile ("Understand and count tokens",
+#   https://ai.google.dev/gemini-api/docs/tokens, images).
+GEMINI_3_IMAGE_TOKENS = {
     "MEDIA_RESOLUTION_LOW": 280,
     "MEDIA_RESOLUTION_MEDIUM": 560,
     "MEDIA_RESOLUTION_HIGH": 1120,
     "MEDIA_RESOLUTION_ULTRA_HIGH": 2240,
 }
+GEMINI_3_DEFAULT_RESOLUTION = "MEDIA_RESOLUTION_HIGH"
+GEMINI_2_IMAGE_TOKENS = {
+    "MEDIA_RESOLUTION_LOW": 64,
+    "MEDIA_RESOLUTION_MEDIUM": 256,
+    "MEDIA_RESOLUTION_HIGH": 256,
+}
+IMAGE_TOKENS_BY_RESOLUTION = GEMINI_3_IMAGE_TOKENS  # the former name
 _TILE_TOKENS, _TILE_SIDE, _SMALL_IMAGE_SIDE = 258, 768, 384
+_GENERATION = re.compile(r"^gemini-(\d+)")
 
 _GEMINI_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^/:]+):generateContent$")
 _VERTEX_PATH = re.compile(
@@ -200,22 +226,41 @@ def estimate_text_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def image_tokens(request: RecordedRequest) -> int:
-    """Tokens the image would cost: by media resolution, else by 768-pixel tiles (Gemini 2 rule)."""
-    part = request.image_part or {}
-    level = (part.get("mediaResolution") or {}).get("level") or request.generation_config.get("mediaResolution")
-    if level in IMAGE_TOKENS_BY_RESOLUTION:
-        return IMAGE_TOKENS_BY_RESOLUTION[level]
-    if request.image_bytes is None:
-        return 0
-    try:
-        with Image.open(io.BytesIO(request.image_bytes)) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - an undecodable image still costs something
-        return _TILE_TOKENS
+def model_generation(model: str) -> int:
+    """The Gemini generation a model id names (3 for "gemini-3.5-flash"); 3 for anything else."""
+    match = _GENERATION.match(model.rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else 3
+
+
+def image_token_count(model: str, level: str | None, size: tuple[int, int] | None) -> int:
+    """Tokens one image costs on `model` at media resolution `level` (None: not set); `size` is
+    the image's (width, height), needed only for the Gemini 2 tiling rule (None: undecodable)."""
+    if model_generation(model) >= 3:
+        return GEMINI_3_IMAGE_TOKENS.get(level or "", GEMINI_3_IMAGE_TOKENS[GEMINI_3_DEFAULT_RESOLUTION])
+    if level in GEMINI_2_IMAGE_TOKENS:
+        return GEMINI_2_IMAGE_TOKENS[level]
+    if size is None:
+        return _TILE_TOKENS  # an undecodable image still costs something
+    width, height = size
     if width <= _SMALL_IMAGE_SIDE and height <= _SMALL_IMAGE_SIDE:
         return _TILE_TOKENS
     return _TILE_TOKENS * math.ceil(width / _TILE_SIDE) * math.ceil(height / _TILE_SIDE)
+
+
+def image_tokens(request: RecordedRequest) -> int:
+    """Tokens the request's image costs (0 without an image); see `image_token_count`."""
+    part = request.image_part
+    if part is None:
+        return 0
+    level = (part.get("mediaResolution") or {}).get("level") or request.generation_config.get("mediaResolution")
+    size = None
+    if model_generation(request.model) < 3 and level not in GEMINI_2_IMAGE_TOKENS and request.image_bytes:
+        try:
+            with Image.open(io.BytesIO(request.image_bytes)) as image:
+                size = image.size
+        except Exception:  # noqa: BLE001 - counted as one tile
+            size = None
+    return image_token_count(request.model, level, size)
 
 
 def usage_metadata(request: RecordedRequest, answer: Answer) -> dict[str, int]:
@@ -319,6 +364,9 @@ class FakeGeminiServer:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeGeminiServer
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: the headers and the body go out in two writes; with Nagle's algorithm the body
+    # would wait for the client's delayed ACK of the headers on a kept-alive connection.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass  # keep test output clean

@@ -23,9 +23,9 @@ import dataclasses
 import datetime as dt
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from segmentation import PIPELINE_VERSION
 from segmentation.config import Config
@@ -47,8 +47,12 @@ GENERATION_KEY = "source-generation"
 EMPTY_BELT_GATE = "empty-belt-gate"
 # Seconds of transient-error retries left for the writes after the offline fallback answered.
 FALLBACK_WRITE_BUDGET_S = 30.0
-# Parallel uploads per pipeline (shared by the instance's concurrent requests).
-UPLOAD_THREADS = 16
+# Threads for one instance's storage I/O and rendering that run beside the request threads
+# (uploads, the crop listing, the generation check, the overview). Shared by all concurrent
+# requests: an event queues 6-26 uploads, so at 16 concurrent events 16 threads would queue
+# uploads behind each other once each takes a real network round trip (tens of ms). Threads are
+# started only when needed; storage.HTTP_POOL_SIZE keeps a connection for each of them.
+UPLOAD_THREADS = 64
 
 
 class Detector(Protocol):
@@ -201,26 +205,37 @@ class Pipeline:
             prepared = model_input(image, max_side=self.config.model_input_max_side)
         with timer("model"):
             result = self._detect(ref, image, prepared, (loaded.width, loaded.height), deadline)
-        if self._superseded(ref, deadline):
-            # A newer generation of this name arrived while this one was being detected; its own
-            # event owns the outputs (same names), so this one must not overwrite them.
-            raise _Superseded()
+        # Whether a newer generation of this name arrived while this one was being detected: its
+        # own event then owns the outputs (same names), so this one must not write them. Asked
+        # while the pictures are drawn (a round trip hidden behind CPU work); nothing is written
+        # before the answer.
+        superseded = self._uploads.submit(self._superseded, ref, deadline)
         if result.fallback_reason:
             # The fallback answered after Gemini used up the deadline: give the writes their own
             # short budget (still inside the function timeout, which Terraform keeps 60 s above).
             deadline = max(deadline, self._clock() + FALLBACK_WRITE_BUDGET_S)
         detections = result.detections[: self.config.gemini_max_objects]
 
-        with timer("render"):
-            outputs = [(names.crop(index), crop_jpeg(image, detection))
-                       for index, detection in enumerate(detections, start=1)]
-            outputs.append((names.overview, overview_jpeg(image, detections)))
+        with _settled_on_error(superseded):
+            with timer("render"):
+                # The overview (a copy of the whole image, drawn on and encoded) on a second thread
+                # while this one cuts the crops; Pillow releases the GIL while it encodes.
+                overview = self._uploads.submit(overview_jpeg, image, detections)
+                with _settled_on_error(overview):
+                    outputs = [(names.crop(index), crop_jpeg(image, detection))
+                               for index, detection in enumerate(detections, start=1)]
+                outputs.append((names.overview, overview.result()))
+        if superseded.result():
+            raise _Superseded()
         metadata = {GENERATION_KEY: str(ref.generation or ""), "source-uri": ref.uri}
         with timer("write"):
-            # Uploads are network round trips: run them side by side, not one after another.
-            uris = list(self._uploads.map(
-                lambda output: self._write(ref.bucket, output[0], output[1], metadata, deadline), outputs))
-            self._delete_stale_crops(ref, names, len(detections), deadline)
+            # Uploads are network round trips: run them side by side, not one after another, and
+            # list the crops an older generation may have left meanwhile.
+            existing = self._uploads.submit(self._crop_names, ref, names, deadline)
+            with _settled_on_error(existing):
+                uris = list(self._uploads.map(
+                    lambda output: self._write(ref.bucket, output[0], output[1], metadata, deadline), outputs))
+            self._delete_stale_crops(ref, names, len(detections), existing.result(), deadline)
         *crop_uris, overview_uri = uris
 
         status = "partial" if result.partial else ("ok" if detections else "empty")
@@ -324,11 +339,17 @@ class Pipeline:
             what="marker write",
         )
 
-    def _delete_stale_crops(self, ref: ObjectRef, names: OutputNames, count: int, deadline: float) -> None:
-        """Remove crops an older generation of the same object left beyond this one's count."""
-        existing = retry_call(
+    def _crop_names(self, ref: ObjectRef, names: OutputNames, deadline: float) -> list[str]:
+        """The names under this object's crop prefix now (this and older generations' crops)."""
+        return retry_call(
             lambda: self.storage.list_names(ref.bucket, names.crops_glob_prefix), deadline=deadline, what="crop list"
         )
+
+    def _delete_stale_crops(
+        self, ref: ObjectRef, names: OutputNames, count: int, existing: list[str], deadline: float
+    ) -> None:
+        """Remove crops an older generation of the same object left beyond this one's count
+        (`existing`: the names under the crop prefix, from `_crop_names`)."""
         current = {names.crop(index) for index in range(1, count + 1)}
         for name in existing:
             suffix = name[len(names.crops_glob_prefix):]
@@ -427,6 +448,18 @@ class Pipeline:
             "image_width": width,
             "image_height": height,
         }
+
+
+@contextlib.contextmanager
+def _settled_on_error(future: Future) -> Iterator[None]:
+    """If the block raises, wait for `future` (ignoring its outcome) before the error propagates,
+    so no work of a failed event is still running when its error is handled."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            future.result()
+        raise
 
 
 class _Superseded(Exception):

@@ -15,7 +15,6 @@ Output JPEGs carry no EXIF (no GPS or camera data from the upload); an RGB ICC p
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -23,7 +22,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from segmentation.detections import Box, Detection
-from segmentation.images import to_rgb
+from segmentation.images import encode_jpeg, to_rgb
 
 MAX_LABEL_CHARS = 40
 MASK_OPACITY = 0.4
@@ -249,6 +248,4 @@ def _encode_jpeg(
         options["icc_profile"] = icc_profile
     if subsampling is not None:
         options["subsampling"] = subsampling
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", **options)
-    return buffer.getvalue()
+    return encode_jpeg(image, **options)

@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 
 _BUCKET_METADATA_SWITCH = "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"
 
-# Connections kept open to Cloud Storage (parallel uploads of concurrent requests).
-HTTP_POOL_SIZE = 64
+# Connections kept open to Cloud Storage: one for each of the pipeline's I/O threads
+# (pipeline.UPLOAD_THREADS) plus the request threads' own reads and marker calls.
+HTTP_POOL_SIZE = 128
 
 # (connect, read) seconds for one HTTP request; retry_call decides whether to try again.
 REQUEST_TIMEOUT = (10.0, 60.0)

@@ -1,6 +1,6 @@
 """Benchmarks of the segmentation Cloud Function on this machine; prints Markdown tables.
 
-Run from the repository root (takes about eight minutes on two cores)::
+Run from the repository root (takes about twenty minutes on two cores, most of it section 5)::
 
     .venv/bin/python benchmarks/bench.py                         # everything
     .venv/bin/python benchmarks/bench.py --quick                 # fewer repetitions, small tables
@@ -12,7 +12,8 @@ section also draws benchmarks/throughput.png (Pillow, benchmarks/plot.py).
 
 Nothing here talks to Google: Cloud Storage is the in-process gcp-storage-emulator
 (`tests.fakes.storage_emulator`), Gemini is `tests.fakes.gemini_server` answering a fixed
-list of boxes with no added latency, rows go to SQLite in a temporary directory. The
+list of boxes with no added latency, rows go to SQLite in a temporary directory (section 5
+uses other stand-ins, see there). The
 pipeline is the production one (`default_pipeline()` in the fresh interpreters; the classes
 `build_pipeline` wires, GcsStorage / SqliteSink / GeminiDetector, in table 4).
 The emulator and the fake Gemini server always run in this (the parent) process; the
@@ -44,12 +45,13 @@ Tables:
    VmHWM as in table 3.
 5. Throughput (`throughput_section`): the real function under functions-framework (gunicorn,
    WORKERS=1, THREADS = per-instance concurrency) as a subprocess (`segmentation.local.LocalStack`),
-   a fresh gcp-storage-emulator process per cell (`benchmarks/storage_server.py`), and the fake
-   Gemini server with 1 s and 5 s latency counting the calls it is answering at once. A client
-   thread pool keeps exactly `concurrency` binary-mode CloudEvents in flight for
-   max(3 x concurrency, 12) 1280x720 images with 5 objects; images/s against the ideal
-   concurrency / latency (target >= 90 % up to 16 in flight), with the function's own
-   `timings_ms`, the emulator's utilisation and CPU use as evidence of what limits it.
+   a fresh threaded in-memory Cloud Storage stand-in process per cell (`benchmarks/storage_server.py`,
+   `tests/fakes/gcs_server.py`), the BigQuery stand-in, and the fake Gemini server with 1 s and 5 s
+   latency counting the calls it is answering at once. A client thread pool keeps exactly
+   `concurrency` binary-mode CloudEvents in flight for max(10 x concurrency, 12) 1280x720 images
+   with 5 objects; images/s against the ideal concurrency / latency (target >= 90 % up to 16 in
+   flight), with the function's own `timings_ms` and CPU use as evidence of what limits it. Extra
+   rows repeat cells with WORKERS=2, the SQLite sink or the old gcp-storage-emulator stand-in.
 6. Tokens (`tokens_section`): one 4000x3000 photo through the real pipeline per
    MODEL_INPUT_MAX_SIDE x GEMINI_MEDIA_RESOLUTION x model (3.x and 2.x); `prompt_tokens` of
    the image row, i.e. what the fake server's implementation of Google's counting rules says.
@@ -690,7 +692,9 @@ THROUGHPUT_LATENCIES = (1.0, 5.0)
 THROUGHPUT_CONCURRENCY = (1, 4, 16, 64)
 THROUGHPUT_TARGET = 0.90  # of concurrency / latency, up to 16 in flight
 THROUGHPUT_PLOT = ROOT / "benchmarks" / "throughput.png"
-STORAGE_PHASES = ("read", "write", "marker")
+STORAGE_PHASES = ("read", "write")  # the marker calls are not in the logged timings
+BENCH_OBJECTS_TABLE = "bench-project.conveyor.objects"
+BENCH_IMAGES_TABLE = "bench-project.conveyor.images"
 
 
 class InFlight:
@@ -769,9 +773,48 @@ def counting_gemini(answer_text: str, latency: float) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def emulator_process(meta_dump: bool = True) -> Iterator[tuple[subprocess.Popen, str]]:
-    """A fresh gcp-storage-emulator (in memory) in its own process; see benchmarks/storage_server.py."""
-    args = [sys.executable, "-m", "benchmarks.storage_server"] + ([] if meta_dump else ["--no-meta-dump"])
+def bigquery_stand_in() -> Iterator[Any]:
+    """tests.fakes' BigQuery stand-in (insertAll over HTTP, threaded) with TCP_NODELAY and a deep
+    listen queue. Its handler writes the headers and the body of an answer separately; with
+    Nagle's algorithm the body then waits for the client's delayed ACK on the kept-alive
+    connection, about 20 ms per insert here, which real BigQuery does not cost."""
+    import threading
+
+    from tests.fakes import bigquery_server
+
+    class Handler(bigquery_server._Handler):
+        disable_nagle_algorithm = True
+
+    class Server(bigquery_server._Server):
+        request_queue_size = 1024
+
+    class BenchBigQuery(bigquery_server.FakeBigQuery):
+        def start(self) -> "BenchBigQuery":
+            httpd = Server(("127.0.0.1", 0), Handler)
+            httpd.state = self._state
+            self._httpd = httpd
+            self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                            name="bench-bigquery", daemon=True)
+            self._thread.start()
+            host, port = httpd.server_address[:2]
+            self.url = f"http://{host}:{port}"
+            return self
+
+    with BenchBigQuery() as server:
+        yield server
+
+
+STORAGE_STAND_INS = {
+    "memory": [],  # tests.fakes.gcs_server: threaded, in memory, keep-alive
+    "emulator": ["--impl", "emulator"],  # stock gcp-storage-emulator: one request at a time
+    "emulator-no-dump": ["--impl", "emulator", "--no-meta-dump"],
+}
+
+
+@contextlib.contextmanager
+def emulator_process(storage: str = "memory") -> Iterator[tuple[subprocess.Popen, str]]:
+    """A fresh Cloud Storage stand-in (in memory) in its own process; see benchmarks/storage_server.py."""
+    args = [sys.executable, "-m", "benchmarks.storage_server", *STORAGE_STAND_INS[storage]]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -852,7 +895,8 @@ def function_log_lines(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def throughput_cell(latency: float, concurrency: int, images: int, *, meta_dump: bool = True) -> dict[str, Any]:
+def throughput_cell(latency: float, concurrency: int, images: int, *, storage: str = "memory",
+                    workers: int = 1, sink: str = "bigquery") -> dict[str, Any]:
     """One cell: the function under functions-framework (gunicorn, WORKERS=1, THREADS=concurrency),
     a fresh emulator process, the counting fake Gemini with `latency`; one warm-up event (answered
     at once), then `images` events posted from `concurrency` client threads (exactly that many
@@ -863,9 +907,10 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, meta_dump:
 
     width, height = THROUGHPUT_SIZE
     result: dict[str, Any] = {"latency": latency, "concurrency": concurrency, "images": images,
-                              "meta_dump": meta_dump}
+                              "storage": storage, "workers": workers, "sink": sink}
     with counting_gemini(gemini_answer(THROUGHPUT_OBJECTS), latency) as gemini, \
-            emulator_process(meta_dump) as (emulator, storage_url), \
+            emulator_process(storage) as (emulator, storage_url), \
+            (bigquery_stand_in() if sink == "bigquery" else contextlib.nullcontext()) as bigquery, \
             tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         log_path = Path(tmp) / "function.log"
         env = {
@@ -873,11 +918,17 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, meta_dump:
             "GEMINI_API_KEY": "bench-key",
             "GEMINI_MAX_OBJECTS": "25",
             "EMPTY_BELT_GATE": "false",
+            # THREADS = the concurrency, as Google advises for Python functions; with several WORKERS
+            # each could take them all, and the client keeps `concurrency` in flight, as Cloud Run's
+            # per-instance concurrency setting (max_instance_request_concurrency) would.
             "THREADS": str(concurrency),
-            "WORKERS": "1",
+            "WORKERS": str(workers),
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
             "LOG_LEVEL": "INFO",
         }
+        if bigquery is not None:
+            env.update({"BIGQUERY_EMULATOR_HOST": bigquery.url, "BQ_OBJECTS_TABLE": BENCH_OBJECTS_TABLE,
+                        "BQ_IMAGES_TABLE": BENCH_IMAGES_TABLE})
         with environ(env):
             stack = LocalStack(bucket=BUCKET, storage_port=0, function_port=free_port(), data_dir=Path(tmp),
                                storage_url=storage_url, bridge=False, function_log=log_path)
@@ -899,7 +950,8 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, meta_dump:
                 gemini_before = len(gemini.requests)
                 storage_before = emulator_stats(storage_url)
                 worker_pid = stack.function_process.pid
-                cpu_before = process_cpu_s(worker_pid), process_cpu_s(emulator.pid, children=False)
+                cpu_before = (process_cpu_s(worker_pid), process_cpu_s(emulator.pid, children=False),
+                              process_cpu_s(os.getpid(), children=False))
                 machine_before = machine_busy()
                 mark = gemini.in_flight.mark()
                 with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eventarc") as pool:
@@ -907,11 +959,14 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, meta_dump:
                 window = time.perf_counter() - mark[0]
                 mean_in_flight, peak_in_flight = gemini.in_flight.since(mark)
                 machine_after = machine_busy()
-                cpu_after = process_cpu_s(worker_pid), process_cpu_s(emulator.pid, children=False)
+                cpu_after = (process_cpu_s(worker_pid), process_cpu_s(emulator.pid, children=False),
+                             process_cpu_s(os.getpid(), children=False))
                 storage_after = emulator_stats(storage_url)
                 gemini_calls = len(gemini.requests) - gemini_before
             finally:
                 stack.stop()
+            result["sink_image_rows"] = (len(bigquery.rows(BENCH_IMAGES_TABLE)) - 1 if bigquery is not None
+                                         else None)  # less the warm-up image's
         logged = [line for line in function_log_lines(log_path)
                   if line.get("message") == "image processed" and line.get("object") != warm_name]
     latencies = [(end - start) * 1000 for _, start, end in posted]
@@ -937,6 +992,10 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, meta_dump:
         "rows_ok": sum(line.get("status") == "ok" for line in logged),
         "event_ms_median": statistics.median(latencies),
         "event_ms_max": max(latencies),
+        "event_ms_mean": statistics.mean(latencies),
+        "processing_ms_mean": (statistics.mean(line.get("processing_ms", 0.0) for line in logged)
+                               if logged else float("nan")),
+        "phases_ms_mean": {phase: mean_phase((phase,)) for phase in PHASES},
         "model_ms_mean": mean_phase(("model",)),
         "storage_ms_mean": mean_phase(STORAGE_PHASES),
         "outside_ms_mean": statistics.mean(outside) if outside else float("nan"),
@@ -945,76 +1004,117 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, meta_dump:
         "emulator_objects": storage_after["objects"],
         "function_cores": (cpu_after[0] - cpu_before[0]) / window,
         "emulator_cores": (cpu_after[1] - cpu_before[1]) / window,
+        "bench_cores": (cpu_after[2] - cpu_before[2]) / window,
         "machine_busy": busy[0] / busy[1] if busy[1] else float("nan"),
     })
     return result
 
 
 def throughput_images(concurrency: int) -> int:
-    return max(3 * concurrency, 12)
+    """Ten rounds of `concurrency` events (at least 12): the first round, posted all at once,
+    and the last, draining, weigh a tenth of the window each instead of a third."""
+    return max(10 * concurrency, 12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A configuration of the throughput benchmark other than the default one (`label` says how)."""
+
+    label: str
+    storage: str = "memory"
+    workers: int = 1
+    sink: str = "bigquery"
+
+
+DEFAULT_VARIANT = Variant("")
+THROUGHPUT_VARIANTS = (  # (latency, in flight, variant) rows after the main table
+    (1.0, 4, Variant("WORKERS=2", workers=2)),
+    (1.0, 16, Variant("WORKERS=2", workers=2)),
+    (1.0, 64, Variant("WORKERS=2", workers=2)),
+    (1.0, 16, Variant("SQLite sink", sink="sqlite")),
+    (1.0, 16, Variant("gcp-storage-emulator", storage="emulator")),
+)
 
 
 def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
-                       compare_no_dump: Sequence[tuple[float, int]] = (), images_for=throughput_images,
+                       variants: Sequence[tuple[float, int, Variant]] = (), images_for=throughput_images,
                        plot_path: Path | None = THROUGHPUT_PLOT) -> str:
-    def cell(latency: float, concurrency: int, meta_dump: bool = True) -> dict[str, Any]:
-        result = throughput_cell(latency, concurrency, images_for(concurrency), meta_dump=meta_dump)
-        print(f"throughput {latency:g} s x {concurrency}{'' if meta_dump else ' (no dump)'}: "
+    def cell(latency: float, concurrency: int, variant: Variant = DEFAULT_VARIANT) -> dict[str, Any]:
+        result = throughput_cell(latency, concurrency, images_for(concurrency), storage=variant.storage,
+                                 workers=variant.workers, sink=variant.sink)
+        result["variant"] = variant.label
+        print(f"throughput {latency:g} s x {concurrency}{' (' + variant.label + ')' if variant.label else ''}: "
               f"{result['images_per_s']:.2f} images/s, {100 * result['ratio']:.0f}% of ideal", file=sys.stderr, flush=True)
         return result
 
+    started_load = os.getloadavg()
     cells = [cell(latency, c) for latency in latencies for c in concurrencies]
-    extra = [cell(latency, c, meta_dump=False) for latency, c in compare_no_dump]
+    extra = [cell(latency, c, variant) for latency, c, variant in variants]
     cpus = len(os.sched_getaffinity(0))
 
-    def row(cell: dict[str, Any]) -> tuple:
-        target = cell["concurrency"] <= 16
+    def row(cell: dict[str, Any], label: bool) -> tuple:
         ratio = f"{100 * cell['ratio']:.0f}%"
-        if target:
+        if cell["concurrency"] <= 16 and not cell["variant"]:
             ratio = f"**{ratio}**" + ("" if cell["ratio"] >= THROUGHPUT_TARGET else " (below 90%)")
+        function_cpu_ms = 1000 * cell["function_cores"] * cell["window_s"] / cell["images"]
+        first = (cell["variant"],) if label else ()
         return (
-            f"{cell['latency']:g} s", cell["concurrency"] if cell["meta_dump"] else f"{cell['concurrency']} (no dump)",
-            cell["images"], f"{cell['window_s']:.1f}", f"{cell['images_per_s']:.2f}", f"{cell['ideal_per_s']:.2f}",
-            ratio, f"{cell['peak_in_flight']} / {cell['mean_in_flight']:.1f}",
-            f"{cell['event_ms_median'] / 1000:.2f} / {cell['event_ms_max'] / 1000:.2f}",
-            ms(cell["model_ms_mean"]), ms(cell["outside_ms_mean"]), ms(cell["storage_ms_mean"]),
-            f"{100 * cell['emulator_busy']:.0f}%", f"{cell['function_cores']:.2f}", f"{100 * cell['machine_busy']:.0f}%",
+            *first, f"{cell['latency']:g} s", cell["concurrency"], cell["images"], f"{cell['window_s']:.1f}",
+            f"{cell['images_per_s']:.2f}", f"{cell['ideal_per_s']:.2f}", ratio,
+            f"{cell['peak_in_flight']} / {cell['mean_in_flight']:.1f}",
+            ms(cell["event_ms_mean"]), ms(cell["model_ms_mean"]), ms(cell["event_ms_mean"] - cell["model_ms_mean"]),
+            ms(cell["phases_ms_mean"]["decode"]), ms(cell["phases_ms_mean"]["read"] + cell["phases_ms_mean"]["write"]),
+            f"{function_cpu_ms:.0f}", f"{cell['function_cores']:.2f}", f"{cell['emulator_cores']:.2f}",
+            f"{100 * cell['machine_busy']:.0f}%",
         )
 
-    table = markdown_table(
-        ("Gemini latency", "in flight (threads)", "images", "window s", "images/s", "ideal c/L", "ratio",
-         "Gemini calls max / mean", "event s median / max", "model ms", "outside model ms", "storage ms",
-         "emulator busy", "function CPU cores", "machine CPU busy"),
-        [row(cell) for cell in cells + extra], "ll",
-    )
-    problems = [f"{c['latency']:g} s x {c['concurrency']}: {len(c['failed'])} events not acknowledged "
+    headers = ("Gemini latency", "in flight", "images", "window s", "images/s", "ideal c/L", "ratio",
+               "Gemini calls max / mean", "event ms", "model ms", "outside model ms", "decode ms",
+               "read + write ms", "function CPU ms / image", "function CPU cores", "storage stand-in cores",
+               "machine CPU busy")
+    table = markdown_table(headers, [row(c, False) for c in cells], "ll")
+    problems = [f"{c['latency']:g} s x {c['concurrency']} {c['variant']}: {len(c['failed'])} events not acknowledged "
                 f"({sorted(set(c['failed']))}), {c['rows_ok']} ok rows of {c['images']}"
                 for c in cells + extra if c["failed"] or c["rows_ok"] != c["images"]]
+    problems += [f"{c['latency']:g} s x {c['concurrency']} {c['variant']}: {c['sink_image_rows']} image rows reached "
+                 f"the BigQuery stand-in for {c['images']} images" for c in cells + extra
+                 if c.get("sink_image_rows") is not None and c["sink_image_rows"] != c["images"]]
     below = [c for c in cells if c["concurrency"] <= 16 and c["ratio"] < THROUGHPUT_TARGET]
     verdict = "met" if not below else "NOT met (" + ", ".join(
         f"{c['latency']:g} s x {c['concurrency']}: {100 * c['ratio']:.0f}%" for c in below) + ")"
     text = (
         "## 5. Throughput against the local Gemini server (one function instance)\n\n"
-        f"The real function under functions-framework (gunicorn gthread, WORKERS=1, THREADS = in flight), "
-        f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE=false; "
-        "the fake Gemini wire server answers each call after the stated latency; a fresh gcp-storage-emulator "
-        "process (in memory) per row; rows go to SQLite. A client thread pool posts binary-mode finalize "
-        "CloudEvents straight to the function, keeping exactly `in flight` events outstanding, for "
-        "max(3 x in flight, 12) images after one warm-up event (answered without latency, not counted). "
-        "window = first post to last answer; ideal = in flight / latency; ratio = images/s / ideal. "
-        "\"Gemini calls\" are counted at the wire server (requests being answered at once, peak and "
-        "time-weighted mean over the window). \"model\", \"outside model\" (processing_ms - model) and "
-        "\"storage\" (read + write + marker phases) are means from the function's own `timings_ms` log "
-        "lines. \"emulator busy\" is the share of the window the single-threaded emulator spent serving "
-        f"requests; \"function CPU cores\" is the function process's CPU time / window ({cpus} cores here); "
-        "\"machine CPU busy\" counts every process on the machine, the benchmark's client, emulator and "
-        "Gemini server included.\n\n" + table +
+        "**Configuration** (every row of the first table): the real function under functions-framework "
+        "(gunicorn gthread) with **WORKERS=1** (functions-framework's default, which the Terraform deployment "
+        "keeps) and **THREADS = in flight** (Google's advice for Python functions: threads = concurrency); "
+        f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE=false. "
+        "Stand-ins, each fresh per row: Cloud Storage = `tests/fakes/gcs_server.py` in its own process (threaded, "
+        "in memory, keep-alive; the real google-cloud-storage client reaches it through STORAGE_EMULATOR_HOST); "
+        "BigQuery = `tests/fakes/bigquery_server.py` (insertAll; the real google-cloud-bigquery client through "
+        "BIGQUERY_EMULATOR_HOST; TCP_NODELAY set, see `bigquery_stand_in`); Gemini = the wire server answering each "
+        "call after the stated latency. The stand-ins, the client and the function share this machine's "
+        f"{cpus} cores. A client thread pool posts binary-mode finalize CloudEvents straight to the function, keeping "
+        "exactly `in flight` events outstanding (as Cloud Run's per-instance concurrency would), for max(10 x in "
+        "flight, 12) images after one warm-up event (answered without latency, not counted).\n\n"
+        "window = first post to last answer; images/s = images / window; ideal = in flight / latency; ratio = "
+        "images/s / ideal. \"Gemini calls\" are counted at the wire server (requests being answered at once, peak "
+        "and time-weighted mean over the window). \"event ms\" is the mean time from post to answer at the client; "
+        "\"model ms\", \"decode ms\" (decode plus the model's downscaled JPEG) and \"read + write ms\" are means "
+        "of the function's own `timings_ms` log lines; \"outside model\" = event - model, everything an event "
+        "spends besides waiting for Gemini, including the completion-marker calls and the HTTP hop the log line "
+        "does not time. CPU: the function's processes (gunicorn arbiter and workers) and the storage stand-in's "
+        "process from /proc, per second of window (cores) and per image; \"machine CPU busy\" counts every "
+        f"process. Load average (1 min) when the section started: {started_load[0]:.2f}.\n\n" + table +
         f"\n\nTarget: >= {100 * THROUGHPUT_TARGET:.0f}% of in flight / latency up to 16 in flight: **{verdict}**."
     )
     if extra:
-        text += ("\n\n\"(no dump)\" rows repeat a cell with the emulator's per-write rewrite of its whole "
-                 "metadata document switched off (benchmarks/storage_server.py `--no-meta-dump`), to show how much "
-                 "of the gap is the emulator's.")
+        text += ("\n\nThe same cells in other configurations (one change each from the table above): "
+                 "\"WORKERS=2\": two gunicorn worker processes, THREADS = in flight each (the client still keeps "
+                 "`in flight` events outstanding); \"SQLite sink\": rows to the local SQLite file instead of the "
+                 "BigQuery stand-in (the previous report's setting); \"gcp-storage-emulator\": the previous "
+                 "report's storage stand-in, the stock emulator in its own process (one request at a time, a new "
+                 "connection per request, its metadata document rewritten after every write).\n\n"
+                 + markdown_table(("configuration", *headers), [row(c, True) for c in extra], "lll"))
     for problem in problems:
         text += f"\n\nWarning: {problem}."
     if plot_path is not None:
@@ -1032,7 +1132,8 @@ def throughput_plot(cells: Sequence[dict[str, Any]], path: Path) -> Path:
     latencies = sorted({c["latency"] for c in cells})
     concurrencies = sorted({c["concurrency"] for c in cells})
     for color, latency in zip(colors, latencies):
-        row = sorted((c for c in cells if c["latency"] == latency and c["meta_dump"]), key=lambda c: c["concurrency"])
+        row = sorted((c for c in cells if c["latency"] == latency and not c.get("variant")),
+                     key=lambda c: c["concurrency"])
         series.append(Series(f"ideal, {latency:g} s latency", [(c, c / latency) for c in concurrencies], color,
                              dashed=True, markers=False))
         series.append(Series(f"measured, {latency:g} s", [(c["concurrency"], c["images_per_s"]) for c in row], color,
@@ -1062,7 +1163,7 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
     from segmentation.pipeline import Pipeline
     from segmentation.sink import SqliteSink, sink_from_config
     from segmentation.storage import GcsStorage
-    from tests.fakes.gemini_server import IMAGE_TOKENS_BY_RESOLUTION
+    from tests.fakes.gemini_server import image_token_count
 
     width, height = size
     data = synthetic_photo(width, height, seed=4000)
@@ -1098,8 +1199,8 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
                         key = (model, side, resolution)
                         tokens[key] = rows[0]["prompt_tokens"]
                         sent[key] = f"{level or '-'} ({where})"
-                        if level in IMAGE_TOKENS_BY_RESOLUTION:
-                            text_tokens.add(tokens[key] - IMAGE_TOKENS_BY_RESOLUTION[level])
+                        text_tokens.add(tokens[key] - image_token_count(
+                            model, level, model_input_size(width, height, side)))
     headers = ["max side", "image sent"] + [f"{model.removeprefix('gemini-')} {res or 'none'}"
                                             for model in models for res in resolutions]
     rows = []
@@ -1117,10 +1218,12 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
         "MODEL_INPUT_MAX_SIDE and GEMINI_MEDIA_RESOLUTION as in the column; \"none\" = empty, no media "
         "resolution sent). These numbers are what the local Gemini wire server (`tests/fakes/gemini_server.py`) "
         "returns in `usageMetadata`: its implementation of Google's documented counting rules, not a live "
-        "measurement. It counts a media resolution as Gemini 3's fixed budget per image (low 280, medium 560, "
-        "high 1120), whatever the model; without one, Gemini 2's tiling rule (258 tokens per 768x768 tile, "
-        f"one tile up to 384x384). Every cell also includes about {text_part} tokens of system instruction and "
-        "prompt text (one token per four characters).\n\n" + table +
+        "measurement. Its rules, from Google's documentation (sources in the module): Gemini 3 and later "
+        "bill a fixed budget per image by media resolution (low 280, medium 560, high 1120) and default to "
+        "high (1120) when none is sent; Gemini 2.x with a media resolution bills low 64, medium 256, high 256 "
+        "(\"zoomed reframing with 256 tokens\"), and without one 258 tokens per 768x768 tile (one tile up to "
+        f"384x384). Every cell also includes {text_part} tokens of system instruction and prompt text (one "
+        "token per four characters).\n\n" + table +
         "\n\nWhat the function sent (the fake records each request): " + "; ".join(how) + "."
     )
 
@@ -1148,8 +1251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokens = lambda: tokens_section(max_sides=(512, 1024), resolutions=("high", ""))
     else:
         throughput = lambda: throughput_section(THROUGHPUT_LATENCIES, THROUGHPUT_CONCURRENCY,
-                                                compare_no_dump=[(latency, 64) for latency in THROUGHPUT_LATENCIES],
-                                                plot_path=plot)
+                                                variants=THROUGHPUT_VARIANTS, plot_path=plot)
         tokens = tokens_section
     chosen = args.section or list(SECTIONS)
 

@@ -1,22 +1,24 @@
-"""gcp-storage-emulator in its own process, for the throughput benchmark (benchmarks/bench.py).
+"""The throughput benchmark's Cloud Storage stand-in, in a process of its own (benchmarks/bench.py).
 
-    python -m benchmarks.storage_server [--no-meta-dump]   # prints "READY <url>", serves until SIGTERM
+    python -m benchmarks.storage_server [--impl memory|emulator] [--no-meta-dump]
+    # prints "READY <url>", serves until SIGTERM
 
-The stock emulator (its `Storage`, in memory, and its `RequestHandler`: one request at a time,
-HTTP/1.0, a new connection per request) with two benchmark-only changes:
+Both are stand-ins for Cloud Storage used only in tests and benchmarks; the function talks to
+either through the real google-cloud-storage client (STORAGE_EMULATOR_HOST).
 
-- a listen backlog of 1024 instead of http.server's 5. With the stock 5, dozens of function
-  threads connecting at once get SYNs dropped and wait out 1 s TCP retransmits, which would
-  measure the kernel's retry timer rather than the function;
-- `GET /__bench/stats`: requests served and seconds spent serving them (the server is
-  single-threaded, so busy seconds / wall seconds is its utilisation; near 1.0 it is the
-  bottleneck).
+- `memory` (the default): `tests.fakes.gcs_server`, a threaded in-memory server of the JSON API
+  subset the client uses, with keep-alive connections. Like real Cloud Storage it serves requests
+  in parallel and is never what a benchmark cell waits for.
+- `emulator`: the stock gcp-storage-emulator (its `Storage`, in memory, and its
+  `RequestHandler`: one request at a time, HTTP/1.0, a new connection per request), kept for
+  comparison rows, with two benchmark-only changes: a listen backlog of 1024 instead of
+  http.server's 5 (with 5, dozens of function threads connecting at once get SYNs dropped and
+  wait out 1 s TCP retransmits), and `--no-meta-dump`, which skips the stock store's rewrite of
+  its whole metadata document (every object's metadata, JSON with indent) after each write.
 
-`--no-meta-dump` also skips the stock store's rewrite of its whole metadata document (every
-object's metadata, JSON with indent) after each write, which makes each write cost time
-proportional to the objects already stored; only persistence across restarts, which an
-in-memory store never has, is lost. The benchmark uses the stock store by default and this
-only for a comparison row.
+`GET /__bench/stats` (both): requests served, seconds spent serving them (summed over threads
+for `memory`; for the single-threaded emulator, busy seconds / wall seconds is its utilisation,
+and near 1.0 it is the bottleneck) and objects stored.
 """
 
 from __future__ import annotations
@@ -30,54 +32,71 @@ import time
 from functools import partial
 from http.server import HTTPServer
 
-from gcp_storage_emulator.server import RequestHandler
-from gcp_storage_emulator.storage import Storage
-
 STATS_PATH = "/__bench/stats"
 
 
-class NoMetaDumpStorage(Storage):
-    def _write_config_to_file(self) -> None:
-        pass
+def emulator_server(no_meta_dump: bool) -> HTTPServer:
+    from gcp_storage_emulator.server import RequestHandler
+    from gcp_storage_emulator.storage import Storage
+
+    class NoMetaDumpStorage(Storage):
+        def _write_config_to_file(self) -> None:
+            pass
+
+    class StatsServer(HTTPServer):
+        request_queue_size = 1024
+        requests_served = 0
+        busy_s = 0.0
+
+        def process_request(self, request, client_address) -> None:
+            start = time.perf_counter()
+            try:
+                super().process_request(request, client_address)
+            finally:
+                self.busy_s += time.perf_counter() - start
+                self.requests_served += 1
+
+    class Handler(RequestHandler):
+        def do_GET(self) -> None:
+            if self.path == STATS_PATH:
+                server = self.server
+                objects = sum(len(names) for names in self.storage.objects.values())
+                body = json.dumps({"requests": server.requests_served, "busy_s": server.busy_s,
+                                   "objects": objects}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            super().do_GET()
+
+    store = (NoMetaDumpStorage if no_meta_dump else Storage)(use_memory_fs=True)
+    return StatsServer(("127.0.0.1", 0), partial(Handler, store))
 
 
-class StatsServer(HTTPServer):
-    request_queue_size = 1024
-    requests_served = 0
-    busy_s = 0.0
+def memory_server() -> HTTPServer:
+    from tests.fakes import gcs_server
 
-    def process_request(self, request, client_address) -> None:
-        start = time.perf_counter()
-        try:
-            super().process_request(request, client_address)
-        finally:
-            self.busy_s += time.perf_counter() - start
-            self.requests_served += 1
+    class Handler(gcs_server._Handler):
+        def _route(self, method, seg, query, body):
+            if method == "GET" and seg == STATS_PATH.strip("/").split("/"):
+                server = self.server
+                return 200, {}, {"requests": server.requests, "busy_s": server.handler_s,
+                                 "objects": server.store.object_count()}
+            return super()._route(method, seg, query, body)
 
-
-class Handler(RequestHandler):
-    def do_GET(self) -> None:
-        if self.path == STATS_PATH:
-            server = self.server
-            objects = sum(len(names) for names in self.storage.objects.values())
-            body = json.dumps({"requests": server.requests_served, "busy_s": server.busy_s,
-                               "objects": objects}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        super().do_GET()
+    server = gcs_server.GcsServer(("127.0.0.1", 0))
+    server.RequestHandlerClass = Handler
+    return server
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--no-meta-dump", action="store_true")
+    parser.add_argument("--impl", choices=("memory", "emulator"), default="memory")
+    parser.add_argument("--no-meta-dump", action="store_true", help="emulator only: skip the metadata rewrite")
     args = parser.parse_args(argv)
-    store = (NoMetaDumpStorage if args.no_meta_dump else Storage)(use_memory_fs=True)
-    httpd = StatsServer(("127.0.0.1", args.port), partial(Handler, store))
+    httpd = memory_server() if args.impl == "memory" else emulator_server(args.no_meta_dump)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.shutdown, daemon=True).start())
     host, port = httpd.server_address[:2]
     print(f"READY http://{host}:{port}", flush=True)

@@ -77,7 +77,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
     from segmentation.detections import ObjectRef
@@ -1228,10 +1228,59 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
     )
 
 
+# --- 7. the model input's downscale filter -------------------------------------------------------
+
+DOWNSCALE_SIZES = ((1280, 720), (1920, 1080), (4000, 3000))
+DOWNSCALE_FILTERS = (("LANCZOS", None), ("LANCZOS", 2.0), ("BICUBIC", 2.0), ("BICUBIC", 1.5),
+                     ("BILINEAR", 1.5))
+
+
+def downscale_section(sizes: Sequence[tuple[int, int]] = DOWNSCALE_SIZES, repeats: int = 5) -> str:
+    """CPU time of `images.model_input`'s resize to MODEL_INPUT_MAX_SIDE (1024) per filter and
+    reducing_gap, best of three runs of `repeats`, and its PSNR against a fair (no reducing_gap)
+    Lanczos resampling of the same photo; one thread, this process."""
+    import numpy as np
+    from PIL import Image
+
+    from segmentation.images import MODEL_REDUCING_GAP, MODEL_RESAMPLING, load_image, model_input_size
+
+    def cpu_ms(call: Callable[[], Any]) -> float:
+        call()
+        best = math.inf
+        for _ in range(3):
+            started = time.process_time()
+            for _ in range(repeats):
+                call()
+            best = min(best, (time.process_time() - started) / repeats)
+        return 1000 * best
+
+    rows = []
+    for width, height in sizes:
+        image = load_image(synthetic_photo(width, height, seed=7), max_pixels=10**9).image
+        size = model_input_size(width, height, 1024)
+        fair = np.asarray(image.resize(size, Image.Resampling.LANCZOS), np.float64)
+        for name, gap in DOWNSCALE_FILTERS:
+            method = Image.Resampling[name]
+            out = np.asarray(image.resize(size, method, reducing_gap=gap), np.float64)
+            mse = float(((out - fair) ** 2).mean())
+            psnr = "exact" if mse == 0 else f"{10 * math.log10(255 ** 2 / mse):.1f}"
+            chosen = " (used)" if method == MODEL_RESAMPLING and gap == MODEL_REDUCING_GAP else ""
+            rows.append((f"{width}x{height}", f"{size[0]}x{size[1]}", f"{name}{chosen}", gap or "none",
+                         ms(cpu_ms(lambda: image.resize(size, method, reducing_gap=gap))), psnr))
+    return (
+        "## 7. Downscaling the model's copy (CPU ms, best of 3 x " + str(repeats) + ")\n\n"
+        "Every event resizes the photo to MODEL_INPUT_MAX_SIDE before its model call. PSNR is against a "
+        "fair Lanczos resampling (no reducing_gap); above 40 dB the two are the same picture to a "
+        "viewer and to the model.\n\n"
+        + markdown_table(["photo", "sent", "filter", "reducing_gap", "CPU ms", "PSNR dB vs fair Lanczos"], rows,
+                         align="lllrrr")
+    )
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
-SECTIONS = ("machine", "import", "first-event", "memory", "per-image", "throughput", "tokens")
+SECTIONS = ("machine", "import", "first-event", "memory", "per-image", "throughput", "tokens", "downscale")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -1264,6 +1313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "per-image": lambda: per_image_section(per_image_configs(args.quick), images),
         "throughput": throughput,
         "tokens": tokens,
+        "downscale": lambda: downscale_section(repeats=2 if args.quick else 5),
     }
     for name in SECTIONS:
         if name in chosen:

@@ -454,6 +454,34 @@ def test_model_input_keeps_the_picture():
     assert_color(decoded, (96, 16), GREEN, 20)
 
 
+
+@pytest.mark.parametrize("size", [(1280, 720), (4000, 3000)])
+def test_model_input_resampling_is_as_sharp_as_a_fair_lanczos(size):
+    """The cheaper downscale `model_input` uses (MODEL_RESAMPLING after an integer box reduction,
+    MODEL_REDUCING_GAP) gives the same picture as a fair Lanczos resampling on fine detail (a
+    3-pixel checker under a gradient, where a cheap filter aliases or blurs): >= 38 dB PSNR.
+    Bilinear scores 28 dB on the 1280x720 case and a box filter 21-28 dB. Compared before the
+    JPEG, whose chroma subsampling would hide the difference."""
+    import numpy as np
+
+    from segmentation.images import MODEL_REDUCING_GAP, MODEL_RESAMPLING, model_input_size
+
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width]
+    pixels = np.stack([xs * 255 // width, ys * 255 // height, ((xs // 3 + ys // 3) % 2) * 200 + 20], -1)
+    source = Image.fromarray(pixels.astype(np.uint8), "RGB")
+    target = model_input_size(width, height, 1024)
+    fair = np.asarray(source.resize(target, Image.Resampling.LANCZOS), np.float64)
+    ours = np.asarray(source.resize(target, MODEL_RESAMPLING, reducing_gap=MODEL_REDUCING_GAP), np.float64)
+    psnr = 10 * np.log10(255 ** 2 / ((ours - fair) ** 2).mean())
+    assert psnr >= 38, psnr
+    # ... and it is what model_input sends (the same JPEG bytes as encoding that resampling)
+    from segmentation.images import MODEL_JPEG_QUALITY, encode_jpeg
+
+    expected = encode_jpeg(source.resize(target, MODEL_RESAMPLING, reducing_gap=MODEL_REDUCING_GAP),
+                           quality=MODEL_JPEG_QUALITY)
+    assert model_input(source, max_side=1024).data == expected
+
 def test_model_input_of_a_transparent_image_is_white_not_black():
     result = model_input(Image.new("RGBA", (300, 200), (0, 0, 0, 0)), max_side=150)
     assert_color(Image.open(io.BytesIO(result.data)).convert("RGB"), (75, 50), WHITE, 3)

@@ -36,6 +36,15 @@ locals {
   }
 
   cpu = tonumber(var.function_cpu)
+
+  # functions-framework's web server (gunicorn), not read by the code: one worker process per
+  # whole vCPU, as Google advises for Python on Cloud Run (each process has its own GIL, so two
+  # events' Python work no longer waits for each other on 2 vCPUs; BENCHMARKS.md, section 5),
+  # each with a thread per concurrent request so that no worker queues events the other could take.
+  server_environment = {
+    WORKERS = tostring(max(1, floor(local.cpu)))
+    THREADS = tostring(var.function_concurrency)
+  }
 }
 
 resource "google_cloudfunctions2_function" "segmentation" {
@@ -64,7 +73,7 @@ resource "google_cloudfunctions2_function" "segmentation" {
     max_instance_count               = var.function_max_instances
     min_instance_count               = var.function_min_instances
     max_instance_request_concurrency = var.function_concurrency
-    environment_variables            = local.function_environment
+    environment_variables            = merge(local.function_environment, local.server_environment)
     # Eventarc's push from the same project counts as internal traffic: nothing else may call it.
     ingress_settings               = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision = true

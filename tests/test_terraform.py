@@ -283,7 +283,7 @@ def test_function_builds_main_on_object_finalized_from_the_archive_and_runs_as_t
     assert ref(service["service_account_email"]) == "google_service_account.runtime.email"
     assert service["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
     assert service["all_traffic_on_latest_revision"] is True
-    assert ref(service["environment_variables"]) == "local.function_environment"
+    assert ref(service["environment_variables"]) == "merge(local.function_environment, local.server_environment)"
     for key, variable in {
         "available_memory": "function_memory", "available_cpu": "function_cpu",
         "timeout_seconds": "function_timeout_seconds", "max_instance_count": "function_max_instances",
@@ -293,6 +293,15 @@ def test_function_builds_main_on_object_finalized_from_the_archive_and_runs_as_t
         assert "default" in config()["variable"][variable], f"{variable} needs a sensible default"
     assert default_of("function_timeout_seconds") <= 540
     assert default_of("function_concurrency") > 1 and float(default_of("function_cpu")) >= 1
+
+
+def test_web_server_runs_a_worker_per_vcpu_with_a_thread_per_concurrent_event():
+    server = config()["locals"]["server_environment"]
+    assert set(server) == {"WORKERS", "THREADS"}
+    assert not set(server) & set(environment())
+    assert ref(server["WORKERS"]) == "tostring(max(1, floor(local.cpu)))"
+    assert ref(server["THREADS"]) == "tostring(var.function_concurrency)"
+    assert ref(config()["locals"]["cpu"]) == "tonumber(var.function_cpu)"
 
 
 def test_environment_is_exactly_what_the_code_reads_minus_local_only_settings():

@@ -44,14 +44,17 @@ Tables:
    row again in a fresh interpreter (production pipeline, default configuration, two images),
    VmHWM as in table 3.
 5. Throughput (`throughput_section`): the real function under functions-framework (gunicorn,
-   WORKERS=1, THREADS = per-instance concurrency) as a subprocess (`segmentation.local.LocalStack`),
+   WORKERS = this machine's cores as Terraform deploys it, THREADS = per-instance concurrency) as a
+   subprocess (`segmentation.local.LocalStack`),
    a fresh threaded in-memory Cloud Storage stand-in process per cell (`benchmarks/storage_server.py`,
    `tests/fakes/gcs_server.py`), the BigQuery stand-in, and the fake Gemini server with 1 s and 5 s
    latency counting the calls it is answering at once. A client thread pool keeps exactly
    `concurrency` binary-mode CloudEvents in flight for max(10 x concurrency, 12) 1280x720 images
    with 5 objects; images/s against the ideal concurrency / latency (target >= 90 % up to 16 in
    flight), with the function's own `timings_ms` and CPU use as evidence of what limits it. Extra
-   rows repeat cells with WORKERS=2, the SQLite sink or the old gcp-storage-emulator stand-in.
+   rows repeat cells with a +-25 % spread of the model latency, WORKERS=1, the empty-belt gate on,
+   the SQLite sink or the old gcp-storage-emulator stand-in.
+7. Downscale (`downscale_section`): CPU time and fidelity of the model input's resize filters.
 6. Tokens (`tokens_section`): one 4000x3000 photo through the real pipeline per
    MODEL_INPUT_MAX_SIDE x GEMINI_MEDIA_RESOLUTION x model (3.x and 2.x); `prompt_tokens` of
    the image row, i.e. what the fake server's implementation of Google's counting rules says.
@@ -735,9 +738,13 @@ class InFlight:
 
 
 @contextlib.contextmanager
-def counting_gemini(answer_text: str, latency: float) -> Iterator[Any]:
+def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> Iterator[Any]:
     """tests.fakes' FakeGeminiServer answering `answer_text` after `latency` s, with an `in_flight`
-    counter (InFlight) around each request, and a deep listen queue (64 clients connect at once)."""
+    counter (InFlight) around each request, and a deep listen queue (64 clients connect at once).
+    With `spread`, each answer waits a uniform random (1 - spread .. 1 + spread) x latency (the
+    mean stays `latency`; seeded, so every run draws the same sequence)."""
+    import threading
+
     from tests.fakes import gemini_server
 
     in_flight = InFlight()
@@ -754,10 +761,17 @@ def counting_gemini(answer_text: str, latency: float) -> Iterator[Any]:
         request_queue_size = 1024
         daemon_threads = True
 
-    class CountingGemini(gemini_server.FakeGeminiServer):
-        def start(self) -> "CountingGemini":
-            import threading
+    draws = random.Random(20261130)
+    draws_lock = threading.Lock()
 
+    class CountingGemini(gemini_server.FakeGeminiServer):
+        def _wait(self, seconds: float) -> None:
+            if spread and seconds > 0:
+                with draws_lock:
+                    seconds *= draws.uniform(1 - spread, 1 + spread)
+            super()._wait(seconds)
+
+        def start(self) -> "CountingGemini":
             handler = type("Handler", (Handler,), {"fake": self})
             self._httpd = Server(("127.0.0.1", self._port), handler)
             self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -852,6 +866,21 @@ def process_cpu_s(pid: int, children: bool = True) -> float:
     return total
 
 
+def worker_pids(arbiter_pid: int) -> list[int]:
+    """The gunicorn worker processes (direct children) of `arbiter_pid`."""
+    with contextlib.suppress(OSError):
+        return [int(p) for p in Path(f"/proc/{arbiter_pid}/task/{arbiter_pid}/children").read_text().split()]
+    return []
+
+
+def has_built_clients(pid: int) -> bool:
+    """Whether process `pid` has imported google-cloud-storage (its google_crc32c C extension is
+    mapped), i.e. has handled an event and built its lazily created clients."""
+    with contextlib.suppress(OSError):
+        return "crc32c" in Path(f"/proc/{pid}/maps").read_text()
+    return False
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy jiffies, total jiffies) of all CPUs from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -896,19 +925,22 @@ def function_log_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def throughput_cell(latency: float, concurrency: int, images: int, *, storage: str = "memory",
-                    workers: int = 1, sink: str = "bigquery") -> dict[str, Any]:
-    """One cell: the function under functions-framework (gunicorn, WORKERS=1, THREADS=concurrency),
-    a fresh emulator process, the counting fake Gemini with `latency`; one warm-up event (answered
+                    workers: int | None = None, sink: str = "bigquery", gate: bool = False,
+                    spread: float = 0.0) -> dict[str, Any]:
+    """One cell: the function under functions-framework (gunicorn, WORKERS=`workers`, by default
+    what Terraform deploys for this machine's cores; THREADS=concurrency), a fresh storage stand-in
+    process, the counting fake Gemini with `latency` (and `spread`); one warm-up event (answered
     at once), then `images` events posted from `concurrency` client threads (exactly that many
     in flight until the queue runs dry)."""
+    workers = workers or deployed_workers()
     from concurrent.futures import ThreadPoolExecutor
 
     from segmentation.local import LocalStack, cloud_event_for, storage_client
 
     width, height = THROUGHPUT_SIZE
     result: dict[str, Any] = {"latency": latency, "concurrency": concurrency, "images": images,
-                              "storage": storage, "workers": workers, "sink": sink}
-    with counting_gemini(gemini_answer(THROUGHPUT_OBJECTS), latency) as gemini, \
+                              "storage": storage, "workers": workers, "sink": sink, "gate": gate, "spread": spread}
+    with counting_gemini(gemini_answer(THROUGHPUT_OBJECTS), latency, spread) as gemini, \
             emulator_process(storage) as (emulator, storage_url), \
             (bigquery_stand_in() if sink == "bigquery" else contextlib.nullcontext()) as bigquery, \
             tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
@@ -917,7 +949,7 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
             "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
             "GEMINI_API_KEY": "bench-key",
             "GEMINI_MAX_OBJECTS": "25",
-            "EMPTY_BELT_GATE": "false",
+            "EMPTY_BELT_GATE": "true" if gate else "false",
             # THREADS = the concurrency, as Google advises for Python functions; with several WORKERS
             # each could take them all, and the client keeps `concurrency` in flight, as Cloud Run's
             # per-instance concurrency setting (max_instance_request_concurrency) would.
@@ -937,15 +969,11 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
                 client = storage_client(storage_url)
                 bucket = client.bucket(BUCKET)
                 events = []
-                for index in range(images + 1):
+                for index in range(images):
                     blob = bucket.blob(f"raw/cam1/c{concurrency}-{index:04d}.jpg")
                     blob.upload_from_string(photo(width, height, index), content_type="image/jpeg")
                     events.append(cloud_event_for(BUCKET, blob))
-                warm_name = json.loads(events[0][1])["name"]
-                gemini.latency = 0.0
-                warm = post_event(stack.function_url, *events[0])
-                if warm[0] != 200:
-                    raise RuntimeError(f"warm-up event answered {warm[0]}; see the function log")
+                warm_names = warm_up(stack, bucket, gemini, workers)
                 gemini.latency = latency
                 gemini_before = len(gemini.requests)
                 storage_before = emulator_stats(storage_url)
@@ -955,7 +983,7 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
                 machine_before = machine_busy()
                 mark = gemini.in_flight.mark()
                 with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eventarc") as pool:
-                    posted = list(pool.map(lambda event: post_event(stack.function_url, *event), events[1:]))
+                    posted = list(pool.map(lambda event: post_event(stack.function_url, *event), events))
                 window = time.perf_counter() - mark[0]
                 mean_in_flight, peak_in_flight = gemini.in_flight.since(mark)
                 machine_after = machine_busy()
@@ -965,10 +993,10 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
                 gemini_calls = len(gemini.requests) - gemini_before
             finally:
                 stack.stop()
-            result["sink_image_rows"] = (len(bigquery.rows(BENCH_IMAGES_TABLE)) - 1 if bigquery is not None
-                                         else None)  # less the warm-up image's
+            result["sink_image_rows"] = (len(bigquery.rows(BENCH_IMAGES_TABLE)) - len(warm_names)
+                                         if bigquery is not None else None)  # less the warm-up images'
         logged = [line for line in function_log_lines(log_path)
-                  if line.get("message") == "image processed" and line.get("object") != warm_name]
+                  if line.get("message") == "image processed" and line.get("object") not in warm_names]
     latencies = [(end - start) * 1000 for _, start, end in posted]
     statuses = [status for status, _, _ in posted]
     timings = [line.get("timings_ms") or {} for line in logged]
@@ -1010,10 +1038,43 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
     return result
 
 
+def warm_up(stack: Any, bucket: Any, gemini: Any, workers: int, rounds: int = 10) -> set[str]:
+    """Post warm-up events (not counted) until every gunicorn worker has handled one and built its
+    clients: rounds of 2 x `workers` concurrent events, each answered by the model after 0.2 s so
+    that they overlap and the workers share them. Returns the warm-up images' names."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segmentation.local import cloud_event_for
+
+    width, height = THROUGHPUT_SIZE
+    names: set[str] = set()
+    gemini.latency = 0.2
+    for round_index in range(rounds):
+        events = []
+        for index in range(2 * workers):
+            blob = bucket.blob(f"raw/warm/r{round_index}-{index}.jpg")
+            blob.upload_from_string(photo(width, height, index), content_type="image/jpeg")
+            events.append(cloud_event_for(BUCKET, blob))
+            names.add(blob.name)
+        with ThreadPoolExecutor(max_workers=len(events)) as pool:
+            statuses = [status for status, _, _ in pool.map(lambda e: post_event(stack.function_url, *e), events)]
+        if any(status != 200 for status in statuses):
+            raise RuntimeError(f"warm-up events answered {statuses}; see the function log")
+        pids = worker_pids(stack.function_process.pid)
+        if len(pids) == workers and all(has_built_clients(pid) for pid in pids):
+            return names
+    raise RuntimeError(f"after {rounds} warm-up rounds not every one of the {workers} workers had handled an event")
+
+
 def throughput_images(concurrency: int) -> int:
     """Ten rounds of `concurrency` events (at least 12): the first round, posted all at once,
     and the last, draining, weigh a tenth of the window each instead of a third."""
     return max(10 * concurrency, 12)
+
+
+def deployed_workers() -> int:
+    """WORKERS as terraform/function.tf sets it for an instance with this machine's cores."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1022,15 +1083,24 @@ class Variant:
 
     label: str
     storage: str = "memory"
-    workers: int = 1
+    workers: int | None = None  # None: deployed_workers()
     sink: str = "bigquery"
+    gate: bool = False
+    spread: float = 0.0
 
 
 DEFAULT_VARIANT = Variant("")
+LATENCY_SPREAD = 0.25
 THROUGHPUT_VARIANTS = (  # (latency, in flight, variant) rows after the main table
-    (1.0, 4, Variant("WORKERS=2", workers=2)),
-    (1.0, 16, Variant("WORKERS=2", workers=2)),
-    (1.0, 64, Variant("WORKERS=2", workers=2)),
+    (1.0, 4, Variant("latency +-25 %", spread=LATENCY_SPREAD)),
+    (1.0, 16, Variant("latency +-25 %", spread=LATENCY_SPREAD)),
+    (1.0, 64, Variant("latency +-25 %", spread=LATENCY_SPREAD)),
+    (5.0, 16, Variant("latency +-25 %", spread=LATENCY_SPREAD)),
+    (1.0, 4, Variant("WORKERS=1", workers=1)),
+    (1.0, 16, Variant("WORKERS=1", workers=1)),
+    (1.0, 64, Variant("WORKERS=1", workers=1)),
+    (1.0, 4, Variant("empty-belt gate on", gate=True)),
+    (1.0, 16, Variant("empty-belt gate on", gate=True)),
     (1.0, 16, Variant("SQLite sink", sink="sqlite")),
     (1.0, 16, Variant("gcp-storage-emulator", storage="emulator")),
 )
@@ -1041,7 +1111,8 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
                        plot_path: Path | None = THROUGHPUT_PLOT) -> str:
     def cell(latency: float, concurrency: int, variant: Variant = DEFAULT_VARIANT) -> dict[str, Any]:
         result = throughput_cell(latency, concurrency, images_for(concurrency), storage=variant.storage,
-                                 workers=variant.workers, sink=variant.sink)
+                                 workers=variant.workers, sink=variant.sink, gate=variant.gate,
+                                 spread=variant.spread)
         result["variant"] = variant.label
         print(f"throughput {latency:g} s x {concurrency}{' (' + variant.label + ')' if variant.label else ''}: "
               f"{result['images_per_s']:.2f} images/s, {100 * result['ratio']:.0f}% of ideal", file=sys.stderr, flush=True)
@@ -1085,9 +1156,11 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
     text = (
         "## 5. Throughput against the local Gemini server (one function instance)\n\n"
         "**Configuration** (every row of the first table): the real function under functions-framework "
-        "(gunicorn gthread) with **WORKERS=1** (functions-framework's default, which the Terraform deployment "
-        "keeps) and **THREADS = in flight** (Google's advice for Python functions: threads = concurrency); "
-        f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE=false. "
+        f"(gunicorn gthread) with **WORKERS={deployed_workers()}** and **THREADS = in flight**, what "
+        f"terraform/function.tf deploys for an instance with this machine's {cpus} vCPUs (a worker per vCPU, a "
+        "thread per concurrent event); "
+        f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE=false "
+        "(the gate's cost is in the second table). "
         "Stand-ins, each fresh per row: Cloud Storage = `tests/fakes/gcs_server.py` in its own process (threaded, "
         "in memory, keep-alive; the real google-cloud-storage client reaches it through STORAGE_EMULATOR_HOST); "
         "BigQuery = `tests/fakes/bigquery_server.py` (insertAll; the real google-cloud-bigquery client through "
@@ -1095,7 +1168,7 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
         "call after the stated latency. The stand-ins, the client and the function share this machine's "
         f"{cpus} cores. A client thread pool posts binary-mode finalize CloudEvents straight to the function, keeping "
         "exactly `in flight` events outstanding (as Cloud Run's per-instance concurrency would), for max(10 x in "
-        "flight, 12) images after one warm-up event (answered without latency, not counted).\n\n"
+        "flight, 12) images after warm-up events (not counted) that reached every worker process.\n\n"
         "window = first post to last answer; images/s = images / window; ideal = in flight / latency; ratio = "
         "images/s / ideal. \"Gemini calls\" are counted at the wire server (requests being answered at once, peak "
         "and time-weighted mean over the window). \"event ms\" is the mean time from post to answer at the client; "
@@ -1109,8 +1182,13 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
     )
     if extra:
         text += ("\n\nThe same cells in other configurations (one change each from the table above): "
-                 "\"WORKERS=2\": two gunicorn worker processes, THREADS = in flight each (the client still keeps "
-                 "`in flight` events outstanding); \"SQLite sink\": rows to the local SQLite file instead of the "
+                 f"\"latency +-{100 * LATENCY_SPREAD:.0f} %\": each Gemini answer takes a uniform random "
+                 f"{1 - LATENCY_SPREAD:g}-{1 + LATENCY_SPREAD:g} x the latency (same mean, so the same ideal), as "
+                 "real model calls vary, instead of exactly the latency; \"WORKERS=1\": one gunicorn worker "
+                 "process (functions-framework's default), THREADS = in flight; \"empty-belt gate on\": "
+                 "EMPTY_BELT_GATE=true, the production default (the offline detector checks each frame before its "
+                 "Gemini call; every frame here holds items, so every event still calls Gemini); "
+                 "\"SQLite sink\": rows to the local SQLite file instead of the "
                  "BigQuery stand-in (the previous report's setting); \"gcp-storage-emulator\": the previous "
                  "report's storage stand-in, the stock emulator in its own process (one request at a time, a new "
                  "connection per request, its metadata document rewritten after every write).\n\n"

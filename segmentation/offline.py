@@ -43,6 +43,10 @@ How it works, on a copy whose longest side is `work_side` (448) pixels:
    so the parts of an item cut by a strap join again across it. Before the joins, pieces are
    also cut along closed sharp edges inside the blob (a same-coloured item lying on another
    shows its outline across the lower one).
+   Last, parts of one paint that do not touch (cut apart by a strap or band as dark as the belt,
+   by a patch of another colour, or by another item lying across) are joined when the convex
+   hull of their union holds no belt but thin strips (two separate items leave a wedge of belt);
+   pieces lying inside that hull are patches of the item and join it too.
 6. **Confidence.** A logistic function of contrast to the belt, edge sharpness, size,
    thickness, solidity and the share of the outline that borders the belt (the typical false
    positive is a fragment of a split item or two items merged), calibrated on the tuning split.
@@ -563,6 +567,8 @@ def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
     #    transform, flooded by colour, bulges joined again unless a neck separates them
     edge_level = EDGE_LEVEL
     inst = _split_touching(fg, image8, lg, grad, min_px=max(20, 0.3 * min_area * h * w), edge_level=edge_level)
+    # 4) join the parts of an item that a strap, a seam-coloured band or another item cut apart
+    inst = _join_across_gaps(inst, lg)
 
     # instances
     ids, counts = np.unique(inst, return_counts=True)
@@ -776,6 +782,15 @@ MERGE_LUM_WEIGHT = 0.2  # _merge_convex: weight of the brightness part of a colo
 MAX_COLOR_DIST = 0.5  # _merge_convex: pieces whose colours differ by at most this are one paint
 
 
+def _paint_distance(dc) -> float:
+    """Difference of two log colours (`dc`, one minus the other): chroma (L1) plus brightness
+    damped by MERGE_LUM_WEIGHT (shading and highlights change brightness, not paint)."""
+    import numpy as np
+
+    dl = float(dc.mean())
+    return float(np.abs(dc - dl).sum()) + MERGE_LUM_WEIGHT * 3 * abs(dl)
+
+
 def _colour_refine(labels, mask, lg, *, min_px: float):
     """Pieces (labels 1.. inside `mask`) cut further along colour: the blob's pixels are
     clustered by colour (k-means in log chroma + damped log brightness, centres closer than
@@ -885,6 +900,112 @@ def _edge_refine(labels, mask, grad, *, min_px: float, level: float):
     return out
 
 
+GAP_REACH = 9  # _join_across_gaps: pieces up to this far apart (working pixels) may be one item
+GAP_THIN = 4  # belt strips narrower than 2 * GAP_THIN + 1 pixels inside an item's hull: straps, seams
+GAP_MAX_CONCAVITY = 0.15  # belt wider than that inside the union's hull, relative to the smaller part
+PATCH_INSIDE = 0.7  # a piece with this share of its area inside the union's hull is a patch of it
+
+
+def _join_across_gaps(inst, lg):
+    """Instance labels with the parts of one item joined: parts of the same paint that do not
+    touch (a strap or band painted like the belt, a patch of another colour, or another item lying
+    across cut them apart) and whose union's convex hull is filled by them, by pieces inside the
+    hull (patches: absorbed), by other items (occluders) and by thin strips of belt only. Two
+    separate items of one colour leave a wide wedge of belt inside their hull."""
+    import cv2
+    import numpy as np
+
+    k = int(inst.max()) + 1
+    if k <= 2:
+        return inst
+    h, w = inst.shape
+    flat = inst.ravel()
+    area = np.bincount(flat, minlength=k).astype(np.float64)
+    paint = _modes(lg.reshape(1, -1, 3), axis=1, bins=48, line_index=flat, lines=k).reshape(k, 3)
+    ys, xs = np.nonzero(inst)
+    order = np.argsort(flat[ys * w + xs], kind="stable")
+    ys, xs = ys[order], xs[order]
+    bounds = np.searchsorted(flat[ys * w + xs], np.arange(k + 1))
+    box = np.zeros((k, 4), np.int64)  # x0, y0, x1, y1 (exclusive)
+    for r in range(1, k):
+        if bounds[r + 1] > bounds[r]:
+            yr, xr = ys[bounds[r]:bounds[r + 1]], xs[bounds[r]:bounds[r + 1]]
+            box[r] = xr.min(), yr.min(), xr.max() + 1, yr.max() + 1
+    adjacent = set()
+    for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:])):
+        diff = (a != b) & (a > 0) & (b > 0)
+        adjacent.update(zip(np.minimum(a[diff], b[diff]).tolist(), np.maximum(a[diff], b[diff]).tolist()))
+    reach = np.ones((2 * GAP_REACH + 1, 2 * GAP_REACH + 1), np.uint8)
+    candidates = set()
+    for r in range(1, k):
+        if area[r] == 0:
+            continue
+        x0, y0, x1, y1 = box[r]
+        cx0, cy0 = max(0, x0 - GAP_REACH), max(0, y0 - GAP_REACH)
+        cx1, cy1 = min(w, x1 + GAP_REACH), min(h, y1 + GAP_REACH)
+        crop = inst[cy0:cy1, cx0:cx1]
+        near = cv2.dilate((crop == r).astype(np.uint8), reach) > 0
+        for o in np.unique(crop[near]).tolist():
+            if o > r and (r, o) not in adjacent and _paint_distance(paint[r] - paint[o]) <= MAX_COLOR_DIST:
+                candidates.add((r, o))
+    if not candidates:
+        return inst
+    out = inst.copy()
+    groups = _DisjointSet(k)
+    members = {r: [r] for r in range(1, k)}
+    thin = np.ones((2 * GAP_THIN + 1, 2 * GAP_THIN + 1), np.uint8)
+
+    def union_fill(ra: int, rb: int):
+        """(cost, patches inside the hull, crop origin, belt pixels bridging the two) of
+        joining groups ra and rb, or None when their hull holds too much wide belt."""
+        both = members[ra] + members[rb]
+        x0, y0 = box[both, 0].min(), box[both, 1].min()
+        x1, y1 = box[both, 2].max(), box[both, 3].max()
+        crop = out[y0:y1, x0:x1]
+        ma, mb = np.isin(crop, members[ra]), np.isin(crop, members[rb])
+        pts = np.column_stack(np.nonzero(ma | mb)[::-1]).astype(np.int32)
+        hull = np.zeros(crop.shape, np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(pts), 1)
+        hull = hull > 0
+        belt_gap = hull & (crop == 0)
+        wide = cv2.morphologyEx(belt_gap.astype(np.uint8), cv2.MORPH_OPEN, thin) > 0
+        cost = float(wide.sum()) / max(min(area[ra], area[rb]), 1.0)
+        if cost > GAP_MAX_CONCAVITY:
+            return None
+        inside = hull & ~ma & ~mb & (crop > 0)
+        patches = [o for o in np.unique(crop[inside]).tolist()
+                   if np.count_nonzero(crop[inside] == o) >= PATCH_INSIDE * area[o]]
+        # the belt between the two parts (a strap, a band): gap components touching both
+        n_gap, gap_labels = cv2.connectedComponents((belt_gap & ~wide).astype(np.uint8), connectivity=4)
+        k3 = np.ones((3, 3), np.uint8)
+        touch_a = np.unique(gap_labels[cv2.dilate(ma.astype(np.uint8), k3) > 0])
+        touch_b = np.unique(gap_labels[cv2.dilate(mb.astype(np.uint8), k3) > 0])
+        bridge = np.isin(gap_labels, np.intersect1d(touch_a, touch_b)[1:] if n_gap > 1 else [])
+        return cost, patches, (x0, y0), bridge & belt_gap
+
+    while True:
+        best = None
+        for a, b in candidates:
+            ra, rb = groups.find(a), groups.find(b)
+            if ra == rb:
+                continue
+            found = union_fill(ra, rb)
+            if found is not None and (best is None or found[0] < best[1][0]):
+                best = ((ra, rb), found)
+        if best is None:
+            return out
+        (ra, rb), (_, patches, (x0, y0), bridge) = best
+        for o in [rb] + [groups.find(p) for p in patches]:
+            if o != ra:
+                groups.attach(o, ra)
+                members[ra] += members.pop(o)
+                area[ra] += area[o]
+        bh, bw = bridge.shape
+        out[y0:y0 + bh, x0:x0 + bw][bridge] = ra
+        out[np.isin(out, members[ra])] = ra
+        box[ra] = box[members[ra], 0].min(), box[members[ra], 1].min(), box[members[ra], 2].max(), box[members[ra], 3].max()
+
+
 def _hull_gap(piece) -> tuple[float, float]:
     """Pixels of a mask and the area its convex hull adds to it (0 for a convex shape)."""
     import cv2
@@ -959,9 +1080,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         pieces.attach(b, a)
         area[a] += area[b]
         outside[a] += outside[b]
-        dc = csum[a] / max(carea[a], 1) - csum[b] / max(carea[b], 1)
-        dl = dc.mean()
-        if np.abs(dc - dl).sum() + MERGE_LUM_WEIGHT * 3 * abs(dl) <= MAX_COLOR_DIST:
+        if _paint_distance(csum[a] / max(carea[a], 1) - csum[b] / max(carea[b], 1)) <= MAX_COLOR_DIST:
             csum[a] += csum[b]
             carea[a] += carea[b]
         elif carea[b] > carea[a]:  # a patch of another colour: the larger part's colour stays
@@ -984,9 +1103,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         union = hull_area(cv2.convexHull(np.concatenate([hulls[a], hulls[b]])))
         smaller = max(min(area[a], area[b]), 1.0)
         total_gap = max(0.0, union - area[a] - area[b])
-        dc = csum[a] / carea[a] - csum[b] / carea[b]
-        dl = dc.mean()
-        same = np.abs(dc - dl).sum() + MERGE_LUM_WEIGHT * 3 * abs(dl) <= max_color_dist
+        same = _paint_distance(csum[a] / carea[a] - csum[b] / carea[b]) <= max_color_dist
         cost = (total_gap - gap[a] - gap[b]) / smaller
         if same:
             return cost <= max_gap, cost

@@ -25,8 +25,11 @@ How it works, on a copy whose longest side is `work_side` (448) pixels:
    that match the model), one per flat patch of foreground. Flooding stops at sharp edges.
 4. **Shadows and paint.** A region that is only darker than the belt, with no colour of its
    own, is a shadow or a dark item. A shadow's border with the belt is soft (penumbra); a dark
-   item's is a sharp edge. Regions with a soft belt border go back to the belt. Thin strokes
-   (painted words and arrows, seams) are too thin to hold a marker and are flooded by the belt.
+   item's is a sharp edge. Regions with a soft belt border go back to the belt, unless they are
+   deeper than SHADOW_MAX_DEPTH noise thresholds (a black item on a dark belt has a small step,
+   so a small gradient, at its edge; a deep shadow lies against the item that casts it). Thin
+   strokes (painted words and arrows, seams) are too thin to hold a marker and are flooded by
+   the belt.
 5. **Instances.** The item mask (holes filled, thin bridges cut) is split where items touch or
    overlap: one marker per bulge of its distance transform, flooded by colour; two bulges are
    joined again when no neck separates them and their commonest colours agree. The pieces are
@@ -224,6 +227,7 @@ OTHER_COLOUR_MAX_CONCAVITY = 1.0  # pieces of different colours join only if the
 PATCH_MAX_OUTLINE = 0.35  # ... and only if the smaller borders the belt along at most this share of its outline
 MASK_SMOOTH = 0.8  # the mask is smoothed (working pixels) and cut at MASK_LEVEL when scaled up;
 MASK_LEVEL = 0.75  # above 0.5 it sheds the item's soft edge and contact shadow (masks ran ~6 % large)
+SHADOW_MAX_DEPTH = 3.0  # noise thresholds: a colourless region darker than this is an item, not a shadow
 _K = 8.0  # offset of the log intensity: keeps noise in dark pixels from exploding
 _LOG_SCALE = 255 / math.log((255 + _K) / _K)  # log image -> 0..255 for the watershed
 
@@ -551,7 +555,7 @@ def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
         if area[r] == 0:
             continue
         ln, sh = belt_border.get(r, (0, 0.0))
-        shadowish = m_mean[r] < 0 and cd_mean[r] < 1.5 * tc and strong_frac[r] < 0.5
+        shadowish = -SHADOW_MAX_DEPTH * tm < m_mean[r] < 0 and cd_mean[r] < 1.5 * tc and strong_frac[r] < 0.5
         if shadowish and ln > 0 and sh < 0.12:
             union(1, r)
         elif strong_frac[r] < 0.15 and abs(m_mean[r]) < 1.2 * tm and cd_mean[r] < 1.2 * tc:

@@ -42,10 +42,11 @@ How it works, on a copy whose longest side is `work_side` (448) pixels:
    (chroma, brightness damped: shading and highlights) join when the join adds little concavity;
    a patch of another colour (stripes, straps, a logo, a highlight) joins only when, in addition,
    it borders the belt along a minority of its outline (the item's outline encloses it), which an
-   item lying on another does not; the item keeps the colour of its paint, not of its patches,
-   so the parts of an item cut by a strap join again across it. Before the joins, pieces are
-   also cut along closed sharp edges inside the blob (a same-coloured item lying on another
-   shows its outline across the lower one).
+   item lying on another does not, and other pieces only of its own or the item's paint (an
+   item half hidden between two others borders both); the item keeps the colour of its paint,
+   not of its patches, so the parts of an item cut by a strap join again across it. Before the
+   joins, pieces are also cut along closed sharp edges inside the blob (a same-coloured item
+   lying on another shows its outline across the lower one).
    Last, parts of one paint that do not touch (cut apart by a strap or band as dark as the belt,
    by a patch of another colour, or by another item lying across) are joined when the convex
    hull of their union holds no belt but thin strips (two separate items leave a wedge of belt);
@@ -225,6 +226,7 @@ BELT_SAMPLES_X = 100  # samples per row / column the belt's profiles are taken f
 BELT_SAMPLES_Y = 72
 OTHER_COLOUR_MAX_CONCAVITY = 1.0  # pieces of different colours join only if their union is this convex
 PATCH_MAX_OUTLINE = 0.35  # ... and only if the smaller borders the belt along at most this share of its outline
+PATCH_MAX_FOREIGN = 0.15  # ... and pieces of a third paint along at most this share of it
 MASK_SMOOTH = 0.8  # the mask is smoothed (working pixels) and cut at MASK_LEVEL when scaled up;
 MASK_LEVEL = 0.75  # above 0.5 it sheds the item's soft edge and contact shadow (masks ran ~6 % large)
 SHADOW_MAX_DEPTH = 3.0  # noise thresholds: a colourless region darker than this is an item, not a shadow
@@ -1036,7 +1038,8 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
     adds almost none (`max_gap_other`), the union is not far from convex
     (OTHER_COLOUR_MAX_CONCAVITY) and the smaller piece borders the outside of the blob along at
     most PATCH_MAX_OUTLINE of its outline (the item's outline encloses it; an item lying on
-    another item sticks out)."""
+    another item sticks out) and pieces of a third paint along at most PATCH_MAX_FOREIGN of it
+    (an item half hidden between two others borders both)."""
     import cv2
     import numpy as np
 
@@ -1113,11 +1116,20 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
             return cost <= max_gap, cost
         # a patch of another colour belongs to the item whose outline encloses it: it borders
         # the belt only where it reaches the item's edge (stripes, straps, a logo)
-        patch = a if area[a] <= area[b] else b
+        # and other pieces only of its own or the item's paint (an item lying between two
+        # others borders both)
+        patch, host = (a, b) if area[a] <= area[b] else (b, a)
         perimeter = outside[patch] + sum(n for key, n in adj.items() if patch in key)
+        foreign = sum(n for key, n in adj.items() if patch in key and host not in key
+                      and not one_paint(key[0] if key[1] == patch else key[1], (patch, host)))
         ok = (cost <= max_gap_other and total_gap / smaller <= OTHER_COLOUR_MAX_CONCAVITY
-              and outside[patch] <= PATCH_MAX_OUTLINE * perimeter)
+              and outside[patch] <= PATCH_MAX_OUTLINE * perimeter and foreign <= PATCH_MAX_FOREIGN * perimeter)
         return ok, cost
+
+    def one_paint(r: int, others) -> bool:
+        """Whether piece r has the paint of one of the pieces `others`."""
+        colour = csum[r] / max(carea[r], 1)
+        return any(_paint_distance(colour - csum[o] / max(carea[o], 1)) <= max_color_dist for o in others)
 
     while adj:
         small = [r for r in hulls if area[r] < min_px and any(r in key for key in adj)]

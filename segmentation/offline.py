@@ -1104,16 +1104,18 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
                     key = (min(a, o), max(a, o))
                     adj[key] = adj.get(key, 0) + n
 
-    costs: dict[tuple[int, int], tuple[bool, float]] = {}  # pair -> (may join, cost); dropped on joins
+    # pair -> (may join, (other paint, cost)); dropped on joins. Joins of one paint go first, so
+    # an item split in pieces is whole before it is tested as a patch of another
+    costs: dict[tuple[int, int], tuple[bool, tuple[bool, float]]] = {}
 
-    def pair_cost(a: int, b: int) -> tuple[bool, float]:
+    def pair_cost(a: int, b: int) -> tuple[bool, tuple[bool, float]]:
         union = hull_area(cv2.convexHull(np.concatenate([hulls[a], hulls[b]])))
         smaller = max(min(area[a], area[b]), 1.0)
         total_gap = max(0.0, union - area[a] - area[b])
         same = _paint_distance(csum[a] / carea[a] - csum[b] / carea[b]) <= max_color_dist
         cost = (total_gap - gap[a] - gap[b]) / smaller
         if same:
-            return cost <= max_gap, cost
+            return cost <= max_gap, (False, cost)
         # a patch of another colour belongs to the item whose outline encloses it: it borders
         # the belt only where it reaches the item's edge (stripes, straps, a logo)
         # and other pieces only of its own or the item's paint (an item lying between two
@@ -1124,7 +1126,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
                       and not one_paint(key[0] if key[1] == patch else key[1], (patch, host)))
         ok = (cost <= max_gap_other and total_gap / smaller <= OTHER_COLOUR_MAX_CONCAVITY
               and outside[patch] <= PATCH_MAX_OUTLINE * perimeter and foreign <= PATCH_MAX_FOREIGN * perimeter)
-        return ok, cost
+        return ok, (True, cost)
 
     def one_paint(r: int, others) -> bool:
         """Whether piece r has the paint of one of the pieces `others`."""
@@ -1139,7 +1141,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
             o = q if p == r else p
             join(o, r)
             continue
-        best, best_cost = None, math.inf
+        best, best_cost = None, (True, math.inf)
         for a, b in adj:
             if (a, b) not in costs:
                 costs[(a, b)] = pair_cost(a, b)

@@ -10,8 +10,9 @@ How it works, on a copy whose longest side is `work_side` (448) pixels:
 1. **Background model.** With a reference photo of the empty scene from the same camera, the
    reference, corrected for the change of light (a per-channel gain plus a smooth gain field
    fitted on the pixels that still look like background). Without one, the belt is modelled from
-   the image itself, in log intensity, as row profile + column profile + smooth residual (a median
-   polish, iterated with the pixels found to be foreground replaced by the model). A belt is
+   the image itself, in log intensity, as row profile + column profile + smooth residual (the
+   profiles are the commonest level of each line; lines found mostly foreground against them,
+   covered by items or given an item's level, are interpolated from their neighbours). A belt is
    constant along its running direction and across it up to its seams, so the row and column
    profiles take in the rails, ribs, seams, lane lines and most of the uneven light (a vignette or
    a gradient is separable); the residual takes in spots. The belt's running direction is found
@@ -221,7 +222,6 @@ class _DisjointSet:
 # The analysis itself (module-level functions on NumPy arrays).
 
 # Tuned on the generator's "tuning" split (never on "heldout").
-BELT_ITERATIONS = 1  # passes of the belt model (profiles, then with the foreground replaced)
 BELT_SAMPLES_X = 100  # samples per row / column the belt's profiles are taken from
 BELT_SAMPLES_Y = 72
 OTHER_COLOUR_MAX_CONCAVITY = 1.0  # pieces of different colours join only if their union is this convex
@@ -370,52 +370,50 @@ def _runs_vertically(lg) -> bool:
     return float(along_y.mean()) < float(along_x.mean())
 
 
-def _belt_model(lg, iterations: int = BELT_ITERATIONS):
-    """Profile across the belt + profile along it (modes) + smooth residual, iterated with the
-    foreground replaced. A belt running along y is modelled transposed."""
+def _belt_model(lg):
+    """Profile across the belt + profile along it (modes) + smooth residual. A belt running
+    along y is modelled transposed."""
     import numpy as np
 
     if _runs_vertically(lg):
-        model, fg = _belt_model_rows(np.ascontiguousarray(lg.transpose(1, 0, 2)), iterations)
+        model, fg = _belt_model_rows(np.ascontiguousarray(lg.transpose(1, 0, 2)))
         return np.ascontiguousarray(model.transpose(1, 0, 2)), np.ascontiguousarray(fg.T)
-    return _belt_model_rows(lg, iterations)
+    return _belt_model_rows(lg)
 
 
-def _belt_model_rows(lg, iterations: int):
-    """Row profile + column profile (modes) + smooth residual, for a belt running along x."""
+def _foreground(lg, model):
+    """Pixels that differ from the model by more than the noise thresholds, dilated."""
     import cv2
+    import numpy as np
+
+    m, cd = _evidence(lg, model)
+    tm, tc = _thresholds(m, cd)
+    return cv2.dilate(((np.abs(m) > tm) | (cd > tc)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+
+
+def _belt_model_rows(lg):
+    """Row profile + column profile (modes) + smooth residual, for a belt running along x."""
     import numpy as np
 
     h, w = lg.shape[:2]
     sx, sy = max(1, w // BELT_SAMPLES_X), max(1, h // BELT_SAMPLES_Y)
     x_rows, x_cols = lg[:, ::sx], lg[::sy]  # the samples the profiles are taken from
-    fg = None
-    model = None
     # pixels of the belt's own chroma count fully in the profiles, others (items) little, so a
     # line mostly covered by coloured items still gets the belt's level
     chroma = _belt_chroma(x_cols)
     w_rows, w_cols = _belt_chroma_weights(x_rows, chroma), _belt_chroma_weights(x_cols, chroma)
-    for it in range(iterations):
-        rows = _modes(x_rows, axis=1, weights=w_rows)
-        if fg is not None:  # rows mostly covered by items: interpolate from the rows around them
-            rows = _interpolate_unreliable(rows, fg[:, ::sx].mean(axis=1) > 0.45, axis=0)
-        cols = _modes(x_cols - rows[::sy], axis=0, weights=w_cols)
-        if fg is not None:
-            cols = _interpolate_unreliable(cols, fg[::sy].mean(axis=0) > 0.45, axis=1)
-        model = rows + cols
-        if fg is None:
-            m, cd = _evidence(lg, model)
-            tm, tc = _thresholds(m, cd)
-            fg = cv2.dilate(((np.abs(m) > tm) | (cd > tc)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        model = model + _masked_blur(lg - model, (~fg).astype(np.float32), sigma=max(h, w) / 10)
-        if it == iterations - 1:
-            break
-        m, cd = _evidence(lg, model)
-        tm, tc = _thresholds(m, cd)
-        fg = (np.abs(m) > tm) | (cd > tc)
-        fg = cv2.dilate(fg.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        x_rows = np.where(fg[:, ::sx, None], model[:, ::sx], lg[:, ::sx])
-        x_cols = np.where(fg[::sy, :, None], model[::sy], lg[::sy])
+    rows = _modes(x_rows, axis=1, weights=w_rows)
+    cols = _modes(x_cols - rows[::sy], axis=0, weights=w_cols)
+    fg = _foreground(lg, rows + cols)
+    # lines mostly covered by items, or whose commonest level is an item's (a white parcel is
+    # flatter than the belt's texture): interpolated from the lines around them
+    bad_rows, bad_cols = fg[:, ::sx].mean(axis=1) > 0.45, fg[::sy].mean(axis=0) > 0.45
+    if bad_rows.any() or bad_cols.any():
+        rows = _interpolate_unreliable(rows, bad_rows, axis=0)
+        cols = _interpolate_unreliable(cols, bad_cols, axis=1)
+        fg = _foreground(lg, rows + cols)
+    profiles = rows + cols
+    model = profiles + _masked_blur(lg - profiles, (~fg).astype(np.float32), sigma=max(h, w) / 10)
     return model, fg
 
 

@@ -805,10 +805,9 @@ MAX_COLOR_DIST = 0.5  # _merge_convex: pieces whose colours differ by at most th
 def _paint_distance(dc) -> float:
     """Difference of two log colours (`dc`, one minus the other): chroma (L1) plus brightness
     damped by MERGE_LUM_WEIGHT (shading and highlights change brightness, not paint)."""
-    import numpy as np
-
-    dl = float(dc.mean())
-    return float(np.abs(dc - dl).sum()) + MERGE_LUM_WEIGHT * 3 * abs(dl)
+    d0, d1, d2 = dc.tolist()  # plain floats: this runs for every pair of pieces
+    dl = (d0 + d1 + d2) / 3
+    return abs(d0 - dl) + abs(d1 - dl) + abs(d2 - dl) + MERGE_LUM_WEIGHT * 3 * abs(dl)
 
 
 def _colour_refine(labels, mask, lg, *, min_px: float):
@@ -950,10 +949,11 @@ def _join_across_gaps(inst, lg):
         if bounds[r + 1] > bounds[r]:
             yr, xr = ys[bounds[r]:bounds[r + 1]], xs[bounds[r]:bounds[r + 1]]
             box[r] = xr.min(), yr.min(), xr.max() + 1, yr.max() + 1
-    adjacent = set()
+    codes = []
     for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:])):
         diff = (a != b) & (a > 0) & (b > 0)
-        adjacent.update(zip(np.minimum(a[diff], b[diff]).tolist(), np.maximum(a[diff], b[diff]).tolist()))
+        codes.append(np.minimum(a[diff], b[diff]).astype(np.int64) * k + np.maximum(a[diff], b[diff]))
+    adjacent = {divmod(int(c), k) for c in np.unique(np.concatenate(codes))}
     reach = np.ones((2 * GAP_REACH + 1, 2 * GAP_REACH + 1), np.uint8)
     near_pairs = set()
     for r in range(1, k):
@@ -974,17 +974,15 @@ def _join_across_gaps(inst, lg):
         return inst
     out = inst.copy()
     groups = _DisjointSet(k)
-    members = {r: [r] for r in range(1, k)}
     thin = np.ones((2 * GAP_THIN + 1, 2 * GAP_THIN + 1), np.uint8)
 
-    def union_fill(ra: int, rb: int):
-        """(cost, patches inside the hull, crop origin, belt pixels bridging the two) of
-        joining groups ra and rb, or None when their hull holds too much wide belt."""
-        both = members[ra] + members[rb]
-        x0, y0 = box[both, 0].min(), box[both, 1].min()
-        x1, y1 = box[both, 2].max(), box[both, 3].max()
+    def hull_cost(ra: int, rb: int):
+        """(cost, geometry) of joining groups ra and rb, or None when the convex hull of their
+        union holds too much wide belt."""
+        x0, y0 = min(box[ra, 0], box[rb, 0]), min(box[ra, 1], box[rb, 1])
+        x1, y1 = max(box[ra, 2], box[rb, 2]), max(box[ra, 3], box[rb, 3])
         crop = out[y0:y1, x0:x1]
-        ma, mb = np.isin(crop, members[ra]), np.isin(crop, members[rb])
+        ma, mb = crop == ra, crop == rb  # a group's pieces carry its root's label in `out`
         pts = np.column_stack(np.nonzero(ma | mb)[::-1]).astype(np.int32)
         hull = np.zeros(crop.shape, np.uint8)
         cv2.fillConvexPoly(hull, cv2.convexHull(pts), 1)
@@ -992,40 +990,51 @@ def _join_across_gaps(inst, lg):
         belt_gap = hull & (crop == 0)
         wide = cv2.morphologyEx(belt_gap.astype(np.uint8), cv2.MORPH_OPEN, thin) > 0
         cost = float(wide.sum()) / max(min(area[ra], area[rb]), 1.0)
-        if cost > GAP_MAX_CONCAVITY:
-            return None
+        return None if cost > GAP_MAX_CONCAVITY else (cost, (x0, y0, crop, ma, mb, hull, belt_gap & ~wide))
+
+    def join(ra: int, rb: int, geometry) -> None:
+        """Join group rb, the pieces inside the hull (patches) and the belt bridging the two
+        (a strap, a band: thin gap components touching both) into group ra."""
+        x0, y0, crop, ma, mb, hull, thin_gap = geometry
         inside = hull & ~ma & ~mb & (crop > 0)
         patches = [o for o in np.unique(crop[inside]).tolist()
                    if np.count_nonzero(crop[inside] == o) >= PATCH_INSIDE * area[o]]
-        # the belt between the two parts (a strap, a band): gap components touching both
-        n_gap, gap_labels = cv2.connectedComponents((belt_gap & ~wide).astype(np.uint8), connectivity=4)
+        n_gap, gap_labels = cv2.connectedComponents(thin_gap.astype(np.uint8), connectivity=4)
         k3 = np.ones((3, 3), np.uint8)
         touch_a = np.unique(gap_labels[cv2.dilate(ma.astype(np.uint8), k3) > 0])
         touch_b = np.unique(gap_labels[cv2.dilate(mb.astype(np.uint8), k3) > 0])
-        bridge = np.isin(gap_labels, np.intersect1d(touch_a, touch_b)[1:] if n_gap > 1 else [])
-        return cost, patches, (x0, y0), bridge & belt_gap
+        bridge = thin_gap & np.isin(gap_labels, np.intersect1d(touch_a, touch_b)[1:] if n_gap > 1 else [])
+        changed = {ra}
+        for o in [rb] + [groups.find(p) for p in patches]:
+            if o != ra:
+                groups.attach(o, ra)
+                area[ra] += area[o]
+                changed.add(o)
+                ox0, oy0, ox1, oy1 = box[o]
+                sub = out[oy0:oy1, ox0:ox1]
+                sub[sub == o] = ra
+                box[ra, :2] = np.minimum(box[ra, :2], box[o, :2])
+                box[ra, 2:] = np.maximum(box[ra, 2:], box[o, 2:])
+        bh, bw = bridge.shape
+        out[y0:y0 + bh, x0:x0 + bw][bridge] = ra
+        for key in [key for key in costs if changed & set(key)]:
+            del costs[key]
 
+    costs: dict[tuple[int, int], Any] = {}  # group pair -> hull_cost; dropped when a group changes
     while True:
-        best = None
+        best, best_cost = None, math.inf
         for a, b in candidates:
             ra, rb = groups.find(a), groups.find(b)
             if ra == rb:
                 continue
-            found = union_fill(ra, rb)
-            if found is not None and (best is None or found[0] < best[1][0]):
-                best = ((ra, rb), found)
+            key = (min(ra, rb), max(ra, rb))
+            if key not in costs:
+                costs[key] = hull_cost(*key)
+            if costs[key] is not None and costs[key][0] < best_cost:
+                best, best_cost = key, costs[key][0]
         if best is None:
             return out
-        (ra, rb), (_, patches, (x0, y0), bridge) = best
-        for o in [rb] + [groups.find(p) for p in patches]:
-            if o != ra:
-                groups.attach(o, ra)
-                members[ra] += members.pop(o)
-                area[ra] += area[o]
-        bh, bw = bridge.shape
-        out[y0:y0 + bh, x0:x0 + bw][bridge] = ra
-        out[np.isin(out, members[ra])] = ra
-        box[ra] = box[members[ra], 0].min(), box[members[ra], 1].min(), box[members[ra], 2].max(), box[members[ra], 3].max()
+        join(*best, costs[best][1])
 
 
 def _hull_gap(piece) -> tuple[float, float]:

@@ -39,9 +39,9 @@ How it works, on a copy whose longest side is `work_side` (448) pixels:
    two differently painted items that touch or lie on each other without a neck come apart.
    The pieces are then joined into items (joins of one paint first, each kind cheapest first)
    by convexity (an item is about convex; two items that touch or overlap leave a concavity
-   where they meet): pieces smaller
-   than an item join the neighbour they share most border with; neighbours of the same colour
-   (chroma, brightness damped: shading and highlights) join when the join adds little concavity;
+   where they meet): pieces smaller than an item join the neighbour they share most border
+   with; neighbours of the same colour (chroma, brightness damped: shading and highlights)
+   join when the join adds little concavity;
    a patch of another colour (stripes, straps, a logo, a highlight) joins only when, in addition,
    it borders the belt along a minority of its outline (the item's outline encloses it), which an
    item lying on another does not, and other pieces only of its own or the item's paint (an

@@ -549,12 +549,13 @@ def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
     labels[labels < 1] = 1
     n = int(labels.max()) + 1
 
-    # region statistics
-    flat_labels = labels.ravel()
-    area = np.bincount(flat_labels, minlength=n).astype(np.float64)
-    strong_frac = np.bincount(flat_labels, weights=strong.ravel(), minlength=n) / np.maximum(area, 1)
-    m_mean = np.bincount(flat_labels, weights=m.ravel(), minlength=n) / np.maximum(area, 1)
-    cd_mean = np.bincount(flat_labels, weights=cd.ravel(), minlength=n) / np.maximum(area, 1)
+    # region statistics (of the foreground regions only: the belt, label 1, is most pixels)
+    ry, rx = np.nonzero(labels > 1)
+    region = labels[ry, rx]
+    area = np.bincount(region, minlength=n).astype(np.float64)
+    strong_frac = np.bincount(region, weights=strong[ry, rx], minlength=n) / np.maximum(area, 1)
+    m_mean = np.bincount(region, weights=m[ry, rx], minlength=n) / np.maximum(area, 1)
+    cd_mean = np.bincount(region, weights=cd[ry, rx], minlength=n) / np.maximum(area, 1)
 
     lum = cv2.transform(lg, _mat([[1 / 3, 1 / 3, 1 / 3]]))
     pairs, length, sharp, _ = _boundaries(labels, grad, lum, n)

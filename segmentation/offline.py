@@ -456,9 +456,14 @@ def _belt_chroma_weights(x, mode):
     return np.exp((dr * dr + db * db) * np.float32(-1 / BELT_CHROMA_SIGMA ** 2)) + np.float32(0.05)
 
 
+INTERPOLATE_MAX_STEP = 0.3  # log brightness: a run of lines between levels this far apart stays as it is
+
+
 def _interpolate_unreliable(profile, bad, axis: int):
     """`profile` (H x 1 x 3 or 1 x W x 3) with the entries flagged `bad` linearly interpolated
-    from the good ones (unchanged when too few are good)."""
+    from the good ones (unchanged when too few are good). A run of bad lines between two good
+    lines of clearly different levels (a rail and the belt) stays as it is: the level between
+    them is unknown."""
     import numpy as np
 
     if not bad.any() or bad.mean() > 0.7:
@@ -466,8 +471,14 @@ def _interpolate_unreliable(profile, bad, axis: int):
     flat = profile.reshape(-1, 3).copy()
     idx = np.arange(len(flat))
     good = ~bad
+    fill = bad.copy()
+    starts = np.flatnonzero(bad & ~np.concatenate([[False], bad[:-1]]))
+    ends = np.flatnonzero(bad & ~np.concatenate([bad[1:], [False]])) + 1
+    for a, b in zip(starts, ends):
+        if a > 0 and b < len(flat) and np.abs(flat[a - 1] - flat[b]).mean() > INTERPOLATE_MAX_STEP:
+            fill[a:b] = False
     for c in range(3):
-        flat[bad, c] = np.interp(idx[bad], idx[good], flat[good, c])
+        flat[fill, c] = np.interp(idx[fill], idx[good], flat[good, c])
     return flat.reshape(profile.shape)
 
 

@@ -978,11 +978,16 @@ def _join_across_gaps(inst, lg):
         cx1, cy1 = min(w, x1 + GAP_REACH), min(h, y1 + GAP_REACH)
         crop = inst[cy0:cy1, cx0:cx1]
         near = cv2.dilate((crop == r).astype(np.uint8), reach) > 0
-        near_pairs.update((r, o) for o in np.unique(crop[near]).tolist() if o > r and (r, o) not in adjacent)
+        neighbours = np.flatnonzero(np.bincount(crop[near], minlength=k)[r + 1:]) + r + 1
+        near_pairs.update((r, o) for o in neighbours.tolist() if (r, o) not in adjacent)
     if not near_pairs:
         return inst
-    # each piece's paint: its commonest colour (stripes, straps and highlights do not count)
-    paint = _modes(lg[ys, xs][None], axis=1, bins=48, line_index=own, lines=k).reshape(k, 3)
+    # each piece's paint: its commonest colour (stripes, straps and highlights do not count),
+    # for the pieces near another only
+    involved = np.zeros(k, bool)
+    involved[list({r for pair in near_pairs for r in pair})] = True
+    sel = involved[own]
+    paint = _modes(lg[ys[sel], xs[sel]][None], axis=1, bins=48, line_index=own[sel], lines=k).reshape(k, 3)
     candidates = {(r, o) for r, o in near_pairs if _paint_distance(paint[r] - paint[o]) <= MAX_COLOR_DIST}
     if not candidates:
         return inst

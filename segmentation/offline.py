@@ -1329,15 +1329,14 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
     pad = np.pad(inst.mask.astype(np.float32), 2)
     if MASK_SMOOTH > 0:
         pad = cv2.GaussianBlur(pad, (0, 0), MASK_SMOOTH)
-    gx = (np.arange(ox0, ox1, dtype=np.float32) + 0.5) / sx - 0.5 - x0 + 2
-    gy = (np.arange(oy0, oy1, dtype=np.float32) + 0.5) / sy - 0.5 - y0 + 2
-    mx, my = np.meshgrid(gx, gy)
-    big = cv2.remap(pad, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    to_work = np.array([[1 / sx, 0, (ox0 + 0.5) / sx - 0.5 - x0 + 2], [0, 1 / sy, (oy0 + 0.5) / sy - 0.5 - y0 + 2]])
+    big = cv2.warpAffine(pad, to_work, (ox1 - ox0, oy1 - oy0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     big = big >= MASK_LEVEL
-    ys, xs = np.nonzero(big)
-    if not len(ys):
+    rows, cols = np.flatnonzero(big.any(axis=1)), np.flatnonzero(big.any(axis=0))
+    if not len(rows):
         return None
-    bx0, bx1, by0, by1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    bx0, bx1, by0, by1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
     crop = big[by0:by1, bx0:bx1]
     box = Box(ox0 + bx0, oy0 + by0, ox0 + bx1, oy0 + by1)
     mask = Image.fromarray((crop * 255).astype(np.uint8), "L")

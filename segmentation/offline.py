@@ -12,7 +12,8 @@ How it works, on a copy whose longest side is `work_side` (448) pixels:
    fitted on the pixels that still look like background). Without one, the belt is modelled from
    the image itself, in log intensity, as row profile + column profile + smooth residual (the
    profiles are the commonest level of each line; lines found mostly foreground against them,
-   covered by items or given an item's level, are interpolated from their neighbours). A belt is
+   covered by items or given an item's level, are interpolated from their neighbours, except
+   between two clearly different levels such as a rail and the belt). A belt is
    constant along its running direction and across it up to its seams, so the row and column
    profiles take in the rails, ribs, seams, lane lines and most of the uneven light (a vignette or
    a gradient is separable); the residual takes in spots. The belt's running direction is found

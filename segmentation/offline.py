@@ -10,8 +10,10 @@ How it works, on a copy whose longest side is `work_side` (448) pixels:
 1. **Background model.** With a reference photo of the empty scene from the same camera, the
    reference, corrected for the change of light (a per-channel gain plus a smooth gain field
    fitted on the pixels that still look like background). Without one, the belt is modelled from
-   the image itself, in log intensity, as row profile + column profile + smooth residual (a median
-   polish, iterated with the pixels found to be foreground replaced by the model). A belt is
+   the image itself, in log intensity, as row profile + column profile + smooth residual (the
+   profiles are the commonest level of each line; lines found mostly foreground against them,
+   covered by items or given an item's level, are interpolated from their neighbours, except
+   between two clearly different levels such as a rail and the belt). A belt is
    constant along its running direction and across it up to its seams, so the row and column
    profiles take in the rails, ribs, seams, lane lines and most of the uneven light (a vignette or
    a gradient is separable); the residual takes in spots. The belt's running direction is found
@@ -25,24 +27,33 @@ How it works, on a copy whose longest side is `work_side` (448) pixels:
    that match the model), one per flat patch of foreground. Flooding stops at sharp edges.
 4. **Shadows and paint.** A region that is only darker than the belt, with no colour of its
    own, is a shadow or a dark item. A shadow's border with the belt is soft (penumbra); a dark
-   item's is a sharp edge. Regions with a soft belt border go back to the belt. Thin strokes
-   (painted words and arrows, seams) are too thin to hold a marker and are flooded by the belt.
+   item's is a sharp edge. Regions with a soft belt border go back to the belt, unless they are
+   deeper than SHADOW_MAX_DEPTH noise thresholds (a black item on a dark belt has a small step,
+   so a small gradient, at its edge; a deep shadow lies against the item that casts it). Thin
+   strokes (painted words and arrows, seams) are too thin to hold a marker and are flooded by
+   the belt.
 5. **Instances.** The item mask (holes filled, thin bridges cut) is split where items touch or
    overlap: one marker per bulge of its distance transform, flooded by colour; two bulges are
    joined again when no neck separates them and their commonest colours agree. The pieces are
    then cut along colour: the blob's pixels are clustered (k-means in log chroma and damped log
    brightness, close centres joined) and each piece falls into its connected colour regions, so
    two differently painted items that touch or lie on each other without a neck come apart.
-   The pieces are then joined into items, cheapest join first, by convexity (an item is about
-   convex; two items that touch or overlap leave a concavity where they meet): pieces smaller
-   than an item join the neighbour they share most border with; neighbours of the same colour
-   (chroma, brightness damped: shading and highlights) join when the join adds little concavity;
+   The pieces are then joined into items (joins of one paint first, each kind cheapest first)
+   by convexity (an item is about convex; two items that touch or overlap leave a concavity
+   where they meet): pieces smaller than an item join the neighbour they share most border
+   with; neighbours of the same colour (chroma, brightness damped: shading and highlights)
+   join when the join adds little concavity;
    a patch of another colour (stripes, straps, a logo, a highlight) joins only when, in addition,
    it borders the belt along a minority of its outline (the item's outline encloses it), which an
-   item lying on another does not; the item keeps the colour of its paint, not of its patches,
-   so the parts of an item cut by a strap join again across it. Before the joins, pieces are
-   also cut along closed sharp edges inside the blob (a same-coloured item lying on another
-   shows its outline across the lower one).
+   item lying on another does not, and other pieces only of its own or the item's paint (an
+   item half hidden between two others borders both); the item keeps the colour of its paint,
+   not of its patches, so the parts of an item cut by a strap join again across it. Before the
+   joins, pieces are also cut along closed sharp edges inside the blob (a same-coloured item
+   lying on another shows its outline across the lower one).
+   Last, parts of one paint that do not touch (cut apart by a strap or band as dark as the belt,
+   by a patch of another colour, or by another item lying across) are joined when the convex
+   hull of their union holds no belt but thin strips (two separate items leave a wedge of belt);
+   pieces lying inside that hull are patches of the item and join it too.
 6. **Confidence.** A logistic function of contrast to the belt, edge sharpness, size,
    thickness, solidity and the share of the outline that borders the belt (the typical false
    positive is a fragment of a split item or two items merged), calibrated on the tuning split.
@@ -213,13 +224,14 @@ class _DisjointSet:
 # The analysis itself (module-level functions on NumPy arrays).
 
 # Tuned on the generator's "tuning" split (never on "heldout").
-BELT_ITERATIONS = 1  # passes of the belt model (profiles, then with the foreground replaced)
 BELT_SAMPLES_X = 100  # samples per row / column the belt's profiles are taken from
 BELT_SAMPLES_Y = 72
 OTHER_COLOUR_MAX_CONCAVITY = 1.0  # pieces of different colours join only if their union is this convex
 PATCH_MAX_OUTLINE = 0.35  # ... and only if the smaller borders the belt along at most this share of its outline
+PATCH_MAX_FOREIGN = 0.15  # ... and pieces of a third paint along at most this share of it
 MASK_SMOOTH = 0.8  # the mask is smoothed (working pixels) and cut at MASK_LEVEL when scaled up;
 MASK_LEVEL = 0.75  # above 0.5 it sheds the item's soft edge and contact shadow (masks ran ~6 % large)
+SHADOW_MAX_DEPTH = 3.0  # noise thresholds: a colourless region darker than this is an item, not a shadow
 _K = 8.0  # offset of the log intensity: keeps noise in dark pixels from exploding
 _LOG_SCALE = 255 / math.log((255 + _K) / _K)  # log image -> 0..255 for the watershed
 
@@ -267,9 +279,11 @@ def _masked_blur(values, weights, sigma: float):
     small = 4
     h, w = weights.shape
     size = (max(2, w // small), max(2, h // small))
-    wv = cv2.resize(weights.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    weights = weights.astype(np.float32, copy=False)
+    wv = cv2.resize(weights, size, interpolation=cv2.INTER_AREA)
     if values.ndim == 3:
-        vv = cv2.resize(values * weights[..., None], size, interpolation=cv2.INTER_AREA)
+        # (a channel-replicated copy: NumPy broadcasting over 3 channels is several times slower)
+        vv = cv2.resize(values * cv2.cvtColor(weights, cv2.COLOR_GRAY2BGR), size, interpolation=cv2.INTER_AREA)
         num = cv2.GaussianBlur(vv, (0, 0), sigma / small)
         den = cv2.GaussianBlur(wv, (0, 0), sigma / small)[..., None]
     else:
@@ -355,55 +369,66 @@ def _runs_vertically(lg) -> bool:
     sample = lg[::sy, ::sx]
     along_x = np.abs(sample - _modes(sample, axis=1))  # residual of a per-row profile
     along_y = np.abs(sample - _modes(sample, axis=0))  # residual of a per-column profile
-    return float(np.median(along_y)) < float(np.median(along_x))
+    # the mean, not the median: the rails are a minority of the pixels, but a profile that
+    # misses them leaves large residuals there
+    return float(along_y.mean()) < float(along_x.mean())
 
 
-def _belt_model(lg, iterations: int = BELT_ITERATIONS):
-    """Profile across the belt + profile along it (modes) + smooth residual, iterated with the
-    foreground replaced. A belt running along y is modelled transposed."""
+def _belt_model(lg):
+    """Profile across the belt + profile along it (modes) + smooth residual. A belt running
+    along y is modelled transposed."""
     import numpy as np
 
     if _runs_vertically(lg):
-        model, fg = _belt_model_rows(np.ascontiguousarray(lg.transpose(1, 0, 2)), iterations)
+        model, fg = _belt_model_rows(np.ascontiguousarray(lg.transpose(1, 0, 2)))
         return np.ascontiguousarray(model.transpose(1, 0, 2)), np.ascontiguousarray(fg.T)
-    return _belt_model_rows(lg, iterations)
+    return _belt_model_rows(lg)
 
 
-def _belt_model_rows(lg, iterations: int):
-    """Row profile + column profile (modes) + smooth residual, for a belt running along x."""
+def _outer_sum(rows, cols):
+    """rows (H x 1 x 3) + cols (1 x W x 3) as an H x W x 3 image (OpenCV's replication is several
+    times faster than NumPy broadcasting over a last axis of 3)."""
     import cv2
+
+    size = (cols.shape[1], rows.shape[0])
+    out = cv2.resize(rows, size, interpolation=cv2.INTER_NEAREST)
+    out += cv2.resize(cols, size, interpolation=cv2.INTER_NEAREST)
+    return out
+
+
+def _foreground(lg, model):
+    """Pixels that differ from the model by more than the noise thresholds, dilated."""
+    import cv2
+    import numpy as np
+
+    m, cd = _evidence(lg, model)
+    tm, tc = _thresholds(m, cd)
+    return cv2.dilate(((np.abs(m) > tm) | (cd > tc)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+
+
+def _belt_model_rows(lg):
+    """Row profile + column profile (modes) + smooth residual, for a belt running along x."""
     import numpy as np
 
     h, w = lg.shape[:2]
     sx, sy = max(1, w // BELT_SAMPLES_X), max(1, h // BELT_SAMPLES_Y)
     x_rows, x_cols = lg[:, ::sx], lg[::sy]  # the samples the profiles are taken from
-    fg = None
-    model = None
     # pixels of the belt's own chroma count fully in the profiles, others (items) little, so a
     # line mostly covered by coloured items still gets the belt's level
     chroma = _belt_chroma(x_cols)
     w_rows, w_cols = _belt_chroma_weights(x_rows, chroma), _belt_chroma_weights(x_cols, chroma)
-    for it in range(iterations):
-        rows = _modes(x_rows, axis=1, weights=w_rows)
-        if fg is not None:  # rows mostly covered by items: interpolate from the rows around them
-            rows = _interpolate_unreliable(rows, fg[:, ::sx].mean(axis=1) > 0.45, axis=0)
-        cols = _modes(x_cols - rows[::sy], axis=0, weights=w_cols)
-        if fg is not None:
-            cols = _interpolate_unreliable(cols, fg[::sy].mean(axis=0) > 0.45, axis=1)
-        model = rows + cols
-        if fg is None:
-            m, cd = _evidence(lg, model)
-            tm, tc = _thresholds(m, cd)
-            fg = cv2.dilate(((np.abs(m) > tm) | (cd > tc)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        model = model + _masked_blur(lg - model, (~fg).astype(np.float32), sigma=max(h, w) / 10)
-        if it == iterations - 1:
-            break
-        m, cd = _evidence(lg, model)
-        tm, tc = _thresholds(m, cd)
-        fg = (np.abs(m) > tm) | (cd > tc)
-        fg = cv2.dilate(fg.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        x_rows = np.where(fg[:, ::sx, None], model[:, ::sx], lg[:, ::sx])
-        x_cols = np.where(fg[::sy, :, None], model[::sy], lg[::sy])
+    rows = _modes(x_rows, axis=1, weights=w_rows)
+    cols = _modes(x_cols - rows[::sy], axis=0, weights=w_cols)
+    fg = _foreground(lg, _outer_sum(rows, cols))
+    # lines mostly covered by items, or whose commonest level is an item's (a white parcel is
+    # flatter than the belt's texture): interpolated from the lines around them
+    bad_rows, bad_cols = fg[:, ::sx].mean(axis=1) > 0.45, fg[::sy].mean(axis=0) > 0.45
+    if bad_rows.any() or bad_cols.any():
+        rows = _interpolate_unreliable(rows, bad_rows, axis=0)
+        cols = _interpolate_unreliable(cols, bad_cols, axis=1)
+        fg = _foreground(lg, _outer_sum(rows, cols))
+    profiles = _outer_sum(rows, cols)
+    model = profiles + _masked_blur(lg - profiles, (~fg).astype(np.float32), sigma=max(h, w) / 10)
     return model, fg
 
 
@@ -426,13 +451,20 @@ def _belt_chroma_weights(x, mode):
     """Per pixel of x (log image), 1 for the belt's chroma `mode` falling towards 0.05 away from it."""
     import numpy as np
 
-    d2 = ((_chroma(x) - mode) ** 2).sum(axis=-1)
-    return (np.exp(-d2 / BELT_CHROMA_SIGMA ** 2) + 0.05).astype(np.float32)
+    green = x[..., 1]
+    dr = x[..., 0] - green - np.float32(mode[0])
+    db = x[..., 2] - green - np.float32(mode[1])
+    return np.exp((dr * dr + db * db) * np.float32(-1 / BELT_CHROMA_SIGMA ** 2)) + np.float32(0.05)
+
+
+INTERPOLATE_MAX_STEP = 0.3  # log brightness: a run of lines between levels this far apart stays as it is
 
 
 def _interpolate_unreliable(profile, bad, axis: int):
     """`profile` (H x 1 x 3 or 1 x W x 3) with the entries flagged `bad` linearly interpolated
-    from the good ones (unchanged when too few are good)."""
+    from the good ones (unchanged when too few are good). A run of bad lines between two good
+    lines of clearly different levels (a rail and the belt) stays as it is: the level between
+    them is unknown."""
     import numpy as np
 
     if not bad.any() or bad.mean() > 0.7:
@@ -440,8 +472,14 @@ def _interpolate_unreliable(profile, bad, axis: int):
     flat = profile.reshape(-1, 3).copy()
     idx = np.arange(len(flat))
     good = ~bad
+    fill = bad.copy()
+    starts = np.flatnonzero(bad & ~np.concatenate([[False], bad[:-1]]))
+    ends = np.flatnonzero(bad & ~np.concatenate([bad[1:], [False]])) + 1
+    for a, b in zip(starts, ends):
+        if a > 0 and b < len(flat) and np.abs(flat[a - 1] - flat[b]).mean() > INTERPOLATE_MAX_STEP:
+            fill[a:b] = False
     for c in range(3):
-        flat[bad, c] = np.interp(idx[bad], idx[good], flat[good, c])
+        flat[fill, c] = np.interp(idx[fill], idx[good], flat[good, c])
     return flat.reshape(profile.shape)
 
 
@@ -523,12 +561,13 @@ def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
     labels[labels < 1] = 1
     n = int(labels.max()) + 1
 
-    # region statistics
-    flat_labels = labels.ravel()
-    area = np.bincount(flat_labels, minlength=n).astype(np.float64)
-    strong_frac = np.bincount(flat_labels, weights=strong.ravel(), minlength=n) / np.maximum(area, 1)
-    m_mean = np.bincount(flat_labels, weights=m.ravel(), minlength=n) / np.maximum(area, 1)
-    cd_mean = np.bincount(flat_labels, weights=cd.ravel(), minlength=n) / np.maximum(area, 1)
+    # region statistics (of the foreground regions only: the belt, label 1, is most pixels)
+    ry, rx = np.nonzero(labels > 1)
+    region = labels[ry, rx]
+    area = np.bincount(region, minlength=n).astype(np.float64)
+    strong_frac = np.bincount(region, weights=strong[ry, rx], minlength=n) / np.maximum(area, 1)
+    m_mean = np.bincount(region, weights=m[ry, rx], minlength=n) / np.maximum(area, 1)
+    cd_mean = np.bincount(region, weights=cd[ry, rx], minlength=n) / np.maximum(area, 1)
 
     lum = cv2.transform(lg, _mat([[1 / 3, 1 / 3, 1 / 3]]))
     pairs, length, sharp, _ = _boundaries(labels, grad, lum, n)
@@ -545,7 +584,7 @@ def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
         if area[r] == 0:
             continue
         ln, sh = belt_border.get(r, (0, 0.0))
-        shadowish = m_mean[r] < 0 and cd_mean[r] < 1.5 * tc and strong_frac[r] < 0.5
+        shadowish = -SHADOW_MAX_DEPTH * tm < m_mean[r] < 0 and cd_mean[r] < 1.5 * tc and strong_frac[r] < 0.5
         if shadowish and ln > 0 and sh < 0.12:
             union(1, r)
         elif strong_frac[r] < 0.15 and abs(m_mean[r]) < 1.2 * tm and cd_mean[r] < 1.2 * tc:
@@ -561,6 +600,8 @@ def _analyze(work, ref, *, min_area: float, gate: bool = False) -> _Analysis:
     #    transform, flooded by colour, bulges joined again unless a neck separates them
     edge_level = EDGE_LEVEL
     inst = _split_touching(fg, image8, lg, grad, min_px=max(20, 0.3 * min_area * h * w), edge_level=edge_level)
+    # 4) join the parts of an item that a strap, a seam-coloured band or another item cut apart
+    inst = _join_across_gaps(inst, lg)
 
     # instances
     ids, counts = np.unique(inst, return_counts=True)
@@ -774,6 +815,14 @@ MERGE_LUM_WEIGHT = 0.2  # _merge_convex: weight of the brightness part of a colo
 MAX_COLOR_DIST = 0.5  # _merge_convex: pieces whose colours differ by at most this are one paint
 
 
+def _paint_distance(dc) -> float:
+    """Difference of two log colours (`dc`, one minus the other): chroma (L1) plus brightness
+    damped by MERGE_LUM_WEIGHT (shading and highlights change brightness, not paint)."""
+    d0, d1, d2 = dc.tolist()  # plain floats: this runs for every pair of pieces
+    dl = (d0 + d1 + d2) / 3
+    return abs(d0 - dl) + abs(d1 - dl) + abs(d2 - dl) + MERGE_LUM_WEIGHT * 3 * abs(dl)
+
+
 def _colour_refine(labels, mask, lg, *, min_px: float):
     """Pieces (labels 1.. inside `mask`) cut further along colour: the blob's pixels are
     clustered by colour (k-means in log chroma + damped log brightness, centres closer than
@@ -786,8 +835,10 @@ def _colour_refine(labels, mask, lg, *, min_px: float):
     px = lg[mask]
     if len(px) < 50:
         return labels
-    lum = px.mean(axis=1, keepdims=True)
-    feat = np.concatenate([px - lum, lum * COLOUR_LUM_WEIGHT], 1).astype(np.float32)
+    # features: log chroma (each channel minus the brightness) and damped brightness, as one
+    # matrix product (NumPy broadcasting over 3 channels is slow)
+    to_feat = np.hstack([np.eye(3) - 1 / 3, np.full((3, 1), COLOUR_LUM_WEIGHT / 3)]).astype(np.float32)
+    feat = px @ to_feat
     step = max(1, len(feat) // COLOUR_SAMPLES)
     sample = np.ascontiguousarray(feat[::step])
     k = min(COLOUR_K, len(sample) // 20)
@@ -883,6 +934,129 @@ def _edge_refine(labels, mask, grad, *, min_px: float, level: float):
     return out
 
 
+GAP_REACH = 9  # _join_across_gaps: pieces up to this far apart (working pixels) may be one item
+GAP_THIN = 4  # belt strips narrower than 2 * GAP_THIN + 1 pixels inside an item's hull: straps, seams
+GAP_MAX_CONCAVITY = 0.15  # belt wider than that inside the union's hull, relative to the smaller part
+PATCH_INSIDE = 0.7  # a piece with this share of its area inside the union's hull is a patch of it
+
+
+def _join_across_gaps(inst, lg):
+    """Instance labels with the parts of one item joined: parts of the same paint that do not
+    touch (a strap or band painted like the belt, a patch of another colour, or another item lying
+    across cut them apart) and whose union's convex hull is filled by them, by pieces inside the
+    hull (patches: absorbed), by other items (occluders) and by thin strips of belt only. Two
+    separate items of one colour leave a wide wedge of belt inside their hull."""
+    import cv2
+    import numpy as np
+
+    k = int(inst.max()) + 1
+    if k <= 2:
+        return inst
+    h, w = inst.shape
+    area = np.bincount(inst.ravel(), minlength=k).astype(np.float64)
+    ys, xs = np.nonzero(inst)
+    own = inst[ys, xs]
+    order = np.argsort(own, kind="stable")
+    ys, xs, own = ys[order], xs[order], own[order]
+    bounds = np.searchsorted(own, np.arange(k + 1))
+    box = np.zeros((k, 4), np.int64)  # x0, y0, x1, y1 (exclusive)
+    for r in range(1, k):
+        if bounds[r + 1] > bounds[r]:
+            yr, xr = ys[bounds[r]:bounds[r + 1]], xs[bounds[r]:bounds[r + 1]]
+            box[r] = xr.min(), yr.min(), xr.max() + 1, yr.max() + 1
+    codes = []
+    for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:])):
+        diff = (a != b) & (a > 0) & (b > 0)
+        codes.append(np.minimum(a[diff], b[diff]).astype(np.int64) * k + np.maximum(a[diff], b[diff]))
+    adjacent = {divmod(int(c), k) for c in np.unique(np.concatenate(codes))}
+    reach = np.ones((2 * GAP_REACH + 1, 2 * GAP_REACH + 1), np.uint8)
+    near_pairs = set()
+    for r in range(1, k):
+        if area[r] == 0:
+            continue
+        x0, y0, x1, y1 = box[r]
+        cx0, cy0 = max(0, x0 - GAP_REACH), max(0, y0 - GAP_REACH)
+        cx1, cy1 = min(w, x1 + GAP_REACH), min(h, y1 + GAP_REACH)
+        crop = inst[cy0:cy1, cx0:cx1]
+        near = cv2.dilate((crop == r).astype(np.uint8), reach) > 0
+        neighbours = np.flatnonzero(np.bincount(crop[near], minlength=k)[r + 1:]) + r + 1
+        near_pairs.update((r, o) for o in neighbours.tolist() if (r, o) not in adjacent)
+    if not near_pairs:
+        return inst
+    # each piece's paint: its commonest colour (stripes, straps and highlights do not count),
+    # for the pieces near another only
+    involved = np.zeros(k, bool)
+    involved[list({r for pair in near_pairs for r in pair})] = True
+    sel = involved[own]
+    paint = _modes(lg[ys[sel], xs[sel]][None], axis=1, bins=48, line_index=own[sel], lines=k).reshape(k, 3)
+    candidates = {(r, o) for r, o in near_pairs if _paint_distance(paint[r] - paint[o]) <= MAX_COLOR_DIST}
+    if not candidates:
+        return inst
+    out = inst.copy()
+    groups = _DisjointSet(k)
+    thin = np.ones((2 * GAP_THIN + 1, 2 * GAP_THIN + 1), np.uint8)
+
+    def hull_cost(ra: int, rb: int):
+        """(cost, geometry) of joining groups ra and rb, or None when the convex hull of their
+        union holds too much wide belt."""
+        x0, y0 = min(box[ra, 0], box[rb, 0]), min(box[ra, 1], box[rb, 1])
+        x1, y1 = max(box[ra, 2], box[rb, 2]), max(box[ra, 3], box[rb, 3])
+        crop = out[y0:y1, x0:x1]
+        ma, mb = crop == ra, crop == rb  # a group's pieces carry its root's label in `out`
+        pts = np.column_stack(np.nonzero(ma | mb)[::-1]).astype(np.int32)
+        hull = np.zeros(crop.shape, np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(pts), 1)
+        hull = hull > 0
+        belt_gap = hull & (crop == 0)
+        wide = cv2.morphologyEx(belt_gap.astype(np.uint8), cv2.MORPH_OPEN, thin) > 0
+        cost = float(wide.sum()) / max(min(area[ra], area[rb]), 1.0)
+        return None if cost > GAP_MAX_CONCAVITY else (cost, (x0, y0, crop, ma, mb, hull, belt_gap & ~wide))
+
+    def join(ra: int, rb: int, geometry) -> None:
+        """Join group rb, the pieces inside the hull (patches) and the belt bridging the two
+        (a strap, a band: thin gap components touching both) into group ra."""
+        x0, y0, crop, ma, mb, hull, thin_gap = geometry
+        inside = hull & ~ma & ~mb & (crop > 0)
+        patches = [o for o in np.unique(crop[inside]).tolist()
+                   if np.count_nonzero(crop[inside] == o) >= PATCH_INSIDE * area[o]]
+        n_gap, gap_labels = cv2.connectedComponents(thin_gap.astype(np.uint8), connectivity=4)
+        k3 = np.ones((3, 3), np.uint8)
+        touch_a = np.unique(gap_labels[cv2.dilate(ma.astype(np.uint8), k3) > 0])
+        touch_b = np.unique(gap_labels[cv2.dilate(mb.astype(np.uint8), k3) > 0])
+        bridge = thin_gap & np.isin(gap_labels, np.intersect1d(touch_a, touch_b)[1:] if n_gap > 1 else [])
+        changed = {ra}
+        for o in [rb] + [groups.find(p) for p in patches]:
+            if o != ra:
+                groups.attach(o, ra)
+                area[ra] += area[o]
+                changed.add(o)
+                ox0, oy0, ox1, oy1 = box[o]
+                sub = out[oy0:oy1, ox0:ox1]
+                sub[sub == o] = ra
+                box[ra, :2] = np.minimum(box[ra, :2], box[o, :2])
+                box[ra, 2:] = np.maximum(box[ra, 2:], box[o, 2:])
+        bh, bw = bridge.shape
+        out[y0:y0 + bh, x0:x0 + bw][bridge] = ra
+        for key in [key for key in costs if changed & set(key)]:
+            del costs[key]
+
+    costs: dict[tuple[int, int], Any] = {}  # group pair -> hull_cost; dropped when a group changes
+    while True:
+        best, best_cost = None, math.inf
+        for a, b in candidates:
+            ra, rb = groups.find(a), groups.find(b)
+            if ra == rb:
+                continue
+            key = (min(ra, rb), max(ra, rb))
+            if key not in costs:
+                costs[key] = hull_cost(*key)
+            if costs[key] is not None and costs[key][0] < best_cost:
+                best, best_cost = key, costs[key][0]
+        if best is None:
+            return out
+        join(*best, costs[best][1])
+
+
 def _hull_gap(piece) -> tuple[float, float]:
     """Pixels of a mask and the area its convex hull adds to it (0 for a convex shape)."""
     import cv2
@@ -909,7 +1083,8 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
     adds almost none (`max_gap_other`), the union is not far from convex
     (OTHER_COLOUR_MAX_CONCAVITY) and the smaller piece borders the outside of the blob along at
     most PATCH_MAX_OUTLINE of its outline (the item's outline encloses it; an item lying on
-    another item sticks out)."""
+    another item sticks out) and pieces of a third paint along at most PATCH_MAX_FOREIGN of it
+    (an item half hidden between two others borders both)."""
     import cv2
     import numpy as np
 
@@ -923,7 +1098,11 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
     area = np.bincount(flat, minlength=k).astype(np.float64)
     csum = np.stack([np.bincount(flat, weights=lg[..., c].ravel(), minlength=k) for c in range(3)], 1)
     carea = area.copy()  # pixels the colour (csum) is taken over: the item's paint, not its patches
-    ys, xs = np.nonzero(labels)
+    # each piece's convex hull, from its outline pixels only (the hull of all its pixels)
+    outline = np.ones(labels.shape, bool)
+    outline[1:-1, 1:-1] = ((labels[1:-1, 1:-1] != labels[:-2, 1:-1]) | (labels[1:-1, 1:-1] != labels[2:, 1:-1])
+                           | (labels[1:-1, 1:-1] != labels[1:-1, :-2]) | (labels[1:-1, 1:-1] != labels[1:-1, 2:]))
+    ys, xs = np.nonzero(outline & (labels > 0))
     lab = labels[ys, xs]
     order = np.argsort(lab, kind="stable")
     bounds = np.searchsorted(lab[order], np.arange(k + 1))
@@ -957,9 +1136,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         pieces.attach(b, a)
         area[a] += area[b]
         outside[a] += outside[b]
-        dc = csum[a] / max(carea[a], 1) - csum[b] / max(carea[b], 1)
-        dl = dc.mean()
-        if np.abs(dc - dl).sum() + MERGE_LUM_WEIGHT * 3 * abs(dl) <= MAX_COLOR_DIST:
+        if _paint_distance(csum[a] / max(carea[a], 1) - csum[b] / max(carea[b], 1)) <= MAX_COLOR_DIST:
             csum[a] += csum[b]
             carea[a] += carea[b]
         elif carea[b] > carea[a]:  # a patch of another colour: the larger part's colour stays
@@ -976,25 +1153,34 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
                     key = (min(a, o), max(a, o))
                     adj[key] = adj.get(key, 0) + n
 
-    costs: dict[tuple[int, int], tuple[bool, float]] = {}  # pair -> (may join, cost); dropped on joins
+    # pair -> (may join, (other paint, cost)); dropped on joins. Joins of one paint go first, so
+    # an item split in pieces is whole before it is tested as a patch of another
+    costs: dict[tuple[int, int], tuple[bool, tuple[bool, float]]] = {}
 
-    def pair_cost(a: int, b: int) -> tuple[bool, float]:
+    def pair_cost(a: int, b: int) -> tuple[bool, tuple[bool, float]]:
         union = hull_area(cv2.convexHull(np.concatenate([hulls[a], hulls[b]])))
         smaller = max(min(area[a], area[b]), 1.0)
         total_gap = max(0.0, union - area[a] - area[b])
-        dc = csum[a] / carea[a] - csum[b] / carea[b]
-        dl = dc.mean()
-        same = np.abs(dc - dl).sum() + MERGE_LUM_WEIGHT * 3 * abs(dl) <= max_color_dist
+        same = _paint_distance(csum[a] / carea[a] - csum[b] / carea[b]) <= max_color_dist
         cost = (total_gap - gap[a] - gap[b]) / smaller
         if same:
-            return cost <= max_gap, cost
+            return cost <= max_gap, (False, cost)
         # a patch of another colour belongs to the item whose outline encloses it: it borders
         # the belt only where it reaches the item's edge (stripes, straps, a logo)
-        patch = a if area[a] <= area[b] else b
+        # and other pieces only of its own or the item's paint (an item lying between two
+        # others borders both)
+        patch, host = (a, b) if area[a] <= area[b] else (b, a)
         perimeter = outside[patch] + sum(n for key, n in adj.items() if patch in key)
+        foreign = sum(n for key, n in adj.items() if patch in key and host not in key
+                      and not one_paint(key[0] if key[1] == patch else key[1], (patch, host)))
         ok = (cost <= max_gap_other and total_gap / smaller <= OTHER_COLOUR_MAX_CONCAVITY
-              and outside[patch] <= PATCH_MAX_OUTLINE * perimeter)
-        return ok, cost
+              and outside[patch] <= PATCH_MAX_OUTLINE * perimeter and foreign <= PATCH_MAX_FOREIGN * perimeter)
+        return ok, (True, cost)
+
+    def one_paint(r: int, others) -> bool:
+        """Whether piece r has the paint of one of the pieces `others`."""
+        colour = csum[r] / max(carea[r], 1)
+        return any(_paint_distance(colour - csum[o] / max(carea[o], 1)) <= max_color_dist for o in others)
 
     while adj:
         small = [r for r in hulls if area[r] < min_px and any(r in key for key in adj)]
@@ -1004,7 +1190,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
             o = q if p == r else p
             join(o, r)
             continue
-        best, best_cost = None, math.inf
+        best, best_cost = None, (True, math.inf)
         for a, b in adj:
             if (a, b) not in costs:
                 costs[(a, b)] = pair_cost(a, b)
@@ -1144,15 +1330,14 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
     pad = np.pad(inst.mask.astype(np.float32), 2)
     if MASK_SMOOTH > 0:
         pad = cv2.GaussianBlur(pad, (0, 0), MASK_SMOOTH)
-    gx = (np.arange(ox0, ox1, dtype=np.float32) + 0.5) / sx - 0.5 - x0 + 2
-    gy = (np.arange(oy0, oy1, dtype=np.float32) + 0.5) / sy - 0.5 - y0 + 2
-    mx, my = np.meshgrid(gx, gy)
-    big = cv2.remap(pad, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    to_work = np.array([[1 / sx, 0, (ox0 + 0.5) / sx - 0.5 - x0 + 2], [0, 1 / sy, (oy0 + 0.5) / sy - 0.5 - y0 + 2]])
+    big = cv2.warpAffine(pad, to_work, (ox1 - ox0, oy1 - oy0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     big = big >= MASK_LEVEL
-    ys, xs = np.nonzero(big)
-    if not len(ys):
+    rows, cols = np.flatnonzero(big.any(axis=1)), np.flatnonzero(big.any(axis=0))
+    if not len(rows):
         return None
-    bx0, bx1, by0, by1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    bx0, bx1, by0, by1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
     crop = big[by0:by1, bx0:bx1]
     box = Box(ox0 + bx0, oy0 + by0, ox0 + bx1, oy0 + by1)
     mask = Image.fromarray((crop * 255).astype(np.uint8), "L")

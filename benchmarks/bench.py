@@ -788,33 +788,10 @@ def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> It
 
 @contextlib.contextmanager
 def bigquery_stand_in() -> Iterator[Any]:
-    """tests.fakes' BigQuery stand-in (insertAll over HTTP, threaded) with TCP_NODELAY and a deep
-    listen queue. Its handler writes the headers and the body of an answer separately; with
-    Nagle's algorithm the body then waits for the client's delayed ACK on the kept-alive
-    connection, about 20 ms per insert here, which real BigQuery does not cost."""
-    import threading
-
+    """tests.fakes' BigQuery stand-in (insertAll over HTTP, threaded, TCP_NODELAY)."""
     from tests.fakes import bigquery_server
 
-    class Handler(bigquery_server._Handler):
-        disable_nagle_algorithm = True
-
-    class Server(bigquery_server._Server):
-        request_queue_size = 1024
-
-    class BenchBigQuery(bigquery_server.FakeBigQuery):
-        def start(self) -> "BenchBigQuery":
-            httpd = Server(("127.0.0.1", 0), Handler)
-            httpd.state = self._state
-            self._httpd = httpd
-            self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="bench-bigquery", daemon=True)
-            self._thread.start()
-            host, port = httpd.server_address[:2]
-            self.url = f"http://{host}:{port}"
-            return self
-
-    with BenchBigQuery() as server:
+    with bigquery_server.FakeBigQuery() as server:
         yield server
 
 

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
-import threading
 import time
 from functools import partial
 from http.server import HTTPServer
@@ -96,15 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impl", choices=("memory", "emulator"), default="memory")
     parser.add_argument("--no-meta-dump", action="store_true", help="emulator only: skip the metadata rewrite")
     args = parser.parse_args(argv)
-    httpd = memory_server() if args.impl == "memory" else emulator_server(args.no_meta_dump)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.shutdown, daemon=True).start())
-    host, port = httpd.server_address[:2]
-    print(f"READY http://{host}:{port}", flush=True)
-    try:
-        httpd.serve_forever(poll_interval=0.05)
-    finally:
-        httpd.server_close()
-    sys.exit(0)
+    from tests.fakes.gcs_server import serve_until_sigterm
+
+    serve_until_sigterm(memory_server() if args.impl == "memory" else emulator_server(args.no_meta_dump))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import google_crc32c
@@ -473,8 +473,14 @@ def main(argv: list[str] | None = None) -> None:
     server = GcsServer(("127.0.0.1", args.port))
     for bucket in args.bucket:
         server.create_bucket(bucket)
+    serve_until_sigterm(server)
+
+
+def serve_until_sigterm(server: Any) -> NoReturn:
+    """Print "READY <url>", serve `server` (an http.server) until SIGTERM, then exit 0."""
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    print(f"READY {server.url}", flush=True)
+    host, port = server.server_address[:2]
+    print(f"READY http://{host}:{port}", flush=True)
     try:
         server.serve_forever(poll_interval=0.05)
     finally:

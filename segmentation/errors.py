@@ -33,6 +33,14 @@ class TransientError(PipelineError):
         self.retry_after = retry_after
 
 
+class WriteConflictError(PipelineError):
+    """A conditional write lost a race: the object changed since it was read (HTTP 412).
+    The caller reads it again and decides anew; neither retrying the same write nor failing
+    the image is right."""
+
+    error_type = "write_conflict"
+
+
 class ImageDecodeError(PermanentError):
     """The bytes are not an image Pillow can decode (truncated, corrupt, wrong format)."""
 

@@ -31,7 +31,7 @@ from segmentation import PIPELINE_VERSION
 from segmentation.config import Config
 from segmentation.detections import Detection, DetectionResult, ObjectRef
 from segmentation.backgrounds import OfflineDetectors
-from segmentation.errors import DetectorNotConfiguredError, PermanentError, TransientError
+from segmentation.errors import DetectorNotConfiguredError, PermanentError, TransientError, WriteConflictError
 from segmentation.events import skip_reason
 from segmentation.images import ModelInput, load_image, model_input
 from segmentation.logs import log_event
@@ -47,6 +47,8 @@ GENERATION_KEY = "source-generation"
 EMPTY_BELT_GATE = "empty-belt-gate"
 # Seconds of transient-error retries left for the writes after the offline fallback answered.
 FALLBACK_WRITE_BUDGET_S = 30.0
+# Conditional marker writes that may lose a race to other events of the same name before giving up.
+MARKER_WRITE_ATTEMPTS = 5
 # Threads for one instance's storage I/O and rendering that run beside the request threads
 # (uploads, the crop listing, the generation check, the overview). Shared by all concurrent
 # requests: an event queues 6-26 uploads, so at 16 concurrent events 16 threads would queue
@@ -319,25 +321,39 @@ class Pipeline:
         return live is not None and live > ref.generation
 
     def _write_marker(self, ref: ObjectRef, names: OutputNames, outcome: Outcome, deadline: float) -> None:
+        """Record `outcome` as this name's completion marker unless a newer generation's is there.
+
+        Markers never go backwards: the write is conditional on the marker generation that was
+        read, so when two events of one name finish together (an older and a newer generation,
+        or an image and its redelivery) and the other writes between this read and this write,
+        the write is refused and the decision is made again on what the other wrote.
+        """
         if ref.generation is None:
             return
-        done = _generation_of(self._marker(ref, names, deadline))
-        if done is not None and done > ref.generation:
-            return  # a newer generation finished first; markers never go backwards
         summary = {"source_uri": ref.uri, "generation": ref.generation, "status": outcome.status,
                    "objects_found": outcome.objects_found, "reason": outcome.reason}
-        retry_call(
-            lambda: self.storage.write(
-                ref.bucket,
-                names.marker,
-                json.dumps(summary).encode(),
-                content_type="application/json",
-                metadata={GENERATION_KEY: str(ref.generation), "status": outcome.status,
-                          "detector": outcome.detector or "", "fallback": str(outcome.fallback).lower()},
-            ),
-            deadline=deadline,
-            what="marker write",
-        )
+        data = json.dumps(summary).encode()
+        metadata = {GENERATION_KEY: str(ref.generation), "status": outcome.status,
+                    "detector": outcome.detector or "", "fallback": str(outcome.fallback).lower()}
+        for _ in range(MARKER_WRITE_ATTEMPTS):
+            current = retry_call(lambda: self.storage.object_state(ref.bucket, names.marker), deadline=deadline,
+                                 what="marker read")
+            done = _generation_of(current.metadata if current else None)
+            if done is not None and done > ref.generation:
+                return  # a newer generation finished first
+            try:
+                retry_call(
+                    lambda: self.storage.write(ref.bucket, names.marker, data, content_type="application/json",
+                                               metadata=metadata,
+                                               if_generation_match=current.generation if current else 0),
+                    deadline=deadline,
+                    what="marker write",
+                )
+                return
+            except WriteConflictError:
+                continue  # another event of this name wrote the marker meanwhile: read it again
+        raise TransientError(f"marker of {ref.uri} changed under {MARKER_WRITE_ATTEMPTS} writes in a row; "
+                             "the redelivery will try again")
 
     def _crop_names(self, ref: ObjectRef, names: OutputNames, deadline: float) -> list[str]:
         """The names under this object's crop prefix now (this and older generations' crops)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, NoReturn
 
 from segmentation.detections import ObjectRef
@@ -35,6 +36,7 @@ from segmentation.errors import (
     PermanentError,
     PipelineError,
     TransientError,
+    WriteConflictError,
 )
 
 if TYPE_CHECKING:
@@ -151,6 +153,14 @@ def _raise_classified(exc: Exception, what: str, not_found: type[PermanentError]
     raise classified from exc
 
 
+@dataclass(frozen=True)
+class ObjectState:
+    """What a metadata read of a live object returns: its generation and custom metadata."""
+
+    generation: int
+    metadata: dict[str, str]
+
+
 class GcsStorage:
     """Cloud Storage through google-cloud-storage; every method raises only pipeline errors
     for service failures (plus ValueError-style bugs)."""
@@ -221,25 +231,42 @@ class GcsStorage:
         *,
         content_type: str,
         metadata: Mapping[str, str] | None = None,
+        if_generation_match: int | None = None,
     ) -> str:
-        """Create or overwrite gs://bucket/name; returns that URI."""
+        """Create or overwrite gs://bucket/name; returns that URI.
+
+        With `if_generation_match`, only if the live object is still that generation (0: only
+        if there is none); otherwise `WriteConflictError`.
+        """
+        from google.api_core.exceptions import PreconditionFailed
+
         blob = self.client.bucket(bucket).blob(name)
         if metadata:
             blob.metadata = dict(metadata)
         uri = f"gs://{bucket}/{name}"
         try:
-            blob.upload_from_string(data, content_type=content_type, retry=None, timeout=REQUEST_TIMEOUT)
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=if_generation_match,
+                                    retry=None, timeout=REQUEST_TIMEOUT)
+        except PreconditionFailed as exc:
+            raise WriteConflictError(f"write {uri}: generation {if_generation_match} is no longer live") from exc
         except Exception as exc:
             _raise_classified(exc, f"write {uri}")
         return uri
 
     def metadata(self, bucket: str, name: str) -> dict[str, str] | None:
         """Custom metadata of the live object ({} if it has none); None if it doesn't exist."""
+        state = self.object_state(bucket, name)
+        return None if state is None else state.metadata
+
+    def object_state(self, bucket: str, name: str) -> "ObjectState | None":
+        """The live object's generation and custom metadata; None if it doesn't exist."""
         try:
             blob = self.client.bucket(bucket).get_blob(name, retry=None, timeout=REQUEST_TIMEOUT)
         except Exception as exc:
             _raise_classified(exc, f"metadata of gs://{bucket}/{name}")
-        return None if blob is None else dict(blob.metadata or {})
+        if blob is None:
+            return None
+        return ObjectState(generation=int(blob.generation or 0), metadata=dict(blob.metadata or {}))
 
     def live_generation(self, bucket: str, name: str) -> int | None:
         """The generation of the live object, or None if it doesn't exist."""

@@ -129,6 +129,45 @@ def test_an_old_generation_redelivered_after_a_newer_one_is_skipped(stack):
     assert {row["source_generation"] for row in stack.rows("images")} == {new.generation}
 
 
+def test_a_marker_never_goes_backwards_when_two_generations_finish_together(stack, monkeypatch):
+    """The older generation's event reads the completion marker (none yet) and, before it writes
+    its own, the newer generation's event finishes and writes the newer marker. The older write
+    is conditional on what it read, so it is refused; reading again, it leaves the newer marker
+    alone. (A plain read-then-write put the older generation back in the marker, and the next
+    redelivery of the newer one processed it again.)"""
+    import threading
+
+    from segmentation.function import default_pipeline
+
+    stack.gemini.enqueue(Answer(sample_text(1)))
+    old = stack.upload("raw/cupcakes.png", cupcakes())
+    new = stack.upload("raw/cupcakes.png", cupcakes())  # the old generation is gone: a failed row
+    storage = default_pipeline().storage
+    real_state = storage.object_state
+    marker_reads: list[threading.Thread] = []
+
+    def newer_finishes_between_read_and_write(bucket, name):
+        state = real_state(bucket, name)
+        if name.startswith("processed-markers/"):
+            marker_reads.append(threading.current_thread())
+            if marker_reads.count(marker_reads[0]) == 2 and marker_reads[-1] is marker_reads[0]:
+                # the older event's read before its marker write: let the newer one finish now
+                assert stack.deliver(stack.event_for(new)).status_code == 200
+        return state
+
+    monkeypatch.setattr(storage, "object_state", newer_finishes_between_read_and_write)
+    assert stack.deliver(stack.event_for(old)).status_code == 200
+
+    marker = stack.bucket.get_blob("processed-markers/cupcakes.png.json")
+    assert marker.metadata["source-generation"] == str(new.generation)
+    assert marker.metadata["status"] == "ok"
+    statuses = {(row["source_generation"], row["status"]) for row in stack.rows("images")}
+    assert statuses == {(old.generation, "failed"), (new.generation, "ok")}
+    # A redelivery of the newer generation is now the cheap no-op it should be.
+    assert stack.deliver(stack.event_for(new)).status_code == 200
+    assert len(stack.gemini.requests) == 1
+
+
 @pytest.mark.parametrize(
     "name, content_type, data",
     [

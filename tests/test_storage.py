@@ -149,6 +149,26 @@ def test_served_generation_differing_from_the_event_is_gone(monkeypatch: pytest.
             gcs.read(ref, max_bytes=100)
 
 
+def test_conditional_write_only_replaces_the_generation_it_read(gcs: GcsStorage) -> None:
+    from segmentation.errors import WriteConflictError
+
+    name = "processed-markers/a.png.json"
+    gcs.write(BUCKET, name, b"first", content_type="application/json", if_generation_match=0)  # create only
+    first = gcs.object_state(BUCKET, name)
+    assert first is not None and first.generation > 0 and first.metadata == {}
+    with pytest.raises(WriteConflictError):  # it exists now
+        gcs.write(BUCKET, name, b"again", content_type="application/json", if_generation_match=0)
+
+    gcs.write(BUCKET, name, b"second", content_type="application/json", metadata={"status": "ok"},
+              if_generation_match=first.generation)
+    second = gcs.object_state(BUCKET, name)
+    assert second.generation != first.generation and second.metadata == {"status": "ok"}
+    with pytest.raises(WriteConflictError):  # somebody wrote since `first` was read
+        gcs.write(BUCKET, name, b"stale", content_type="application/json", if_generation_match=first.generation)
+    assert gcs.object_state(BUCKET, name) == second
+    assert gcs.object_state(BUCKET, "processed-markers/missing.json") is None
+
+
 def test_write_to_a_missing_bucket_is_permanent_not_gone(gcs: GcsStorage) -> None:
     with pytest.raises(PermanentError) as caught:
         gcs.write("no-such-bucket", "x.jpg", b"x", content_type="image/jpeg")

@@ -19,15 +19,18 @@ Generations. The stock emulator (checked in 2026.7.19) keeps only the live gener
 object, ignores `?generation=` on metadata GETs and on media downloads (it serves whatever is
 live), sends no `X-Goog-Generation` header on downloads, and ignores every precondition
 (`ifGenerationMatch` and friends). Production GCS serves exactly the requested generation or
-404s, and always reports the served generation in `X-Goog-Generation`. To let tests prove
-that code reads the event's generation, this module adds a TEST-ONLY extension in front of
-the emulator's handlers, chosen with `generations=`:
+404s, always reports the served generation in `X-Goog-Generation`, and refuses a write whose
+precondition fails. To let tests prove that code reads the event's generation and writes
+conditionally, this module adds a TEST-ONLY extension in front of the emulator's handlers,
+chosen with `generations=`:
 
 - "exact" (default): a GET of an object (metadata or media) with `?generation=N` answers 404
   unless N is the live generation, and media responses carry `X-Goog-Generation`,
-  `X-Goog-Metageneration` and `X-Goog-Stored-Content-Length`, as production GCS does.
+  `X-Goog-Metageneration` and `X-Goog-Stored-Content-Length`, as production GCS does; an
+  upload with `ifGenerationMatch=N` (multipart, media, or a resumable upload's first request)
+  answers 412 unless the live generation of its object is N (0: none).
 - "serve-live": the stock behaviour (the requested generation is ignored and the live object
-  is served) but media responses report the generation actually served, like production's
+  is served; preconditions as in "exact") but media responses report the generation actually served, like production's
   header would. Lets a test reach the "served generation differs" check.
 - "stock": the unmodified emulator.
 
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import re
 import threading
@@ -67,6 +71,7 @@ GenerationMode = Literal["exact", "serve-live", "stock"]
 _STATUS_REASONS = {400: "invalid", 401: "required", 403: "forbidden", 404: "notFound", 412: "conditionNotMet",
                    429: "rateLimitExceeded"}
 _PRINTABLE_ASCII = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
+_UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/(?P<bucket>[^/]+)/o$")
 _OBJECT_PATH = re.compile(r"^(?P<download>/download)?/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>[^/]+)$")
 
 
@@ -152,6 +157,9 @@ class _Handler(EmulatorRequestHandler):
             self._send_json(fault.status, body, headers)
             return True
 
+        if method == "POST" and "ifGenerationMatch" in query and state.generations != "stock":
+            return self._refuse_unmet_precondition(parts.path, query)
+
         match = _OBJECT_PATH.fullmatch(parts.path)
         if method != "GET" or match is None or state.generations == "stock":
             return False
@@ -173,6 +181,28 @@ class _Handler(EmulatorRequestHandler):
                 "X-Goog-Stored-Content-Length": str(live["size"]),
             }
         return False
+
+    def _refuse_unmet_precondition(self, path: str, query: dict[str, list[str]]) -> bool:
+        """An upload with `ifGenerationMatch=N`: answer 412 (and return True) unless the live
+        generation of the named object is N (0: no live object), as Cloud Storage does; else
+        hand the request, body intact, to the emulator. The store is checked and written within
+        this one request (the server serves one at a time), so the check is atomic."""
+        upload = _UPLOAD_PATH.fullmatch(path)
+        if upload is None:
+            return False
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.rfile = io.BytesIO(body)
+        name = query.get("name", [None])[0] or _upload_name(self.headers.get("Content-Type", ""), body)
+        bucket = unquote(upload["bucket"])
+        live = self.storage.objects.get(bucket, {}).get(name) if name else None
+        live_generation = int(live["generation"]) if live else 0
+        if str(live_generation) == query["ifGenerationMatch"][0]:
+            return False
+        message = "At least one of the pre-conditions you specified did not hold."
+        body_json = {"error": {"code": 412, "message": message,
+                               "errors": [{"domain": "global", "reason": "conditionNotMet", "message": message}]}}
+        self._send_json(412, body_json, {})
+        return True
 
     def _drain_body(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -287,6 +317,19 @@ class StorageEmulator(str):
         """The generation the emulator holds for an object, or None."""
         obj = self._storage.objects.get(bucket, {}).get(name)
         return None if obj is None else int(obj["generation"])
+
+
+def _upload_name(content_type: str, body: bytes) -> str | None:
+    """The object name in an upload's JSON metadata: the body of a resumable upload's first
+    request, or the first part of a multipart upload."""
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type)
+    if boundary:
+        parts = body.split(b"--" + boundary.group(1).encode())
+        body = parts[1].split(b"\r\n\r\n", 1)[-1] if len(parts) > 1 else b""
+    try:
+        return json.loads(body.decode("utf-8").strip() or "{}").get("name")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
 
 
 def gcs_name_problem(name: str) -> str | None:

@@ -23,7 +23,7 @@ from segmentation.colors import TERMS, basic_color_name, dominant_colors, linear
 from segmentation.images import model_input
 from segmentation.offline import OfflineDetector
 from tools import eval_offline
-from tools.belt_scenes import EXEMPLARS, MIN_VISIBLE_AREA, make_scene
+from tools.belt_scenes import EXEMPLARS, KINDS, MIN_VISIBLE_AREA, make_scene
 
 HELDOUT = "heldout"
 
@@ -97,6 +97,18 @@ def test_gate_never_skips_frames_with_items():
                if OfflineDetector(background=s.background).belt_is_empty(s.image)]
     assert skipped == []
     assert detector.belt_is_empty(frames[0].image) is False
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gate_sees_a_single_item_of_any_kind(kind):
+    """The gate is a separate, cheaper analysis than the detector (lower resolution, no
+    instances). Where it matters it must not be less sensitive: a frame holding one item of any
+    kind, in the colours hardest to tell from a belt, is never called empty. (It may be more
+    sensitive: the detector can miss the smallest low-contrast items.)"""
+    for index, colour in enumerate(("black", "gray", "white")):
+        scene = make_scene(HELDOUT, index, kind="belt", count=1, item_kinds=(kind,), item_colors=(colour,),
+                           salt="agree")
+        assert not OfflineDetector().belt_is_empty(scene.image), (kind, colour)
 
 
 def test_gate_skips_most_empty_frames():

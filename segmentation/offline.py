@@ -335,6 +335,16 @@ def _thresholds(m, cd) -> tuple[float, float]:
     return max(0.07, 4.0 * _noise(m)), max(0.06, 4.0 * _noise(cd))
 
 
+def _components(mask, connectivity: int):
+    """Connected components of a 0/1 uint8 mask: count (background included), labels and each
+    one's pixel count. (OpenCV's own statistics take several times as long as the labelling.)"""
+    import cv2
+    import numpy as np
+
+    n, labels = cv2.connectedComponents(mask, connectivity=connectivity)
+    return n, labels, np.bincount(labels.ravel(), minlength=n)
+
+
 def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = None, weights=None):
     """Per row (axis=1) or column (axis=0) of x (H x W x 3), the most frequent value of each
     channel: the belt is the commonest single level of a line across it even when items cover
@@ -556,9 +566,9 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     next_label = 2
     min_marker = max(6, int(0.00006 * h * w))
     for core in (strong_core, weak_core):
-        n_core, core_labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=4)
+        n_core, core_labels, core_area = _components(core, 4)
         keep = np.zeros(n_core, bool)
-        keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_marker
+        keep[1:] = core_area[1:] >= min_marker
         # a marker must be thick: at least a 5x5 block of the core (painted strokes are thinner)
         thick = cv2.erode(core, np.ones((5, 5), np.uint8))
         has_thick = np.zeros(n_core, bool)
@@ -701,8 +711,8 @@ def _largest_blob_share(work, ref) -> float:
                           max_hole=GATE_HOLES[1] * size).astype(np.uint8)
     core = cv2.morphologyEx(notbelt, cv2.MORPH_OPEN, np.ones((GATE_OPENING, GATE_OPENING), np.uint8))
     blob = cv2.dilate(core, np.ones((2 * GATE_GROW + 1, 2 * GATE_GROW + 1), np.uint8)) & notbelt
-    n, _, stats, _ = cv2.connectedComponentsWithStats(blob, connectivity=8)
-    return int(stats[1:, cv2.CC_STAT_AREA].max()) / size if n > 1 else 0.0
+    n, _, area = _components(blob, 8)
+    return int(area[1:].max()) / size if n > 1 else 0.0
 
 
 def _boundaries(labels, grad, lum, n: int):
@@ -739,12 +749,12 @@ def _fill_holes(fg, *, max_hole: float, min_hole: float = 0):
     import numpy as np
 
     bg = (~fg).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(bg, connectivity=4)
+    n, labels, area = _components(bg, 4)
     if n <= 2:
         return fg
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     fill = np.zeros(n, bool)
-    fill[1:] = (stats[1:, cv2.CC_STAT_AREA] <= max_hole) & (stats[1:, cv2.CC_STAT_AREA] >= min_hole)
+    fill[1:] = (area[1:] <= max_hole) & (area[1:] >= min_hole)
     fill[border] = False
     return fg | fill[labels]
 
@@ -756,7 +766,8 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
     import numpy as np
 
     h, w = fg.shape
-    n, comp, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    # (the BBDT algorithm: the same labels as the default, its statistics several times faster)
+    n, comp, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(fg, 8, cv2.CV_32S, cv2.CCL_BBDT)
     out = np.zeros((h, w), np.int32)
     next_id = 1
     for c in range(1, n):
@@ -914,8 +925,8 @@ def _colour_refine(labels, mask, lg, *, min_px: float):
     same[:, :-1] &= combo[:, :-1] == combo[:, 1:]
     same[1:] &= combo[1:] == combo[:-1]
     same[:-1] &= combo[:-1] == combo[1:]
-    n_c, cc, st, _ = cv2.connectedComponentsWithStats(same.astype(np.uint8), connectivity=4)
-    keep = st[:, cv2.CC_STAT_AREA] >= 0.25 * min_px
+    n_c, cc, cc_area = _components(same.astype(np.uint8), 4)
+    keep = cc_area >= 0.25 * min_px
     keep[0] = False
     remap = np.zeros(n_c, np.int32)
     remap[keep] = np.arange(1, int(keep.sum()) + 1)
@@ -954,8 +965,8 @@ def _edge_refine(labels, mask, grad, *, min_px: float, level: float):
     same[:, :-1] &= labels[:, :-1] == labels[:, 1:]
     same[1:] &= labels[1:] == labels[:-1]
     same[:-1] &= labels[:-1] == labels[1:]
-    n_c, cc, st, _ = cv2.connectedComponentsWithStats(same.astype(np.uint8), connectivity=4)
-    keep = st[:, cv2.CC_STAT_AREA] >= 0.25 * min_px
+    n_c, cc, cc_area = _components(same.astype(np.uint8), 4)
+    keep = cc_area >= 0.25 * min_px
     keep[0] = False
     n_keep = int(keep.sum())
     if n_keep <= len(np.unique(labels[mask])):

@@ -571,15 +571,13 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
         keep[1:] = core_area[1:] >= min_marker
         # a marker must be thick: at least a 5x5 block of the core (painted strokes are thinner)
         thick = cv2.erode(core, np.ones((5, 5), np.uint8))
-        has_thick = np.zeros(n_core, bool)
-        has_thick[np.unique(core_labels[thick > 0])] = True
-        keep &= has_thick
+        keep &= np.bincount(core_labels[thick > 0], minlength=n_core) > 0
         keep[0] = False
         remap = np.zeros(n_core, np.int32)
         remap[keep] = np.arange(next_label, next_label + keep.sum())
         next_label += int(keep.sum())
-        sel = keep[core_labels]
-        markers[sel] = remap[core_labels][sel]
+        core_markers = remap[core_labels]
+        markers = np.where(core_markers > 0, core_markers, markers)
     markers[belt_marker] = 1
 
     image8 = np.clip((lg - math.log(_K)) * _LOG_SCALE, 0, 255).astype(np.uint8)
@@ -633,7 +631,9 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     inst = _join_across_gaps(inst, lg)
 
     # instances
-    ids, counts = np.unique(inst, return_counts=True)
+    counts = np.bincount(inst.ravel())
+    ids = np.flatnonzero(counts)
+    counts = counts[ids]
     min_px = min_area * h * w
     belt_mask = inst == 0
     belt_area = _belt_area(model, h, w)
@@ -657,7 +657,8 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
         ys, xs = ys + cy0, xs + cx0
         x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
         sub = crop[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
-        dist = cv2.distanceTransform(np.pad(sub.astype(np.uint8), 1), cv2.DIST_L2, 3)
+        dist = cv2.distanceTransform(cv2.copyMakeBorder(sub.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0),
+                                     cv2.DIST_L2, 3)
         if dist.max() < 3.0:  # a stroke, not an object
             continue
         contrast = float(np.abs(m[y0:y1, x0:x1][sub]).mean() + cd[y0:y1, x0:x1][sub].mean())
@@ -1259,7 +1260,7 @@ def _border(sub):
     import numpy as np
 
     m8 = sub.astype(np.uint8)
-    return (m8 - cv2.erode(np.pad(m8, 1), np.ones((3, 3), np.uint8))[1:-1, 1:-1]) > 0
+    return (m8 - cv2.erode(m8, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)) > 0
 
 
 
@@ -1324,7 +1325,8 @@ def _colors(rgb, mask, beltlike, neutral, light):
 
     from segmentation.colors import dominant_colors, linear_to_srgb8, srgb_to_linear, white_balance
 
-    inner = cv2.erode(np.pad(mask.astype(np.uint8), 1), np.ones((5, 5), np.uint8))[1:-1, 1:-1] > 0
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                      borderValue=0) > 0
     if inner.sum() < 0.25 * mask.sum():
         inner = mask
     own = inner & ~beltlike
@@ -1378,7 +1380,7 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
     if ox1 <= ox0 or oy1 <= oy0:
         return None
     # resample the mask: pixel centres of the output box mapped into the working mask
-    pad = np.pad(inst.mask.astype(np.float32), 2)
+    pad = cv2.copyMakeBorder(inst.mask.astype(np.float32), 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=0)
     if MASK_SMOOTH > 0:
         pad = cv2.GaussianBlur(pad, (0, 0), MASK_SMOOTH)
     to_work = np.array([[1 / sx, 0, (ox0 + 0.5) / sx - 0.5 - x0 + 2], [0, 1 / sy, (oy0 + 0.5) / sy - 0.5 - y0 + 2]])

@@ -947,7 +947,7 @@ def _colour_refine(labels, mask, lg, *, min_px: float):
     return out
 
 
-EDGE_LEVEL = 0.08  # _edge_refine: log step per pixel of an edge that may cut a piece
+EDGE_LEVEL = 0.05  # _edge_refine: log step per pixel of an edge that may cut a piece
 
 
 def _edge_refine(labels, mask, grad, *, min_px: float, level: float):

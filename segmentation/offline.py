@@ -446,15 +446,16 @@ def _belt_model_rows(lg):
     w_rows, w_cols = _belt_chroma_weights(x_rows, chroma), _belt_chroma_weights(x_cols, chroma)
     rows = _modes(x_rows, axis=1, weights=w_rows)
     cols = _modes(x_cols - rows[::sy], axis=0, weights=w_cols)
-    fg = _foreground(lg, _outer_sum(rows, cols))
+    profiles = _outer_sum(rows, cols)
+    fg = _foreground(lg, profiles)
     # lines mostly covered by items, or whose commonest level is an item's (a white parcel is
     # flatter than the belt's texture): interpolated from the lines around them
     bad_rows, bad_cols = fg[:, ::sx].mean(axis=1) > 0.45, fg[::sy].mean(axis=0) > 0.45
     if bad_rows.any() or bad_cols.any():
         rows = _interpolate_unreliable(rows, bad_rows, axis=0)
         cols = _interpolate_unreliable(cols, bad_cols, axis=1)
-        fg = _foreground(lg, _outer_sum(rows, cols))
-    profiles = _outer_sum(rows, cols)
+        profiles = _outer_sum(rows, cols)
+        fg = _foreground(lg, profiles)
     model = profiles + _masked_blur(lg - profiles, (~fg).astype(np.float32), sigma=max(h, w) / 10)
     return model, fg
 
@@ -1313,8 +1314,13 @@ def _illumination(blurred, model, belt_mask):
     med = float(np.median(lum_s[belt_s])) if belt_s.any() else float(np.median(lum_s))
     near = np.abs(lum - med) < math.log(1.5)
     use_s = near[::2, ::2] & belt_s
-    sample = blurred[::2, ::2][use_s] if use_s.sum() > 100 else blurred.reshape(-1, 3)
-    neutral = srgb_to_linear(sample[:: max(1, len(sample) // 8000)]).mean(axis=0)
+    if use_s.sum() > 100:  # (every n-th of the masked pixels by index: gathering them all is slower)
+        index = np.flatnonzero(use_s)
+        sample = np.ascontiguousarray(blurred[::2, ::2]).reshape(-1, 3)[index[:: max(1, len(index) // 8000)]]
+    else:
+        sample = blurred.reshape(-1, 3)
+        sample = sample[:: max(1, len(sample) // 8000)]
+    neutral = srgb_to_linear(sample).mean(axis=0)
     smooth = _masked_blur(lum, (near & belt_mask).astype(np.float32), sigma=max(lum.shape) / 12)
     light = np.exp(np.clip(smooth - med, -0.7, 0.7) * 2.2)  # sRGB log ratio -> linear light ratio
     return neutral, light

@@ -862,7 +862,7 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
 
 # Colour split of a blob (see _colour_refine) and the colour test of _merge_convex.
 COLOUR_K = 6  # k-means clusters of a blob's colours (before close centres are joined)
-COLOUR_SAMPLES = 1000  # pixels the clusters are fitted on
+COLOUR_SAMPLES = 2000  # pixels the clusters are fitted on
 COLOUR_LUM_WEIGHT = 0.25  # weight of log brightness against log chroma (shading, highlights)
 COLOUR_MERGE = 0.5  # cluster centres closer than this (L1, log units) are one colour
 MERGE_LUM_WEIGHT = 0.2  # _merge_convex: weight of the brightness part of a colour difference

@@ -66,9 +66,12 @@ class Report:
             ("colour accuracy (matched)", f"{self.color_acc:.3f} of {self.color_n}"),
             ("gate false skips", f"{self.false_skips} of {self.nonempty_frames} non-empty frames"),
             ("gate skip rate (empty)", f"{self.skip_rate:.3f} of {self.empty_frames} empty frames"),
-            ("images/s at 1280x720, 1 core", f"{self.fps:.1f}"),
-            ("gate ms per frame (1280x720, 1 core)", f"{self.gate_ms:.1f}"),
         ]
+        if self.fps:  # 0.0 means --no-timing: say nothing rather than print a fake zero
+            rows += [
+                ("images/s at 1280x720, 1 core", f"{self.fps:.1f}"),
+                ("gate ms per frame (1280x720, 1 core)", f"{self.gate_ms:.1f}"),
+            ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -2,11 +2,14 @@
 
 Metrics are measured on the HELD-OUT split (seeds and parameter ranges the detector was not
 tuned on) and asserted against floors: the figures the current version reaches, with a margin
-(on these 30 scenes it reaches AP50 0.920, AP 0.765, recall 0.943, colour 0.965).
+(on these 30 scenes it reaches AP50 0.925, AP 0.747, recall 0.943, colour 0.965).
 The floors only go up, with one recorded exception: the change that met the speed target (working
 side 448 instead of 512, one belt-model pass) kept the figures on 200 tuning scenes (AP50 0.80)
 but cost these 30 held-out scenes 0.03 of AP50 (0.803 -> 0.775), about the spread between two
 halves of the held-out split; the AP50 floor went from 0.79 to 0.76 with it.
+The round that lowered the edge level cutting same-coloured items apart (0.08 -> 0.05, chosen
+on tuning scenes) raised AP50 here from 0.920 to 0.925 but lowered AP from 0.765 to 0.747, still
+above its floor.
 The issue's AP50 target (>= 0.85) is met on the eval's 60 held-out scenes, not yet on 150; see
 the README's figures.
 """
@@ -23,7 +26,7 @@ from segmentation.colors import TERMS, basic_color_name, dominant_colors, linear
 from segmentation.images import model_input
 from segmentation.offline import OfflineDetector
 from tools import eval_offline
-from tools.belt_scenes import EXEMPLARS, MIN_VISIBLE_AREA, make_scene
+from tools.belt_scenes import EXEMPLARS, KINDS, MIN_VISIBLE_AREA, make_scene
 
 HELDOUT = "heldout"
 
@@ -44,14 +47,14 @@ def heldout_scores(heldout_scenes):
 
 def test_heldout_mask_ap_floors(heldout_scores):
     assert heldout_scores["items"] > 60
-    assert heldout_scores["ap50"] >= 0.90, heldout_scores
+    assert heldout_scores["ap50"] >= 0.92, heldout_scores
     assert heldout_scores["ap"] >= 0.74, heldout_scores
-    assert heldout_scores["recall50"] >= 0.92, heldout_scores
+    assert heldout_scores["recall50"] >= 0.94, heldout_scores
 
 
 def test_heldout_colour_accuracy(heldout_scores):
     assert heldout_scores["n_color"] >= 40
-    assert heldout_scores["color"] >= 0.95, heldout_scores
+    assert heldout_scores["color"] >= 0.96, heldout_scores
 
 
 @pytest.mark.parametrize("light", [0.6, 0.8, 1.0, 1.25])
@@ -97,6 +100,18 @@ def test_gate_never_skips_frames_with_items():
                if OfflineDetector(background=s.background).belt_is_empty(s.image)]
     assert skipped == []
     assert detector.belt_is_empty(frames[0].image) is False
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gate_sees_a_single_item_of_any_kind(kind):
+    """The gate is a separate, cheaper analysis than the detector (lower resolution, no
+    instances). Where it matters it must not be less sensitive: a frame holding one item of any
+    kind, in the colours hardest to tell from a belt, is never called empty. (It may be more
+    sensitive: the detector can miss the smallest low-contrast items.)"""
+    for index, colour in enumerate(("black", "gray", "white")):
+        scene = make_scene(HELDOUT, index, kind="belt", count=1, item_kinds=(kind,), item_colors=(colour,),
+                           salt="agree")
+        assert not OfflineDetector().belt_is_empty(scene.image), (kind, colour)
 
 
 def test_gate_skips_most_empty_frames():

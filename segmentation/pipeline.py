@@ -13,7 +13,9 @@ Failure policy (see `segmentation.errors`):
 
 Idempotency: a completion marker is written last, carrying the source generation. A
 redelivered event whose marker already names its generation (or a newer one) is a cheap
-no-op: one metadata read.
+no-op: one metadata read. Outputs and the marker are written conditionally (see
+`_write_unless_newer`) and checked against the live generation after the writes, so an older
+generation processed at the same time as a newer one never leaves or overwrites outputs.
 """
 
 from __future__ import annotations
@@ -40,15 +42,16 @@ from segmentation.offline import OfflineDetector
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
 from segmentation.sink import RowSink
-from segmentation.storage import GcsStorage
+from segmentation.storage import GcsStorage, ObjectState
 
 GENERATION_KEY = "source-generation"
 # The `detector` of an image the empty-belt gate found empty (no model was called).
 EMPTY_BELT_GATE = "empty-belt-gate"
 # Seconds of transient-error retries left for the writes after the offline fallback answered.
 FALLBACK_WRITE_BUDGET_S = 30.0
-# Conditional marker writes that may lose a race to other events of the same name before giving up.
-MARKER_WRITE_ATTEMPTS = 5
+# Conditional writes of one output or marker that may lose a race to other events of the same
+# name before giving up (the redelivery tries again).
+WRITE_ATTEMPTS = 5
 # Threads for one instance's storage I/O and rendering that run beside the request threads
 # (uploads, the crop listing, the generation check, the overview). Shared by all concurrent
 # requests: an event queues 6-26 uploads, so at 16 concurrent events 16 threads would queue
@@ -236,8 +239,20 @@ class Pipeline:
             existing = self._uploads.submit(self._crop_names, ref, names, deadline)
             with _settled_on_error(existing):
                 uris = list(self._uploads.map(
-                    lambda output: self._write(ref.bucket, output[0], output[1], metadata, deadline), outputs))
-            self._delete_stale_crops(ref, names, len(detections), existing.result(), deadline)
+                    lambda output: self._write_unless_newer(ref, output[0], output[1], content_type="image/jpeg",
+                                                            metadata=metadata, deadline=deadline,
+                                                            what="storage write"),
+                    outputs))
+            # A newer generation may have arrived since the check above (and even finished: then
+            # some writes found its outputs and left them). Asked again now that every write is
+            # done, while the stale crops go: a newer generation that is not live yet will list
+            # and replace all of this one's outputs itself, since its event comes after its upload.
+            superseded = self._uploads.submit(self._superseded, ref, deadline)
+            with _settled_on_error(superseded):
+                self._delete_stale_crops(ref, names, len(detections), existing.result(), deadline)
+            if None in uris or superseded.result():
+                self._withdraw(ref, [name for (name, _), uri in zip(outputs, uris) if uri is not None], deadline)
+                raise _Superseded()
         *crop_uris, overview_uri = uris
 
         status = "partial" if result.partial else ("ok" if detections else "empty")
@@ -284,12 +299,62 @@ class Pipeline:
 
     # --- I/O with retries -------------------------------------------------------------------
 
-    def _write(self, bucket: str, name: str, data: bytes, metadata: dict[str, str], deadline: float) -> str:
-        return retry_call(
-            lambda: self.storage.write(bucket, name, data, content_type="image/jpeg", metadata=metadata),
-            deadline=deadline,
-            what="storage write",
-        )
+    def _write_unless_newer(
+        self, ref: ObjectRef, name: str, data: bytes, *, content_type: str, metadata: dict[str, str],
+        deadline: float, what: str,
+    ) -> str | None:
+        """Write `name` (an output or the marker of `ref`) unless a newer generation of `ref`
+        wrote it; returns its URI, or None when the newer one's is there and stays.
+
+        Outputs never go backwards: every write is conditional on the live object it was decided
+        on (first on there being none, the common case: one request), so when events of two
+        generations of one name write together, the newer one's output stays whatever the order.
+        """
+        if ref.generation is None:  # nothing to order by: last writer wins
+            return retry_call(lambda: self.storage.write(ref.bucket, name, data, content_type=content_type,
+                                                         metadata=metadata), deadline=deadline, what=what)
+        expected = 0
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                return retry_call(
+                    lambda: self.storage.write(ref.bucket, name, data, content_type=content_type, metadata=metadata,
+                                               if_generation_match=expected),
+                    deadline=deadline, what=what)
+            except WriteConflictError:
+                # There is one (a redelivery's, an older or a newer generation's): decide on it.
+                current = self._state(ref.bucket, name, deadline)
+                owner = _generation_of(current.metadata if current else None)
+                if owner is not None and owner > ref.generation:
+                    return None
+                expected = current.generation if current else 0
+        raise TransientError(f"gs://{ref.bucket}/{name} changed under {WRITE_ATTEMPTS} writes in a row; "
+                             "the redelivery will try again")
+
+    def _state(self, bucket: str, name: str, deadline: float) -> ObjectState | None:
+        return retry_call(lambda: self.storage.object_state(bucket, name), deadline=deadline,
+                          what=f"state of gs://{bucket}/{name}")
+
+    def _delete_if_owned(self, ref: ObjectRef, name: str, deadline: float, *, older_too: bool) -> None:
+        """Delete `name` if `ref`'s generation wrote it (`older_too`: or an older one), never one a
+        newer generation wrote, even if it writes between the check and the delete."""
+        current = self._state(ref.bucket, name, deadline)
+        if current is None:
+            return
+        owner = _generation_of(current.metadata)
+        if older_too:
+            if ref.generation is not None and owner is not None and owner > ref.generation:
+                return
+        elif owner is None or owner != ref.generation:
+            return
+        try:
+            retry_call(lambda: self.storage.delete(ref.bucket, name, if_generation_match=current.generation),
+                       deadline=deadline, what="output delete")
+        except WriteConflictError:
+            pass  # rewritten since: by a newer generation (it stays) or an older one (its own check removes it)
+
+    def _withdraw(self, ref: ObjectRef, written: list[str], deadline: float) -> None:
+        """Remove the outputs this generation wrote where a newer one has not written yet."""
+        list(self._uploads.map(lambda name: self._delete_if_owned(ref, name, deadline, older_too=False), written))
 
     def _insert(self, table: str, rows: list[dict], deadline: float) -> None:
         if rows:
@@ -335,25 +400,9 @@ class Pipeline:
         data = json.dumps(summary).encode()
         metadata = {GENERATION_KEY: str(ref.generation), "status": outcome.status,
                     "detector": outcome.detector or "", "fallback": str(outcome.fallback).lower()}
-        for _ in range(MARKER_WRITE_ATTEMPTS):
-            current = retry_call(lambda: self.storage.object_state(ref.bucket, names.marker), deadline=deadline,
-                                 what="marker read")
-            done = _generation_of(current.metadata if current else None)
-            if done is not None and done > ref.generation:
-                return  # a newer generation finished first
-            try:
-                retry_call(
-                    lambda: self.storage.write(ref.bucket, names.marker, data, content_type="application/json",
-                                               metadata=metadata,
-                                               if_generation_match=current.generation if current else 0),
-                    deadline=deadline,
-                    what="marker write",
-                )
-                return
-            except WriteConflictError:
-                continue  # another event of this name wrote the marker meanwhile: read it again
-        raise TransientError(f"marker of {ref.uri} changed under {MARKER_WRITE_ATTEMPTS} writes in a row; "
-                             "the redelivery will try again")
+        # None: a newer generation finished first, and its marker stays.
+        self._write_unless_newer(ref, names.marker, data, content_type="application/json", metadata=metadata,
+                                 deadline=deadline, what="marker write")
 
     def _crop_names(self, ref: ObjectRef, names: OutputNames, deadline: float) -> list[str]:
         """The names under this object's crop prefix now (this and older generations' crops)."""
@@ -370,7 +419,7 @@ class Pipeline:
         for name in existing:
             suffix = name[len(names.crops_glob_prefix):]
             if name not in current and suffix[:4].isdigit() and suffix[4:] == ".jpg":
-                retry_call(lambda: self.storage.delete(ref.bucket, name), deadline=deadline, what="stale crop delete")
+                self._delete_if_owned(ref, name, deadline, older_too=True)
 
     # --- rows ------------------------------------------------------------------------------
 

@@ -293,14 +293,22 @@ class GcsStorage:
         except Exception as exc:
             _raise_classified(exc, f"list gs://{bucket}/{prefix}")
 
-    def delete(self, bucket: str, name: str) -> None:
-        """Delete the live object; an object that is already gone is fine."""
-        from google.api_core.exceptions import NotFound
+    def delete(self, bucket: str, name: str, *, if_generation_match: int | None = None) -> None:
+        """Delete the live object; an object that is already gone is fine.
+
+        With `if_generation_match`, only if the live object is still that generation; otherwise
+        `WriteConflictError`.
+        """
+        from google.api_core.exceptions import NotFound, PreconditionFailed
 
         try:
-            self.client.bucket(bucket).delete_blob(name, retry=None, timeout=REQUEST_TIMEOUT)
+            self.client.bucket(bucket).delete_blob(name, if_generation_match=if_generation_match, retry=None,
+                                                   timeout=REQUEST_TIMEOUT)
         except NotFound:
             return
+        except PreconditionFailed as exc:
+            raise WriteConflictError(f"delete gs://{bucket}/{name}: generation {if_generation_match} "
+                                     "is no longer live") from exc
         except Exception as exc:
             _raise_classified(exc, f"delete gs://{bucket}/{name}")
 

@@ -132,9 +132,9 @@ def test_an_old_generation_redelivered_after_a_newer_one_is_skipped(stack):
 def test_a_marker_never_goes_backwards_when_two_generations_finish_together(stack, monkeypatch):
     """The older generation's event reads the completion marker (none yet) and, before it writes
     its own, the newer generation's event finishes and writes the newer marker. The older write
-    is conditional on what it read, so it is refused; reading again, it leaves the newer marker
-    alone. (A plain read-then-write put the older generation back in the marker, and the next
-    redelivery of the newer one processed it again.)"""
+    is conditional on there being no marker, so it is refused; looking at what is there, it
+    leaves the newer marker alone. (A plain read-then-write put the older generation back in the
+    marker, and the next redelivery of the newer one processed it again.)"""
     import threading
 
     from segmentation.function import default_pipeline
@@ -144,18 +144,16 @@ def test_a_marker_never_goes_backwards_when_two_generations_finish_together(stac
     new = stack.upload("raw/cupcakes.png", cupcakes())  # the old generation is gone: a failed row
     storage = default_pipeline().storage
     real_state = storage.object_state
-    marker_reads: list[threading.Thread] = []
+    first_read = threading.Lock()
 
-    def newer_finishes_between_read_and_write(bucket, name):
+    def newer_finishes_after_the_first_marker_read(bucket, name):
         state = real_state(bucket, name)
-        if name.startswith("processed-markers/"):
-            marker_reads.append(threading.current_thread())
-            if marker_reads.count(marker_reads[0]) == 2 and marker_reads[-1] is marker_reads[0]:
-                # the older event's read before its marker write: let the newer one finish now
-                assert stack.deliver(stack.event_for(new)).status_code == 200
+        if name.startswith("processed-markers/") and first_read.acquire(blocking=False):
+            # the older event found no marker: let the newer one finish before it writes its own
+            assert stack.deliver(stack.event_for(new)).status_code == 200
         return state
 
-    monkeypatch.setattr(storage, "object_state", newer_finishes_between_read_and_write)
+    monkeypatch.setattr(storage, "object_state", newer_finishes_after_the_first_marker_read)
     assert stack.deliver(stack.event_for(old)).status_code == 200
 
     marker = stack.bucket.get_blob("processed-markers/cupcakes.png.json")
@@ -166,6 +164,82 @@ def test_a_marker_never_goes_backwards_when_two_generations_finish_together(stac
     # A redelivery of the newer generation is now the cheap no-op it should be.
     assert stack.deliver(stack.event_for(new)).status_code == 200
     assert len(stack.gemini.requests) == 1
+
+
+def test_an_older_generation_writing_after_a_newer_one_finished_leaves_the_newer_outputs(stack, monkeypatch):
+    """The older generation's event checks that it is still the live one, and before it writes,
+    the newer generation is uploaded and processed to the end. The older one's writes are
+    conditional on there being no output yet, so where the newer one wrote (its crop and
+    overview) they are refused and the newer outputs stay; the crops the newer one does not have
+    are written, then withdrawn when the older event sees it was superseded, and it records no
+    rows. (Unconditional writes overwrote the newer crop and overview and left 14 stray crops.)"""
+    import threading
+
+    from segmentation.function import default_pipeline
+
+    stack.gemini.enqueue(Answer(sample_text(2)), Answer(sample_text(6)))  # older: 20 objects, newer: 6
+    old = stack.upload("raw/cupcakes.png", cupcakes())
+    storage = default_pipeline().storage
+    real_live_generation = storage.live_generation
+    newer: list = []
+    first_check = threading.Lock()
+
+    def newer_finishes_after_the_check(bucket, name):
+        live = real_live_generation(bucket, name)
+        if first_check.acquire(blocking=False):  # the older event's check before it writes
+            newer.append(stack.upload("raw/cupcakes.png", cupcakes()))
+            assert stack.deliver(stack.event_for(newer[0])).status_code == 200
+        return live
+
+    monkeypatch.setattr(storage, "live_generation", newer_finishes_after_the_check)
+    assert stack.deliver(stack.event_for(old)).status_code == 200
+
+    (new,) = newer
+    assert len(stack.gemini.requests) == 2
+    crops = stack.names("processed/")
+    assert len(crops) == len(expected_boxes(6))
+    for name in crops + stack.names("processed-overview/"):
+        assert stack.bucket.get_blob(name).metadata["source-generation"] == str(new.generation), name
+    marker = stack.bucket.get_blob("processed-markers/cupcakes.png.json")
+    assert marker.metadata["source-generation"] == str(new.generation)
+    assert {(row["source_generation"], row["status"]) for row in stack.rows("images")} == {(new.generation, "ok")}
+    assert {row["source_generation"] for row in stack.rows("objects")} == {new.generation}
+
+
+def test_an_older_generation_superseded_during_its_writes_takes_them_back(stack, monkeypatch):
+    """The newer generation is uploaded after the older event's first check but before its
+    writes end; the older one writes everything, sees the newer one live when it asks again
+    after the writes, takes its outputs back and records nothing; the newer event then writes
+    its own. The end state is the newer generation's alone."""
+    import threading
+
+    from segmentation.function import default_pipeline
+
+    stack.gemini.enqueue(Answer(sample_text(2)), Answer(sample_text(6)))
+    old = stack.upload("raw/cupcakes.png", cupcakes())
+    storage = default_pipeline().storage
+    real_live_generation = storage.live_generation
+    newer: list = []
+    first_check = threading.Lock()
+
+    def newer_uploaded_after_the_check(bucket, name):
+        live = real_live_generation(bucket, name)
+        if first_check.acquire(blocking=False):
+            newer.append(stack.upload("raw/cupcakes.png", cupcakes()))
+        return live
+
+    monkeypatch.setattr(storage, "live_generation", newer_uploaded_after_the_check)
+    assert stack.deliver(stack.event_for(old)).status_code == 200
+    (new,) = newer
+    assert stack.names("processed/") == [] and stack.names("processed-overview/") == []
+    assert stack.rows("images") == [] and stack.rows("objects") == []
+
+    assert stack.deliver(stack.event_for(new)).status_code == 200
+    crops = stack.names("processed/")
+    assert len(crops) == len(expected_boxes(6))
+    for name in crops + stack.names("processed-overview/"):
+        assert stack.bucket.get_blob(name).metadata["source-generation"] == str(new.generation), name
+    assert {(row["source_generation"], row["status"]) for row in stack.rows("images")} == {(new.generation, "ok")}
 
 
 @pytest.mark.parametrize(

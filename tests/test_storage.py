@@ -169,6 +169,23 @@ def test_conditional_write_only_replaces_the_generation_it_read(gcs: GcsStorage)
     assert gcs.object_state(BUCKET, "processed-markers/missing.json") is None
 
 
+def test_conditional_delete_only_removes_the_generation_it_read(gcs: GcsStorage) -> None:
+    from segmentation.errors import WriteConflictError
+
+    name = "processed/a-output-0001.jpg"
+    gcs.write(BUCKET, name, b"older", content_type="image/jpeg")
+    read = gcs.object_state(BUCKET, name)
+    gcs.write(BUCKET, name, b"newer", content_type="image/jpeg")  # somebody wrote since
+    with pytest.raises(WriteConflictError):
+        gcs.delete(BUCKET, name, if_generation_match=read.generation)
+    newer = gcs.object_state(BUCKET, name)
+    assert newer is not None and newer.generation != read.generation
+
+    gcs.delete(BUCKET, name, if_generation_match=newer.generation)
+    assert gcs.object_state(BUCKET, name) is None
+    gcs.delete(BUCKET, name, if_generation_match=newer.generation)  # already gone: fine
+
+
 def test_write_to_a_missing_bucket_is_permanent_not_gone(gcs: GcsStorage) -> None:
     with pytest.raises(PermanentError) as caught:
         gcs.write("no-such-bucket", "x.jpg", b"x", content_type="image/jpeg")

@@ -28,7 +28,8 @@ chosen with `generations=`:
   unless N is the live generation, and media responses carry `X-Goog-Generation`,
   `X-Goog-Metageneration` and `X-Goog-Stored-Content-Length`, as production GCS does; an
   upload with `ifGenerationMatch=N` (multipart, media, or a resumable upload's first request)
-  answers 412 unless the live generation of its object is N (0: none).
+  answers 412 unless the live generation of its object is N (0: none), and so does a delete
+  with `ifGenerationMatch=N` of a live object of another generation.
 - "serve-live": the stock behaviour (the requested generation is ignored and the live object
   is served; preconditions as in "exact") but media responses report the generation actually served, like production's
   header would. Lets a test reach the "served generation differs" check.
@@ -159,6 +160,8 @@ class _Handler(EmulatorRequestHandler):
 
         if method == "POST" and "ifGenerationMatch" in query and state.generations != "stock":
             return self._refuse_unmet_precondition(parts.path, query)
+        if method == "DELETE" and "ifGenerationMatch" in query and state.generations != "stock":
+            return self._refuse_unmet_delete_precondition(parts.path, query)
 
         match = _OBJECT_PATH.fullmatch(parts.path)
         if method != "GET" or match is None or state.generations == "stock":
@@ -198,11 +201,27 @@ class _Handler(EmulatorRequestHandler):
         live_generation = int(live["generation"]) if live else 0
         if str(live_generation) == query["ifGenerationMatch"][0]:
             return False
+        self._send_precondition_failed()
+        return True
+
+    def _refuse_unmet_delete_precondition(self, path: str, query: dict[str, list[str]]) -> bool:
+        """A delete with `ifGenerationMatch=N` of a live object of another generation: answer
+        412 (and return True), as Cloud Storage does; otherwise (a match, or no object: the
+        emulator's own 404) hand it to the emulator."""
+        match = _OBJECT_PATH.fullmatch(path)
+        if match is None:
+            return False
+        live = self.storage.objects.get(unquote(match["bucket"]), {}).get(unquote(match["name"]))
+        if live is None or str(live["generation"]) == query["ifGenerationMatch"][0]:
+            return False
+        self._send_precondition_failed()
+        return True
+
+    def _send_precondition_failed(self) -> None:
         message = "At least one of the pre-conditions you specified did not hold."
         body_json = {"error": {"code": 412, "message": message,
                                "errors": [{"domain": "global", "reason": "conditionNotMet", "message": message}]}}
         self._send_json(412, body_json, {})
-        return True
 
     def _drain_body(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

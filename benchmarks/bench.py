@@ -170,8 +170,39 @@ def machine_info() -> str:
         ("Python", sys.version.split()[0] + f" ({sys.executable})"),
         ("Pillow", f"{PIL.__version__}, libjpeg-turbo {features.version('libjpeg_turbo') or 'no'}"),
         ("load average at start (1, 5, 15 min)", ", ".join(f"{v:.2f}" for v in os.getloadavg())),
+        ("speed probe at start", speed_probe()),
     ]
     return markdown_table(("", ""), rows, "ll")
+
+
+def speed_probe(runs: int = 7) -> str:
+    """How fast this (shared, virtual) machine runs right now: milliseconds for fixed work, the
+    median of `runs`: a pure-Python loop (the interpreter) and decoding one 1920x1080 JPEG
+    (Pillow, libjpeg-turbo). On the development VM the same code has run at very different
+    speeds from hour to hour, so every run reports this at its start and its end, and runs are
+    comparable only when their probes are."""
+    from PIL import Image
+
+    data = photo(1920, 1080, 0)
+
+    def python_loop() -> None:
+        total = 0
+        for i in range(1_000_000):
+            total += i & 7
+
+    def decode() -> None:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+
+    def median_ms(work: Callable[[], None]) -> float:
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            work()
+            samples.append((time.perf_counter() - started) * 1000)
+        return statistics.median(samples)
+
+    return f"Python loop {median_ms(python_loop):.1f} ms, 1920x1080 JPEG decode {median_ms(decode):.1f} ms"
 
 
 def _proc_field(path: str, key: str) -> str | None:
@@ -1096,6 +1127,7 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
         return result
 
     started_load = os.getloadavg()
+    probe = speed_probe()
     cells = [cell(latency, c) for latency in latencies for c in concurrencies]
     extra = [cell(latency, c, variant) for latency, c, variant in variants]
     cpus = len(os.sched_getaffinity(0))
@@ -1154,7 +1186,8 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
         "spends besides waiting for Gemini, including the completion-marker calls and the HTTP hop the log line "
         "does not time. CPU: the function's processes (gunicorn arbiter and workers) and the storage stand-in's "
         "process from /proc, per second of window (cores) and per image; \"machine CPU busy\" counts every "
-        f"process. Load average (1 min) when the section started: {started_load[0]:.2f}.\n\n" + table +
+        f"process. Load average (1 min) when the section started: {started_load[0]:.2f}; speed probe "
+        f"(see Machine): {probe} at the start, {speed_probe()} at the end.\n\n" + table +
         f"\n\nTarget: >= {100 * THROUGHPUT_TARGET:.0f}% of in flight / latency up to 16 in flight: **{verdict}**."
     )
     if extra:
@@ -1375,7 +1408,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             section_started = time.perf_counter()
             print(sections[name]() + f"\n\n_Section {name}: {time.perf_counter() - section_started:.0f} s._\n",
                   flush=True)
-    print(f"_Whole run ({', '.join(n for n in SECTIONS if n in chosen)}): {time.perf_counter() - started:.0f} s._")
+    print(f"_Whole run ({', '.join(n for n in SECTIONS if n in chosen)}): {time.perf_counter() - started:.0f} s; "
+          f"speed probe at the end: {speed_probe()}._")
 
 
 if __name__ == "__main__":

@@ -166,51 +166,10 @@ def test_a_marker_never_goes_backwards_when_two_generations_finish_together(stac
     assert len(stack.gemini.requests) == 1
 
 
-def test_an_older_generation_writing_after_a_newer_one_finished_leaves_the_newer_outputs(stack, monkeypatch):
-    """The older generation's event checks that it is still the live one, and before it writes,
-    the newer generation is uploaded and processed to the end. The older one's writes are
-    conditional on there being no output yet, so where the newer one wrote (its crop and
-    overview) they are refused and the newer outputs stay; the crops the newer one does not have
-    are written, then withdrawn when the older event sees it was superseded, and it records no
-    rows. (Unconditional writes overwrote the newer crop and overview and left 14 stray crops.)"""
-    import threading
-
-    from segmentation.function import default_pipeline
-
-    stack.gemini.enqueue(Answer(sample_text(2)), Answer(sample_text(6)))  # older: 20 objects, newer: 6
-    old = stack.upload("raw/cupcakes.png", cupcakes())
-    storage = default_pipeline().storage
-    real_live_generation = storage.live_generation
-    newer: list = []
-    first_check = threading.Lock()
-
-    def newer_finishes_after_the_check(bucket, name):
-        live = real_live_generation(bucket, name)
-        if first_check.acquire(blocking=False):  # the older event's check before it writes
-            newer.append(stack.upload("raw/cupcakes.png", cupcakes()))
-            assert stack.deliver(stack.event_for(newer[0])).status_code == 200
-        return live
-
-    monkeypatch.setattr(storage, "live_generation", newer_finishes_after_the_check)
-    assert stack.deliver(stack.event_for(old)).status_code == 200
-
-    (new,) = newer
-    assert len(stack.gemini.requests) == 2
-    crops = stack.names("processed/")
-    assert len(crops) == len(expected_boxes(6))
-    for name in crops + stack.names("processed-overview/"):
-        assert stack.bucket.get_blob(name).metadata["source-generation"] == str(new.generation), name
-    marker = stack.bucket.get_blob("processed-markers/cupcakes.png.json")
-    assert marker.metadata["source-generation"] == str(new.generation)
-    assert {(row["source_generation"], row["status"]) for row in stack.rows("images")} == {(new.generation, "ok")}
-    assert {row["source_generation"] for row in stack.rows("objects")} == {new.generation}
-
-
-def test_an_older_generation_superseded_during_its_writes_takes_them_back(stack, monkeypatch):
-    """The newer generation is uploaded after the older event's first check but before its
-    writes end; the older one writes everything, sees the newer one live when it asks again
-    after the writes, takes its outputs back and records nothing; the newer event then writes
-    its own. The end state is the newer generation's alone."""
+def _older_event_with_newer_upload_after_its_check(stack, monkeypatch, *, deliver_newer: bool):
+    """Deliver an older generation (20 objects) of raw/cupcakes.png; right after that event's
+    first live-generation check (the one before its writes) upload a newer generation (6 objects)
+    and, with `deliver_newer`, process it to the end. Returns (old, new) blobs."""
     import threading
 
     from segmentation.function import default_pipeline
@@ -222,24 +181,52 @@ def test_an_older_generation_superseded_during_its_writes_takes_them_back(stack,
     newer: list = []
     first_check = threading.Lock()
 
-    def newer_uploaded_after_the_check(bucket, name):
+    def newer_after_the_check(bucket, name):
         live = real_live_generation(bucket, name)
-        if first_check.acquire(blocking=False):
+        if first_check.acquire(blocking=False):  # only the older event's first check
             newer.append(stack.upload("raw/cupcakes.png", cupcakes()))
+            if deliver_newer:
+                assert stack.deliver(stack.event_for(newer[0])).status_code == 200
         return live
 
-    monkeypatch.setattr(storage, "live_generation", newer_uploaded_after_the_check)
+    monkeypatch.setattr(storage, "live_generation", newer_after_the_check)
     assert stack.deliver(stack.event_for(old)).status_code == 200
     (new,) = newer
+    return old, new
+
+
+def _assert_only_the_newer_outputs(stack, new) -> None:
+    crops = stack.names("processed/")
+    assert len(crops) == len(expected_boxes(6))
+    for name in crops + stack.names("processed-overview/") + stack.names("processed-markers/"):
+        assert stack.bucket.get_blob(name).metadata["source-generation"] == str(new.generation), name
+    assert {(row["source_generation"], row["status"]) for row in stack.rows("images")} == {(new.generation, "ok")}
+    assert {row["source_generation"] for row in stack.rows("objects")} == {new.generation}
+
+
+def test_an_older_generation_writing_after_a_newer_one_finished_leaves_the_newer_outputs(stack, monkeypatch):
+    """The older generation's event checks that it is still the live one, and before it writes,
+    the newer generation is uploaded and processed to the end. The older one's writes are
+    conditional on there being no output yet, so where the newer one wrote (its crops and
+    overview) they are refused and the newer outputs stay; the crops the newer one does not have
+    are written, then withdrawn when the older event sees it was superseded, and it records no
+    rows. (Unconditional writes overwrote the newer crops and overview and left 14 stray crops.)"""
+    _, new = _older_event_with_newer_upload_after_its_check(stack, monkeypatch, deliver_newer=True)
+    assert len(stack.gemini.requests) == 2
+    _assert_only_the_newer_outputs(stack, new)
+
+
+def test_an_older_generation_superseded_during_its_writes_takes_them_back(stack, monkeypatch):
+    """The newer generation is uploaded after the older event's first check but before its
+    writes end; the older one writes everything, sees the newer one live when it asks again
+    after the writes, takes its outputs back and records nothing; the newer event then writes
+    its own. The end state is the newer generation's alone."""
+    _, new = _older_event_with_newer_upload_after_its_check(stack, monkeypatch, deliver_newer=False)
     assert stack.names("processed/") == [] and stack.names("processed-overview/") == []
     assert stack.rows("images") == [] and stack.rows("objects") == []
 
     assert stack.deliver(stack.event_for(new)).status_code == 200
-    crops = stack.names("processed/")
-    assert len(crops) == len(expected_boxes(6))
-    for name in crops + stack.names("processed-overview/"):
-        assert stack.bucket.get_blob(name).metadata["source-generation"] == str(new.generation), name
-    assert {(row["source_generation"], row["status"]) for row in stack.rows("images")} == {(new.generation, "ok")}
+    _assert_only_the_newer_outputs(stack, new)
 
 
 @pytest.mark.parametrize(

@@ -1125,7 +1125,7 @@ def _hull_gap(piece) -> tuple[float, float]:
     return area, max(0.0, cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) - area)
 
 
-def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_other: float = 0.04,
+def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_other: float = 0.07,
                   max_color_dist: float | None = None):
     """Join adjacent pieces (labels 1..) of one foreground blob into items.
 
@@ -1138,7 +1138,11 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
     (OTHER_COLOUR_MAX_CONCAVITY) and the smaller piece borders the outside of the blob along at
     most PATCH_MAX_OUTLINE of its outline (the item's outline encloses it; an item lying on
     another item sticks out) and pieces of a third paint along at most PATCH_MAX_FOREIGN of it
-    (an item half hidden between two others borders both)."""
+    (an item half hidden between two others borders both).
+
+    `max_gap_other` was 0.04; 0.07 lets a stripe, strap or logo cut out of its item by the colour
+    split join again a little more often (mask AP50 +0.001-0.002 on each of three sets of 150
+    tuning scenes, AP unchanged; the patch tests above still keep items lying on others apart)."""
     import cv2
     import numpy as np
 

@@ -763,8 +763,14 @@ def _fill_holes(fg, *, max_hole: float, min_hole: float = 0):
 
 
 def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, neck: float = 0.72,
-                    max_color_dist: float = 0.3, merge_gap: float = 0.15):
-    """Instance labels (0 = background, 1.. = items) for the foreground mask `fg`."""
+                    max_color_dist: float = 0.35, merge_gap: float = 0.15):
+    """Instance labels (0 = background, 1.. = items) for the foreground mask `fg`.
+
+    Two bulges of a blob without a neck between them join when their commonest colours differ
+    by at most `max_color_dist` (L1, log units). It was 0.3; 0.35 keeps the bulges of one item
+    whose shading or pattern shifts its commonest colour together (fewer fragments: mask AP50 up
+    on four sets of 150 tuning scenes, by 0.0002-0.0125; the later colour split still separates
+    clearly different paints)."""
     import cv2
     import numpy as np
 

@@ -2,7 +2,7 @@
 
 Metrics are measured on the HELD-OUT split (seeds and parameter ranges the detector was not
 tuned on) and asserted against floors: the figures the current version reaches, with a margin
-(on these 30 scenes it reaches AP50 0.925, AP 0.747, recall 0.943, colour 0.965).
+(on these 30 scenes it reaches AP50 0.936, AP 0.750, recall 0.951, colour 0.966).
 The floors only go up, with one recorded exception: the change that met the speed target (working
 side 448 instead of 512, one belt-model pass) kept the figures on 200 tuning scenes (AP50 0.80)
 but cost these 30 held-out scenes 0.03 of AP50 (0.803 -> 0.775), about the spread between two
@@ -10,6 +10,8 @@ halves of the held-out split; the AP50 floor went from 0.79 to 0.76 with it.
 The round that lowered the edge level cutting same-coloured items apart (0.08 -> 0.05, chosen
 on tuning scenes) raised AP50 here from 0.920 to 0.925 but lowered AP from 0.765 to 0.747, still
 above its floor.
+The round that joined more patches and parts of one item (tuning scenes only) raised AP50 here
+to 0.936 and recall to 0.951; their floors went up to 0.93 and 0.945.
 The issue's AP50 target (>= 0.85) is met on the eval's 60 held-out scenes, not yet on 150; see
 the README's figures.
 """
@@ -47,9 +49,9 @@ def heldout_scores(heldout_scenes):
 
 def test_heldout_mask_ap_floors(heldout_scores):
     assert heldout_scores["items"] > 60
-    assert heldout_scores["ap50"] >= 0.92, heldout_scores
+    assert heldout_scores["ap50"] >= 0.93, heldout_scores
     assert heldout_scores["ap"] >= 0.74, heldout_scores
-    assert heldout_scores["recall50"] >= 0.94, heldout_scores
+    assert heldout_scores["recall50"] >= 0.945, heldout_scores
 
 
 def test_heldout_colour_accuracy(heldout_scores):

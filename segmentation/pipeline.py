@@ -388,10 +388,10 @@ class Pipeline:
     def _write_marker(self, ref: ObjectRef, names: OutputNames, outcome: Outcome, deadline: float) -> None:
         """Record `outcome` as this name's completion marker unless a newer generation's is there.
 
-        Markers never go backwards: the write is conditional on the marker generation that was
-        read, so when two events of one name finish together (an older and a newer generation,
-        or an image and its redelivery) and the other writes between this read and this write,
-        the write is refused and the decision is made again on what the other wrote.
+        Markers never go backwards: like the outputs, the marker goes through
+        `_write_unless_newer`, so when two events of one name finish together (an older and a
+        newer generation, or an image and its redelivery), whichever writes second sees what the
+        other wrote and leaves a newer generation's marker alone.
         """
         if ref.generation is None:
             return

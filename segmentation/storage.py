@@ -270,11 +270,8 @@ class GcsStorage:
 
     def live_generation(self, bucket: str, name: str) -> int | None:
         """The generation of the live object, or None if it doesn't exist."""
-        try:
-            blob = self.client.bucket(bucket).get_blob(name, retry=None, timeout=REQUEST_TIMEOUT)
-        except Exception as exc:
-            _raise_classified(exc, f"metadata of gs://{bucket}/{name}")
-        return None if blob is None or blob.generation is None else int(blob.generation)
+        state = self.object_state(bucket, name)
+        return None if state is None or not state.generation else state.generation
 
     def list_names(self, bucket: str, prefix: str) -> list[str]:
         """Names of the live objects under `prefix`, sorted."""

@@ -155,9 +155,9 @@ SETTINGS: tuple[Setting, ...] = (
             "and the image is marked partial."),
     Setting("GEMINI_TIMEOUT_S", "gemini_timeout_s", "60", _float,
             "Timeout of one Gemini HTTP request, in seconds."),
-    Setting("MODEL_INPUT_MAX_SIDE", "model_input_max_side", "1024", _int,
+    Setting("MODEL_INPUT_MAX_SIDE", "model_input_max_side", "1920", _int,
             "The image sent to the model is downscaled to this longest side (boxes still map to "
-            "the original)."),
+            "the original); an upright colour JPEG within it is sent as uploaded."),
     # Limits and retries.
     Setting("MAX_IMAGE_BYTES", "max_image_bytes", str(40 * 1024 * 1024), _int,
             "Larger objects are refused without being downloaded."),

@@ -205,9 +205,10 @@ class Pipeline:
             )
         with timer("decode"):
             loaded = load_image(data, max_pixels=self.config.max_image_pixels)
-            del data
             image = loaded.image
-            prepared = model_input(image, max_side=self.config.model_input_max_side)
+            prepared = model_input(image, max_side=self.config.model_input_max_side,
+                                   jpeg=data if loaded.plain_jpeg else None)
+            del data
         with timer("model"):
             result = self._detect(ref, image, prepared, (loaded.width, loaded.height), deadline)
         # Whether a newer generation of this name arrived while this one was being detected: its

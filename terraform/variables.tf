@@ -428,9 +428,9 @@ variable "gemini_timeout_s" {
 }
 
 variable "model_input_max_side" {
-  description = "MODEL_INPUT_MAX_SIDE: the image sent to the model is downscaled to this longest side, in pixels."
+  description = "MODEL_INPUT_MAX_SIDE: the image sent to the model is downscaled to this longest side, in pixels; an upright colour JPEG within it is sent as uploaded."
   type        = number
-  default     = 1024
+  default     = 1920
 
   validation {
     condition     = var.model_input_max_side >= 64 && floor(var.model_input_max_side) == var.model_input_max_side

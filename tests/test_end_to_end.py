@@ -80,6 +80,39 @@ def test_an_image_in_raw_gives_crops_overview_and_rows(stack, mode):
     assert max(sent.size) <= 1024 and request.image_mime_type == "image/jpeg"
 
 
+def jpeg_of_cupcakes(**options) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(cupcakes())).convert("RGB").save(buffer, "JPEG", quality=85, **options)
+    return buffer.getvalue()
+
+
+def test_an_upright_jpeg_reaches_the_model_as_uploaded_and_boxes_map_to_it(stack):
+    stack.gemini.enqueue(Answer(sample_text(1)))
+    data = jpeg_of_cupcakes()
+    blob = stack.upload("raw/cam1/cupcakes.jpg", data)
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    assert stack.gemini.requests[0].image_bytes == data
+    objects = sorted(stack.rows("objects"), key=lambda row: row["object_index"])
+    assert [(r["box_x_min"], r["box_y_min"], r["box_x_max"], r["box_y_max"]) for r in objects] == expected_boxes(1)
+
+
+def test_a_rotated_jpeg_reaches_the_model_upright(stack):
+    stack.gemini.enqueue(Answer(sample_text(1)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    upright = Image.open(io.BytesIO(cupcakes())).convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    blob = stack.upload("raw/cam1/turned.jpg", jpeg_of_cupcakes(exif=exif))
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    sent = Image.open(io.BytesIO(stack.gemini.requests[0].image_bytes)).convert("RGB")
+    assert sent.size == upright.size
+    difference = sum(abs(a - b) for a, b in zip(sent.resize((31, 31)).tobytes(), upright.resize((31, 31)).tobytes()))
+    assert difference / (31 * 31 * 3) < 12
+
+
 def test_redelivery_after_success_is_a_cheap_no_op(stack):
     stack.gemini.enqueue(Answer(sample_text(1)))
     blob = stack.upload("raw/cupcakes.png", cupcakes())

@@ -490,3 +490,62 @@ def test_model_input_of_a_transparent_image_is_white_not_black():
 def test_model_input_rejects_a_nonsense_max_side():
     with pytest.raises(ValueError):
         model_input(Image.new("RGB", (10, 10)), max_side=0)
+
+
+# --- the uploaded JPEG sent as it is ------------------------------------------------------------
+
+
+def loaded_and_sent(data: bytes, max_side: int = 1920) -> tuple[LoadedImage, ModelInput]:
+    """What the pipeline does: decode, then the model's copy, offering the bytes when plain."""
+    loaded = load_image(data, max_pixels=LIMIT)
+    return loaded, model_input(loaded.image, max_side=max_side, jpeg=data if loaded.plain_jpeg else None)
+
+
+def test_a_plain_jpeg_within_the_max_side_goes_to_the_model_byte_for_byte():
+    data = encode(noise_rgb((640, 360)), "JPEG", quality=80, exif=exif_with_orientation(1))
+    loaded, sent = loaded_and_sent(data)
+    assert loaded.plain_jpeg
+    assert sent.data == data and (sent.width, sent.height) == (640, 360) and sent.mime_type == "image/jpeg"
+    # the same pixels the crops and the overview are cut from
+    assert Image.open(io.BytesIO(sent.data)).convert("RGB").tobytes() == loaded.image.tobytes()
+
+
+def test_a_jpeg_larger_than_the_max_side_is_downscaled_as_before():
+    data = encode(noise_rgb((640, 360)), "JPEG", quality=80)
+    loaded, sent = loaded_and_sent(data, max_side=320)
+    assert loaded.plain_jpeg and sent.data != data and (sent.width, sent.height) == (320, 180)
+    assert sent.data == model_input(loaded.image, max_side=320).data
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 6, 8])
+def test_a_rotated_jpeg_is_sent_upright_not_as_uploaded(orientation):
+    data = encode(oriented_source(), "JPEG", quality=95, exif=exif_with_orientation(orientation))
+    loaded, sent = loaded_and_sent(data)
+    assert not loaded.plain_jpeg and sent.data != data
+    decoded = Image.open(io.BytesIO(sent.data)).convert("RGB")
+    assert decoded.size == loaded.image.size
+    red_corner, _ = ORIENTATIONS[orientation]
+    assert_color(decoded, quadrant_centre(red_corner, decoded.size), RED, 30)
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG"), id="cmyk-jpeg"),
+    pytest.param(lambda: encode(Image.new("L", (32, 32), 90), "JPEG"), id="greyscale-jpeg"),
+    pytest.param(lambda: encode(noise_rgb((32, 32)), "PNG"), id="png"),
+    pytest.param(lambda: encode(noise_rgb((32, 32)), "MPO", save_all=True,
+                                append_images=[noise_rgb((32, 32))]), id="multi-picture-jpeg"),
+])
+def test_only_a_plain_colour_jpeg_is_sent_as_uploaded(make):
+    data = make()
+    loaded, sent = loaded_and_sent(data)
+    assert not loaded.plain_jpeg and sent.data != data
+    assert Image.open(io.BytesIO(sent.data)).format == "JPEG"
+
+
+def test_a_huge_jpeg_file_is_re_encoded_even_within_the_max_side(monkeypatch):
+    import segmentation.images as images
+
+    data = encode(noise_rgb((320, 200)), "JPEG", quality=100)
+    monkeypatch.setattr(images, "MODEL_PASSTHROUGH_MAX_BYTES", len(data) - 1)
+    loaded, sent = loaded_and_sent(data)
+    assert loaded.plain_jpeg and sent.data != data and len(sent.data) < len(data)

@@ -126,11 +126,16 @@ def _insert_errors(table_id: str, chunk: list[dict[str, Any]], errors: Sequence[
 def _default_bigquery_client(project: str) -> "bigquery.Client":
     from google.cloud import bigquery
 
+    from segmentation.sessions import read_environment_once
+
     if os.environ.get("BIGQUERY_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return bigquery.Client(project=project, credentials=AnonymousCredentials())
-    return bigquery.Client(project=project)
+        client = bigquery.Client(project=project, credentials=AnonymousCredentials())
+    else:
+        client = bigquery.Client(project=project)
+    read_environment_once(client._http)
+    return client
 
 
 class SqliteSink:

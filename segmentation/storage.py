@@ -179,6 +179,8 @@ class GcsStorage:
                     from google.cloud import storage
                     from requests.adapters import HTTPAdapter
 
+                    from segmentation.sessions import read_environment_once
+
                     client = storage.Client()
                     # requests keeps 10 connections per host by default; the pipeline's parallel
                     # uploads times the instance's concurrent requests need more, or connections
@@ -186,6 +188,7 @@ class GcsStorage:
                     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=HTTP_POOL_SIZE)
                     client._http.mount("https://", adapter)
                     client._http.mount("http://", adapter)
+                    read_environment_once(client._http)
                     self._client = client
         return self._client
 

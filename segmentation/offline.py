@@ -54,6 +54,11 @@ How it works, on a copy whose longest side is `work_side` (448) pixels:
    by a patch of another colour, or by another item lying across) are joined when the convex
    hull of their union holds no belt but thin strips (two separate items leave a wedge of belt);
    pieces lying inside that hull are patches of the item and join it too.
+   Then an item that is still clearly concave is cut along the straight line between two deep
+   notches of its outline when both pieces are about convex and of one paint: two items of one
+   colour that touch or lie on each other without a neck leave a notch on each side where their
+   outlines cross (one notch must open onto the belt; a notch filled by another item is that
+   item lying over this one).
 6. **Confidence.** A logistic function of contrast to the belt, edge sharpness, size,
    thickness, solidity and the share of the outline that borders the belt (the typical false
    positive is a fragment of a split item or two items merged), calibrated on the tuning split.
@@ -631,6 +636,8 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     inst = _split_touching(fg, image8, lg, grad, min_px=max(20, 0.3 * min_area * h * w), edge_level=edge_level)
     # 4) join the parts of an item that a strap, a seam-coloured band or another item cut apart
     inst = _join_across_gaps(inst, lg)
+    # 5) cut items of one paint that touch without a neck at the notches where their outlines cross
+    inst = _cut_at_defects(inst, lg, min_px=min_area * h * w)
 
     # instances
     counts = np.bincount(inst.ravel())
@@ -1436,3 +1443,121 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
         mask=mask,
         score=inst.score,
     )
+
+
+
+DEFECT_SOLIDITY = 0.9  # _cut_at_defects: only items less convex than this (area / hull area) are cut
+DEFECT_DEPTH = 0.15  # a notch deeper than this share of the item's equivalent radius may end a cut
+DEFECT_FREE = 2  # a notch with no other item this close (working pixels) is open to the belt
+DEFECT_PIECE_SOLIDITY = 0.85  # both pieces of a cut must be at least this convex ...
+DEFECT_GAP_LEFT = 0.6  # ... and keep at most this share of the whole's concavity (hull gap) between them
+DEFECT_CUTS = 2  # cuts per item at most
+DEFECT_ONE_PAINT = 0.8  # the two pieces' commonest colours differ by at most this (_paint_distance)
+
+
+def _cut_at_defects(inst, lg, *, min_px: float):
+    """Instance labels with items cut along the straight line between two notches of their
+    outline when that leaves two convex pieces: two items of one paint that touch or lie on each
+    other without a neck, which the colour and edge cuts cannot part, leave a notch where their
+    outlines cross. One end of the cut must be a notch open to the belt (a notch filled by
+    another item is that item lying over this one, and cutting there would split an occluded
+    item); the other may also face another item (a pile). A cut is kept when both pieces are
+    about convex (DEFECT_PIECE_SOLIDITY) and together keep at most DEFECT_GAP_LEFT of the whole's
+    concavity, and when the pieces' commonest colours differ by at most DEFECT_ONE_PAINT (a
+    cut between two paints is the colour cut's to make: a convex-looking cut through a pile of
+    several paints can give one item's half to another); of several, the one that removes the
+    most concavity."""
+    import cv2
+    import numpy as np
+
+    h, w = inst.shape
+    counts = np.bincount(inst.ravel())
+    todo = {}  # label -> (x0, y0, x1, y1, cuts so far)
+    for r in np.flatnonzero(counts >= 2 * min_px).tolist():
+        if r > 0:
+            m = inst == r
+            rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+            todo[r] = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1, 0)
+    out = inst
+    next_id = int(inst.max()) + 1
+    queue = list(todo)
+    while queue:
+        r = queue.pop()
+        x0, y0, x1, y1, cuts = todo[r]
+        if cuts >= DEFECT_CUTS:
+            continue
+        x0, y0, x1, y1 = max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)
+        crop = out[y0:y1, x0:x1]
+        piece = (crop == r).astype(np.uint8)
+        area = float(cv2.countNonZero(piece))
+        contours, _ = cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if area < 2 * min_px or not contours:
+            continue
+        hull = cv2.convexHull(np.concatenate(contours))  # the hull gap as in _hull_gap
+        gap = max(0.0, cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) - area)
+        if area >= DEFECT_SOLIDITY * (area + gap):
+            continue
+        cnt = max(contours, key=cv2.contourArea)
+        if len(cnt) < 5:
+            continue
+        try:
+            defects = cv2.convexityDefects(cnt, cv2.convexHull(cnt, returnPoints=False))
+        except cv2.error:  # a self-touching outline
+            continue
+        if defects is None:
+            continue
+        min_depth = max(2.5, DEFECT_DEPTH * math.sqrt(area / math.pi))
+        notches = [(int(cnt[d[2]][0][0]), int(cnt[d[2]][0][1])) for d in defects.reshape(-1, 4)
+                   if d[3] / 256.0 >= min_depth]
+        if len(notches) < 2:
+            continue
+        others = (crop > 0) & (piece == 0)
+        rr = DEFECT_FREE
+        notches.sort(key=lambda p: others[max(0, p[1] - rr):p[1] + rr + 1, max(0, p[0] - rr):p[0] + rr + 1].any())
+        n_free = sum(not others[max(0, py - rr):py + rr + 1, max(0, px - rr):px + rr + 1].any() for px, py in notches)
+        cands = []
+        for i in range(n_free):
+            for j in range(i + 1, len(notches)):
+                cut = piece.copy()
+                cv2.line(cut, notches[i], notches[j], 0, 2)
+                n_p, plab, pst, _ = cv2.connectedComponentsWithStats(cut, connectivity=4)
+                if n_p < 3:
+                    continue
+                big = np.argsort(-pst[1:, cv2.CC_STAT_AREA])[:2] + 1
+                if pst[big[1], cv2.CC_STAT_AREA] < min_px:
+                    continue
+                left = 0.0
+                for b in big:
+                    pa, pg = _hull_gap(plab == b)
+                    if pa < DEFECT_PIECE_SOLIDITY * (pa + pg):
+                        break
+                    left += pg
+                else:
+                    if left <= DEFECT_GAP_LEFT * gap:
+                        cands.append((left, len(cands), plab, big))
+        best = None
+        for left, _, plab, big in sorted(cands, key=lambda c: c[:2]):
+            if DEFECT_ONE_PAINT:
+                sel = (plab == big[0]) | (plab == big[1])
+                paint = _modes(lg[y0:y1, x0:x1][sel][None], axis=1, bins=48,
+                               line_index=(plab[sel] == big[1]).astype(np.int64), lines=2).reshape(2, 3)
+                if _paint_distance(paint[0] - paint[1]) > DEFECT_ONE_PAINT:
+                    continue
+            best = (left, plab, big)
+            break
+        if best is None:
+            continue
+        _, plab, big = best
+        if out is inst:
+            out = inst.copy()
+            crop = out[y0:y1, x0:x1]
+        # each pixel of the item (the cut line and specks included) goes to the nearer piece
+        d0 = cv2.distanceTransform((plab != big[0]).astype(np.uint8), cv2.DIST_L2, 3)
+        d1 = cv2.distanceTransform((plab != big[1]).astype(np.uint8), cv2.DIST_L2, 3)
+        crop[(piece > 0) & (d1 < d0)] = next_id
+        for q in (r, next_id):
+            qy, qx = np.nonzero(crop == q)
+            todo[q] = (int(qx.min()) + x0, int(qy.min()) + y0, int(qx.max()) + x0 + 1, int(qy.max()) + y0 + 1, cuts + 1)
+            queue.append(q)
+        next_id += 1
+    return out

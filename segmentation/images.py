@@ -8,9 +8,10 @@ two permanent errors:
   the header, before any pixel data is decoded or memory for it allocated.
 - `ImageDecodeError` for empty, truncated, corrupt or refused (non-accepted format) data.
 
-`model_input` makes the JPEG the model sees: the same picture, longest side at most `max_side`.
-The model answers in coordinates relative to that picture, which map back to the original by
-fractions, so the aspect ratio is kept as exactly as integer sizes allow.
+`model_input` makes the JPEG the model sees: the same picture, longest side at most `max_side`
+(the uploaded bytes themselves when they are a plain JPEG already within it). The model answers
+in coordinates relative to that picture, which map back to the original by fractions, so the
+aspect ratio is kept as exactly as integer sizes allow.
 
 Nothing here mutates global Pillow state (no `Image.MAX_IMAGE_PIXELS`, no
 `ImageFile.LOAD_TRUNCATED_IMAGES`, no warning filters), so calls are safe from several threads.

@@ -1133,11 +1133,19 @@ def _hull_gap(piece) -> tuple[float, float]:
 
     area = float(np.count_nonzero(piece))
     contours, _ = cv2.findContours(piece.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return area, _contours_hull_gap(contours, area)
+
+
+def _contours_hull_gap(contours, area: float) -> float:
+    """The area the convex hull of a mask's outer `contours` adds to its `area` pixels."""
+    import cv2
+    import numpy as np
+
     if not contours:
-        return area, 0.0
+        return 0.0
     hull = cv2.convexHull(np.concatenate(contours))
     # a pixel mask covers its contour polygon plus about half a pixel along the outline
-    return area, max(0.0, cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) - area)
+    return max(0.0, cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) - area)
 
 
 def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_other: float = 0.07,
@@ -1445,7 +1453,6 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
     )
 
 
-
 DEFECT_SOLIDITY = 0.9  # _cut_at_defects: only items less convex than this (area / hull area) are cut
 DEFECT_DEPTH = 0.15  # a notch deeper than this share of the item's equivalent radius may end a cut
 DEFECT_FREE = 2  # a notch with no other item this close (working pixels) is open to the belt
@@ -1493,8 +1500,7 @@ def _cut_at_defects(inst, lg, *, min_px: float):
         contours, _ = cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         if area < 2 * min_px or not contours:
             continue
-        hull = cv2.convexHull(np.concatenate(contours))  # the hull gap as in _hull_gap
-        gap = max(0.0, cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) - area)
+        gap = _contours_hull_gap(contours, area)
         if area >= DEFECT_SOLIDITY * (area + gap):
             continue
         cnt = max(contours, key=cv2.contourArea)
@@ -1513,8 +1519,9 @@ def _cut_at_defects(inst, lg, *, min_px: float):
             continue
         others = (crop > 0) & (piece == 0)
         rr = DEFECT_FREE
-        notches.sort(key=lambda p: others[max(0, p[1] - rr):p[1] + rr + 1, max(0, p[0] - rr):p[0] + rr + 1].any())
-        n_free = sum(not others[max(0, py - rr):py + rr + 1, max(0, px - rr):px + rr + 1].any() for px, py in notches)
+        blocked = [bool(others[max(0, py - rr):py + rr + 1, max(0, px - rr):px + rr + 1].any()) for px, py in notches]
+        notches = [p for _, p in sorted(zip(blocked, notches), key=lambda pair: pair[0])]  # open ones first
+        n_free = blocked.count(False)
         cands = []
         for i in range(n_free):
             for j in range(i + 1, len(notches)):
@@ -1537,12 +1544,11 @@ def _cut_at_defects(inst, lg, *, min_px: float):
                         cands.append((left, len(cands), plab, big))
         best = None
         for left, _, plab, big in sorted(cands, key=lambda c: c[:2]):
-            if DEFECT_ONE_PAINT:
-                sel = (plab == big[0]) | (plab == big[1])
-                paint = _modes(lg[y0:y1, x0:x1][sel][None], axis=1, bins=48,
-                               line_index=(plab[sel] == big[1]).astype(np.int64), lines=2).reshape(2, 3)
-                if _paint_distance(paint[0] - paint[1]) > DEFECT_ONE_PAINT:
-                    continue
+            sel = (plab == big[0]) | (plab == big[1])
+            paint = _modes(lg[y0:y1, x0:x1][sel][None], axis=1, bins=48,
+                           line_index=(plab[sel] == big[1]).astype(np.int64), lines=2).reshape(2, 3)
+            if _paint_distance(paint[0] - paint[1]) > DEFECT_ONE_PAINT:
+                continue
             best = (left, plab, big)
             break
         if best is None:

@@ -961,10 +961,11 @@ def function_log_lines(path: Path) -> list[dict[str, Any]]:
 
 def throughput_cell(latency: float, concurrency: int, images: int, *, storage: str = "memory",
                     workers: int | None = None, sink: str = "bigquery", gate: bool = False,
-                    spread: float = 0.0, env: dict[str, str] | None = None) -> dict[str, Any]:
+                    spread: float = 0.0, settings: dict[str, str] | None = None) -> dict[str, Any]:
     """One cell: the function under functions-framework (gunicorn, WORKERS=`workers`, by default
     what Terraform deploys for this machine's cores; THREADS=concurrency), a fresh storage stand-in
-    process, the counting fake Gemini with `latency` (and `spread`); one warm-up event (answered
+    process, the counting fake Gemini with `latency` (and `spread`), `settings` added to the
+    function's environment (they override the cell's own); one warm-up event (answered
     at once), then `images` events posted from `concurrency` client threads (exactly that many
     in flight until the queue runs dry)."""
     workers = workers or deployed_workers()
@@ -992,7 +993,7 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
             "WORKERS": str(workers),
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
             "LOG_LEVEL": "INFO",
-            **(env or {}),
+            **(settings or {}),
         }
         if bigquery is not None:
             env.update({"BIGQUERY_EMULATOR_HOST": bigquery.url, "BQ_OBJECTS_TABLE": BENCH_OBJECTS_TABLE,
@@ -1124,7 +1125,7 @@ class Variant:
     sink: str = "bigquery"
     gate: bool = False
     spread: float = 0.0
-    env: tuple[tuple[str, str], ...] = ()  # more function settings, e.g. (("MODEL_INPUT_MAX_SIDE", "1024"),)
+    settings: tuple[tuple[str, str], ...] = ()  # more function settings, e.g. (("MODEL_INPUT_MAX_SIDE", "1024"),)
 
 
 DEFAULT_VARIANT = Variant("")
@@ -1139,7 +1140,7 @@ THROUGHPUT_VARIANTS = (  # (latency, in flight, variant) rows after the main tab
     (1.0, 64, Variant("WORKERS=1", workers=1)),
     (1.0, 4, Variant("WORKERS=4", workers=4)),
     (1.0, 16, Variant("WORKERS=4", workers=4)),
-    (1.0, 16, Variant("MODEL_INPUT_MAX_SIDE=1024", env=(("MODEL_INPUT_MAX_SIDE", "1024"),))),
+    (1.0, 16, Variant("MODEL_INPUT_MAX_SIDE=1024", settings=(("MODEL_INPUT_MAX_SIDE", "1024"),))),
     (1.0, 4, Variant("empty-belt gate on", gate=True)),
     (1.0, 16, Variant("empty-belt gate on", gate=True)),
     (1.0, 16, Variant("SQLite sink", sink="sqlite")),
@@ -1153,7 +1154,7 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
     def cell(latency: float, concurrency: int, variant: Variant = DEFAULT_VARIANT) -> dict[str, Any]:
         result = throughput_cell(latency, concurrency, images_for(concurrency), storage=variant.storage,
                                  workers=variant.workers, sink=variant.sink, gate=variant.gate,
-                                 spread=variant.spread, env=dict(variant.env))
+                                 spread=variant.spread, settings=dict(variant.settings))
         result["variant"] = variant.label
         print(f"throughput {latency:g} s x {concurrency}{' (' + variant.label + ')' if variant.label else ''}: "
               f"{result['images_per_s']:.2f} images/s, {100 * result['ratio']:.0f}% of ideal", file=sys.stderr, flush=True)

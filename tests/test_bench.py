@@ -30,7 +30,7 @@ def test_a_throughput_cell_processes_every_image_once_with_at_most_in_flight_cal
 
 @pytest.mark.timeout(180)
 def test_a_variant_s_settings_reach_the_function():
-    cell = bench.throughput_cell(0.1, 2, 4, env={"GEMINI_MAX_OBJECTS": "2"})
+    cell = bench.throughput_cell(0.1, 2, 4, settings={"GEMINI_MAX_OBJECTS": "2"})
 
     assert cell["rows_ok"] == 4 and cell["objects_found"] == 4 * 2  # 5 objects answered, 2 kept
 

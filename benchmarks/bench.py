@@ -94,7 +94,7 @@ BUCKET = "bench-bucket"
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 RESULT_PREFIX = "BENCH-RESULT "
 IMPORT_MARK = "--bench-import-starts--"
-PHASES = ("read", "decode", "model", "render", "write", "insert", "marker")
+PHASES = ("read", "decode", "model", "queue", "render", "write", "insert", "marker")
 # Reported in the import breakdown even when outside the top 12 (or said to be absent).
 WATCHED_PACKAGES = ("google.genai", "google.cloud.storage", "google.cloud.bigquery", "PIL", "functions_framework",
                     "pydantic", "httpx2", "segmentation")

@@ -159,6 +159,10 @@ SETTINGS: tuple[Setting, ...] = (
             "The image sent to the model is downscaled to this longest side (boxes still map to "
             "the original); an upright colour JPEG within it is sent as uploaded."),
     # Limits and retries.
+    Setting("OUTPUT_TURNS", "output_turns", "1", _int,
+            "Events of one worker process that draw, upload and record their outputs at once; "
+            "the others wait their turn in arrival order (at most 2 s each, then go ahead). "
+            "0 = no turns."),
     Setting("MAX_IMAGE_BYTES", "max_image_bytes", str(40 * 1024 * 1024), _int,
             "Larger objects are refused without being downloaded."),
     Setting("MAX_IMAGE_PIXELS", "max_image_pixels", str(100_000_000), _int,
@@ -206,6 +210,7 @@ class Config:
     gemini_max_output_tokens: int
     gemini_timeout_s: float
     model_input_max_side: int
+    output_turns: int
     max_image_bytes: int
     max_image_pixels: int
     retry_deadline_s: float
@@ -247,6 +252,8 @@ class Config:
             raise ConfigError("set both BQ_OBJECTS_TABLE and BQ_IMAGES_TABLE, or neither")
         if self.gemini_max_objects < 1 or self.model_input_max_side < 64:
             raise ConfigError("GEMINI_MAX_OBJECTS must be >= 1 and MODEL_INPUT_MAX_SIDE >= 64")
+        if self.output_turns < 0:
+            raise ConfigError("OUTPUT_TURNS must be >= 0")
 
     @property
     def uses_bigquery(self) -> bool:

@@ -35,7 +35,7 @@ from segmentation.detections import Detection, DetectionResult, ObjectRef
 from segmentation.backgrounds import OfflineDetectors
 from segmentation.errors import DetectorNotConfiguredError, PermanentError, TransientError, WriteConflictError
 from segmentation.events import skip_reason
-from segmentation.images import ModelInput, load_image, model_input
+from segmentation.images import LoadedImage, ModelInput, load_image, model_input
 from segmentation.logs import log_event
 from segmentation.naming import OutputNames, row_id
 from segmentation.offline import OfflineDetector
@@ -43,6 +43,7 @@ from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
 from segmentation.sink import RowSink
 from segmentation.storage import GcsStorage, ObjectState
+from segmentation.turns import Turns
 
 GENERATION_KEY = "source-generation"
 # The `detector` of an image the empty-belt gate found empty (no model was called).
@@ -58,6 +59,11 @@ WRITE_ATTEMPTS = 5
 # uploads behind each other once each takes a real network round trip (tens of ms). Threads are
 # started only when needed; storage.HTTP_POOL_SIZE keeps a connection for each of them.
 UPLOAD_THREADS = 64
+# Seconds an event waits for its turn to write its outputs (OUTPUT_TURNS) before it goes ahead
+# without one: far above a turn's length (~50 ms at 1280x720; 32 events queued behind each other
+# after a burst wait ~1.6 s), so it only bounds how long an event stuck in storage retries holds
+# up the others.
+TURN_PATIENCE_S = 2.0
 
 
 class Detector(Protocol):
@@ -128,6 +134,7 @@ class Pipeline:
         self.offline = offline
         self._clock = clock
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload")
+        self._turns = Turns(config.output_turns, TURN_PATIENCE_S)
 
     def process(self, ref: ObjectRef, *, force: bool = False) -> Outcome:
         """Process one object-finalize event's object. Raises only `TransientError` (redeliver me).
@@ -211,6 +218,18 @@ class Pipeline:
             del data
         with timer("model"):
             result = self._detect(ref, image, prepared, (loaded.width, loaded.height), deadline)
+        # The rest is CPU work (drawing, the clients' request building) and short round trips:
+        # one event (per OUTPUT_TURNS) at a time, in the order the answers came back (turns.py).
+        with contextlib.ExitStack() as turn:
+            with timer("queue"):
+                turn.enter_context(self._turns.turn())
+            return self._write_outputs(ref, names, deadline, started, timer, loaded, result)
+
+    def _write_outputs(
+        self, ref: ObjectRef, names: OutputNames, deadline: float, started: float, timer: PhaseTimer,
+        loaded: LoadedImage, result: DetectionResult,
+    ) -> tuple[Outcome, dict]:
+        image = loaded.image
         # Whether a newer generation of this name arrived while this one was being detected: its
         # own event then owns the outputs (same names), so this one must not write them. Asked
         # while the pictures are drawn (a round trip hidden behind CPU work); nothing is written

@@ -27,6 +27,7 @@ locals {
     GEMINI_MAX_OUTPUT_TOKENS  = tostring(var.gemini_max_output_tokens)
     GEMINI_TIMEOUT_S          = tostring(var.gemini_timeout_s)
     MODEL_INPUT_MAX_SIDE      = tostring(var.model_input_max_side)
+    OUTPUT_TURNS              = tostring(var.output_turns)
     MAX_IMAGE_BYTES           = tostring(var.max_image_bytes)
     MAX_IMAGE_PIXELS          = tostring(var.max_image_pixels)
     RETRY_DEADLINE_S          = tostring(var.retry_deadline_s)

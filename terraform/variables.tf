@@ -438,6 +438,17 @@ variable "model_input_max_side" {
   }
 }
 
+variable "output_turns" {
+  description = "OUTPUT_TURNS: events of one worker process that draw, upload and record their outputs at once; the others wait their turn in arrival order (at most 2 s each). 0 = no turns."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.output_turns >= 0 && floor(var.output_turns) == var.output_turns
+    error_message = "output_turns must be a whole number, 0 or more."
+  }
+}
+
 variable "max_image_bytes" {
   description = "MAX_IMAGE_BYTES: larger uploads are refused without being downloaded."
   type        = number

@@ -1140,6 +1140,10 @@ THROUGHPUT_VARIANTS = (  # (latency, in flight, variant) rows after the main tab
     (1.0, 64, Variant("WORKERS=1", workers=1)),
     (1.0, 4, Variant("WORKERS=4", workers=4)),
     (1.0, 16, Variant("WORKERS=4", workers=4)),
+    (1.0, 4, Variant("OUTPUT_TURNS=0 (no turns)", settings=(("OUTPUT_TURNS", "0"),))),
+    (1.0, 16, Variant("OUTPUT_TURNS=0 (no turns)", settings=(("OUTPUT_TURNS", "0"),))),
+    (1.0, 64, Variant("OUTPUT_TURNS=0 (no turns)", settings=(("OUTPUT_TURNS", "0"),))),
+    (1.0, 16, Variant("OUTPUT_TURNS=2", settings=(("OUTPUT_TURNS", "2"),))),
     (1.0, 16, Variant("MODEL_INPUT_MAX_SIDE=1024", settings=(("MODEL_INPUT_MAX_SIDE", "1024"),))),
     (1.0, 4, Variant("empty-belt gate on", gate=True)),
     (1.0, 16, Variant("empty-belt gate on", gate=True)),
@@ -1230,7 +1234,9 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
                  f"{1 - LATENCY_SPREAD:g}-{1 + LATENCY_SPREAD:g} x the latency (same mean, so the same ideal), as "
                  "real model calls vary, instead of exactly the latency; \"WORKERS=1\": one gunicorn worker "
                  "process (functions-framework's default), THREADS = in flight; \"WORKERS=4\": two worker "
-                 "processes per vCPU; \"MODEL_INPUT_MAX_SIDE=1024\": the previous default, every 1280x720 frame "
+                 "processes per vCPU; \"OUTPUT_TURNS=0 (no turns)\": every event draws, uploads and inserts as "
+                 "soon as its answer is back, all of them at once (the behaviour before turns); \"OUTPUT_TURNS=2\": "
+                 "two events of a worker at a time; \"MODEL_INPUT_MAX_SIDE=1024\": the previous default, every 1280x720 frame "
                  "resized to 1024 px and re-encoded for the model instead of sent as uploaded; \"empty-belt gate on\": "
                  "EMPTY_BELT_GATE=true, the production default (the offline detector checks each frame before its "
                  "Gemini call; every frame here holds items, so every event still calls Gemini); "

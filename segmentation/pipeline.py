@@ -2,7 +2,11 @@
 
 ```
 storage.read ─► images.load_image ─► detector.detect ─► render ─► storage.write ─► sink.insert
+                                                     └──── one event at a time per worker ────┘
 ```
+The end of an event (from its model answer to its rows) waits its turn in the order the answers
+came back (`segmentation.turns`, OUTPUT_TURNS): answers that return together then finish one
+after another instead of all late together.
 
 Failure policy (see `segmentation.errors`):
 - `PermanentError` (broken image, unusable answer, object gone): a `failed` image row, one

@@ -329,17 +329,35 @@ def _evidence(lg, model):
 
     d = lg - model
     m = cv2.transform(d, _mat([[1 / 3, 1 / 3, 1 / 3]]))
-    sq = cv2.transform(d * d, _mat([[1, 1, 1]]))
-    cd = np.sqrt(np.maximum(sq - 3 * m * m, 0))
-    return m, cd
+    cd = cv2.transform(np.multiply(d, d, out=d), _mat([[1, 1, 1]]))
+    # sqrt(max(sq - 3 m^2, 0)), in place (the same operations in the same order)
+    m3 = 3 * m
+    m3 *= m
+    np.subtract(cd, m3, out=cd)
+    np.maximum(cd, 0, out=cd)
+    return m, np.sqrt(cd, out=cd)
+
+
+def _median(values):
+    """np.median of a float array without NaNs, the same value (the mean of the two middle
+    values in the array's own precision) without np.median's overhead: it runs ~17 times per
+    image, on arrays of a few thousand pixels, where the overhead is most of its cost."""
+    import numpy as np
+
+    flat = values.ravel()
+    half = flat.size // 2
+    if flat.size % 2:
+        return np.partition(flat, half)[half]
+    part = np.partition(flat, (half - 1, half))
+    return (part[half - 1] + part[half]) / 2
 
 
 def _noise(values) -> float:
     import numpy as np
 
     sample = values[::4, ::4]
-    med = np.median(sample)
-    return float(1.4826 * np.median(np.abs(sample - med)))
+    med = _median(sample)
+    return float(1.4826 * _median(np.abs(sample - med)))
 
 
 def _thresholds(m, cd) -> tuple[float, float]:
@@ -362,16 +380,25 @@ def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = No
     more of the line than belt does (they spread over many levels, the belt over a few)."""
     import numpy as np
 
-    if axis == 0:
-        x = x.transpose(1, 0, 2)
-    if line_index is None:  # one line per row of x
-        lines, count, channels = x.shape
-        line_index = np.repeat(np.arange(lines), count)
+    if line_index is None:  # one line per row (axis=1) or column (axis=0) of x
+        height, width, channels = x.shape
+        if axis == 0:
+            # (pixels in x's own order, not transposed: each column's pixels still come top to
+            # bottom, so every bin adds up the same values in the same order, without a copy)
+            lines, line_index = width, np.tile(np.arange(width), height)
+        else:
+            lines, line_index = height, np.repeat(np.arange(height), width)
     else:  # x is 1 x N x 3, grouped by line_index (labels)
         channels = x.shape[2]
     wt = None
     if weights is not None:
-        wt = (weights.T if axis == 0 else weights).ravel().astype(np.float64)
+        wt = weights.ravel().astype(np.float64)
+    # each line's histogram has an empty bin at either end, so the three-bin windows are sums of
+    # shifted views (the same additions, in the same order, as with the ends handled apart), and
+    # the windows of the sums are only added up at the chosen bin
+    slots = bins + 2
+    base = line_index * slots + 1
+    rows = np.arange(lines)
     out = np.empty((lines, channels), np.float32)
     for c in range(channels):
         v = x[..., c].ravel()
@@ -379,20 +406,14 @@ def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = No
         if hi - lo < 1e-6:
             out[:, c] = lo
             continue
-        b = ((v - lo) * ((bins - 1) / (hi - lo))).astype(np.int64)
-        codes = line_index * bins + b
-        counts = np.bincount(codes, weights=wt, minlength=lines * bins).reshape(lines, bins).astype(np.float32)
-        sums = np.bincount(codes, weights=v if wt is None else v * wt, minlength=lines * bins).reshape(lines, bins)
-        # three-bin windows
-        c3 = counts.copy()
-        c3[:, 1:] += counts[:, :-1]
-        c3[:, :-1] += counts[:, 1:]
-        s3 = sums.copy()
-        s3[:, 1:] += sums[:, :-1]
-        s3[:, :-1] += sums[:, 1:]
+        codes = base + ((v - lo) * ((bins - 1) / (hi - lo))).astype(np.int32)
+        counts = np.bincount(codes, weights=wt, minlength=lines * slots).reshape(lines, slots).astype(np.float32)
+        sums = np.bincount(codes, weights=v if wt is None else v * wt, minlength=lines * slots).reshape(lines, slots)
+        c3 = counts[:, 1:-1] + counts[:, :-2]
+        c3 += counts[:, 2:]
         best = np.argmax(c3, axis=1)
-        rows = np.arange(lines)
-        out[:, c] = s3[rows, best] / np.maximum(c3[rows, best], 1e-9)
+        s3 = sums[rows, best + 1] + sums[rows, best] + sums[rows, best + 2]
+        out[:, c] = s3 / np.maximum(c3[rows, best], 1e-9)
     return out[:, None, :] if axis == 1 else out[None, :, :]
 
 
@@ -557,13 +578,19 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     # gradient of the log image (max over channels)
     gx = cv2.Sobel(lg, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(lg, cv2.CV_32F, 0, 1, ksize=3)
-    g2 = gx * gx + gy * gy
-    grad = np.sqrt(np.maximum(np.maximum(g2[..., 0], g2[..., 1]), g2[..., 2])) / 8  # per-pixel log step
+    g2 = np.multiply(gx, gx, out=gx)
+    g2 += np.multiply(gy, gy, out=gy)
+    # (the channels split by OpenCV: NumPy is slow on a last axis of 3)
+    grad, g2_1, g2_2 = cv2.split(g2)
+    np.maximum(grad, g2_1, out=grad)
+    np.maximum(grad, g2_2, out=grad)
+    grad = np.sqrt(grad, out=grad)
+    grad /= 8  # per-pixel log step
 
     beltlike = (np.abs(m) < tm) & (cd < tc)
     notbelt = ~beltlike
     strong = (m > 2 * tm) | (m < -0.45) | (cd > 2 * tc)
-    flat = grad < max(0.035, 2.5 * _noise(grad) + float(np.median(grad[::3, ::3])))
+    flat = grad < max(0.035, 2.5 * _noise(grad) + float(_median(grad[::3, ::3])))
 
     # markers: 1 = belt, 2.. = flat patches of foreground
     k3 = np.ones((3, 3), np.uint8)
@@ -601,12 +628,12 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     n = int(labels.max()) + 1
 
     # region statistics (of the foreground regions only: the belt, label 1, is most pixels)
-    ry, rx = np.nonzero(labels > 1)
-    region = labels[ry, rx]
+    in_region = labels > 1
+    region = labels[in_region]
     area = np.bincount(region, minlength=n).astype(np.float64)
-    strong_frac = np.bincount(region, weights=strong[ry, rx], minlength=n) / np.maximum(area, 1)
-    m_mean = np.bincount(region, weights=m[ry, rx], minlength=n) / np.maximum(area, 1)
-    cd_mean = np.bincount(region, weights=cd[ry, rx], minlength=n) / np.maximum(area, 1)
+    strong_frac = np.bincount(region, weights=strong[in_region], minlength=n) / np.maximum(area, 1)
+    m_mean = np.bincount(region, weights=m[in_region], minlength=n) / np.maximum(area, 1)
+    cd_mean = np.bincount(region, weights=cd[in_region], minlength=n) / np.maximum(area, 1)
 
     lum = cv2.transform(lg, _mat([[1 / 3, 1 / 3, 1 / 3]]))
     pairs, length, sharp, _ = _boundaries(labels, grad, lum, n)
@@ -1257,12 +1284,14 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         # the belt only where it reaches the item's edge (stripes, straps, a logo)
         # and other pieces only of its own or the item's paint (an item lying between two
         # others borders both)
+        # (the outline tests, which walk the adjacency, only when the hull tests pass)
+        if not (cost <= max_gap_other and total_gap / smaller <= OTHER_COLOUR_MAX_CONCAVITY):
+            return False, (True, cost)
         patch, host = (a, b) if area[a] <= area[b] else (b, a)
         perimeter = outside[patch] + sum(n for key, n in adj.items() if patch in key)
         foreign = sum(n for key, n in adj.items() if patch in key and host not in key
                       and not one_paint(key[0] if key[1] == patch else key[1], (patch, host)))
-        ok = (cost <= max_gap_other and total_gap / smaller <= OTHER_COLOUR_MAX_CONCAVITY
-              and outside[patch] <= PATCH_MAX_OUTLINE * perimeter and foreign <= PATCH_MAX_FOREIGN * perimeter)
+        ok = outside[patch] <= PATCH_MAX_OUTLINE * perimeter and foreign <= PATCH_MAX_FOREIGN * perimeter
         return ok, (True, cost)
 
     def one_paint(r: int, others) -> bool:
@@ -1330,7 +1359,7 @@ def _belt_area(model, h: int, w: int) -> int:
     import cv2
 
     lum = cv2.transform(model, _mat([[1 / 3, 1 / 3, 1 / 3]]))
-    med = float(np.median(lum[::2, ::2]))
+    med = float(_median(lum[::2, ::2]))
     area = int((np.abs(lum - med) < math.log(1.5)).sum())
     return area if area > 0.3 * h * w else h * w
 
@@ -1345,7 +1374,7 @@ def _illumination(blurred, model, belt_mask):
 
     lum = cv2.transform(model, _mat([[1 / 3, 1 / 3, 1 / 3]]))
     lum_s, belt_s = lum[::2, ::2], belt_mask[::2, ::2]
-    med = float(np.median(lum_s[belt_s])) if belt_s.any() else float(np.median(lum_s))
+    med = float(_median(lum_s[belt_s])) if belt_s.any() else float(_median(lum_s))
     near = np.abs(lum - med) < math.log(1.5)
     use_s = near[::2, ::2] & belt_s
     if use_s.sum() > 100:  # (every n-th of the masked pixels by index: gathering them all is slower)
@@ -1368,10 +1397,10 @@ def _colors(rgb, mask, beltlike, neutral, light):
 
     inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT,
                       borderValue=0) > 0
-    if inner.sum() < 0.25 * mask.sum():
+    if np.count_nonzero(inner) < 0.25 * np.count_nonzero(mask):
         inner = mask
     own = inner & ~beltlike
-    use = own if own.sum() >= 0.3 * inner.sum() else inner
+    use = own if np.count_nonzero(own) >= 0.3 * np.count_nonzero(inner) else inner
     px = rgb[use]
     gain = 1.0 / light[use]
     step = max(1, len(px) // 2000)
@@ -1434,7 +1463,7 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
     bx0, bx1, by0, by1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
     crop = big[by0:by1, bx0:bx1]
     box = Box(ox0 + bx0, oy0 + by0, ox0 + bx1, oy0 + by1)
-    mask = Image.fromarray((crop * 255).astype(np.uint8), "L")
+    mask = Image.fromarray(crop.astype(np.uint8) * np.uint8(255), "L")
     colors = inst.colors
     main = inst.color
     second = next(((n, s) for n, s in colors[1:] if s >= 0.15), None)

@@ -679,8 +679,9 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     counts = counts[ids]
     min_px = min_area * h * w
     belt_mask = inst == 0
-    belt_area = _belt_area(model, h, w)
-    neutral, light = _illumination(blurred, model, belt_mask)
+    model_lum = cv2.transform(model, _mat([[1 / 3, 1 / 3, 1 / 3]]))
+    belt_area = _belt_area(model_lum, h, w)
+    neutral, light = _illumination(blurred, model_lum, belt_mask)
     instances = []
     iy, ix = np.nonzero(inst)
     il = inst[iy, ix]
@@ -837,10 +838,7 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
                 single = _edge_refine(single, mask, grad[y0:y1, x0:x1], min_px=min_px, level=edge_level)
                 if single.max() > 1:
                     single = _merge_convex(single, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap)
-                for r in np.unique(single[mask]):
-                    if r > 0:
-                        out[y0:y1, x0:x1][single == r] = next_id
-                        next_id += 1
+                next_id = _write_pieces(out[y0:y1, x0:x1], single, mask, next_id)
                 continue
             out[y0:y1, x0:x1][mask] = next_id
             next_id += 1
@@ -900,11 +898,23 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
         merged = _colour_refine(merged, mask, lg[y0:y1, x0:x1], min_px=min_px)
         merged = _edge_refine(merged, mask, grad[y0:y1, x0:x1], min_px=min_px, level=edge_level)
         merged = _merge_convex(merged, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap)
-        for r in np.unique(merged[mask]):
-            if r > 0:
-                out[y0:y1, x0:x1][merged == r] = next_id
-                next_id += 1
+        next_id = _write_pieces(out[y0:y1, x0:x1], merged, mask, next_id)
     return out
+
+
+def _write_pieces(out, pieces, mask, next_id: int) -> int:
+    """Write the pieces (labels 1.. inside `mask`, 0 outside it) into `out` as next_id, next_id +
+    1, ... in the order of their labels; returns the next free id. (One lookup instead of a
+    comparison of the whole crop per piece.)"""
+    import numpy as np
+
+    ids = np.unique(pieces[mask])
+    ids = ids[ids > 0]
+    lut = np.zeros(int(pieces.max()) + 1, np.int32)
+    lut[ids] = np.arange(next_id, next_id + len(ids))
+    inside = pieces > 0
+    out[inside] = lut[pieces[inside]]
+    return next_id + len(ids)
 
 
 # Colour split of a blob (see _colour_refine) and the colour test of _merge_convex.
@@ -924,6 +934,18 @@ def _paint_distance(dc) -> float:
     return abs(d0 - dl) + abs(d1 - dl) + abs(d2 - dl) + MERGE_LUM_WEIGHT * 3 * abs(dl)
 
 
+_COLOUR_FEATURES = []
+
+
+def _colour_features():
+    """The 3 x 4 matrix from a log colour to _colour_refine's features (made once)."""
+    import numpy as np
+
+    if not _COLOUR_FEATURES:
+        _COLOUR_FEATURES.append(np.hstack([np.eye(3) - 1 / 3, np.full((3, 1), COLOUR_LUM_WEIGHT / 3)]).astype(np.float32))
+    return _COLOUR_FEATURES[0]
+
+
 def _colour_refine(labels, mask, lg, *, min_px: float):
     """Pieces (labels 1.. inside `mask`) cut further along colour: the blob's pixels are
     clustered by colour (k-means in log chroma + damped log brightness, centres closer than
@@ -938,8 +960,7 @@ def _colour_refine(labels, mask, lg, *, min_px: float):
         return labels
     # features: log chroma (each channel minus the brightness) and damped brightness, as one
     # matrix product (NumPy broadcasting over 3 channels is slow)
-    to_feat = np.hstack([np.eye(3) - 1 / 3, np.full((3, 1), COLOUR_LUM_WEIGHT / 3)]).astype(np.float32)
-    feat = px @ to_feat
+    feat = px @ _colour_features()
     step = max(1, len(feat) // COLOUR_SAMPLES)
     sample = np.ascontiguousarray(feat[::step])
     k = min(COLOUR_K, len(sample) // 20)
@@ -1232,12 +1253,12 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         diff = a != b
         lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
         codes, counts = np.unique(lo.astype(np.int64) * k + hi, return_counts=True)
-        for c, n in zip(codes, counts):
-            key = (int(c // k), int(c % k))
+        for c, n in zip(codes.tolist(), counts.tolist()):
+            key = divmod(c, k)
             if key[0] == 0:
                 outside[key[1]] += n
             else:
-                adj[key] = adj.get(key, 0) + int(n)
+                adj[key] = adj.get(key, 0) + n
 
     def hull_area(h):
         if len(h) < 3:
@@ -1351,35 +1372,32 @@ def _calibrated_score(contrast: float, edge: float, area_frac: float, thickness:
     return 1 / (1 + math.exp(-z))
 
 
-def _belt_area(model, h: int, w: int) -> int:
-    """Pixels of belt in view: where the background model is within a factor 1.5 of its median
-    brightness (rails and surroundings are brighter or darker); the image if that finds little."""
+def _belt_area(lum, h: int, w: int) -> int:
+    """Pixels of belt in view: where the background model's brightness `lum` (mean log of the
+    channels) is within a factor 1.5 of its median (rails and surroundings are brighter or
+    darker); the image if that finds little."""
     import numpy as np
 
-    import cv2
-
-    lum = cv2.transform(model, _mat([[1 / 3, 1 / 3, 1 / 3]]))
     med = float(_median(lum[::2, ::2]))
     area = int((np.abs(lum - med) < math.log(1.5)).sum())
     return area if area > 0.3 * h * w else h * w
 
 
-def _illumination(blurred, model, belt_mask):
-    """The neutral (belt) colour in linear RGB and the local light relative to its median."""
+def _illumination(blurred, lum, belt_mask):
+    """The neutral (belt) colour in linear RGB and the local light relative to its median, from
+    the background model's brightness `lum` (mean log of the channels)."""
     import numpy as np
 
     from segmentation.colors import srgb_to_linear
 
-    import cv2
-
-    lum = cv2.transform(model, _mat([[1 / 3, 1 / 3, 1 / 3]]))
     lum_s, belt_s = lum[::2, ::2], belt_mask[::2, ::2]
     med = float(_median(lum_s[belt_s])) if belt_s.any() else float(_median(lum_s))
     near = np.abs(lum - med) < math.log(1.5)
     use_s = near[::2, ::2] & belt_s
     if use_s.sum() > 100:  # (every n-th of the masked pixels by index: gathering them all is slower)
         index = np.flatnonzero(use_s)
-        sample = np.ascontiguousarray(blurred[::2, ::2]).reshape(-1, 3)[index[:: max(1, len(index) // 8000)]]
+        index = index[:: max(1, len(index) // 8000)]
+        sample = blurred[::2, ::2][index // use_s.shape[1], index % use_s.shape[1]]
     else:
         sample = blurred.reshape(-1, 3)
         sample = sample[:: max(1, len(sample) // 8000)]
@@ -1401,10 +1419,10 @@ def _colors(rgb, mask, beltlike, neutral, light):
         inner = mask
     own = inner & ~beltlike
     use = own if np.count_nonzero(own) >= 0.3 * np.count_nonzero(inner) else inner
-    px = rgb[use]
-    gain = 1.0 / light[use]
-    step = max(1, len(px) // 2000)
-    lin = srgb_to_linear(px[::step]) * gain[::step, None]
+    ys, xs = np.nonzero(use)
+    step = max(1, len(ys) // 2000)
+    ys, xs = ys[::step], xs[::step]  # (only the sampled pixels are gathered)
+    lin = srgb_to_linear(rgb[ys, xs]) * (1.0 / light[ys, xs])[:, None]
     balanced = white_balance(lin, neutral)
     colors = dominant_colors(linear_to_srgb8(balanced))
     return [(name, share) for name, share in colors if share >= 0.05]

@@ -292,9 +292,29 @@ def _work_array(image: Image.Image, work_side: int):
     return np.ascontiguousarray(arr)
 
 
-def _log(arr):
+_LOG_TABLES = {}
+
+
+def _log_tables():
+    """log(v + _K) for the 256 values of a uint8 pixel (float32), and the same scaled to 0..255
+    for the watershed (uint8): made once, computed by the very operations that would otherwise
+    run on every pixel (so the values are the same), and looked up with cv2.LUT, which is
+    several times faster than the logarithm."""
     import numpy as np
 
+    if not _LOG_TABLES:
+        log = np.log(np.arange(256, dtype=np.float32) + _K)
+        _LOG_TABLES["log"] = log
+        _LOG_TABLES["image8"] = np.clip((log - math.log(_K)) * _LOG_SCALE, 0, 255).astype(np.uint8)
+    return _LOG_TABLES
+
+
+def _log(arr):
+    import cv2
+    import numpy as np
+
+    if arr.dtype == np.uint8:
+        return cv2.LUT(arr, _log_tables()["log"])
     return np.log(arr.astype(np.float32) + _K)
 
 
@@ -619,7 +639,7 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
         markers = np.where(core_markers > 0, core_markers, markers)
     markers[belt_marker] = 1
 
-    image8 = np.clip((lg - math.log(_K)) * _LOG_SCALE, 0, 255).astype(np.uint8)
+    image8 = cv2.LUT(blurred, _log_tables()["image8"])  # = clip((lg - log K) * _LOG_SCALE, 0, 255) as uint8
     labels = cv2.watershed(image8, markers)
     lab_f = labels.astype(np.float32)
     lab_f[labels < 0] = 0

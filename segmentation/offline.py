@@ -642,8 +642,9 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     image8 = cv2.LUT(blurred, _log_tables()["image8"])  # = clip((lg - log K) * _LOG_SCALE, 0, 255) as uint8
     labels = cv2.watershed(image8, markers)
     lab_f = labels.astype(np.float32)
-    lab_f[labels < 0] = 0
-    labels = np.where(labels < 0, cv2.dilate(lab_f, k3), lab_f).astype(np.int32)
+    ridge = labels < 0
+    lab_f[ridge] = 0
+    labels = np.where(ridge, cv2.dilate(lab_f, k3), lab_f).astype(np.int32)
     labels[labels < 1] = 1
     n = int(labels.max()) + 1
 
@@ -655,21 +656,19 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     m_mean = np.bincount(region, weights=m[in_region], minlength=n) / np.maximum(area, 1)
     cd_mean = np.bincount(region, weights=cd[in_region], minlength=n) / np.maximum(area, 1)
 
-    lum = cv2.transform(lg, _mat([[1 / 3, 1 / 3, 1 / 3]]))
-    pairs, length, sharp, _ = _boundaries(labels, grad, lum, n)
+    length, sharp = _belt_borders(labels, grad, n)
 
     regions = _DisjointSet(n)
     union = regions.union
 
     # 1) shadows: regions darker than the belt and colourless whose border with the belt is soft
-    belt_border = {}
-    for (a, b), ln, sh in zip(pairs, length, sharp):
-        if a == 1:
-            belt_border[b] = (ln, sh)
+    # (plain Python floats in the loop: NumPy scalars are slow one at a time)
+    area_l, length, sharp = area.tolist(), length.tolist(), sharp.tolist()
+    strong_frac, m_mean, cd_mean = strong_frac.tolist(), m_mean.tolist(), cd_mean.tolist()
     for r in range(2, n):
-        if area[r] == 0:
+        if area_l[r] == 0:
             continue
-        ln, sh = belt_border.get(r, (0, 0.0))
+        ln, sh = length[r], sharp[r]
         shadowish = -SHADOW_MAX_DEPTH * tm < m_mean[r] < 0 and cd_mean[r] < 1.5 * tc and strong_frac[r] < 0.5
         if shadowish and ln > 0 and sh < 0.12:
             union(1, r)
@@ -703,17 +702,13 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     belt_area = _belt_area(model_lum, h, w)
     neutral, light = _illumination(blurred, model_lum, belt_mask)
     instances = []
-    iy, ix = np.nonzero(inst)
-    il = inst[iy, ix]
-    order = np.argsort(il, kind="stable")
-    il, iy, ix = il[order], iy[order], ix[order]
-    starts = np.searchsorted(il, ids)
-    ends = np.searchsorted(il, ids, side="right")
-    for rid, cnt, i0, i1 in zip(ids, counts, starts, ends):
+    boxes = _label_boxes(inst, int(ids[-1]) + 1)[0]
+    for rid, cnt in zip(ids, counts):
         if rid == 0 or cnt < min_px:
             continue
-        cy0, cy1 = max(0, int(iy[i0:i1].min()) - 1), min(h, int(iy[i0:i1].max()) + 2)
-        cx0, cx1 = max(0, int(ix[i0:i1].min()) - 1), min(w, int(ix[i0:i1].max()) + 2)
+        bx0, by0, bx1, by1 = boxes[rid].tolist()
+        cy0, cy1 = max(0, by0 - 1), min(h, by1 + 1)
+        cx0, cx1 = max(0, bx0 - 1), min(w, bx1 + 1)
         crop = cv2.morphologyEx((inst[cy0:cy1, cx0:cx1] == rid).astype(np.uint8), cv2.MORPH_OPEN, k3) > 0
         ys, xs = np.nonzero(crop)
         if len(ys) < min_px:
@@ -780,31 +775,25 @@ def _largest_blob_share(work, ref) -> float:
     return int(area[1:].max()) / size if n > 1 else 0.0
 
 
-def _boundaries(labels, grad, lum, n: int):
-    """Adjacent region pairs (a < b) with border length, mean sharpness (gradient) and mean
-    brightness (the darker of the two pixels across the border)."""
+def _belt_borders(labels, grad, n: int):
+    """Per region (labels 2..n-1 of `labels`, where the belt is 1 and no label is below 1), the
+    length of its border with the belt (4-neighbour pixel pairs) and that border's mean sharpness
+    (gradient, the larger of the two pixels across it); 0 and 0 for a region not touching the
+    belt."""
     import numpy as np
 
-    codes, gvals, vvals = [], [], []
-    for a, b, g1, g2, v1, v2 in (
-        (labels[:, :-1], labels[:, 1:], grad[:, :-1], grad[:, 1:], lum[:, :-1], lum[:, 1:]),
-        (labels[:-1], labels[1:], grad[:-1], grad[1:], lum[:-1], lum[1:]),
-    ):
+    regions, gvals = [], []
+    for a, b, g1, g2 in ((labels[:, :-1], labels[:, 1:], grad[:, :-1], grad[:, 1:]),
+                         (labels[:-1], labels[1:], grad[:-1], grad[1:])):
         diff = a != b
-        lo = np.minimum(a[diff], b[diff]).astype(np.int64)
-        hi = np.maximum(a[diff], b[diff]).astype(np.int64)
-        codes.append(lo * n + hi)
-        gvals.append(np.maximum(g1[diff], g2[diff]))
-        vvals.append(np.minimum(v1[diff], v2[diff]))
-    codes = np.concatenate(codes)
-    if not len(codes):
-        return [], np.zeros(0), np.zeros(0), np.zeros(0)
-    uniq, inverse = np.unique(codes, return_inverse=True)
-    length = np.bincount(inverse).astype(np.float64)
-    sharp = np.bincount(inverse, weights=np.concatenate(gvals)) / length
-    vall = np.bincount(inverse, weights=np.concatenate(vvals)) / length
-    pairs = [(int(c // n), int(c % n)) for c in uniq]
-    return pairs, length, sharp, vall
+        a, b = a[diff], b[diff]
+        belt = np.minimum(a, b) == 1
+        regions.append(np.maximum(a, b)[belt])
+        gvals.append(np.maximum(g1[diff], g2[diff])[belt])
+    regions = np.concatenate(regions)
+    length = np.bincount(regions, minlength=n).astype(np.float64)
+    sharp = np.bincount(regions, weights=np.concatenate(gvals), minlength=n) / np.maximum(length, 1)
+    return length, sharp
 
 
 def _fill_holes(fg, *, max_hole: float, min_hole: float = 0):
@@ -928,7 +917,7 @@ def _write_pieces(out, pieces, mask, next_id: int) -> int:
     comparison of the whole crop per piece.)"""
     import numpy as np
 
-    ids = np.unique(pieces[mask])
+    ids = np.flatnonzero(np.bincount(pieces[mask]))
     ids = ids[ids > 0]
     lut = np.zeros(int(pieces.max()) + 1, np.int32)
     lut[ids] = np.arange(next_id, next_id + len(ids))
@@ -1060,7 +1049,7 @@ def _edge_refine(labels, mask, grad, *, min_px: float, level: float):
     keep = cc_area >= 0.25 * min_px
     keep[0] = False
     n_keep = int(keep.sum())
-    if n_keep <= len(np.unique(labels[mask])):
+    if n_keep <= np.count_nonzero(np.bincount(labels[mask])):  # (the number of labels in the blob)
         return labels  # nothing was cut
     remap = np.zeros(n_c, np.int32)
     remap[keep] = np.arange(1, n_keep + 1)
@@ -1084,6 +1073,25 @@ GAP_MAX_CONCAVITY = 0.15  # belt wider than that inside the union's hull, relati
 PATCH_INSIDE = 0.7  # a piece with this share of its area inside the union's hull is a patch of it
 
 
+def _label_boxes(labels, k: int):
+    """Bounding boxes (x0, y0, x1, y1, exclusive) of the labels 1..k-1 of `labels`, a k x 4 array
+    (zeros for 0 and for labels not present), and the labelled pixels (ys, xs and their labels,
+    in raster order). Taken from the rows and columns each label occupies (no sort by label)."""
+    import numpy as np
+
+    h, w = labels.shape
+    ys, xs = np.nonzero(labels)
+    own = labels[ys, xs]
+    in_row = np.zeros((k, h), bool)
+    in_row[own, ys] = True
+    in_col = np.zeros((k, w), bool)
+    in_col[own, xs] = True
+    box = np.stack([in_col.argmax(axis=1), in_row.argmax(axis=1), w - in_col[:, ::-1].argmax(axis=1),
+                    h - in_row[:, ::-1].argmax(axis=1)], axis=1).astype(np.int64)
+    box[~in_row.any(axis=1)] = 0
+    return box, ys, xs, own
+
+
 def _join_across_gaps(inst, lg):
     """Instance labels with the parts of one item joined: parts of the same paint that do not
     touch (a strap or band painted like the belt, a patch of another colour, or another item lying
@@ -1098,16 +1106,7 @@ def _join_across_gaps(inst, lg):
         return inst
     h, w = inst.shape
     area = np.bincount(inst.ravel(), minlength=k).astype(np.float64)
-    ys, xs = np.nonzero(inst)
-    own = inst[ys, xs]
-    order = np.argsort(own, kind="stable")
-    ys, xs, own = ys[order], xs[order], own[order]
-    bounds = np.searchsorted(own, np.arange(k + 1))
-    box = np.zeros((k, 4), np.int64)  # x0, y0, x1, y1 (exclusive)
-    for r in range(1, k):
-        if bounds[r + 1] > bounds[r]:
-            yr, xr = ys[bounds[r]:bounds[r + 1]], xs[bounds[r]:bounds[r + 1]]
-            box[r] = xr.min(), yr.min(), xr.max() + 1, yr.max() + 1
+    box, ys, xs, own = _label_boxes(inst, k)  # x0, y0, x1, y1 (exclusive)
     codes = []
     for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:])):
         diff = (a != b) & (a > 0) & (b > 0)

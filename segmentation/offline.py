@@ -278,7 +278,10 @@ def _work_array(image: Image.Image, work_side: int):
     import cv2
     import numpy as np
 
-    arr = np.asarray(image)
+    if image.mode == "RGB":  # (the same array as np.asarray, without its extra copy)
+        arr = np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width, 3)
+    else:
+        arr = np.asarray(image)
     h, w = arr.shape[:2]
     f = work_side / max(h, w)
     while f <= 0.5:  # halve first (2x2 means, OpenCV's fast path), then the rest
@@ -1152,7 +1155,7 @@ def _join_across_gaps(inst, lg):
         hull = hull > 0
         belt_gap = hull & (crop == 0)
         wide = cv2.morphologyEx(belt_gap.astype(np.uint8), cv2.MORPH_OPEN, thin) > 0
-        cost = float(wide.sum()) / max(min(area[ra], area[rb]), 1.0)
+        cost = float(np.count_nonzero(wide)) / max(min(area[ra], area[rb]), 1.0)
         return None if cost > GAP_MAX_CONCAVITY else (cost, (x0, y0, crop, ma, mb, hull, belt_gap & ~wide))
 
     def join(ra: int, rb: int, geometry) -> None:

@@ -713,7 +713,7 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
         cy0, cy1 = max(0, by0 - 1), min(h, by1 + 1)
         cx0, cx1 = max(0, bx0 - 1), min(w, bx1 + 1)
         crop = cv2.morphologyEx((inst[cy0:cy1, cx0:cx1] == rid).astype(np.uint8), cv2.MORPH_OPEN, k3) > 0
-        ys, xs = np.nonzero(crop)
+        ys, xs = _nonzero(crop)
         if len(ys) < min_px:
             continue
         ys, xs = ys + cy0, xs + cx0
@@ -1076,6 +1076,15 @@ GAP_MAX_CONCAVITY = 0.15  # belt wider than that inside the union's hull, relati
 PATCH_INSIDE = 0.7  # a piece with this share of its area inside the union's hull is a patch of it
 
 
+def _nonzero(mask):
+    """np.nonzero of a 2-D boolean mask: the same row and column indices in the same (raster)
+    order, by boolean indexing of the index grids, several times faster than np.nonzero."""
+    import numpy as np
+
+    h, w = mask.shape
+    return np.broadcast_to(np.arange(h)[:, None], (h, w))[mask], np.broadcast_to(np.arange(w), (h, w))[mask]
+
+
 def _label_boxes(labels, k: int):
     """Bounding boxes (x0, y0, x1, y1, exclusive) of the labels 1..k-1 of `labels`, a k x 4 array
     (zeros for 0 and for labels not present), and the labelled pixels (ys, xs and their labels,
@@ -1083,8 +1092,9 @@ def _label_boxes(labels, k: int):
     import numpy as np
 
     h, w = labels.shape
-    ys, xs = np.nonzero(labels)
-    own = labels[ys, xs]
+    labelled = labels > 0
+    ys, xs = _nonzero(labelled)
+    own = labels[labelled]
     in_row = np.zeros((k, h), bool)
     in_row[own, ys] = True
     in_col = np.zeros((k, w), bool)
@@ -1149,7 +1159,7 @@ def _join_across_gaps(inst, lg):
         x1, y1 = max(box[ra, 2], box[rb, 2]), max(box[ra, 3], box[rb, 3])
         crop = out[y0:y1, x0:x1]
         ma, mb = crop == ra, crop == rb  # a group's pieces carry its root's label in `out`
-        pts = np.column_stack(np.nonzero(ma | mb)[::-1]).astype(np.int32)
+        pts = np.column_stack(_nonzero(ma | mb)[::-1]).astype(np.int32)
         hull = np.zeros(crop.shape, np.uint8)
         cv2.fillConvexPoly(hull, cv2.convexHull(pts), 1)
         hull = hull > 0
@@ -1260,7 +1270,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
     outline = np.ones(labels.shape, bool)
     outline[1:-1, 1:-1] = ((labels[1:-1, 1:-1] != labels[:-2, 1:-1]) | (labels[1:-1, 1:-1] != labels[2:, 1:-1])
                            | (labels[1:-1, 1:-1] != labels[1:-1, :-2]) | (labels[1:-1, 1:-1] != labels[1:-1, 2:]))
-    ys, xs = np.nonzero(outline & (labels > 0))
+    ys, xs = _nonzero(outline & (labels > 0))
     lab = labels[ys, xs]
     order = np.argsort(lab, kind="stable")
     bounds = np.searchsorted(lab[order], np.arange(k + 1))
@@ -1441,7 +1451,7 @@ def _colors(rgb, mask, beltlike, neutral, light):
         inner = mask
     own = inner & ~beltlike
     use = own if np.count_nonzero(own) >= 0.3 * np.count_nonzero(inner) else inner
-    ys, xs = np.nonzero(use)
+    ys, xs = _nonzero(use)
     step = max(1, len(ys) // 2000)
     ys, xs = ys[::step], xs[::step]  # (only the sampled pixels are gathered)
     lin = srgb_to_linear(rgb[ys, xs]) * (1.0 / light[ys, xs])[:, None]

@@ -278,10 +278,7 @@ def _work_array(image: Image.Image, work_side: int):
     import cv2
     import numpy as np
 
-    if image.mode == "RGB":  # (the same array as np.asarray, without its extra copy)
-        arr = np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width, 3)
-    else:
-        arr = np.asarray(image)
+    arr = np.asarray(image)
     h, w = arr.shape[:2]
     f = work_side / max(h, w)
     while f <= 0.5:  # halve first (2x2 means, OpenCV's fast path), then the rest

@@ -292,9 +292,29 @@ def _work_array(image: Image.Image, work_side: int):
     return np.ascontiguousarray(arr)
 
 
-def _log(arr):
+_LOG_TABLES = {}
+
+
+def _log_tables():
+    """log(v + _K) for the 256 values of a uint8 pixel (float32), and the same scaled to 0..255
+    for the watershed (uint8): made once, computed by the very operations that would otherwise
+    run on every pixel (so the values are the same), and looked up with cv2.LUT, which is
+    several times faster than the logarithm."""
     import numpy as np
 
+    if not _LOG_TABLES:
+        log = np.log(np.arange(256, dtype=np.float32) + _K)
+        _LOG_TABLES["log"] = log
+        _LOG_TABLES["image8"] = np.clip((log - math.log(_K)) * _LOG_SCALE, 0, 255).astype(np.uint8)
+    return _LOG_TABLES
+
+
+def _log(arr):
+    import cv2
+    import numpy as np
+
+    if arr.dtype == np.uint8:
+        return cv2.LUT(arr, _log_tables()["log"])
     return np.log(arr.astype(np.float32) + _K)
 
 
@@ -329,17 +349,35 @@ def _evidence(lg, model):
 
     d = lg - model
     m = cv2.transform(d, _mat([[1 / 3, 1 / 3, 1 / 3]]))
-    sq = cv2.transform(d * d, _mat([[1, 1, 1]]))
-    cd = np.sqrt(np.maximum(sq - 3 * m * m, 0))
-    return m, cd
+    cd = cv2.transform(np.multiply(d, d, out=d), _mat([[1, 1, 1]]))
+    # sqrt(max(sq - 3 m^2, 0)), in place (the same operations in the same order)
+    m3 = 3 * m
+    m3 *= m
+    np.subtract(cd, m3, out=cd)
+    np.maximum(cd, 0, out=cd)
+    return m, np.sqrt(cd, out=cd)
+
+
+def _median(values):
+    """np.median of a float array without NaNs, the same value (the mean of the two middle
+    values in the array's own precision) without np.median's overhead: it runs ~17 times per
+    image, on arrays of a few thousand pixels, where the overhead is most of its cost."""
+    import numpy as np
+
+    flat = values.ravel()
+    half = flat.size // 2
+    if flat.size % 2:
+        return np.partition(flat, half)[half]
+    part = np.partition(flat, (half - 1, half))
+    return (part[half - 1] + part[half]) / 2
 
 
 def _noise(values) -> float:
     import numpy as np
 
     sample = values[::4, ::4]
-    med = np.median(sample)
-    return float(1.4826 * np.median(np.abs(sample - med)))
+    med = _median(sample)
+    return float(1.4826 * _median(np.abs(sample - med)))
 
 
 def _thresholds(m, cd) -> tuple[float, float]:
@@ -362,16 +400,25 @@ def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = No
     more of the line than belt does (they spread over many levels, the belt over a few)."""
     import numpy as np
 
-    if axis == 0:
-        x = x.transpose(1, 0, 2)
-    if line_index is None:  # one line per row of x
-        lines, count, channels = x.shape
-        line_index = np.repeat(np.arange(lines), count)
+    if line_index is None:  # one line per row (axis=1) or column (axis=0) of x
+        height, width, channels = x.shape
+        if axis == 0:
+            # (pixels in x's own order, not transposed: each column's pixels still come top to
+            # bottom, so every bin adds up the same values in the same order, without a copy)
+            lines, line_index = width, np.tile(np.arange(width), height)
+        else:
+            lines, line_index = height, np.repeat(np.arange(height), width)
     else:  # x is 1 x N x 3, grouped by line_index (labels)
         channels = x.shape[2]
     wt = None
     if weights is not None:
-        wt = (weights.T if axis == 0 else weights).ravel().astype(np.float64)
+        wt = weights.ravel().astype(np.float64)
+    # each line's histogram has an empty bin at either end, so the three-bin windows are sums of
+    # shifted views (the same additions, in the same order, as with the ends handled apart), and
+    # the windows of the sums are only added up at the chosen bin
+    slots = bins + 2
+    base = line_index * slots + 1
+    rows = np.arange(lines)
     out = np.empty((lines, channels), np.float32)
     for c in range(channels):
         v = x[..., c].ravel()
@@ -379,20 +426,14 @@ def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = No
         if hi - lo < 1e-6:
             out[:, c] = lo
             continue
-        b = ((v - lo) * ((bins - 1) / (hi - lo))).astype(np.int64)
-        codes = line_index * bins + b
-        counts = np.bincount(codes, weights=wt, minlength=lines * bins).reshape(lines, bins).astype(np.float32)
-        sums = np.bincount(codes, weights=v if wt is None else v * wt, minlength=lines * bins).reshape(lines, bins)
-        # three-bin windows
-        c3 = counts.copy()
-        c3[:, 1:] += counts[:, :-1]
-        c3[:, :-1] += counts[:, 1:]
-        s3 = sums.copy()
-        s3[:, 1:] += sums[:, :-1]
-        s3[:, :-1] += sums[:, 1:]
+        codes = base + ((v - lo) * ((bins - 1) / (hi - lo))).astype(np.int32)
+        counts = np.bincount(codes, weights=wt, minlength=lines * slots).reshape(lines, slots).astype(np.float32)
+        sums = np.bincount(codes, weights=v if wt is None else v * wt, minlength=lines * slots).reshape(lines, slots)
+        c3 = counts[:, 1:-1] + counts[:, :-2]
+        c3 += counts[:, 2:]
         best = np.argmax(c3, axis=1)
-        rows = np.arange(lines)
-        out[:, c] = s3[rows, best] / np.maximum(c3[rows, best], 1e-9)
+        s3 = sums[rows, best + 1] + sums[rows, best] + sums[rows, best + 2]
+        out[:, c] = s3 / np.maximum(c3[rows, best], 1e-9)
     return out[:, None, :] if axis == 1 else out[None, :, :]
 
 
@@ -557,13 +598,19 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     # gradient of the log image (max over channels)
     gx = cv2.Sobel(lg, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(lg, cv2.CV_32F, 0, 1, ksize=3)
-    g2 = gx * gx + gy * gy
-    grad = np.sqrt(np.maximum(np.maximum(g2[..., 0], g2[..., 1]), g2[..., 2])) / 8  # per-pixel log step
+    g2 = np.multiply(gx, gx, out=gx)
+    g2 += np.multiply(gy, gy, out=gy)
+    # (the channels split by OpenCV: NumPy is slow on a last axis of 3)
+    grad, g2_1, g2_2 = cv2.split(g2)
+    np.maximum(grad, g2_1, out=grad)
+    np.maximum(grad, g2_2, out=grad)
+    grad = np.sqrt(grad, out=grad)
+    grad /= 8  # per-pixel log step
 
     beltlike = (np.abs(m) < tm) & (cd < tc)
     notbelt = ~beltlike
     strong = (m > 2 * tm) | (m < -0.45) | (cd > 2 * tc)
-    flat = grad < max(0.035, 2.5 * _noise(grad) + float(np.median(grad[::3, ::3])))
+    flat = grad < max(0.035, 2.5 * _noise(grad) + float(_median(grad[::3, ::3])))
 
     # markers: 1 = belt, 2.. = flat patches of foreground
     k3 = np.ones((3, 3), np.uint8)
@@ -592,37 +639,36 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
         markers = np.where(core_markers > 0, core_markers, markers)
     markers[belt_marker] = 1
 
-    image8 = np.clip((lg - math.log(_K)) * _LOG_SCALE, 0, 255).astype(np.uint8)
+    image8 = cv2.LUT(blurred, _log_tables()["image8"])  # = clip((lg - log K) * _LOG_SCALE, 0, 255) as uint8
     labels = cv2.watershed(image8, markers)
     lab_f = labels.astype(np.float32)
-    lab_f[labels < 0] = 0
-    labels = np.where(labels < 0, cv2.dilate(lab_f, k3), lab_f).astype(np.int32)
+    ridge = labels < 0
+    lab_f[ridge] = 0
+    labels = np.where(ridge, cv2.dilate(lab_f, k3), lab_f).astype(np.int32)
     labels[labels < 1] = 1
     n = int(labels.max()) + 1
 
     # region statistics (of the foreground regions only: the belt, label 1, is most pixels)
-    ry, rx = np.nonzero(labels > 1)
-    region = labels[ry, rx]
+    in_region = labels > 1
+    region = labels[in_region]
     area = np.bincount(region, minlength=n).astype(np.float64)
-    strong_frac = np.bincount(region, weights=strong[ry, rx], minlength=n) / np.maximum(area, 1)
-    m_mean = np.bincount(region, weights=m[ry, rx], minlength=n) / np.maximum(area, 1)
-    cd_mean = np.bincount(region, weights=cd[ry, rx], minlength=n) / np.maximum(area, 1)
+    strong_frac = np.bincount(region, weights=strong[in_region], minlength=n) / np.maximum(area, 1)
+    m_mean = np.bincount(region, weights=m[in_region], minlength=n) / np.maximum(area, 1)
+    cd_mean = np.bincount(region, weights=cd[in_region], minlength=n) / np.maximum(area, 1)
 
-    lum = cv2.transform(lg, _mat([[1 / 3, 1 / 3, 1 / 3]]))
-    pairs, length, sharp, _ = _boundaries(labels, grad, lum, n)
+    length, sharp = _belt_borders(labels, grad, n)
 
     regions = _DisjointSet(n)
     union = regions.union
 
     # 1) shadows: regions darker than the belt and colourless whose border with the belt is soft
-    belt_border = {}
-    for (a, b), ln, sh in zip(pairs, length, sharp):
-        if a == 1:
-            belt_border[b] = (ln, sh)
+    # (plain Python floats in the loop: NumPy scalars are slow one at a time)
+    area_l, length, sharp = area.tolist(), length.tolist(), sharp.tolist()
+    strong_frac, m_mean, cd_mean = strong_frac.tolist(), m_mean.tolist(), cd_mean.tolist()
     for r in range(2, n):
-        if area[r] == 0:
+        if area_l[r] == 0:
             continue
-        ln, sh = belt_border.get(r, (0, 0.0))
+        ln, sh = length[r], sharp[r]
         shadowish = -SHADOW_MAX_DEPTH * tm < m_mean[r] < 0 and cd_mean[r] < 1.5 * tc and strong_frac[r] < 0.5
         if shadowish and ln > 0 and sh < 0.12:
             union(1, r)
@@ -652,22 +698,19 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     counts = counts[ids]
     min_px = min_area * h * w
     belt_mask = inst == 0
-    belt_area = _belt_area(model, h, w)
-    neutral, light = _illumination(blurred, model, belt_mask)
+    model_lum = cv2.transform(model, _mat([[1 / 3, 1 / 3, 1 / 3]]))
+    belt_area = _belt_area(model_lum, h, w)
+    neutral, light = _illumination(blurred, model_lum, belt_mask)
     instances = []
-    iy, ix = np.nonzero(inst)
-    il = inst[iy, ix]
-    order = np.argsort(il, kind="stable")
-    il, iy, ix = il[order], iy[order], ix[order]
-    starts = np.searchsorted(il, ids)
-    ends = np.searchsorted(il, ids, side="right")
-    for rid, cnt, i0, i1 in zip(ids, counts, starts, ends):
+    boxes = _label_boxes(inst, int(ids[-1]) + 1)[0]
+    for rid, cnt in zip(ids, counts):
         if rid == 0 or cnt < min_px:
             continue
-        cy0, cy1 = max(0, int(iy[i0:i1].min()) - 1), min(h, int(iy[i0:i1].max()) + 2)
-        cx0, cx1 = max(0, int(ix[i0:i1].min()) - 1), min(w, int(ix[i0:i1].max()) + 2)
+        bx0, by0, bx1, by1 = boxes[rid].tolist()
+        cy0, cy1 = max(0, by0 - 1), min(h, by1 + 1)
+        cx0, cx1 = max(0, bx0 - 1), min(w, bx1 + 1)
         crop = cv2.morphologyEx((inst[cy0:cy1, cx0:cx1] == rid).astype(np.uint8), cv2.MORPH_OPEN, k3) > 0
-        ys, xs = np.nonzero(crop)
+        ys, xs = _nonzero(crop)
         if len(ys) < min_px:
             continue
         ys, xs = ys + cy0, xs + cx0
@@ -732,31 +775,25 @@ def _largest_blob_share(work, ref) -> float:
     return int(area[1:].max()) / size if n > 1 else 0.0
 
 
-def _boundaries(labels, grad, lum, n: int):
-    """Adjacent region pairs (a < b) with border length, mean sharpness (gradient) and mean
-    brightness (the darker of the two pixels across the border)."""
+def _belt_borders(labels, grad, n: int):
+    """Per region (labels 2..n-1 of `labels`, where the belt is 1 and no label is below 1), the
+    length of its border with the belt (4-neighbour pixel pairs) and that border's mean sharpness
+    (gradient, the larger of the two pixels across it); 0 and 0 for a region not touching the
+    belt."""
     import numpy as np
 
-    codes, gvals, vvals = [], [], []
-    for a, b, g1, g2, v1, v2 in (
-        (labels[:, :-1], labels[:, 1:], grad[:, :-1], grad[:, 1:], lum[:, :-1], lum[:, 1:]),
-        (labels[:-1], labels[1:], grad[:-1], grad[1:], lum[:-1], lum[1:]),
-    ):
+    regions, gvals = [], []
+    for a, b, g1, g2 in ((labels[:, :-1], labels[:, 1:], grad[:, :-1], grad[:, 1:]),
+                         (labels[:-1], labels[1:], grad[:-1], grad[1:])):
         diff = a != b
-        lo = np.minimum(a[diff], b[diff]).astype(np.int64)
-        hi = np.maximum(a[diff], b[diff]).astype(np.int64)
-        codes.append(lo * n + hi)
-        gvals.append(np.maximum(g1[diff], g2[diff]))
-        vvals.append(np.minimum(v1[diff], v2[diff]))
-    codes = np.concatenate(codes)
-    if not len(codes):
-        return [], np.zeros(0), np.zeros(0), np.zeros(0)
-    uniq, inverse = np.unique(codes, return_inverse=True)
-    length = np.bincount(inverse).astype(np.float64)
-    sharp = np.bincount(inverse, weights=np.concatenate(gvals)) / length
-    vall = np.bincount(inverse, weights=np.concatenate(vvals)) / length
-    pairs = [(int(c // n), int(c % n)) for c in uniq]
-    return pairs, length, sharp, vall
+        a, b = a[diff], b[diff]
+        belt = np.minimum(a, b) == 1
+        regions.append(np.maximum(a, b)[belt])
+        gvals.append(np.maximum(g1[diff], g2[diff])[belt])
+    regions = np.concatenate(regions)
+    length = np.bincount(regions, minlength=n).astype(np.float64)
+    sharp = np.bincount(regions, weights=np.concatenate(gvals), minlength=n) / np.maximum(length, 1)
+    return length, sharp
 
 
 def _fill_holes(fg, *, max_hole: float, min_hole: float = 0):
@@ -810,10 +847,7 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
                 single = _edge_refine(single, mask, grad[y0:y1, x0:x1], min_px=min_px, level=edge_level)
                 if single.max() > 1:
                     single = _merge_convex(single, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap)
-                for r in np.unique(single[mask]):
-                    if r > 0:
-                        out[y0:y1, x0:x1][single == r] = next_id
-                        next_id += 1
+                next_id = _write_pieces(out[y0:y1, x0:x1], single, mask, next_id)
                 continue
             out[y0:y1, x0:x1][mask] = next_id
             next_id += 1
@@ -873,11 +907,23 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
         merged = _colour_refine(merged, mask, lg[y0:y1, x0:x1], min_px=min_px)
         merged = _edge_refine(merged, mask, grad[y0:y1, x0:x1], min_px=min_px, level=edge_level)
         merged = _merge_convex(merged, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap)
-        for r in np.unique(merged[mask]):
-            if r > 0:
-                out[y0:y1, x0:x1][merged == r] = next_id
-                next_id += 1
+        next_id = _write_pieces(out[y0:y1, x0:x1], merged, mask, next_id)
     return out
+
+
+def _write_pieces(out, pieces, mask, next_id: int) -> int:
+    """Write the pieces (labels 1.. inside `mask`, 0 outside it) into `out` as next_id, next_id +
+    1, ... in the order of their labels; returns the next free id. (One lookup instead of a
+    comparison of the whole crop per piece.)"""
+    import numpy as np
+
+    ids = np.flatnonzero(np.bincount(pieces[mask]))
+    ids = ids[ids > 0]
+    lut = np.zeros(int(pieces.max()) + 1, np.int32)
+    lut[ids] = np.arange(next_id, next_id + len(ids))
+    inside = pieces > 0
+    out[inside] = lut[pieces[inside]]
+    return next_id + len(ids)
 
 
 # Colour split of a blob (see _colour_refine) and the colour test of _merge_convex.
@@ -897,6 +943,18 @@ def _paint_distance(dc) -> float:
     return abs(d0 - dl) + abs(d1 - dl) + abs(d2 - dl) + MERGE_LUM_WEIGHT * 3 * abs(dl)
 
 
+_COLOUR_FEATURES = []
+
+
+def _colour_features():
+    """The 3 x 4 matrix from a log colour to _colour_refine's features (made once)."""
+    import numpy as np
+
+    if not _COLOUR_FEATURES:
+        _COLOUR_FEATURES.append(np.hstack([np.eye(3) - 1 / 3, np.full((3, 1), COLOUR_LUM_WEIGHT / 3)]).astype(np.float32))
+    return _COLOUR_FEATURES[0]
+
+
 def _colour_refine(labels, mask, lg, *, min_px: float):
     """Pieces (labels 1.. inside `mask`) cut further along colour: the blob's pixels are
     clustered by colour (k-means in log chroma + damped log brightness, centres closer than
@@ -911,8 +969,7 @@ def _colour_refine(labels, mask, lg, *, min_px: float):
         return labels
     # features: log chroma (each channel minus the brightness) and damped brightness, as one
     # matrix product (NumPy broadcasting over 3 channels is slow)
-    to_feat = np.hstack([np.eye(3) - 1 / 3, np.full((3, 1), COLOUR_LUM_WEIGHT / 3)]).astype(np.float32)
-    feat = px @ to_feat
+    feat = px @ _colour_features()
     step = max(1, len(feat) // COLOUR_SAMPLES)
     sample = np.ascontiguousarray(feat[::step])
     k = min(COLOUR_K, len(sample) // 20)
@@ -992,7 +1049,7 @@ def _edge_refine(labels, mask, grad, *, min_px: float, level: float):
     keep = cc_area >= 0.25 * min_px
     keep[0] = False
     n_keep = int(keep.sum())
-    if n_keep <= len(np.unique(labels[mask])):
+    if n_keep <= np.count_nonzero(np.bincount(labels[mask])):  # (the number of labels in the blob)
         return labels  # nothing was cut
     remap = np.zeros(n_c, np.int32)
     remap[keep] = np.arange(1, n_keep + 1)
@@ -1016,6 +1073,35 @@ GAP_MAX_CONCAVITY = 0.15  # belt wider than that inside the union's hull, relati
 PATCH_INSIDE = 0.7  # a piece with this share of its area inside the union's hull is a patch of it
 
 
+def _nonzero(mask):
+    """np.nonzero of a 2-D boolean mask: the same row and column indices in the same (raster)
+    order, by boolean indexing of the index grids, several times faster than np.nonzero."""
+    import numpy as np
+
+    h, w = mask.shape
+    return np.broadcast_to(np.arange(h)[:, None], (h, w))[mask], np.broadcast_to(np.arange(w), (h, w))[mask]
+
+
+def _label_boxes(labels, k: int):
+    """Bounding boxes (x0, y0, x1, y1, exclusive) of the labels 1..k-1 of `labels`, a k x 4 array
+    (zeros for 0 and for labels not present), and the labelled pixels (ys, xs and their labels,
+    in raster order). Taken from the rows and columns each label occupies (no sort by label)."""
+    import numpy as np
+
+    h, w = labels.shape
+    labelled = labels > 0
+    ys, xs = _nonzero(labelled)
+    own = labels[labelled]
+    in_row = np.zeros((k, h), bool)
+    in_row[own, ys] = True
+    in_col = np.zeros((k, w), bool)
+    in_col[own, xs] = True
+    box = np.stack([in_col.argmax(axis=1), in_row.argmax(axis=1), w - in_col[:, ::-1].argmax(axis=1),
+                    h - in_row[:, ::-1].argmax(axis=1)], axis=1).astype(np.int64)
+    box[~in_row.any(axis=1)] = 0
+    return box, ys, xs, own
+
+
 def _join_across_gaps(inst, lg):
     """Instance labels with the parts of one item joined: parts of the same paint that do not
     touch (a strap or band painted like the belt, a patch of another colour, or another item lying
@@ -1030,16 +1116,7 @@ def _join_across_gaps(inst, lg):
         return inst
     h, w = inst.shape
     area = np.bincount(inst.ravel(), minlength=k).astype(np.float64)
-    ys, xs = np.nonzero(inst)
-    own = inst[ys, xs]
-    order = np.argsort(own, kind="stable")
-    ys, xs, own = ys[order], xs[order], own[order]
-    bounds = np.searchsorted(own, np.arange(k + 1))
-    box = np.zeros((k, 4), np.int64)  # x0, y0, x1, y1 (exclusive)
-    for r in range(1, k):
-        if bounds[r + 1] > bounds[r]:
-            yr, xr = ys[bounds[r]:bounds[r + 1]], xs[bounds[r]:bounds[r + 1]]
-            box[r] = xr.min(), yr.min(), xr.max() + 1, yr.max() + 1
+    box, ys, xs, own = _label_boxes(inst, k)  # x0, y0, x1, y1 (exclusive)
     codes = []
     for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:])):
         diff = (a != b) & (a > 0) & (b > 0)
@@ -1079,13 +1156,13 @@ def _join_across_gaps(inst, lg):
         x1, y1 = max(box[ra, 2], box[rb, 2]), max(box[ra, 3], box[rb, 3])
         crop = out[y0:y1, x0:x1]
         ma, mb = crop == ra, crop == rb  # a group's pieces carry its root's label in `out`
-        pts = np.column_stack(np.nonzero(ma | mb)[::-1]).astype(np.int32)
+        pts = np.column_stack(_nonzero(ma | mb)[::-1]).astype(np.int32)
         hull = np.zeros(crop.shape, np.uint8)
         cv2.fillConvexPoly(hull, cv2.convexHull(pts), 1)
         hull = hull > 0
         belt_gap = hull & (crop == 0)
         wide = cv2.morphologyEx(belt_gap.astype(np.uint8), cv2.MORPH_OPEN, thin) > 0
-        cost = float(wide.sum()) / max(min(area[ra], area[rb]), 1.0)
+        cost = float(np.count_nonzero(wide)) / max(min(area[ra], area[rb]), 1.0)
         return None if cost > GAP_MAX_CONCAVITY else (cost, (x0, y0, crop, ma, mb, hull, belt_gap & ~wide))
 
     def join(ra: int, rb: int, geometry) -> None:
@@ -1190,7 +1267,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
     outline = np.ones(labels.shape, bool)
     outline[1:-1, 1:-1] = ((labels[1:-1, 1:-1] != labels[:-2, 1:-1]) | (labels[1:-1, 1:-1] != labels[2:, 1:-1])
                            | (labels[1:-1, 1:-1] != labels[1:-1, :-2]) | (labels[1:-1, 1:-1] != labels[1:-1, 2:]))
-    ys, xs = np.nonzero(outline & (labels > 0))
+    ys, xs = _nonzero(outline & (labels > 0))
     lab = labels[ys, xs]
     order = np.argsort(lab, kind="stable")
     bounds = np.searchsorted(lab[order], np.arange(k + 1))
@@ -1205,12 +1282,12 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         diff = a != b
         lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
         codes, counts = np.unique(lo.astype(np.int64) * k + hi, return_counts=True)
-        for c, n in zip(codes, counts):
-            key = (int(c // k), int(c % k))
+        for c, n in zip(codes.tolist(), counts.tolist()):
+            key = divmod(c, k)
             if key[0] == 0:
                 outside[key[1]] += n
             else:
-                adj[key] = adj.get(key, 0) + int(n)
+                adj[key] = adj.get(key, 0) + n
 
     def hull_area(h):
         if len(h) < 3:
@@ -1257,12 +1334,14 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = 0.15, max_gap_o
         # the belt only where it reaches the item's edge (stripes, straps, a logo)
         # and other pieces only of its own or the item's paint (an item lying between two
         # others borders both)
+        # (the outline tests, which walk the adjacency, only when the hull tests pass)
+        if not (cost <= max_gap_other and total_gap / smaller <= OTHER_COLOUR_MAX_CONCAVITY):
+            return False, (True, cost)
         patch, host = (a, b) if area[a] <= area[b] else (b, a)
         perimeter = outside[patch] + sum(n for key, n in adj.items() if patch in key)
         foreign = sum(n for key, n in adj.items() if patch in key and host not in key
                       and not one_paint(key[0] if key[1] == patch else key[1], (patch, host)))
-        ok = (cost <= max_gap_other and total_gap / smaller <= OTHER_COLOUR_MAX_CONCAVITY
-              and outside[patch] <= PATCH_MAX_OUTLINE * perimeter and foreign <= PATCH_MAX_FOREIGN * perimeter)
+        ok = outside[patch] <= PATCH_MAX_OUTLINE * perimeter and foreign <= PATCH_MAX_FOREIGN * perimeter
         return ok, (True, cost)
 
     def one_paint(r: int, others) -> bool:
@@ -1322,35 +1401,32 @@ def _calibrated_score(contrast: float, edge: float, area_frac: float, thickness:
     return 1 / (1 + math.exp(-z))
 
 
-def _belt_area(model, h: int, w: int) -> int:
-    """Pixels of belt in view: where the background model is within a factor 1.5 of its median
-    brightness (rails and surroundings are brighter or darker); the image if that finds little."""
+def _belt_area(lum, h: int, w: int) -> int:
+    """Pixels of belt in view: where the background model's brightness `lum` (mean log of the
+    channels) is within a factor 1.5 of its median (rails and surroundings are brighter or
+    darker); the image if that finds little."""
     import numpy as np
 
-    import cv2
-
-    lum = cv2.transform(model, _mat([[1 / 3, 1 / 3, 1 / 3]]))
-    med = float(np.median(lum[::2, ::2]))
+    med = float(_median(lum[::2, ::2]))
     area = int((np.abs(lum - med) < math.log(1.5)).sum())
     return area if area > 0.3 * h * w else h * w
 
 
-def _illumination(blurred, model, belt_mask):
-    """The neutral (belt) colour in linear RGB and the local light relative to its median."""
+def _illumination(blurred, lum, belt_mask):
+    """The neutral (belt) colour in linear RGB and the local light relative to its median, from
+    the background model's brightness `lum` (mean log of the channels)."""
     import numpy as np
 
     from segmentation.colors import srgb_to_linear
 
-    import cv2
-
-    lum = cv2.transform(model, _mat([[1 / 3, 1 / 3, 1 / 3]]))
     lum_s, belt_s = lum[::2, ::2], belt_mask[::2, ::2]
-    med = float(np.median(lum_s[belt_s])) if belt_s.any() else float(np.median(lum_s))
+    med = float(_median(lum_s[belt_s])) if belt_s.any() else float(_median(lum_s))
     near = np.abs(lum - med) < math.log(1.5)
     use_s = near[::2, ::2] & belt_s
     if use_s.sum() > 100:  # (every n-th of the masked pixels by index: gathering them all is slower)
         index = np.flatnonzero(use_s)
-        sample = np.ascontiguousarray(blurred[::2, ::2]).reshape(-1, 3)[index[:: max(1, len(index) // 8000)]]
+        index = index[:: max(1, len(index) // 8000)]
+        sample = blurred[::2, ::2][index // use_s.shape[1], index % use_s.shape[1]]
     else:
         sample = blurred.reshape(-1, 3)
         sample = sample[:: max(1, len(sample) // 8000)]
@@ -1368,14 +1444,14 @@ def _colors(rgb, mask, beltlike, neutral, light):
 
     inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT,
                       borderValue=0) > 0
-    if inner.sum() < 0.25 * mask.sum():
+    if np.count_nonzero(inner) < 0.25 * np.count_nonzero(mask):
         inner = mask
     own = inner & ~beltlike
-    use = own if own.sum() >= 0.3 * inner.sum() else inner
-    px = rgb[use]
-    gain = 1.0 / light[use]
-    step = max(1, len(px) // 2000)
-    lin = srgb_to_linear(px[::step]) * gain[::step, None]
+    use = own if np.count_nonzero(own) >= 0.3 * np.count_nonzero(inner) else inner
+    ys, xs = _nonzero(use)
+    step = max(1, len(ys) // 2000)
+    ys, xs = ys[::step], xs[::step]  # (only the sampled pixels are gathered)
+    lin = srgb_to_linear(rgb[ys, xs]) * (1.0 / light[ys, xs])[:, None]
     balanced = white_balance(lin, neutral)
     colors = dominant_colors(linear_to_srgb8(balanced))
     return [(name, share) for name, share in colors if share >= 0.05]
@@ -1434,7 +1510,7 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
     bx0, bx1, by0, by1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
     crop = big[by0:by1, bx0:bx1]
     box = Box(ox0 + bx0, oy0 + by0, ox0 + bx1, oy0 + by1)
-    mask = Image.fromarray((crop * 255).astype(np.uint8), "L")
+    mask = Image.fromarray(crop.astype(np.uint8) * np.uint8(255), "L")
     colors = inst.colors
     main = inst.color
     second = next(((n, s) for n, s in colors[1:] if s >= 0.15), None)

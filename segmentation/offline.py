@@ -1194,20 +1194,27 @@ def _join_across_gaps(inst, lg):
             del costs[key]
 
     costs: dict[tuple[int, int], Any] = {}  # group pair -> hull_cost; dropped when a group changes
-    while True:
-        best, best_cost = None, math.inf
-        for a, b in candidates:
-            ra, rb = groups.find(a), groups.find(b)
-            if ra == rb:
-                continue
-            key = (min(ra, rb), max(ra, rb))
-            if key not in costs:
-                costs[key] = hull_cost(*key)
-            if costs[key] is not None and costs[key][0] < best_cost:
-                best, best_cost = key, costs[key][0]
-        if best is None:
-            return out
+    while (best := _cheapest_pair(candidates, groups, costs, hull_cost, rank=lambda entry: entry[0])) is not None:
         join(*best, costs[best][1])
+    return out
+
+
+def _cheapest_pair(pairs, groups, costs: dict, cost, *, rank=lambda entry: entry):
+    """The pair of groups (roots, smaller first) of two pieces in `pairs` that are not yet one group
+    and whose cost ranks lowest, or None. `cost(ra, rb)` gives a pair's entry (None: never join),
+    kept in `costs` until the caller drops it; `rank(entry)` is what is compared (the first
+    cheapest wins a tie)."""
+    best, best_rank = None, math.inf
+    for a, b in pairs:
+        ra, rb = groups.find(a), groups.find(b)
+        if ra == rb:
+            continue
+        key = (min(ra, rb), max(ra, rb))
+        if key not in costs:
+            costs[key] = cost(*key)
+        if costs[key] is not None and rank(costs[key]) < best_rank:
+            best, best_rank = key, rank(costs[key])
+    return best
 
 
 def _hull_gap(piece) -> tuple[float, float]:
@@ -1725,19 +1732,7 @@ def _join_occluded(inst, lg, *, min_px: float):
         return c if _paint_distance(paint[0] - paint[1]) <= OCCLUDED_ONE_PAINT else None
 
     costs: dict[tuple[int, int], Any] = {}
-    while True:
-        best, best_cost = None, math.inf
-        for a, b in pairs:
-            ra, rb = groups.find(a), groups.find(b)
-            if ra == rb:
-                continue
-            key = (min(ra, rb), max(ra, rb))
-            if key not in costs:
-                costs[key] = cost(*key)
-            if costs[key] is not None and costs[key] < best_cost:
-                best, best_cost = key, costs[key]
-        if best is None:
-            return out
+    while (best := _cheapest_pair(pairs, groups, costs, cost)) is not None:
         ra, rb = best
         groups.attach(rb, ra)
         x0, y0, x1, y1 = box[rb]
@@ -1748,3 +1743,4 @@ def _join_occluded(inst, lg, *, min_px: float):
         hulls[ra] = cv2.convexHull(np.concatenate([hulls[ra], hulls.pop(rb)]))
         for key in [key for key in costs if ra in key or rb in key]:
             del costs[key]
+    return out

@@ -1102,6 +1102,21 @@ def _label_boxes(labels, k: int):
     return box, ys, xs, own
 
 
+def _touching(labels, k: int, keep):
+    """The pairs of labels (below `k`, both with `keep[label]` true) that touch as 4-neighbours,
+    as sorted codes smaller * k + larger, and each pair's border length in neighbour pairs."""
+    import numpy as np
+
+    codes = []
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1], labels[1:])):
+        diff = a != b
+        la, lb = a[diff], b[diff]
+        both = keep[la] & keep[lb]
+        la, lb = la[both], lb[both]
+        codes.append(np.minimum(la, lb).astype(np.int64) * k + np.maximum(la, lb))
+    return np.unique(np.concatenate(codes), return_counts=True)
+
+
 def _join_across_gaps(inst, lg):
     """Instance labels with the parts of one item joined: parts of the same paint that do not
     touch (a strap or band painted like the belt, a patch of another colour, or another item lying
@@ -1117,11 +1132,7 @@ def _join_across_gaps(inst, lg):
     h, w = inst.shape
     area = np.bincount(inst.ravel(), minlength=k).astype(np.float64)
     box, ys, xs, own = _label_boxes(inst, k)  # x0, y0, x1, y1 (exclusive)
-    codes = []
-    for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:])):
-        diff = (a != b) & (a > 0) & (b > 0)
-        codes.append(np.minimum(a[diff], b[diff]).astype(np.int64) * k + np.maximum(a[diff], b[diff]))
-    adjacent = {divmod(int(c), k) for c in np.unique(np.concatenate(codes))}
+    adjacent = {divmod(int(c), k) for c in _touching(inst, k, np.arange(k) > 0)[0]}
     reach = np.ones((2 * GAP_REACH + 1, 2 * GAP_REACH + 1), np.uint8)
     near_pairs = set()
     for r in range(1, k):
@@ -1686,29 +1697,18 @@ def _join_occluded(inst, lg, *, min_px: float):
         return inst
     # touching pairs (4-neighbours) of pieces that are large enough to be items
     n = len(counts)
-    codes = []
-    for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:])):
-        diff = a != b
-        la, lb = a[diff], b[diff]
-        keep = big[la] & big[lb]
-        la, lb = la[keep], lb[keep]
-        codes.append(np.minimum(la, lb).astype(np.int64) * n + np.maximum(la, lb))
-    codes = np.concatenate(codes)
-    if not len(codes):
-        return inst
-    uniq, n_border = np.unique(codes, return_counts=True)
+    uniq, n_border = _touching(inst, n, big)
     pairs = [divmod(int(c), n) for c, nb in zip(uniq, n_border) if nb >= 3]
     if not pairs:
         return inst
+    label_boxes = _label_boxes(inst, n)[0]
     box, area, hulls = {}, {}, {}  # each group's bounding box, pixels and convex hull (image coordinates)
     for r in {r for pair in pairs for r in pair}:
-        m = inst == r
-        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        box[r] = [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+        x0, y0, x1, y1 = box[r] = [int(v) for v in label_boxes[r]]
         area[r] = float(counts[r])
-        contours, _ = cv2.findContours(m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8),
+        contours, _ = cv2.findContours((inst[y0:y1, x0:x1] == r).astype(np.uint8),
                                        cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        hulls[r] = cv2.convexHull(np.concatenate(contours)) + (int(cols[0]), int(rows[0]))
+        hulls[r] = cv2.convexHull(np.concatenate(contours)) + (x0, y0)
     out = inst.copy()
     groups = _DisjointSet(n)
 

@@ -110,8 +110,6 @@ def test_turns_are_never_lost_or_doubled_when_patience_runs_out_as_they_are_hand
     turns = Turns(2, patience=0.003)
     _holders_at_once(turns, threads=40, hold_s=0.003)
     assert turns._free == 2 and not turns._waiting
-    assert _holders_at_once(Turns(2, patience=10.0), threads=6, hold_s=0.02) == 2
-    assert _holders_at_once(turns, threads=6, hold_s=0.05) <= 6  # still usable
     turns.patience = 10.0
     assert _holders_at_once(turns, threads=6, hold_s=0.02) == 2
 

@@ -728,7 +728,9 @@ def per_image_section(configs: Sequence[tuple[tuple[int, int], int]], images: in
                  f"(**{verdicts[1]}**); target <= {LATENCY_TARGET_MS} ms.")
     text += ("\n\nNote: the storage emulator is a single-threaded pure-Python HTTP server in this same process "
              "(a fresh one per image), so \"read\", \"write\" (one upload per crop, the overview, a crop "
-             "listing), \"marker\" and \"other\" (the marker lookup) include its request handling, and it "
+             "listing, the generation check; the crops go up while the overview is still being encoded, so "
+             "\"render\" is the crops and the rest of the overview is in \"write\"), \"marker\" and \"other\" "
+             "(the marker lookup) include its request handling, and it "
              "shares the GIL with the pipeline. Against real Cloud Storage each of those requests is a "
              "network round trip instead (typically tens of ms for an upload), so \"write\" grows with the "
              "object count.")

@@ -234,43 +234,41 @@ class Pipeline:
         loaded: LoadedImage, result: DetectionResult,
     ) -> tuple[Outcome, dict]:
         image = loaded.image
-        # Whether a newer generation of this name arrived while this one was being detected: its
-        # own event then owns the outputs (same names), so this one must not write them. Asked
-        # while the pictures are drawn (a round trip hidden behind CPU work); nothing is written
-        # before the answer.
-        superseded = self._uploads.submit(self._superseded, ref, deadline)
         if result.fallback_reason:
             # The fallback answered after Gemini used up the deadline: give the writes their own
             # short budget (still inside the function timeout, which Terraform keeps 60 s above).
             deadline = max(deadline, self._clock() + FALLBACK_WRITE_BUDGET_S)
         detections = result.detections[: self.config.gemini_max_objects]
 
-        with _settled_on_error(superseded):
-            with timer("render"):
-                # The overview (a copy of the whole image, drawn on and encoded) on a second thread
-                # while this one cuts the crops; Pillow releases the GIL while it encodes.
-                overview = self._uploads.submit(overview_jpeg, image, detections)
-                with _settled_on_error(overview):
-                    outputs = [(names.crop(index), crop_jpeg(image, detection))
-                               for index, detection in enumerate(detections, start=1)]
-                outputs.append((names.overview, overview.result()))
-        if superseded.result():
-            raise _Superseded()
+        with timer("render"):
+            # The overview (a copy of the whole image, drawn on and encoded) on a second thread
+            # while this one cuts the crops; Pillow releases the GIL while it encodes.
+            overview = self._uploads.submit(overview_jpeg, image, detections)
+            with _settled_on_error(overview):
+                crops = [(names.crop(index), crop_jpeg(image, detection))
+                         for index, detection in enumerate(detections, start=1)]
         metadata = {GENERATION_KEY: str(ref.generation or ""), "source-uri": ref.uri}
+
+        def write(output: tuple[str, bytes]) -> str | None:
+            return self._write_unless_newer(ref, output[0], output[1], content_type="image/jpeg", metadata=metadata,
+                                            deadline=deadline, what="storage write")
+
         with timer("write"):
             # Uploads are network round trips: run them side by side, not one after another, and
-            # list the crops an older generation may have left meanwhile.
+            # list the crops an older generation may have left meanwhile. The crops go up while
+            # the overview is still being encoded (it takes longer than cutting them all).
             existing = self._uploads.submit(self._crop_names, ref, names, deadline)
-            with _settled_on_error(existing):
-                uris = list(self._uploads.map(
-                    lambda output: self._write_unless_newer(ref, output[0], output[1], content_type="image/jpeg",
-                                                            metadata=metadata, deadline=deadline,
-                                                            what="storage write"),
-                    outputs))
-            # A newer generation may have arrived since the check above (and even finished: then
-            # some writes found its outputs and left them). Asked again now that every write is
-            # done, while the stale crops go: a newer generation that is not live yet will list
-            # and replace all of this one's outputs itself, since its event comes after its upload.
+            writes = [self._uploads.submit(write, crop) for crop in crops]
+            with _settled_on_error(existing), _all_settled_on_error(writes):
+                outputs = [*crops, (names.overview, overview.result())]
+                writes.append(self._uploads.submit(write, outputs[-1]))
+                uris = [future.result() for future in writes]
+            # A newer generation of this name may have arrived while this one was detected or
+            # written (and even finished: then some writes found its outputs and left them). Its
+            # own event owns the outputs (same names), so this one takes back what it wrote if
+            # that generation is live now. Asked once every write is done, while the stale crops
+            # go: a newer generation that is not live yet will list and replace all of this
+            # one's outputs itself, since its event comes after its upload.
             superseded = self._uploads.submit(self._superseded, ref, deadline)
             with _settled_on_error(superseded):
                 self._delete_stale_crops(ref, names, len(detections), existing.result(), deadline)
@@ -548,6 +546,18 @@ def _settled_on_error(future: Future) -> Iterator[None]:
     except BaseException:
         with contextlib.suppress(BaseException):
             future.result()
+        raise
+
+
+@contextlib.contextmanager
+def _all_settled_on_error(futures: list[Future]) -> Iterator[None]:
+    """`_settled_on_error` for every future in `futures` (the list may grow inside the block)."""
+    try:
+        yield
+    except BaseException:
+        for future in futures:
+            with contextlib.suppress(BaseException):
+                future.result()
         raise
 
 

@@ -162,6 +162,42 @@ def test_an_old_generation_redelivered_after_a_newer_one_is_skipped(stack):
     assert {row["source_generation"] for row in stack.rows("images")} == {new.generation}
 
 
+def test_the_crops_go_up_while_the_overview_is_still_being_drawn(stack, monkeypatch):
+    """The overview (the whole image drawn on and encoded) takes longer than cutting every crop,
+    so the crop uploads do not wait for it: here the overview is only finished once a crop upload
+    has started, and the event still ends ok with every crop and the overview."""
+    import threading
+
+    import segmentation.pipeline as pipeline_module
+    from segmentation.function import default_pipeline
+
+    stack.gemini.enqueue(Answer(sample_text(1)))
+    blob = stack.upload("raw/cupcakes.png", cupcakes())
+    storage = default_pipeline().storage
+    real_write, real_overview = storage.write, pipeline_module.overview_jpeg
+    crop_upload_started = threading.Event()
+    seen_before_overview: list[bool] = []
+
+    def recorded_write(bucket, name, *args, **kwargs):
+        if name.startswith("processed/"):
+            crop_upload_started.set()
+        return real_write(bucket, name, *args, **kwargs)
+
+    def overview_after_a_crop_upload(*args, **kwargs):
+        seen_before_overview.append(crop_upload_started.wait(timeout=5))
+        return real_overview(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "write", recorded_write)
+    monkeypatch.setattr(pipeline_module, "overview_jpeg", overview_after_a_crop_upload)
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    assert seen_before_overview == [True]
+    (row,) = stack.rows("images")
+    assert row["status"] == "ok" and row["objects_found"] == len(expected_boxes(1))
+    assert len(stack.names("processed/")) == len(expected_boxes(1))
+    assert stack.names("processed-overview/") == ["processed-overview/processed_cupcakes.jpg"]
+
+
 def test_a_marker_never_goes_backwards_when_two_generations_finish_together(stack, monkeypatch):
     """The older generation's event reads the completion marker (none yet) and, before it writes
     its own, the newer generation's event finishes and writes the newer marker. The older write
@@ -199,10 +235,10 @@ def test_a_marker_never_goes_backwards_when_two_generations_finish_together(stac
     assert len(stack.gemini.requests) == 1
 
 
-def _older_event_with_newer_upload_after_its_check(stack, monkeypatch, *, deliver_newer: bool):
-    """Deliver an older generation (20 objects) of raw/cupcakes.png; right after that event's
-    first live-generation check (the one before its writes) upload a newer generation (6 objects)
-    and, with `deliver_newer`, process it to the end. Returns (old, new) blobs."""
+def _older_event_with_newer_upload_before_its_writes(stack, monkeypatch, *, deliver_newer: bool):
+    """Deliver an older generation (20 objects) of raw/cupcakes.png; when that event has its
+    answer and starts its first output write, upload a newer generation (6 objects) first and,
+    with `deliver_newer`, process it to the end. Returns (old, new) blobs."""
     import threading
 
     from segmentation.function import default_pipeline
@@ -210,19 +246,18 @@ def _older_event_with_newer_upload_after_its_check(stack, monkeypatch, *, delive
     stack.gemini.enqueue(Answer(sample_text(2)), Answer(sample_text(6)))
     old = stack.upload("raw/cupcakes.png", cupcakes())
     storage = default_pipeline().storage
-    real_live_generation = storage.live_generation
+    real_write = storage.write
     newer: list = []
-    first_check = threading.Lock()
+    first_write = threading.Lock()
 
-    def newer_after_the_check(bucket, name):
-        live = real_live_generation(bucket, name)
-        if first_check.acquire(blocking=False):  # only the older event's first check
+    def newer_before_the_first_write(bucket, name, *args, **kwargs):
+        if name.startswith("processed/") and first_write.acquire(blocking=False):  # the older event's
             newer.append(stack.upload("raw/cupcakes.png", cupcakes()))
             if deliver_newer:
                 assert stack.deliver(stack.event_for(newer[0])).status_code == 200
-        return live
+        return real_write(bucket, name, *args, **kwargs)
 
-    monkeypatch.setattr(storage, "live_generation", newer_after_the_check)
+    monkeypatch.setattr(storage, "write", newer_before_the_first_write)
     assert stack.deliver(stack.event_for(old)).status_code == 200
     (new,) = newer
     return old, new
@@ -238,23 +273,21 @@ def _assert_only_the_newer_outputs(stack, new) -> None:
 
 
 def test_an_older_generation_writing_after_a_newer_one_finished_leaves_the_newer_outputs(stack, monkeypatch):
-    """The older generation's event checks that it is still the live one, and before it writes,
-    the newer generation is uploaded and processed to the end. The older one's writes are
-    conditional on there being no output yet, so where the newer one wrote (its crops and
-    overview) they are refused and the newer outputs stay; the crops the newer one does not have
-    are written, then withdrawn when the older event sees it was superseded, and it records no
-    rows. (Unconditional writes overwrote the newer crops and overview and left 14 stray crops.)"""
-    _, new = _older_event_with_newer_upload_after_its_check(stack, monkeypatch, deliver_newer=True)
+    """Before the older generation's event writes, the newer generation is uploaded and
+    processed to the end. The older one's writes are conditional on there being no output yet,
+    so where the newer one wrote (its crops and overview) they are refused and the newer outputs
+    stay; the crops the newer one does not have are written, then withdrawn when the older event
+    sees it was superseded, and it records no rows. (Unconditional writes overwrote the newer crops and overview and left 14 stray crops.)"""
+    _, new = _older_event_with_newer_upload_before_its_writes(stack, monkeypatch, deliver_newer=True)
     assert len(stack.gemini.requests) == 2
     _assert_only_the_newer_outputs(stack, new)
 
 
 def test_an_older_generation_superseded_during_its_writes_takes_them_back(stack, monkeypatch):
-    """The newer generation is uploaded after the older event's first check but before its
-    writes end; the older one writes everything, sees the newer one live when it asks again
-    after the writes, takes its outputs back and records nothing; the newer event then writes
-    its own. The end state is the newer generation's alone."""
-    _, new = _older_event_with_newer_upload_after_its_check(stack, monkeypatch, deliver_newer=False)
+    """The newer generation is uploaded as the older event starts its writes; the older one
+    writes everything, sees the newer one live when it asks after the writes, takes its outputs
+    back and records nothing; the newer event then writes its own. The end state is the newer generation's alone."""
+    _, new = _older_event_with_newer_upload_before_its_writes(stack, monkeypatch, deliver_newer=False)
     assert stack.names("processed/") == [] and stack.names("processed-overview/") == []
     assert stack.rows("images") == [] and stack.rows("objects") == []
 

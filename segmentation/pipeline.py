@@ -537,16 +537,10 @@ class Pipeline:
         }
 
 
-@contextlib.contextmanager
-def _settled_on_error(future: Future) -> Iterator[None]:
+def _settled_on_error(future: Future) -> contextlib.AbstractContextManager[None]:
     """If the block raises, wait for `future` (ignoring its outcome) before the error propagates,
     so no work of a failed event is still running when its error is handled."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            future.result()
-        raise
+    return _all_settled_on_error([future])
 
 
 @contextlib.contextmanager

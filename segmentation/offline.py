@@ -85,6 +85,7 @@ NumPy and OpenCV are imported on first use, so importing this module is cheap.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import time
@@ -292,9 +293,7 @@ def _work_array(image: Image.Image, work_side: int):
     return np.ascontiguousarray(arr)
 
 
-_LOG_TABLES = {}
-
-
+@functools.cache
 def _log_tables():
     """log(v + _K) for the 256 values of a uint8 pixel (float32), and the same scaled to 0..255
     for the watershed (uint8): made once, computed by the very operations that would otherwise
@@ -302,11 +301,8 @@ def _log_tables():
     several times faster than the logarithm."""
     import numpy as np
 
-    if not _LOG_TABLES:
-        log = np.log(np.arange(256, dtype=np.float32) + _K)
-        _LOG_TABLES["log"] = log
-        _LOG_TABLES["image8"] = np.clip((log - math.log(_K)) * _LOG_SCALE, 0, 255).astype(np.uint8)
-    return _LOG_TABLES
+    log = np.log(np.arange(256, dtype=np.float32) + _K)
+    return {"log": log, "image8": np.clip((log - math.log(_K)) * _LOG_SCALE, 0, 255).astype(np.uint8)}
 
 
 def _log(arr):
@@ -943,16 +939,12 @@ def _paint_distance(dc) -> float:
     return abs(d0 - dl) + abs(d1 - dl) + abs(d2 - dl) + MERGE_LUM_WEIGHT * 3 * abs(dl)
 
 
-_COLOUR_FEATURES = []
-
-
+@functools.cache
 def _colour_features():
     """The 3 x 4 matrix from a log colour to _colour_refine's features (made once)."""
     import numpy as np
 
-    if not _COLOUR_FEATURES:
-        _COLOUR_FEATURES.append(np.hstack([np.eye(3) - 1 / 3, np.full((3, 1), COLOUR_LUM_WEIGHT / 3)]).astype(np.float32))
-    return _COLOUR_FEATURES[0]
+    return np.hstack([np.eye(3) - 1 / 3, np.full((3, 1), COLOUR_LUM_WEIGHT / 3)]).astype(np.float32)
 
 
 def _colour_refine(labels, mask, lg, *, min_px: float):

@@ -6,7 +6,7 @@ Run from the repository root (takes about twenty minutes on two cores, most of i
     .venv/bin/python benchmarks/bench.py --quick                 # fewer repetitions, small tables
     .venv/bin/python benchmarks/bench.py --section throughput    # one section (repeatable)
 
-Sections: machine, import, first-event, memory, per-image, throughput, tokens. The results of
+Sections: machine, import, first-event, memory, per-image, throughput, floors, tokens, downscale. The results of
 one full run, with interpretation, are in BENCHMARKS.md at the repository root; the throughput
 section also draws benchmarks/throughput.png (Pillow, benchmarks/plot.py).
 
@@ -54,6 +54,10 @@ Tables:
    flight), with the function's own `timings_ms` and CPU use as evidence of what limits it. Extra
    rows repeat cells with a +-25 % spread of the model latency, WORKERS=1, the empty-belt gate on,
    the SQLite sink or the old gcp-storage-emulator stand-in.
+5b. Floors (`floors_section`): the 1 s x 4 and x 16 cells again with stripped-down copies of the
+   function (benchmarks/floor_function.py: only waiting; reading and the model call; those plus the
+   uploads and rows, nothing drawn) beside the function, to show what each part of an event's
+   work costs the ratio on this machine.
 7. Downscale (`downscale_section`): CPU time and fidelity of the model input's resize filters.
 6. Tokens (`tokens_section`): one 4000x3000 photo through the real pipeline per
    MODEL_INPUT_MAX_SIDE x GEMINI_MEDIA_RESOLUTION x model (3.x and 2.x); `prompt_tokens` of
@@ -963,13 +967,15 @@ def function_log_lines(path: Path) -> list[dict[str, Any]]:
 
 def throughput_cell(latency: float, concurrency: int, images: int, *, storage: str = "memory",
                     workers: int | None = None, sink: str = "bigquery", gate: bool = False,
-                    spread: float = 0.0, settings: dict[str, str] | None = None) -> dict[str, Any]:
+                    spread: float = 0.0, settings: dict[str, str] | None = None,
+                    floor: str | None = None) -> dict[str, Any]:
     """One cell: the function under functions-framework (gunicorn, WORKERS=`workers`, by default
     what Terraform deploys for this machine's cores; THREADS=concurrency), a fresh storage stand-in
     process, the counting fake Gemini with `latency` (and `spread`), `settings` added to the
     function's environment (they override the cell's own); one warm-up event (answered
     at once), then `images` events posted from `concurrency` client threads (exactly that many
-    in flight until the queue runs dry)."""
+    in flight until the queue runs dry). `floor`: serve benchmarks/floor_function.py in that
+    FLOOR mode instead of the function (it logs no lines: no phases, no `rows_ok`)."""
     workers = workers or deployed_workers()
     from concurrent.futures import ThreadPoolExecutor
 
@@ -977,7 +983,8 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
 
     width, height = THROUGHPUT_SIZE
     result: dict[str, Any] = {"latency": latency, "concurrency": concurrency, "images": images,
-                              "storage": storage, "workers": workers, "sink": sink, "gate": gate, "spread": spread}
+                              "storage": storage, "workers": workers, "sink": sink, "gate": gate, "spread": spread,
+                              "floor": floor}
     with counting_gemini(gemini_answer(THROUGHPUT_OBJECTS), latency, spread) as gemini, \
             emulator_process(storage) as (emulator, storage_url), \
             (bigquery_stand_in() if sink == "bigquery" else contextlib.nullcontext()) as bigquery, \
@@ -995,14 +1002,16 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
             "WORKERS": str(workers),
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
             "LOG_LEVEL": "INFO",
+            **({"FLOOR": floor, "FLOOR_WAIT_S": str(latency)} if floor else {}),
             **(settings or {}),
         }
         if bigquery is not None:
             env.update({"BIGQUERY_EMULATOR_HOST": bigquery.url, "BQ_OBJECTS_TABLE": BENCH_OBJECTS_TABLE,
                         "BQ_IMAGES_TABLE": BENCH_IMAGES_TABLE})
         with environ(env):
+            served = {"source": ROOT / "benchmarks" / "floor_function.py", "target": "floor"} if floor else {}
             stack = LocalStack(bucket=BUCKET, storage_port=0, function_port=free_port(), data_dir=Path(tmp),
-                               storage_url=storage_url, bridge=False, function_log=log_path)
+                               storage_url=storage_url, bridge=False, function_log=log_path, **served)
             stack.start()
             try:
                 client = storage_client(storage_url)
@@ -1032,7 +1041,8 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
                 gemini_calls = len(gemini.requests) - gemini_before
             finally:
                 stack.stop()
-            result["sink_image_rows"] = (len(bigquery.rows(BENCH_IMAGES_TABLE)) - len(warm_names)
+            warm_rows = len(warm_names) if floor in (None, "io") else 0  # the floors that write rows
+            result["sink_image_rows"] = (len(bigquery.rows(BENCH_IMAGES_TABLE)) - warm_rows
                                          if bigquery is not None else None)  # less the warm-up images'
         logged = [line for line in function_log_lines(log_path)
                   if line.get("message") == "image processed" and line.get("object") not in warm_names]
@@ -1068,7 +1078,8 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
         "storage_ms_mean": mean_phase(STORAGE_PHASES),
         "outside_ms_mean": statistics.mean(outside) if outside else float("nan"),
         "emulator_busy": (storage_after["busy_s"] - storage_before["busy_s"]) / window,
-        "emulator_requests": storage_after["requests"] - storage_before["requests"],
+        # Less one: the stand-ins count a request once served, so `storage_before`'s own is in the after.
+        "emulator_requests": storage_after["requests"] - storage_before["requests"] - 1,
         "emulator_objects": storage_after["objects"],
         "function_cores": (cpu_after[0] - cpu_before[0]) / window,
         "emulator_cores": (cpu_after[1] - cpu_before[1]) / window,
@@ -1256,6 +1267,58 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
     return text
 
 
+FLOOR_CELLS = ((1.0, 4), (1.0, 16))  # (latency, in flight): the target's cells at the latency that strains it
+FLOOR_ROWS = (  # (FLOOR mode or None for the real function, what the row's function does)
+    ("wait", "waits the latency, nothing else"),
+    ("model", "reads the photo, sends it to Gemini"),
+    ("io", "+ uploads 5 crops and the overview (not drawn), inserts the rows"),
+    (None, "the function (+ decode, drawing, marker, crop listing, generation check)"),
+)
+
+
+def floors_section(cells: Sequence[tuple[float, int]] = FLOOR_CELLS, images_for=throughput_images) -> str:
+    """Throughput cells of stripped-down copies of the function (benchmarks/floor_function.py),
+    each doing part of its work through the same clients, beside the function itself in the same
+    spell of the machine: how much of the ratio each part costs here."""
+    started_load = os.getloadavg()
+    probe = speed_probe()
+    rows, problems = [], []
+    for latency, concurrency in cells:
+        for floor, label in FLOOR_ROWS:
+            cell = throughput_cell(latency, concurrency, images_for(concurrency), floor=floor)
+            print(f"floor {floor or 'function'} {latency:g} s x {concurrency}: {100 * cell['ratio']:.0f}% of ideal",
+                  file=sys.stderr, flush=True)
+            expected_rows = cell["images"] if floor in ("io", None) else 0
+            if cell["failed"] or cell["ok_2xx"] != cell["images"] or (cell["sink_image_rows"] or 0) != expected_rows:
+                problems.append(f"{label} at {latency:g} s x {concurrency}: {cell['ok_2xx']} of {cell['images']} "
+                                f"events acknowledged, {cell['sink_image_rows']} image rows")
+            rows.append((
+                label, f"{latency:g} s", concurrency, cell["images"], f"{cell['window_s']:.1f}",
+                f"{cell['images_per_s']:.2f}", f"{100 * cell['ratio']:.0f}%", ms(cell["event_ms_mean"]),
+                ms(cell["event_ms_mean"] - 1000 * latency),
+                f"{1000 * cell['function_cores'] * cell['window_s'] / cell['images']:.0f}",
+                f"{cell['emulator_cores']:.2f}", f"{100 * cell['machine_busy']:.0f}%",
+            ))
+    headers = ("what the function does per event", "Gemini latency", "in flight", "images", "window s", "images/s",
+               "ratio", "event ms", "event - latency ms", "function CPU ms / image", "storage stand-in cores",
+               "machine CPU busy")
+    text = (
+        "## 5b. Floors: the same cells with less of the function's work\n\n"
+        "Each row is a throughput cell as in section 5 (same stand-ins, client, WORKERS and THREADS, same "
+        "1280x720 photos with 5 objects), but functions-framework serves `benchmarks/floor_function.py`, a "
+        "stripped-down copy of the function that does only part of the work per event, through the clients the "
+        "function builds (google-cloud-storage, google-genai, google-cloud-bigquery); the last row of each "
+        "cell is the function itself, measured in the same spell of the machine. A row's ratio is the best "
+        "any function doing at least that row's work through these clients could reach here; the differences "
+        f"between rows are what each part costs. Load average (1 min) when the section started: "
+        f"{started_load[0]:.2f}; speed probe: {probe} at the start, {speed_probe()} at the end.\n\n"
+        + markdown_table(headers, rows, "ll")
+    )
+    for problem in problems:
+        text += f"\n\nWarning: {problem}."
+    return text
+
+
 def throughput_plot(cells: Sequence[dict[str, Any]], path: Path) -> Path:
     from benchmarks.plot import Series, log_log_plot
 
@@ -1417,7 +1480,7 @@ def downscale_section(sizes: Sequence[tuple[int, int, int]] = DOWNSCALE_SIZES, r
 # --- main ----------------------------------------------------------------------------------------
 
 
-SECTIONS = ("machine", "import", "first-event", "memory", "per-image", "throughput", "tokens", "downscale")
+SECTIONS = ("machine", "import", "first-event", "memory", "per-image", "throughput", "floors", "tokens", "downscale")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -1449,6 +1512,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "memory": peak_memory_section,
         "per-image": lambda: per_image_section(per_image_configs(args.quick), images),
         "throughput": throughput,
+        "floors": (lambda: floors_section(((0.5, 4),), images_for=lambda c: 2 * c)) if args.quick else floors_section,
         "tokens": tokens,
         "downscale": lambda: downscale_section(repeats=2 if args.quick else 5),
     }

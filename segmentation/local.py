@@ -159,12 +159,14 @@ class LocalStack:
 
     def __init__(self, *, bucket: str, storage_port: int, function_port: int, data_dir: Path,
                  extra_env: dict[str, str] | None = None, storage_url: str | None = None,
-                 bridge: bool = True, function_log: Path | None = None):
+                 bridge: bool = True, function_log: Path | None = None,
+                 source: Path = ROOT / "main.py", target: str = "on_object_finalized"):
         """`storage_url`: use an emulator that is already running there instead of starting
         gcp-storage-emulator (`storage_port` is then unused). `bridge=False`: deliver no events
         (the caller posts them itself). `function_log`: functions-framework's output goes to
         that file. The function's workers and threads follow WORKERS and THREADS in `extra_env`
-        (functions-framework's gunicorn settings)."""
+        (functions-framework's gunicorn settings). `source` / `target`: another function to serve
+        (the benchmarks' floors), by default the real one."""
         self.bucket = bucket
         self.external_storage = storage_url is not None
         self.storage_url = storage_url.rstrip("/") if storage_url else f"http://127.0.0.1:{storage_port}"
@@ -174,6 +176,7 @@ class LocalStack:
         self.extra_env = extra_env or {}
         self.use_bridge = bridge
         self.function_log = function_log
+        self.source, self.target = source, target
         self.processes: list[subprocess.Popen] = []
         self.function_process: subprocess.Popen | None = None
         self.bridge: EventBridge | None = None
@@ -206,8 +209,8 @@ class LocalStack:
         log = open(self.function_log, "ab") if self.function_log else None  # noqa: SIM115 - closed below
         try:
             self.function_process = subprocess.Popen(
-                [sys.executable, "-m", "functions_framework", "--target", "on_object_finalized",
-                 "--signature-type", "cloudevent", "--source", str(ROOT / "main.py"),
+                [sys.executable, "-m", "functions_framework", "--target", self.target,
+                 "--signature-type", "cloudevent", "--source", str(self.source),
                  "--host", "127.0.0.1", "--port", str(self.function_port)],
                 env=self.function_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log else None,
             )

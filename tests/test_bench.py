@@ -26,6 +26,11 @@ def test_a_throughput_cell_processes_every_image_once_with_at_most_in_flight_cal
     assert cell["images_per_s"] == pytest.approx(9 / cell["window_s"])
     assert cell["ratio"] <= 1.0
     assert cell["objects_found"] == 9 * bench.THROUGHPUT_OBJECTS
+    # BENCHMARKS.md's count per event: the marker lookup, the read, the crop listing, a crop per
+    # object, the overview, the generation check, the marker; and once per worker process that
+    # handles one of them, the lookup of the camera's empty-belt reference (cached per camera).
+    per_event = 9 * (bench.THROUGHPUT_OBJECTS + 6)
+    assert per_event < cell["emulator_requests"] <= per_event + cell["workers"]
 
 
 @pytest.mark.timeout(180)
@@ -33,6 +38,23 @@ def test_a_variant_s_settings_reach_the_function():
     cell = bench.throughput_cell(0.1, 2, 4, settings={"GEMINI_MAX_OBJECTS": "2"})
 
     assert cell["rows_ok"] == 4 and cell["objects_found"] == 4 * 2  # 5 objects answered, 2 kept
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("floor, model_calls, storage_requests, image_rows", [
+    ("wait", 0, 0, 0),
+    ("model", 1, 1, 0),  # the read
+    ("io", 1, 1 + bench.THROUGHPUT_OBJECTS + 1, 1),  # the read, a crop per object, the overview
+])
+def test_a_floor_does_only_its_part_of_the_work(floor, model_calls, storage_requests, image_rows):
+    images = 4
+    cell = bench.throughput_cell(0.1, 2, images, floor=floor)
+
+    assert cell["failed"] == [] and cell["ok_2xx"] == images
+    assert cell["gemini_calls"] == model_calls * images
+    assert cell["emulator_requests"] == storage_requests * images
+    assert cell["sink_image_rows"] == image_rows * images
+    assert cell["rows_ok"] == 0  # the floors log no "image processed" line: not the function
 
 
 @pytest.mark.timeout(120)

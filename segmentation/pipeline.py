@@ -4,9 +4,10 @@
 storage.read ─► images.load_image ─► detector.detect ─► render ─► storage.write ─► sink.insert
                                                      └──── one event at a time per worker ────┘
 ```
-The end of an event (from its model answer to its rows) waits its turn in the order the answers
-came back (`segmentation.turns`, OUTPUT_TURNS): answers that return together then finish one
-after another instead of all late together.
+The drawing of an event's outputs waits its turn in the order the model answers came back
+(`segmentation.turns`, OUTPUT_TURNS): answers that return together are then drawn one after
+another instead of all late together. The turn ends as the uploads start, so their round trips
+(and the rows') never hold up the next event's drawing.
 
 Failure policy (see `segmentation.errors`):
 - `PermanentError` (broken image, unusable answer, object gone): a `failed` image row, one
@@ -63,10 +64,10 @@ WRITE_ATTEMPTS = 5
 # uploads behind each other once each takes a real network round trip (tens of ms). Threads are
 # started only when needed; storage.HTTP_POOL_SIZE keeps a connection for each of them.
 UPLOAD_THREADS = 64
-# Seconds an event waits for its turn to write its outputs (OUTPUT_TURNS) before it goes ahead
-# without one: far above a turn's length (~50 ms at 1280x720; 32 events queued behind each other
-# after a burst wait ~1.6 s), so it only bounds how long an event stuck in storage retries holds
-# up the others.
+# Seconds an event waits for its turn to draw its outputs (OUTPUT_TURNS) before it goes ahead
+# without one: far above a turn's length (~15-25 ms at 1280x720, a few hundred for a 24-megapixel
+# photo; 32 events queued behind each other after a burst wait ~0.8 s), so it only bounds how long
+# a slow drawing holds up the others.
 TURN_PATIENCE_S = 2.0
 
 
@@ -222,17 +223,20 @@ class Pipeline:
             del data
         with timer("model"):
             result = self._detect(ref, image, prepared, (loaded.width, loaded.height), deadline)
-        # The rest is CPU work (drawing, the clients' request building) and short round trips:
-        # one event (per OUTPUT_TURNS) at a time, in the order the answers came back (turns.py).
+        # Drawing the outputs is the CPU-heavy part: one event (per OUTPUT_TURNS) at a time, in the
+        # order the answers came back (turns.py). The turn ends once they are drawn and on their
+        # way up: the round trips after that (uploads, the generation check, the rows) hold nobody.
         with contextlib.ExitStack() as turn:
             with timer("queue"):
                 turn.enter_context(self._turns.turn())
-            return self._write_outputs(ref, names, deadline, started, timer, loaded, result)
+            return self._write_outputs(ref, names, deadline, started, timer, loaded, result, turn)
 
     def _write_outputs(
         self, ref: ObjectRef, names: OutputNames, deadline: float, started: float, timer: PhaseTimer,
-        loaded: LoadedImage, result: DetectionResult,
+        loaded: LoadedImage, result: DetectionResult, turn: contextlib.ExitStack,
     ) -> tuple[Outcome, dict]:
+        """Draw, upload and record `result`'s outputs; `turn` (the event's turn) is closed once
+        every output is drawn and its upload started."""
         image = loaded.image
         if result.fallback_reason:
             # The fallback answered after Gemini used up the deadline: give the writes their own
@@ -262,6 +266,7 @@ class Pipeline:
             with _settled_on_error(existing), _all_settled_on_error(writes):
                 outputs = [*crops, (names.overview, overview.result())]
                 writes.append(self._uploads.submit(write, outputs[-1]))
+                turn.close()  # drawn; the rest is mostly waiting for storage and BigQuery
                 uris = [future.result() for future in writes]
             # A newer generation of this name may have arrived while this one was detected or
             # written (and even finished: then some writes found its outputs and left them). Its

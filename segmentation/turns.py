@@ -1,16 +1,18 @@
 """Turns at the end of an event, taken in arrival order.
 
 When many events of one instance wait for Gemini together (a burst, or a fixed model latency),
-their answers come back together, and the threads that then draw the crops and the overview,
-upload them and insert the rows share the worker's GIL and the instance's cores: every one of
-them finishes at the end of the burst, all of them late (processor sharing is the worst order
-for jobs of one size), and the next burst starts in the same step. Taking turns in arrival order
-finishes the first event after one event's work, the second after two, ...; their next events
-then arrive spread out and find the cores free.
+their answers come back together, and the threads that then draw the crops and the overview
+share the worker's GIL and the instance's cores: every one of them finishes drawing at the end of
+the burst, all of them late (processor sharing is the worst order for jobs of one size), and the
+next burst starts in the same step. Taking turns in arrival order finishes the first event's
+drawing after one event's work, the second after two, ...; their next events then arrive spread
+out and find the cores free. A turn covers the drawing only (the pipeline ends it as the uploads
+start): round trips to storage and BigQuery take tens of milliseconds in production and use
+little CPU, and holding a turn through them would make each event wait for the others' network.
 
 A turn is not a lock: a waiter whose turn has not come after `patience` seconds goes ahead
-without one, so an event stuck in storage retries delays the others by at most that much and
-never stops them.
+without one, so a slow holder (a huge photo) delays the others by at most that much and never
+stops them.
 
 >>> turns = Turns(slots=1, patience=1.0)
 >>> with turns.turn() as had_turn:

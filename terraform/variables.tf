@@ -439,7 +439,7 @@ variable "model_input_max_side" {
 }
 
 variable "output_turns" {
-  description = "OUTPUT_TURNS: events of one worker process that draw, upload and record their outputs at once; the others wait their turn in arrival order (at most 2 s each). 0 = no turns."
+  description = "OUTPUT_TURNS: events of one worker process that draw their outputs (crops, overview) at once; the others wait their turn in arrival order (at most 2 s each). The uploads and rows that follow take no turn. 0 = no turns."
   type        = number
   default     = 1
 

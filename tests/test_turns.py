@@ -122,13 +122,19 @@ def test_negative_settings_are_refused():
 
 
 @pytest.mark.parametrize("output_turns", [1, 0])
-def test_events_whose_answers_come_back_together_write_their_outputs_in_turns(tmp_path, monkeypatch, output_turns):
-    """Six events reach the model together and its answers come back together (a 0.5 s answer):
-    with OUTPUT_TURNS=1 each writes its outputs while no other one does; with 0 they all write at
-    once, which is what the turns are for. Every event still ends ok with its own outputs."""
+def test_events_whose_answers_come_back_together_draw_in_turns_and_upload_without(tmp_path, monkeypatch, output_turns):
+    """Six events reach the model together and its answers come back together (a 0.5 s answer),
+    and every upload takes 0.15 s (a slow network). With OUTPUT_TURNS=1 each event draws its crops
+    and overview while no other one draws, and the next one draws while the previous one's
+    uploads are still on their way (a turn is not held through round trips); with 0 they all draw
+    at once, which is what the turns are for. Every event still ends ok with its own outputs."""
+    import io
     import threading
     import time
 
+    from PIL import Image
+
+    import segmentation.pipeline as pipeline_module
     from segmentation.function import default_pipeline
     from tests.fakes.gemini_server import Answer
     from tests.harness import running_stack
@@ -137,23 +143,52 @@ def test_events_whose_answers_come_back_together_write_their_outputs_in_turns(tm
 
     monkeypatch.setenv("OUTPUT_TURNS", str(output_turns))
     monkeypatch.setenv("EMPTY_BELT_GATE", "false")
+    photo = Image.open(io.BytesIO(cupcakes())).convert("RGB")
+    sizes = {}  # image size -> event: each event's photo is a few pixels narrower than the last
+
+    def variant(index: int) -> bytes:
+        size = (photo.width - 8 * index, photo.height)
+        sizes[size] = f"turn-{index}"
+        buffer = io.BytesIO()
+        photo.resize(size).save(buffer, "PNG")
+        return buffer.getvalue()
+
     with running_stack(tmp_path / "results.sqlite", monkeypatch) as stack:
         stack.gemini.enqueue(*(Answer(sample_text(6), delay=0.5) for _ in range(6)))
-        blobs = [stack.upload(f"raw/cam1/turn-{index}.png", cupcakes()) for index in range(6)]
+        blobs = [stack.upload(f"raw/cam1/turn-{index}.png", variant(index)) for index in range(6)]
         storage = default_pipeline().storage
-        real_write, spans, lock = storage.write, {}, threading.Lock()
+        real_write, lock = storage.write, threading.Lock()
+        drawing: dict[str, tuple[float, float]] = {}
+        uploading: dict[str, tuple[float, float]] = {}
 
-        def recorded_write(bucket, name, data, **kwargs):
+        def record(spans, event, start):
+            with lock:
+                first, last = spans.get(event, (start, start))
+                spans[event] = (min(first, start), max(last, time.monotonic()))
+
+        def timed_drawing(draw):
+            def drawn(image, *args, **kwargs):
+                start = time.monotonic()
+                try:
+                    return draw(image, *args, **kwargs)
+                finally:
+                    record(drawing, sizes[image.size], start)
+            return drawn
+
+        def slow_write(bucket, name, data, **kwargs):
             start = time.monotonic()
-            written = real_write(bucket, name, data, **kwargs)
-            if not name.startswith("processed-markers/"):  # the marker comes after the turn, on purpose
+            if name.startswith("processed-markers/"):  # the marker: not an output
+                return real_write(bucket, name, data, **kwargs)
+            time.sleep(0.15)
+            try:
+                return real_write(bucket, name, data, **kwargs)
+            finally:
                 event = name.rsplit("/", 1)[-1].split("-output-")[0].removeprefix("processed_").removesuffix(".jpg")
-                with lock:
-                    first, last = spans.get(event, (start, start))
-                    spans[event] = (min(first, start), max(last, time.monotonic()))
-            return written
+                record(uploading, event, start)
 
-        monkeypatch.setattr(storage, "write", recorded_write)
+        monkeypatch.setattr(pipeline_module, "crop_jpeg", timed_drawing(pipeline_module.crop_jpeg))
+        monkeypatch.setattr(pipeline_module, "overview_jpeg", timed_drawing(pipeline_module.overview_jpeg))
+        monkeypatch.setattr(storage, "write", slow_write)
         results: list = []
         threads = [threading.Thread(target=lambda blob=blob: results.append(stack.deliver(stack.event_for(blob))))
                    for blob in blobs]
@@ -163,13 +198,16 @@ def test_events_whose_answers_come_back_together_write_their_outputs_in_turns(tm
             thread.join(60)
 
         assert [response.status_code for response in results] == [200] * 6
-        assert sorted(spans) == [f"turn-{index}" for index in range(6)]
-        ordered = sorted(spans.values())
-        overlapping = sum(later[0] < earlier[1] for earlier, later in zip(ordered, ordered[1:]))
+        assert sorted(drawing) == sorted(uploading) == [f"turn-{index}" for index in range(6)]
+        order = sorted(drawing, key=lambda event: drawing[event])
+        pairs = list(zip(order, order[1:]))
+        drew_together = sum(drawing[later][0] < drawing[earlier][1] for earlier, later in pairs)
         if output_turns:
-            assert overlapping == 0, ordered
+            assert drew_together == 0, drawing
+            # The next event draws while this one's uploads are still going up.
+            assert all(drawing[later][0] < uploading[earlier][1] for earlier, later in pairs), (drawing, uploading)
         else:
-            assert overlapping >= 1, ordered
+            assert drew_together >= 1, drawing
         images = stack.rows("images")
         assert len(images) == 6 and {row["status"] for row in images} == {"ok"}
         assert len(stack.names("processed-overview/")) == 6

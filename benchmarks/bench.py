@@ -851,11 +851,12 @@ def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> It
 
 
 @contextlib.contextmanager
-def bigquery_stand_in() -> Iterator[Any]:
-    """tests.fakes' BigQuery stand-in (insertAll over HTTP, threaded, TCP_NODELAY)."""
+def bigquery_stand_in(round_trip_s: float = 0.0) -> Iterator[Any]:
+    """tests.fakes' BigQuery stand-in (insertAll over HTTP, threaded, TCP_NODELAY), each request
+    answered after `round_trip_s`."""
     from tests.fakes import bigquery_server
 
-    with bigquery_server.FakeBigQuery() as server:
+    with bigquery_server.FakeBigQuery(round_trip_s) as server:
         yield server
 
 
@@ -867,9 +868,12 @@ STORAGE_STAND_INS = {
 
 
 @contextlib.contextmanager
-def emulator_process(storage: str = "memory") -> Iterator[tuple[subprocess.Popen, str]]:
-    """A fresh Cloud Storage stand-in (in memory) in its own process; see benchmarks/storage_server.py."""
+def emulator_process(storage: str = "memory", round_trip_ms: float = 0.0) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A fresh Cloud Storage stand-in (in memory) in its own process, each request answered after
+    `round_trip_ms`; see benchmarks/storage_server.py."""
     args = [sys.executable, "-m", "benchmarks.storage_server", *STORAGE_STAND_INS[storage]]
+    if round_trip_ms:
+        args += ["--round-trip-ms", str(round_trip_ms)]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -968,14 +972,16 @@ def function_log_lines(path: Path) -> list[dict[str, Any]]:
 def throughput_cell(latency: float, concurrency: int, images: int, *, storage: str = "memory",
                     workers: int | None = None, sink: str = "bigquery", gate: bool = False,
                     spread: float = 0.0, settings: dict[str, str] | None = None,
-                    floor: str | None = None) -> dict[str, Any]:
+                    floor: str | None = None, round_trips_ms: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
     """One cell: the function under functions-framework (gunicorn, WORKERS=`workers`, by default
     what Terraform deploys for this machine's cores; THREADS=concurrency), a fresh storage stand-in
     process, the counting fake Gemini with `latency` (and `spread`), `settings` added to the
     function's environment (they override the cell's own); one warm-up event (answered
     at once), then `images` events posted from `concurrency` client threads (exactly that many
     in flight until the queue runs dry). `floor`: serve benchmarks/floor_function.py in that
-    FLOOR mode instead of the function (it logs no lines: no phases, no `rows_ok`)."""
+    FLOOR mode instead of the function (it logs no lines: no phases, no `rows_ok`).
+    `round_trips_ms`: (storage, BigQuery) time each stand-in waits before answering a request, as
+    the network round trips to the real services would."""
     workers = workers or deployed_workers()
     from concurrent.futures import ThreadPoolExecutor
 
@@ -984,10 +990,10 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
     width, height = THROUGHPUT_SIZE
     result: dict[str, Any] = {"latency": latency, "concurrency": concurrency, "images": images,
                               "storage": storage, "workers": workers, "sink": sink, "gate": gate, "spread": spread,
-                              "floor": floor}
+                              "floor": floor, "round_trips_ms": round_trips_ms}
     with counting_gemini(gemini_answer(THROUGHPUT_OBJECTS), latency, spread) as gemini, \
-            emulator_process(storage) as (emulator, storage_url), \
-            (bigquery_stand_in() if sink == "bigquery" else contextlib.nullcontext()) as bigquery, \
+            emulator_process(storage, round_trips_ms[0]) as (emulator, storage_url), \
+            (bigquery_stand_in(round_trips_ms[1] / 1000) if sink == "bigquery" else contextlib.nullcontext()) as bigquery, \
             tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         log_path = Path(tmp) / "function.log"
         env = {
@@ -1139,10 +1145,15 @@ class Variant:
     gate: bool = False
     spread: float = 0.0
     settings: tuple[tuple[str, str], ...] = ()  # more function settings, e.g. (("MODEL_INPUT_MAX_SIDE", "1024"),)
+    round_trips_ms: tuple[float, float] = (0.0, 0.0)  # (storage, BigQuery) stand-ins' answer delay
 
 
 DEFAULT_VARIANT = Variant("")
 LATENCY_SPREAD = 0.25
+# (storage, BigQuery) round trips of the production-like rows: about what a function in the
+# services' region waits for a small upload or metadata call and for a streaming insert.
+ROUND_TRIPS_MS = (25.0, 60.0)
+ROUND_TRIPS = f"round trips {ROUND_TRIPS_MS[0]:g} / {ROUND_TRIPS_MS[1]:g} ms"
 THROUGHPUT_VARIANTS = (  # (latency, in flight, variant) rows after the main table
     (1.0, 4, Variant("latency +-25 %", spread=LATENCY_SPREAD)),
     (1.0, 16, Variant("latency +-25 %", spread=LATENCY_SPREAD)),
@@ -1162,6 +1173,10 @@ THROUGHPUT_VARIANTS = (  # (latency, in flight, variant) rows after the main tab
     (1.0, 16, Variant("empty-belt gate on", gate=True)),
     (1.0, 16, Variant("SQLite sink", sink="sqlite")),
     (1.0, 16, Variant("gcp-storage-emulator", storage="emulator")),
+    (1.0, 4, Variant(ROUND_TRIPS, round_trips_ms=ROUND_TRIPS_MS)),
+    (1.0, 16, Variant(ROUND_TRIPS, round_trips_ms=ROUND_TRIPS_MS)),
+    (5.0, 16, Variant(ROUND_TRIPS, round_trips_ms=ROUND_TRIPS_MS)),
+    (1.0, 16, Variant(ROUND_TRIPS + ", OUTPUT_TURNS=0", round_trips_ms=ROUND_TRIPS_MS, settings=(("OUTPUT_TURNS", "0"),))),
 )
 
 
@@ -1171,7 +1186,8 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
     def cell(latency: float, concurrency: int, variant: Variant = DEFAULT_VARIANT) -> dict[str, Any]:
         result = throughput_cell(latency, concurrency, images_for(concurrency), storage=variant.storage,
                                  workers=variant.workers, sink=variant.sink, gate=variant.gate,
-                                 spread=variant.spread, settings=dict(variant.settings))
+                                 spread=variant.spread, settings=dict(variant.settings),
+                                 round_trips_ms=variant.round_trips_ms)
         result["variant"] = variant.label
         print(f"throughput {latency:g} s x {concurrency}{' (' + variant.label + ')' if variant.label else ''}: "
               f"{result['images_per_s']:.2f} images/s, {100 * result['ratio']:.0f}% of ideal", file=sys.stderr, flush=True)
@@ -1256,7 +1272,11 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
                  "\"SQLite sink\": rows to the local SQLite file instead of the "
                  "BigQuery stand-in (the previous report's setting); \"gcp-storage-emulator\": the previous "
                  "report's storage stand-in, the stock emulator in its own process (one request at a time, a new "
-                 "connection per request, its metadata document rewritten after every write).\n\n"
+                 "connection per request, its metadata document rewritten after every write); "
+                 f"\"{ROUND_TRIPS}\": the storage stand-in answers every request {ROUND_TRIPS_MS[0]:g} ms late "
+                 f"and the BigQuery stand-in {ROUND_TRIPS_MS[1]:g} ms late, on their own threads, as the network "
+                 "round trips to the real services would make an event wait (they cost no CPU here, as they "
+                 "would not in production).\n\n"
                  + markdown_table(("configuration", *headers), [row(c, True) for c in extra], "lll"))
     for problem in problems:
         text += f"\n\nWarning: {problem}."

@@ -1,6 +1,6 @@
 """The throughput benchmark's Cloud Storage stand-in, in a process of its own (benchmarks/bench.py).
 
-    python -m benchmarks.storage_server [--impl memory|emulator] [--no-meta-dump]
+    python -m benchmarks.storage_server [--impl memory|emulator] [--no-meta-dump] [--round-trip-ms MS]
     # prints "READY <url>", serves until SIGTERM
 
 Both are stand-ins for Cloud Storage used only in tests and benchmarks; the function talks to
@@ -8,7 +8,8 @@ either through the real google-cloud-storage client (STORAGE_EMULATOR_HOST).
 
 - `memory` (the default): `tests.fakes.gcs_server`, a threaded in-memory server of the JSON API
   subset the client uses, with keep-alive connections. Like real Cloud Storage it serves requests
-  in parallel and is never what a benchmark cell waits for.
+  in parallel and is never what a benchmark cell waits for. `--round-trip-ms`: each request
+  waits that long before its answer, as a network round trip to Cloud Storage would.
 - `emulator`: the stock gcp-storage-emulator (its `Storage`, in memory, and its
   `RequestHandler`: one request at a time, HTTP/1.0, a new connection per request), kept for
   comparison rows, with two benchmark-only changes: a listen backlog of 1024 instead of
@@ -92,10 +93,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", choices=("memory", "emulator"), default="memory")
     parser.add_argument("--no-meta-dump", action="store_true", help="emulator only: skip the metadata rewrite")
+    parser.add_argument("--round-trip-ms", type=float, default=0.0,
+                        help="memory only: each request waits this long before its answer (a network round trip)")
     args = parser.parse_args(argv)
+    if args.round_trip_ms and args.impl != "memory":
+        parser.error("--round-trip-ms needs --impl memory")
     from tests.fakes.gcs_server import serve_until_sigterm
 
-    serve_until_sigterm(memory_server() if args.impl == "memory" else emulator_server(args.no_meta_dump))
+    server = memory_server() if args.impl == "memory" else emulator_server(args.no_meta_dump)
+    server.round_trip_s = args.round_trip_ms / 1000
+    serve_until_sigterm(server)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ What it imitates, and how far:
   Google-shaped error body (`reason` settable, e.g. 403 "rateLimitExceeded");
   `reject_next(n, reason=...)` answers the next n requests 200 with every row in
   insertErrors (reason "invalid" by default; BigQuery also uses e.g. "timeout").
+- `round_trip_s` (0 by default): every request waits that long on its own thread before it is
+  answered, as a network round trip to BigQuery would (the benchmark's production-like rows).
 Nothing else of BigQuery (tables API, queries, partitions, schema updates) exists here.
 """
 
@@ -28,6 +30,7 @@ import datetime as dt
 import json
 import re
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -126,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
+        if self.server.round_trip_s:
+            time.sleep(self.server.round_trip_s)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         state = self.server.state
@@ -205,12 +210,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # dozens of function threads may connect at once (benchmarks)
     state: _State
+    round_trip_s: float = 0.0
 
 
 class FakeBigQuery:
     """The stand-in server: `start()`/`stop()` or use as a context manager; `url` is its base URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, round_trip_s: float = 0.0) -> None:
+        self.round_trip_s = round_trip_s
         self._state = _State()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -219,6 +226,7 @@ class FakeBigQuery:
     def start(self) -> "FakeBigQuery":
         httpd = _Server(("127.0.0.1", 0), _Handler)
         httpd.state = self._state
+        httpd.round_trip_s = self.round_trip_s
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-bigquery", daemon=True)

@@ -31,6 +31,9 @@ object versioning:
 `GET /__stats` (not part of the API) returns {"requests", "handler_s", "objects"}: requests served,
 seconds spent inside handlers (summed over threads) and objects stored.
 
+`round_trip_s` (0 by default): every API request waits that long on its own thread before it is
+answered, as a network round trip to Cloud Storage would (the benchmark's production-like rows).
+
     with running_gcs_server() as server:         # in-process; server.url is the base URL
         server.create_bucket("b")
     python -m tests.fakes.gcs_server --port 9023  # a process of its own ("READY <url>" on stdout)
@@ -279,6 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(payload, (dict, list)):
             headers.setdefault("Content-Type", "application/json; charset=UTF-8")
             payload = json.dumps(payload).encode()
+        if self.server.round_trip_s and segments != ["__stats"]:
+            time.sleep(self.server.round_trip_s)
         self._reply(status, headers, payload or b"")
         self.server.count(time.perf_counter() - started)
 
@@ -435,6 +440,7 @@ class GcsServer(ThreadingHTTPServer):
         self._stats_lock = threading.Lock()
         self.requests = 0
         self.handler_s = 0.0
+        self.round_trip_s = 0.0
 
     def count(self, seconds: float) -> None:
         with self._stats_lock:

@@ -160,9 +160,10 @@ SETTINGS: tuple[Setting, ...] = (
             "the original); an upright colour JPEG within it is sent as uploaded."),
     # Limits and retries.
     Setting("OUTPUT_TURNS", "output_turns", "1", _int,
-            "Events of one worker process that draw their outputs (crops, overview) at once; "
-            "the others wait their turn in arrival order (at most 2 s each, then go ahead). The "
-            "uploads and rows that follow take no turn. 0 = no turns."),
+            "Events of one worker process that draw and send their outputs (crops, overview) at "
+            "once; the others wait their turn in arrival order (at most 2 s each, then go ahead). "
+            "A turn waits at most 30 ms for the uploads' answers; the rows take no turn. "
+            "0 = no turns."),
     Setting("MAX_IMAGE_BYTES", "max_image_bytes", str(40 * 1024 * 1024), _int,
             "Larger objects are refused without being downloaded."),
     Setting("MAX_IMAGE_PIXELS", "max_image_pixels", str(100_000_000), _int,

@@ -6,9 +6,10 @@ share the worker's GIL and the instance's cores: every one of them finishes draw
 the burst, all of them late (processor sharing is the worst order for jobs of one size), and the
 next burst starts in the same step. Taking turns in arrival order finishes the first event's
 drawing after one event's work, the second after two, ...; their next events then arrive spread
-out and find the cores free. A turn covers the drawing only (the pipeline ends it as the uploads
-start): round trips to storage and BigQuery take tens of milliseconds in production and use
-little CPU, and holding a turn through them would make each event wait for the others' network.
+out and find the cores free. A turn covers the drawing and the sending of the uploads (the
+pipeline ends it at most `TURN_UPLOAD_WAIT_S` after the uploads start): round trips to storage
+and BigQuery take tens of milliseconds in production and use little CPU, and holding a turn
+through them would make each event wait for the others' network.
 
 A turn is not a lock: a waiter whose turn has not come after `patience` seconds goes ahead
 without one, so a slow holder (a huge photo) delays the others by at most that much and never

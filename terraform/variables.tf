@@ -439,7 +439,7 @@ variable "model_input_max_side" {
 }
 
 variable "output_turns" {
-  description = "OUTPUT_TURNS: events of one worker process that draw their outputs (crops, overview) at once; the others wait their turn in arrival order (at most 2 s each). The uploads and rows that follow take no turn. 0 = no turns."
+  description = "OUTPUT_TURNS: events of one worker process that draw and send their outputs (crops, overview) at once; the others wait their turn in arrival order (at most 2 s each). A turn waits at most 30 ms for the uploads' answers; the rows take no turn. 0 = no turns."
   type        = number
   default     = 1
 

@@ -126,8 +126,9 @@ def test_events_whose_answers_come_back_together_draw_in_turns_and_upload_withou
     """Six events reach the model together and its answers come back together (a 0.5 s answer),
     and every upload takes 0.15 s (a slow network). With OUTPUT_TURNS=1 each event draws its crops
     and overview while no other one draws, and the next one draws while the previous one's
-    uploads are still on their way (a turn is not held through round trips); with 0 they all draw
-    at once, which is what the turns are for. Every event still ends ok with its own outputs."""
+    uploads are still on their way (a turn waits for them at most TURN_UPLOAD_WAIT_S, 0.03 s);
+    with 0 they all draw at once, which is what the turns are for. Every event still ends ok with
+    its own outputs."""
     import io
     import threading
     import time

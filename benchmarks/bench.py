@@ -53,7 +53,8 @@ Tables:
    with 5 objects; images/s against the ideal concurrency / latency (target >= 90 % up to 16 in
    flight), with the function's own `timings_ms` and CPU use as evidence of what limits it. Extra
    rows repeat cells with a +-25 % spread of the model latency, WORKERS=1, the empty-belt gate on,
-   the SQLite sink or the old gcp-storage-emulator stand-in.
+   the SQLite sink, the old gcp-storage-emulator stand-in, or production-like network round trips
+   (the storage and BigQuery stand-ins answering 25 / 60 ms late).
 5b. Floors (`floors_section`): the 1 s x 4 and x 16 cells again with stripped-down copies of the
    function (benchmarks/floor_function.py: only waiting; reading and the model call; those plus the
    uploads and rows, nothing drawn) beside the function, to show what each part of an event's

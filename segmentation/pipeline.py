@@ -2,7 +2,9 @@
 
 ```
 storage.read ─► images.load_image ─► detector.detect ─► render ─► storage.write ─► sink.insert
-                                                     └──── one event at a time per worker ────┘
+                                                     └─ one event at a time per worker ─┘
+                                                        (until the uploads are answered,
+                                                         at most TURN_UPLOAD_WAIT_S)
 ```
 The drawing of an event's outputs waits its turn in the order the model answers came back
 (`segmentation.turns`, OUTPUT_TURNS): answers that return together are then drawn one after

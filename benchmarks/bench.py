@@ -763,6 +763,7 @@ THROUGHPUT_PLOT = ROOT / "benchmarks" / "throughput.png"
 STORAGE_PHASES = ("read", "write")  # the marker calls are not in the logged timings
 BENCH_OBJECTS_TABLE = "bench-project.conveyor.objects"
 BENCH_IMAGES_TABLE = "bench-project.conveyor.images"
+WRITES_ROWS = (None, "io")  # the function (floor None) and the floors that insert rows
 
 
 class InFlight:
@@ -1048,7 +1049,7 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
                 gemini_calls = len(gemini.requests) - gemini_before
             finally:
                 stack.stop()
-            warm_rows = len(warm_names) if floor in (None, "io") else 0  # the floors that write rows
+            warm_rows = len(warm_names) if floor in WRITES_ROWS else 0
             result["sink_image_rows"] = (len(bigquery.rows(BENCH_IMAGES_TABLE)) - warm_rows
                                          if bigquery is not None else None)  # less the warm-up images'
         logged = [line for line in function_log_lines(log_path)
@@ -1309,7 +1310,7 @@ def floors_section(cells: Sequence[tuple[float, int]] = FLOOR_CELLS, images_for=
             cell = throughput_cell(latency, concurrency, images_for(concurrency), floor=floor)
             print(f"floor {floor or 'function'} {latency:g} s x {concurrency}: {100 * cell['ratio']:.0f}% of ideal",
                   file=sys.stderr, flush=True)
-            expected_rows = cell["images"] if floor in ("io", None) else 0
+            expected_rows = cell["images"] if floor in WRITES_ROWS else 0
             if cell["failed"] or cell["ok_2xx"] != cell["images"] or (cell["sink_image_rows"] or 0) != expected_rows:
                 problems.append(f"{label} at {latency:g} s x {concurrency}: {cell['ok_2xx']} of {cell['images']} "
                                 f"events acknowledged, {cell['sink_image_rows']} image rows")

@@ -13,7 +13,8 @@ shows what that part alone costs on this machine. FLOOR selects the part:
 - ``io``: ``model``, then what the function must write for the answer: one upload per object and
   one for the overview, then the object rows and the image row. The uploads are byte ranges of
   the photo sized like the real outputs (a crop ~ its box's share of the photo, the overview ~ the
-  photo), not drawn; the rows are the function's own (`Pipeline._object_row` / `_image_row`).
+  photo), not drawn, side by side on the function's upload threads (`Pipeline._uploads`); the
+  rows are the function's own (`Pipeline._object_row` / `_image_row`).
   No completion marker, crop listing or generation check, no decode, no drawing.
 """
 
@@ -23,8 +24,6 @@ import io
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-
 import functions_framework
 from cloudevents.http import CloudEvent
 
@@ -37,7 +36,6 @@ from segmentation.pipeline import Pipeline
 MODES = ("wait", "model", "io")
 _lock = threading.Lock()
 _pipeline: Pipeline | None = None
-_uploads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="upload")
 
 
 def _shared() -> Pipeline:
@@ -81,7 +79,7 @@ def floor(cloud_event: CloudEvent) -> None:
     outputs = [(f"processed/floor/{ref.name}-{index:04d}.jpg", data[: share(detection)])
                for index, detection in enumerate(detections, start=1)]
     outputs.append((f"processed-overview/floor/{ref.name}.jpg", data))
-    uris = list(_uploads.map(
+    uris = list(pipeline._uploads.map(  # the function's own upload threads
         lambda output: pipeline.storage.write(ref.bucket, output[0], output[1], content_type="image/jpeg",
                                               metadata={"source-generation": str(ref.generation)},
                                               if_generation_match=0),

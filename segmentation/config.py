@@ -97,9 +97,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SOURCE_PREFIX", "source_prefix", "raw/", _prefix,
             "Only objects under this prefix are processed; everything else is ignored."),
     Setting("CROPS_PREFIX", "crops_prefix", "processed/", _prefix,
-            "Where one JPEG crop per object is written: {prefix}{stem}-output-{NNNN}.jpg."),
+            "Where one JPEG crop per object is written: {prefix}{name}-output-{NNNN}.jpg ({name}: the "
+            "source's path under SOURCE_PREFIX, extension included)."),
     Setting("OVERVIEW_PREFIX", "overview_prefix", "processed-overview/", _prefix,
-            "Where the annotated overview is written: {prefix}processed_{stem}.jpg."),
+            "Where the annotated overview is written: {prefix}processed_{name}.jpg."),
     Setting("MARKERS_PREFIX", "markers_prefix", "processed-markers/", _prefix,
             "Where completion markers go; a redelivered event whose marker exists is a no-op."),
     Setting("BACKGROUNDS_PREFIX", "backgrounds_prefix", "backgrounds/", _prefix,
@@ -172,6 +173,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Transient errors are retried with backoff until this many seconds after the event "
             "arrived; then the function raises so the platform redelivers. Keep it below the "
             "function timeout."),
+    Setting("GIVE_UP_AFTER_S", "give_up_after_s", "82800", _float,
+            "An image whose errors are still transient (quota, 5xx, timeouts) on a delivery this "
+            "many seconds after its upload gets a failed row instead of another redelivery. Keep "
+            "it below Eventarc's 24-hour retry window. Malformed model answers and unexpected "
+            "errors give up sooner: on the first redelivery that fails again."),
+    Setting("CLAIM_LEASE_S", "claim_lease_s", "540", _float,
+            "Seconds a delivery owns an image's work before another copy of the event may take it "
+            "over (a killed worker). Set it to the function timeout (Terraform does)."),
     # Results.
     Setting("BQ_OBJECTS_TABLE", "bq_objects_table", "", _str,
             "BigQuery table for object rows, project.dataset.table. Empty: rows go to SQLITE_PATH."),
@@ -215,6 +224,8 @@ class Config:
     max_image_bytes: int
     max_image_pixels: int
     retry_deadline_s: float
+    give_up_after_s: float
+    claim_lease_s: float
     bq_objects_table: str
     bq_images_table: str
     sqlite_path: str

@@ -1,16 +1,18 @@
 """Deterministic names for everything the function writes, so a redelivered event rewrites
 the same objects and rows instead of adding new ones.
 
-The stem is the object's path under the source prefix without its extension, so cameras
-keep their folders: `raw/cam1/belt.jpg` gives crops `processed/cam1/belt-output-0001.jpg`
-and the overview `processed-overview/cam1/processed_belt.jpg`.
+The stem is the object's whole path under the source prefix, extension included, so cameras
+keep their folders and every source object has outputs of its own: `raw/cam1/belt.jpg` gives
+crops `processed/cam1/belt.jpg-output-0001.jpg` and the overview
+`processed-overview/cam1/processed_belt.jpg.jpg`, while `raw/cam1/belt.png` gives
+`processed/cam1/belt.png-output-0001.jpg`.
 
 >>> names = OutputNames.for_object("raw/cam1/belt.jpg", source_prefix="raw/", crops_prefix="processed/",
 ...                                overview_prefix="processed-overview/", markers_prefix="processed-markers/")
 >>> names.crop(1), names.overview
-('processed/cam1/belt-output-0001.jpg', 'processed-overview/cam1/processed_belt.jpg')
->>> names.marker
-'processed-markers/cam1/belt.jpg.json'
+('processed/cam1/belt.jpg-output-0001.jpg', 'processed-overview/cam1/processed_belt.jpg.jpg')
+>>> names.marker, names.claim
+('processed-markers/cam1/belt.jpg.json', 'processed-markers/cam1/belt.jpg.claim')
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 # Cloud Storage object names are at most 1024 bytes of UTF-8.
 MAX_OBJECT_NAME_BYTES = 1024
-# Room kept for the longest suffix added to a stem ("-output-NNNN.jpg", ".json", "processed_").
+# Room kept for the longest suffix added to a stem ("-output-NNNN.jpg", ".claim", "processed_").
 _SUFFIX_ROOM = 40
 
 
@@ -33,6 +35,7 @@ class OutputNames:
     crops_prefix: str
     overview_prefix: str
     marker: str
+    claim: str
 
     @classmethod
     def for_object(
@@ -40,15 +43,16 @@ class OutputNames:
     ) -> "OutputNames":
         relative = name[len(source_prefix):] if name.startswith(source_prefix) else name
         relative = _safe_path(relative)
-        stem = posixpath.splitext(relative)[0] or relative
         longest_prefix = max(len(p.encode()) for p in (crops_prefix, overview_prefix, markers_prefix))
         budget = MAX_OBJECT_NAME_BYTES - longest_prefix - _SUFFIX_ROOM
-        # The marker keeps the extension so a.jpg and a.png never share a completion marker.
+        # The extension stays, so a.jpg and a.png never share an output, marker or claim.
+        stem = _shorten(relative, budget)
         return cls(
-            stem=_shorten(stem, budget),
+            stem=stem,
             crops_prefix=crops_prefix,
             overview_prefix=overview_prefix,
-            marker=f"{markers_prefix}{_shorten(relative, budget)}.json",
+            marker=f"{markers_prefix}{stem}.json",
+            claim=f"{markers_prefix}{stem}.claim",
         )
 
     def crop(self, index: int) -> str:

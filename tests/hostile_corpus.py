@@ -91,7 +91,7 @@ WARNING = Expect(log="warning")
 
 def layout(relative: str, crops: int = 4) -> frozenset[str]:
     """What the README's output table says `raw/<relative>` gives: crops, overview, marker."""
-    stem = posixpath.splitext(relative)[0]
+    stem = relative
     head, _, tail = stem.rpartition("/")
     overview = f"processed-overview/{head + '/' if head else ''}processed_{tail}.jpg"
     return frozenset({*(f"processed/{stem}-output-{n:04d}.jpg" for n in range(1, crops + 1)),

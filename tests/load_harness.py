@@ -525,14 +525,12 @@ def load_stack(tmp_path: Path, monkeypatch, *, gemini_port: int, env: dict[str, 
 
 
 def crop_name(name: str, index: int) -> str:
-    stem_path = name.removeprefix("raw/").rsplit(".", 1)[0]
-    return f"processed/{stem_path}-output-{index:04d}.jpg"
+    return f"processed/{name.removeprefix('raw/')}-output-{index:04d}.jpg"
 
 
 def overview_name(name: str) -> str:
     folder, _, file = name.removeprefix("raw/").rpartition("/")
-    stem = file.rsplit(".", 1)[0]
-    return f"processed-overview/{folder + '/' if folder else ''}processed_{stem}.jpg"
+    return f"processed-overview/{folder + '/' if folder else ''}processed_{file}.jpg"
 
 
 def marker_name(name: str) -> str:

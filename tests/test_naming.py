@@ -14,19 +14,24 @@ def names_for(name):
 
 def test_layout_matches_the_notebook_and_keeps_camera_folders():
     names = names_for("raw/cam 1/bag.large.JPG")
-    assert names.crop(12) == "processed/cam 1/bag.large-output-0012.jpg"
-    assert names.overview == "processed-overview/cam 1/processed_bag.large.jpg"
+    assert names.crop(12) == "processed/cam 1/bag.large.JPG-output-0012.jpg"
+    assert names.overview == "processed-overview/cam 1/processed_bag.large.JPG.jpg"
     assert names.marker == "processed-markers/cam 1/bag.large.JPG.json"
+    assert names.claim == "processed-markers/cam 1/bag.large.JPG.claim"
 
 
-def test_same_stem_different_extension_keeps_separate_markers():
-    assert names_for("raw/a.jpg").marker != names_for("raw/a.png").marker
+def test_same_stem_different_extension_shares_no_output_name():
+    jpg, png = names_for("raw/cam1/a.jpg"), names_for("raw/cam1/a.png")
+    for pick in (lambda n: n.crop(1), lambda n: n.overview, lambda n: n.marker, lambda n: n.claim,
+                 lambda n: n.crops_glob_prefix):
+        assert pick(jpg) != pick(png)
+    assert not jpg.crops_glob_prefix.startswith(png.crops_glob_prefix)
 
 
 def test_dot_segments_cannot_climb_out_of_a_prefix():
     names = names_for("raw/../../etc/./passwd.jpg")
-    assert names.crop(1) == "processed/etc/passwd~ab1b415396ea2e13-output-0001.jpg"
-    assert names.overview == "processed-overview/etc/processed_passwd~ab1b415396ea2e13.jpg"
+    assert names.crop(1) == "processed/etc/passwd~ab1b415396ea2e13.jpg-output-0001.jpg"
+    assert names.overview == "processed-overview/etc/processed_passwd~ab1b415396ea2e13.jpg.jpg"
     assert names.marker == "processed-markers/etc/passwd~ab1b415396ea2e13.jpg.json"
 
 
@@ -44,7 +49,7 @@ def test_names_that_clean_to_the_same_path_keep_separate_outputs():
 def test_very_long_names_are_shortened_uniquely():
     first, second = names_for("raw/" + "é" * 1000 + "a.jpg"), names_for("raw/" + "é" * 1000 + "b.jpg")
     for names in (first, second):
-        for name in (names.crop(9999), names.overview, names.marker):
+        for name in (names.crop(9999), names.overview, names.marker, names.claim):
             assert len(name.encode()) <= MAX_OBJECT_NAME_BYTES
     assert first.crop(1) != second.crop(1) and first.marker != second.marker
 
@@ -54,7 +59,7 @@ def test_very_long_names_are_shortened_uniquely():
 def test_any_name_gives_outputs_under_their_prefixes(tail):
     names = names_for("raw/" + tail)
     for name, prefix in ((names.crop(1), "processed/"), (names.overview, "processed-overview/"),
-                         (names.marker, "processed-markers/")):
+                         (names.marker, "processed-markers/"), (names.claim, "processed-markers/")):
         assert name.startswith(prefix)
         assert "/../" not in "/" + name[len(prefix):] and not name[len(prefix):].startswith("/")
         assert len(name.encode("utf-8", errors="surrogatepass")) <= MAX_OBJECT_NAME_BYTES

@@ -184,7 +184,7 @@ def test_events_whose_answers_come_back_together_draw_in_turns_and_upload_withou
             try:
                 return real_write(bucket, name, data, **kwargs)
             finally:
-                event = name.rsplit("/", 1)[-1].split("-output-")[0].removeprefix("processed_").removesuffix(".jpg")
+                event = name.rsplit("/", 1)[-1].split("-output-")[0].removeprefix("processed_").removesuffix(".jpg").rsplit(".", 1)[0]
                 record(uploading, event, start)
 
         monkeypatch.setattr(pipeline_module, "crop_jpeg", timed_drawing(pipeline_module.crop_jpeg))

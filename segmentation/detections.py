@@ -20,6 +20,9 @@ class ObjectRef:
     generation: int | None = None
     content_type: str | None = None
     size: int | None = None
+    # When this generation was created (epoch seconds, from the event), to tell how long the
+    # platform has been redelivering it; None when the event does not say.
+    created: float | None = None
 
     @property
     def uri(self) -> str:

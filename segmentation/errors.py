@@ -33,6 +33,27 @@ class TransientError(PipelineError):
         self.retry_after = retry_after
 
 
+class SuspectError(TransientError):
+    """A failure retried like a transient one that may be the event's own fault: an answer the
+    model's client cannot read, or an exception nobody classified. It gets a failed row on the
+    first redelivery that fails again, instead of looping for the whole redelivery window."""
+
+    error_type = "suspect_error"
+
+
+class UnexpectedError(SuspectError):
+    """An exception no edge classified (a bug, or a failure mode not seen before)."""
+
+    error_type = "unexpected_error"
+
+
+class InProgressElsewhereError(TransientError):
+    """Another delivery of the same event holds the image's claim and has not finished: this copy
+    is redelivered later, when the completion marker answers it."""
+
+    error_type = "in_progress_elsewhere"
+
+
 class WriteConflictError(PipelineError):
     """A conditional write lost a race: the object changed since it was read (HTTP 412).
     The caller reads it again and decides anew; neither retrying the same write nor failing

@@ -14,6 +14,8 @@ data (https://cloud.google.com/storage/docs/json_api/v1/objects): numbers such a
 
 from __future__ import annotations
 
+import datetime as dt
+
 import posixpath
 import re
 from typing import Any, Mapping
@@ -61,7 +63,26 @@ def object_ref_from_event(attributes: Mapping[str, Any], data: Any) -> ObjectRef
         generation=_optional_int(data.get("generation"), "generation"),
         content_type=data.get("contentType") if isinstance(data.get("contentType"), str) else None,
         size=_optional_int(data.get("size"), "size"),
+        created=_optional_time(data.get("timeCreated")),
     )
+
+
+def _optional_time(value: Any) -> float | None:
+    """Epoch seconds of an RFC 3339 timestamp; None if absent or unreadable (the age of an event
+    only decides when to stop redelivering it, so a bad one must not refuse the event).
+
+    >>> _optional_time("2026-12-04T10:00:00.123Z"), _optional_time("yesterday")
+    (1796378400.123, None)
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
 
 
 def skip_reason(ref: ObjectRef, config: Config) -> str | None:

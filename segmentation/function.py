@@ -8,11 +8,13 @@ the instance, because building clients is the expensive part of a cold start.
 from __future__ import annotations
 
 import threading
+import traceback
 from typing import Any
 
 from segmentation import logs
 from segmentation.backgrounds import OfflineDetectors
 from segmentation.config import Config
+from segmentation.errors import UnexpectedError
 from segmentation.events import EventError, object_ref_from_event
 from segmentation.gemini import GeminiDetector
 from segmentation.pipeline import Outcome, Pipeline
@@ -49,14 +51,24 @@ def default_pipeline() -> Pipeline:
 
 
 def handle_cloud_event(attributes: dict[str, Any], data: Any, pipeline: Pipeline | None = None) -> Outcome | None:
-    """Process one object-finalize event; a malformed or foreign event is logged and acknowledged."""
+    """Process one object-finalize event; a malformed or foreign event is logged and acknowledged.
+
+    Raises only `TransientError` (already logged as one JSON line): the platform redelivers."""
     try:
         ref = object_ref_from_event(attributes, data)
     except EventError as exc:
         logs.log_event("WARNING", f"ignored event: {exc}", event_id=attributes.get("id"),
                        event_type=attributes.get("type"), event_source=attributes.get("source"))
         return None
-    return (pipeline or default_pipeline()).process(ref)
+    if pipeline is None:
+        try:
+            pipeline = default_pipeline()
+        except Exception as exc:  # noqa: BLE001 - a bad setting or client: redeliver, never a raw traceback
+            error = UnexpectedError(f"cannot set up the function: {type(exc).__name__}: {exc}"[:2000])
+            logs.log_event("CRITICAL", str(error), error_type=error.error_type, event_id=attributes.get("id"),
+                           stack_trace="".join(traceback.format_exception(exc))[-8000:])
+            raise error from None
+    return pipeline.process(ref)
 
 
 def reset_pipeline() -> None:

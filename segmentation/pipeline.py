@@ -33,15 +33,25 @@ import dataclasses
 import datetime as dt
 import json
 import time
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from segmentation import PIPELINE_VERSION
+from segmentation import PIPELINE_VERSION, claims
 from segmentation.config import Config
 from segmentation.detections import Detection, DetectionResult, ObjectRef
 from segmentation.backgrounds import OfflineDetectors
-from segmentation.errors import DetectorNotConfiguredError, PermanentError, TransientError, WriteConflictError
+from segmentation.errors import (
+    DetectorNotConfiguredError,
+    InProgressElsewhereError,
+    PermanentError,
+    PipelineError,
+    SuspectError,
+    TransientError,
+    UnexpectedError,
+    WriteConflictError,
+)
 from segmentation.events import skip_reason
 from segmentation.images import LoadedImage, ModelInput, load_image, model_input
 from segmentation.logs import log_event
@@ -54,6 +64,7 @@ from segmentation.storage import GcsStorage, ObjectState
 from segmentation.turns import Turns
 
 GENERATION_KEY = "source-generation"
+SOURCE_KEY = "source-uri"
 # The `detector` of an image the empty-belt gate found empty (no model was called).
 EMPTY_BELT_GATE = "empty-belt-gate"
 # Seconds of transient-error retries left for the writes after the offline fallback answered.
@@ -79,6 +90,10 @@ TURN_PATIENCE_S = 2.0
 # tens of milliseconds, and a turn held through them (and the rows' after them) made every event
 # of a worker wait for the others' (1 s x 16 with 25 / 60 ms round trips: 49 % against 68 %).
 TURN_UPLOAD_WAIT_S = 0.03
+# Seconds a copy of an event waits for the delivery that holds the image's claim to finish
+# before it is handed back to the platform for redelivery, and how often it looks meanwhile.
+DUPLICATE_WAIT_S = 60.0
+DUPLICATE_POLL_S = 0.5
 
 
 class Detector(Protocol):
@@ -141,6 +156,7 @@ class Pipeline:
         detector: Detector,
         offline: OfflineDetectors | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self.config = config
         self.storage = storage
@@ -148,6 +164,7 @@ class Pipeline:
         self.detector = detector
         self.offline = offline
         self._clock = clock
+        self._wall_clock = wall_clock
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload")
         self._turns = Turns(config.output_turns, TURN_PATIENCE_S)
 
@@ -167,32 +184,37 @@ class Pipeline:
             return Outcome("ignored", reason=reason)
 
         names = self._names(ref)
-        done_generation = None if force else _generation_of(self._marker(ref, names, deadline))
-        if done_generation is not None and ref.generation is not None and done_generation >= ref.generation:
-            why = "already processed" if done_generation == ref.generation else f"superseded by generation {done_generation}"
-            log_event("INFO", f"duplicate: {why}", **fields)
-            return Outcome("duplicate", reason=why)
-
         timer = PhaseTimer()
+        owner: str | None = None
         try:
+            done = None if force else self._done_already(ref, names, deadline)
+            if done is not None:
+                log_event("INFO", f"duplicate: {done.reason}", **fields)
+                return done
+            decision = self._own(ref, names, deadline, force=force)
+            if not isinstance(decision, claims.Owned):
+                log_event("INFO", f"{decision.status}: {decision.reason}", **fields)
+                return decision
+            owner = decision.owner
             outcome, image_row = self._run(ref, names, deadline, started, timer)
         except _Superseded:
             log_event("INFO", "superseded while processing: a newer generation owns the outputs; "
                       "results dropped", **fields)
             return Outcome("superseded", reason="a newer generation arrived while processing")
         except PermanentError as exc:
-            outcome = Outcome("failed", reason=f"{exc.error_type}: {exc}")
-            image_row = self._image_row(ref, status="failed", started=started, error=exc)
-            self._insert("images", [image_row], deadline)
-            log_event("ERROR", f"image failed: {exc}", error_type=exc.error_type, **fields)
+            outcome = self._record_failure(ref, exc, started, deadline, fields)
         except TransientError as exc:
-            log_event(
-                "ERROR",
-                f"giving up for now after retries; the event will be redelivered: {exc}",
-                error_type=exc.error_type,
-                **fields,
-            )
-            raise
+            if not self._gives_up(ref, exc):
+                self._give_back(ref, names, owner, exc, fields)
+                raise
+            outcome = self._record_failure(ref, exc, started, deadline, fields, gave_up=True)
+        except Exception as exc:  # noqa: BLE001 - nothing escapes unclassified
+            unexpected = UnexpectedError(f"{type(exc).__name__}: {exc}"[:2000])
+            trace = {"error": str(unexpected), "stack_trace": "".join(traceback.format_exception(exc))[-8000:]}
+            if not self._gives_up(ref, unexpected):
+                self._give_back(ref, names, owner, unexpected, {**fields, **trace})
+                raise unexpected from None
+            outcome = self._record_failure(ref, unexpected, started, deadline, {**fields, **trace}, gave_up=True)
         else:
             log_event(
                 "INFO",
@@ -210,11 +232,97 @@ class Pipeline:
         with timer("marker"):
             try:
                 self._write_marker(ref, names, outcome, deadline)
-            except PermanentError as exc:
-                # The outcome is recorded in its row; redelivering cannot make the marker
-                # writable (e.g. an event for a bucket this function may not write to).
+            except PipelineError as exc:
+                # The outcome is recorded in its row. A permanent failure cannot be mended by a
+                # redelivery (e.g. a bucket this function may not write to); a transient one
+                # leaves a redelivery that finds the rows already there (same row ids).
                 log_event("ERROR", f"completion marker not written: {exc}", error_type=exc.error_type, **fields)
+                if isinstance(exc, TransientError):
+                    self._release(ref, names, owner, fields)
+                    raise
         return dataclasses.replace(outcome, timings_ms=timer.ms)
+
+    def _done_already(self, ref: ObjectRef, names: OutputNames, deadline: float) -> Outcome | None:
+        """The `duplicate` outcome if this generation (or a newer one) is marked complete."""
+        done_generation = _generation_of(self._marker(ref, names, deadline), ref)
+        if done_generation is None or ref.generation is None or done_generation < ref.generation:
+            return None
+        why = "already processed" if done_generation == ref.generation else f"superseded by generation {done_generation}"
+        return Outcome("duplicate", reason=why)
+
+    def _own(self, ref: ObjectRef, names: OutputNames, deadline: float, *, force: bool) -> claims.Owned | Outcome:
+        """Take this generation's claim (`segmentation.claims`), or the outcome of not needing it.
+
+        While another delivery of the same generation holds a live lease, wait for its
+        completion marker (or for the claim to be given back, then take it) for at most
+        DUPLICATE_WAIT_S; past that, `InProgressElsewhereError` lets the platform redeliver
+        this copy, which the marker then answers."""
+        if ref.generation is None:
+            return claims.Owned("")
+        wait_until = min(deadline, self._clock() + DUPLICATE_WAIT_S)
+        lease_s = self.config.claim_lease_s
+        decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s, force=force),
+                              deadline=deadline, what="claim")
+        while isinstance(decision, claims.Busy):
+            if self._clock() + DUPLICATE_POLL_S > wait_until:
+                raise InProgressElsewhereError(
+                    "another delivery of this event holds the image's claim and has not finished; "
+                    "this copy will be redelivered")
+            time.sleep(DUPLICATE_POLL_S)
+            done = self._done_already(ref, names, deadline)
+            if done is not None:
+                return dataclasses.replace(done, reason=f"{done.reason} by another delivery")
+            held = retry_call(lambda: claims.holder(self.storage, ref, names.claim), deadline=deadline,
+                              what="claim read")
+            if held is None:
+                decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s),
+                                      deadline=deadline, what="claim")
+            else:
+                decision = held
+        if isinstance(decision, claims.Newer):
+            return Outcome("superseded", reason=f"generation {decision.generation} has claimed the outputs")
+        return decision
+
+    def _give_back(self, ref: ObjectRef, names: OutputNames, owner: str | None, exc: TransientError,
+                   fields: dict[str, Any]) -> None:
+        """Log a failure the platform will redeliver, and release the claim so the redelivery
+        need not wait for the lease to expire."""
+        if isinstance(exc, InProgressElsewhereError):
+            log_event("WARNING", str(exc), error_type=exc.error_type, **fields)
+            return
+        log_event("ERROR", f"giving up for now after retries; the event will be redelivered: {exc}",
+                  error_type=exc.error_type, **fields)
+        self._release(ref, names, owner, fields)
+
+    def _release(self, ref: ObjectRef, names: OutputNames, owner: str | None, fields: dict[str, Any]) -> None:
+        """Give this delivery's claim back (best effort: else it expires after CLAIM_LEASE_S)."""
+        if owner:
+            try:
+                claims.release(self.storage, ref, names.claim, owner)
+            except PipelineError as release_error:
+                log_event("WARNING", f"claim not released; it expires after CLAIM_LEASE_S: {release_error}",
+                          error_type=release_error.error_type, **fields)
+
+    def _gives_up(self, ref: ObjectRef, exc: TransientError) -> bool:
+        """Whether a transient failure should be recorded as failed instead of redelivered: the
+        platform has been redelivering this generation for GIVE_UP_AFTER_S, or (for a suspect
+        error) this is a redelivery after the first delivery's retry deadline."""
+        if ref.created is None or isinstance(exc, InProgressElsewhereError):
+            return False
+        age = self._wall_clock() - ref.created
+        limit = self.config.retry_deadline_s if isinstance(exc, SuspectError) else self.config.give_up_after_s
+        return age >= limit
+
+    def _record_failure(self, ref: ObjectRef, exc: PipelineError, started: float, deadline: float,
+                        fields: dict[str, Any], *, gave_up: bool = False) -> Outcome:
+        """Write the `failed` image row of `exc` and log it; the marker follows in `process`."""
+        image_row = self._image_row(ref, status="failed", started=started, error=exc)
+        # A row after giving up gets its own write budget: the failure may have used the deadline.
+        self._insert("images", [image_row], max(deadline, self._clock() + FALLBACK_WRITE_BUDGET_S))
+        message = (f"image failed: still failing on a redelivery, not retried again: {exc}" if gave_up
+                   else f"image failed: {exc}")
+        log_event("ERROR", message, error_type=exc.error_type, **fields)
+        return Outcome("failed", reason=f"{exc.error_type}: {exc}")
 
     def _run(
         self, ref: ObjectRef, names: OutputNames, deadline: float, started: float, timer: PhaseTimer
@@ -261,7 +369,7 @@ class Pipeline:
             with _settled_on_error(overview):
                 crops = [(names.crop(index), crop_jpeg(image, detection))
                          for index, detection in enumerate(detections, start=1)]
-        metadata = {GENERATION_KEY: str(ref.generation or ""), "source-uri": ref.uri}
+        metadata = {GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri}
 
         def write(output: tuple[str, bytes]) -> str | None:
             return self._write_unless_newer(ref, output[0], output[1], content_type="image/jpeg", metadata=metadata,
@@ -361,7 +469,7 @@ class Pipeline:
             except WriteConflictError:
                 # There is one (a redelivery's, an older or a newer generation's): decide on it.
                 current = self._state(ref.bucket, name, deadline)
-                owner = _generation_of(current.metadata if current else None)
+                owner = _generation_of(current.metadata if current else None, ref)
                 if owner is not None and owner > ref.generation:
                     return None
                 expected = current.generation if current else 0
@@ -378,7 +486,7 @@ class Pipeline:
         current = self._state(ref.bucket, name, deadline)
         if current is None:
             return
-        owner = _generation_of(current.metadata)
+        owner = _generation_of(current.metadata, ref)
         if older_too:
             if ref.generation is not None and owner is not None and owner > ref.generation:
                 return
@@ -436,7 +544,7 @@ class Pipeline:
         summary = {"source_uri": ref.uri, "generation": ref.generation, "status": outcome.status,
                    "objects_found": outcome.objects_found, "reason": outcome.reason}
         data = json.dumps(summary).encode()
-        metadata = {GENERATION_KEY: str(ref.generation), "status": outcome.status,
+        metadata = {GENERATION_KEY: str(ref.generation), SOURCE_KEY: ref.uri, "status": outcome.status,
                     "detector": outcome.detector or "", "fallback": str(outcome.fallback).lower()}
         # None: a newer generation finished first, and its marker stays.
         self._write_unless_newer(ref, names.marker, data, content_type="application/json", metadata=metadata,
@@ -496,7 +604,7 @@ class Pipeline:
         objects_found: int = 0,
         overview_uri: str | None = None,
         size: tuple[int, int] | None = None,
-        error: PermanentError | None = None,
+        error: PipelineError | None = None,
     ) -> dict[str, Any]:
         error_type = error.error_type if error else ("truncated_answer" if status == "partial" else None)
         common = self._common(ref, result)
@@ -575,8 +683,13 @@ class _Superseded(Exception):
     """A newer generation of the object became live while this one was being processed."""
 
 
-def _generation_of(marker: dict[str, str] | None) -> int | None:
+def _generation_of(metadata: dict[str, str] | None, ref: ObjectRef) -> int | None:
+    """The source generation an output or marker of `ref`'s names was written for; None when
+    there is none, or it was written for another source object (generations of different
+    objects are not comparable)."""
+    if not metadata or metadata.get(SOURCE_KEY, ref.uri) != ref.uri:
+        return None
     try:
-        return int(marker[GENERATION_KEY]) if marker else None
+        return int(metadata[GENERATION_KEY])
     except (KeyError, ValueError):
         return None

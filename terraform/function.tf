@@ -31,6 +31,8 @@ locals {
     MAX_IMAGE_BYTES           = tostring(var.max_image_bytes)
     MAX_IMAGE_PIXELS          = tostring(var.max_image_pixels)
     RETRY_DEADLINE_S          = tostring(var.retry_deadline_s)
+    GIVE_UP_AFTER_S           = tostring(var.give_up_after_s)
+    CLAIM_LEASE_S             = tostring(var.function_timeout_seconds)
     BQ_OBJECTS_TABLE          = local.objects_table_id
     BQ_IMAGES_TABLE           = local.images_table_id
     LOG_LEVEL                 = upper(var.log_level)

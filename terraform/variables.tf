@@ -471,6 +471,16 @@ variable "max_image_pixels" {
   }
 }
 
+variable "give_up_after_s" {
+  description = "GIVE_UP_AFTER_S: an image whose errors are still transient on a delivery this many seconds after its upload gets a failed row instead of another redelivery. Below Eventarc's 24-hour retry window."
+  type        = number
+  default     = 82800
+  validation {
+    condition     = var.give_up_after_s >= 600 && var.give_up_after_s < 86400
+    error_message = "give_up_after_s must be from 600 to less than 86400 seconds (Eventarc stops redelivering after 24 hours)."
+  }
+}
+
 variable "retry_deadline_s" {
   description = "RETRY_DEADLINE_S: transient errors are retried until this many seconds after the event arrived, then the event is redelivered. At least 60 s below function_timeout_seconds."
   type        = number

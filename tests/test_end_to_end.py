@@ -54,9 +54,9 @@ def test_an_image_in_raw_gives_crops_overview_and_rows(stack, mode):
     assert response.status_code == 200, response.text
     boxes = expected_boxes(1)
     crops = stack.names("processed/")
-    assert crops == [f"processed/cam1/cupcakes-output-{i:04d}.jpg" for i in range(1, len(boxes) + 1)]
-    assert stack.names("processed-overview/") == ["processed-overview/cam1/processed_cupcakes.jpg"]
-    overview = Image.open(io.BytesIO(stack.bucket.blob("processed-overview/cam1/processed_cupcakes.jpg")
+    assert crops == [f"processed/cam1/cupcakes.png-output-{i:04d}.jpg" for i in range(1, len(boxes) + 1)]
+    assert stack.names("processed-overview/") == ["processed-overview/cam1/processed_cupcakes.png.jpg"]
+    overview = Image.open(io.BytesIO(stack.bucket.blob("processed-overview/cam1/processed_cupcakes.png.jpg")
                                      .download_as_bytes()))
     assert overview.size == (620, 620)
 
@@ -67,7 +67,7 @@ def test_an_image_in_raw_gives_crops_overview_and_rows(stack, mode):
         crop = Image.open(io.BytesIO(stack.bucket.blob(crop_name).download_as_bytes()))
         assert crop.size == (row["box_x_max"] - row["box_x_min"], row["box_y_max"] - row["box_y_min"])
         assert row["source_generation"] == blob.generation
-        assert row["overview_uri"] == f"gs://{BUCKET}/processed-overview/cam1/processed_cupcakes.jpg"
+        assert row["overview_uri"] == f"gs://{BUCKET}/processed-overview/cam1/processed_cupcakes.png.jpg"
         assert row["detector"] == "gemini" and row["prompt"] == "Detect bags and luggage only."
         assert row["total_tokens"] > 0
     assert objects[0]["label"] == "red sprinkles"
@@ -195,15 +195,15 @@ def test_the_crops_go_up_while_the_overview_is_still_being_drawn(stack, monkeypa
     (row,) = stack.rows("images")
     assert row["status"] == "ok" and row["objects_found"] == len(expected_boxes(1))
     assert len(stack.names("processed/")) == len(expected_boxes(1))
-    assert stack.names("processed-overview/") == ["processed-overview/processed_cupcakes.jpg"]
+    assert stack.names("processed-overview/") == ["processed-overview/processed_cupcakes.png.jpg"]
 
 
 def test_a_marker_never_goes_backwards_when_two_generations_finish_together(stack, monkeypatch):
-    """The older generation's event reads the completion marker (none yet) and, before it writes
-    its own, the newer generation's event finishes and writes the newer marker. The older write
-    is conditional on there being no marker, so it is refused; looking at what is there, it
-    leaves the newer marker alone. (A plain read-then-write put the older generation back in the
-    marker, and the next redelivery of the newer one processed it again.)"""
+    """The older generation's event finds no marker, claims the work and, before it writes its
+    own marker, the newer generation's event takes the claim over, finishes and writes the newer
+    marker. The older write is conditional on there being no marker, so it is refused; looking at
+    what is there, it leaves the newer marker alone. (A plain read-then-write put the older
+    generation back in the marker, and the next redelivery of the newer one processed it again.)"""
     import threading
 
     from segmentation.function import default_pipeline
@@ -212,17 +212,16 @@ def test_a_marker_never_goes_backwards_when_two_generations_finish_together(stac
     old = stack.upload("raw/cupcakes.png", cupcakes())
     new = stack.upload("raw/cupcakes.png", cupcakes())  # the old generation is gone: a failed row
     storage = default_pipeline().storage
-    real_state = storage.object_state
+    real_read = storage.read
     first_read = threading.Lock()
 
-    def newer_finishes_after_the_first_marker_read(bucket, name):
-        state = real_state(bucket, name)
-        if name.startswith("processed-markers/") and first_read.acquire(blocking=False):
-            # the older event found no marker: let the newer one finish before it writes its own
+    def newer_finishes_before_the_older_reads(ref, **kwargs):
+        if first_read.acquire(blocking=False):
+            # the older event found no marker and holds the claim: let the newer one finish first
             assert stack.deliver(stack.event_for(new)).status_code == 200
-        return state
+        return real_read(ref, **kwargs)
 
-    monkeypatch.setattr(storage, "object_state", newer_finishes_after_the_first_marker_read)
+    monkeypatch.setattr(storage, "read", newer_finishes_before_the_older_reads)
     assert stack.deliver(stack.event_for(old)).status_code == 200
 
     marker = stack.bucket.get_blob("processed-markers/cupcakes.png.json")
@@ -298,8 +297,8 @@ def test_an_older_generation_superseded_during_its_writes_takes_them_back(stack,
 @pytest.mark.parametrize(
     "name, content_type, data",
     [
-        ("processed/cupcakes-output-0001.jpg", "image/jpeg", b"jpeg"),
-        ("processed-overview/processed_cupcakes.jpg", "image/jpeg", b"jpeg"),
+        ("processed/cupcakes.png-output-0001.jpg", "image/jpeg", b"jpeg"),
+        ("processed-overview/processed_cupcakes.png.jpg", "image/jpeg", b"jpeg"),
         ("raw/cam1/", "text/plain", b""),
         ("raw/empty.jpg", "image/jpeg", b""),
         ("raw/notes.txt", "text/plain", b"hello"),
@@ -394,7 +393,7 @@ def test_an_empty_answer_gives_an_empty_image_row_and_an_overview(stack):
 
     (row,) = stack.rows("images")
     assert (row["status"], row["objects_found"]) == ("empty", 0)
-    assert stack.names("processed-overview/") == ["processed-overview/processed_cupcakes.jpg"]
+    assert stack.names("processed-overview/") == ["processed-overview/processed_cupcakes.png.jpg"]
 
 
 def test_an_answer_cut_at_the_token_limit_keeps_complete_objects_and_is_partial(stack):
@@ -509,7 +508,7 @@ def test_the_empty_belt_gate_skips_the_model_call(stack):
     (image_row,) = stack.rows("images")
     assert (image_row["status"], image_row["detector"], image_row["objects_found"]) == ("empty", "empty-belt-gate", 0)
     assert stack.gemini.requests == []
-    assert stack.names("processed-overview/") == ["processed-overview/cam1/processed_empty.jpg"]
+    assert stack.names("processed-overview/") == ["processed-overview/cam1/processed_empty.jpg.jpg"]
 
 
 def test_rows_stream_to_bigquery_through_the_real_client(stack, monkeypatch):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import posixpath
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -90,12 +89,13 @@ WARNING = Expect(log="warning")
 
 
 def layout(relative: str, crops: int = 4) -> frozenset[str]:
-    """What the README's output table says `raw/<relative>` gives: crops, overview, marker."""
+    """What the README's output table says `raw/<relative>` gives: crops, overview, marker, claim."""
     stem = relative
     head, _, tail = stem.rpartition("/")
     overview = f"processed-overview/{head + '/' if head else ''}processed_{tail}.jpg"
     return frozenset({*(f"processed/{stem}-output-{n:04d}.jpg" for n in range(1, crops + 1)),
-                      overview, f"processed-markers/{relative}.json"})
+                      overview, f"processed-markers/{relative}.json",
+                      f"processed-markers/{relative}.claim"})
 
 
 # --- cases -----------------------------------------------------------------------------------

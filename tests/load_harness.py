@@ -537,6 +537,10 @@ def marker_name(name: str) -> str:
     return f"processed-markers/{name.removeprefix('raw/')}.json"
 
 
+def claim_name(name: str) -> str:
+    return f"processed-markers/{name.removeprefix('raw/')}.claim"
+
+
 @dataclass
 class EndState:
     listing: dict[str, tuple[int, dict[str, str]]]
@@ -568,8 +572,8 @@ def check_end_state(
 ) -> list[str]:
     """Every difference between the bucket and rows and `expected` (one per live image).
 
-    Bucket: exactly the raw images, and for each image its crops 1..n, its overview and its
-    marker, each output stamped with the expected generation; nothing else. Rows: for the
+    Bucket: exactly the raw images, and for each image its crops 1..n, its overview, its
+    marker and its claim, each output stamped with the expected generation; nothing else. Rows: for the
     expected generation exactly one image row (with `history`: the newest one counts and older
     ones may exist) with the right status, detector and count, and exactly one object row per
     object with the right index, label, pixel box and crop URI; crops of every
@@ -593,6 +597,7 @@ def check_end_state(
             wanted[crop_name(e.name, index)] = e.generation
         wanted[overview_name(e.name)] = e.generation
         wanted[marker_name(e.name)] = e.generation
+        wanted[claim_name(e.name)] = e.generation  # the claim of the delivery that did the work
     live = state.listing
     for name in sorted(set(live) - set(wanted)):
         problems.append(f"unexpected object {name} (source-generation {live[name][1].get('source-generation')})")

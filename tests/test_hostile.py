@@ -216,10 +216,11 @@ def assert_outcome(run: Run, seen: Observed, expect: Expect, *, name: str, gener
     assert image["source_name"] == name and image["source_bucket"] == BUCKET
     assert generation is None or image["source_generation"] == generation
     markers = {written for written in seen.written if written.startswith("processed-markers/")}
-    assert len(markers) == 1, "one completion marker"
+    assert {posixpath.splitext(m)[1] for m in markers} == {".json", ".claim"} and len(markers) == 2, \
+        "one completion marker and one claim"
     if expect.status == "failed":
         assert image["error_message"] and seen.objects == [] and image["objects_found"] == 0
-        assert seen.written == markers, "a failed image writes only its marker"
+        assert seen.written == markers, "a failed image writes only its marker and its claim"
         assert [(e["severity"], e["error_type"], e["object"]) for e in seen.lines("image failed")] == [
             ("ERROR", expect.error_type, name)]
         if expect.error_type in ("image_decode_error", "image_too_large"):

@@ -403,7 +403,8 @@ def test_a_worker_killed_mid_image_is_redelivered_to_the_exact_end_state(tmp_pat
     """For a few images the model holds its first answer 4 s; meanwhile the gunicorn worker
     process waiting for it is found (by its TCP connection to the model) and SIGKILLed, taking
     that worker's other in-flight requests with it at whatever step they were. The platform
-    got no answer for those events and redelivers them."""
+    got no answer for those events and redelivers them; the redelivery takes over the killed
+    delivery's claim when its lease (the function timeout in production, 6 s here) expires."""
     names = image_names(N)
     ids = sorted(names.values())
     count = max(2, len(ids) // 100)  # 5 at the default 500; still two when LOAD_TEST_IMAGES is small
@@ -426,7 +427,8 @@ def test_a_worker_killed_mid_image_is_redelivered_to_the_exact_end_state(tmp_pat
 
     port = free_port()
     with LoadGemini(port=port, before_answer=before_answer) as gemini, \
-            load_stack(tmp_path, monkeypatch, gemini_port=port, eventarc={"max_attempts": 8}) as stack:
+            load_stack(tmp_path, monkeypatch, gemini_port=port, eventarc={"max_attempts": 8},
+                       env={"CLAIM_LEASE_S": "6"}) as stack:
         holder["stack"] = stack
         started = time.monotonic()
         stack.wait_for_workers(3)

@@ -48,6 +48,19 @@ resource "google_storage_bucket" "images" {
     }
   }
 
+  # A delivery's claim on an image (processed-markers/<name>.claim) matters only while Eventarc
+  # may still redeliver the event (24 hours).
+  lifecycle_rule {
+    condition {
+      age            = 2
+      matches_prefix = [var.markers_prefix]
+      matches_suffix = [".claim"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   # With versioning: noncurrent versions go after a while.
   dynamic "lifecycle_rule" {
     for_each = var.bucket_versioning && var.noncurrent_version_retention_days > 0 ? [var.noncurrent_version_retention_days] : []

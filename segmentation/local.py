@@ -16,7 +16,7 @@ Gemini needs credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); wit
 the offline detector processes each image (OFFLINE_FALLBACK, on by default).
 
 This module is for developers' machines only; the deployed function never imports it.
-Objects live in the storage process's memory: they are gone after `up` stops (the rows stay).
+Objects persist under `--data-dir`/gcs/ (each live object's bytes as a file named like it).
 """
 
 from __future__ import annotations
@@ -218,7 +218,8 @@ class LocalStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.external_storage:
             self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "segmentation.local_storage", "--port", str(self.storage_port)],
+                [sys.executable, "-m", "segmentation.local_storage", "--port", str(self.storage_port),
+                 "--data-dir", str(self.data_dir / "gcs")],
                 cwd=ROOT, stdout=subprocess.DEVNULL,
             ))
         wait_for_http(self.storage_url + "/storage/v1/b")

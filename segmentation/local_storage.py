@@ -51,8 +51,9 @@ answered, as a network round trip to Cloud Storage would (the benchmark's produc
 
     with running_gcs_server() as server:         # in-process; server.url is the base URL
         server.create_bucket("b")
-    python -m segmentation.local_storage --port 9023 --bucket b [--versioning]
-                                                  # a process of its own ("READY <url>" on stdout)
+    python -m segmentation.local_storage --port 9023 --bucket b [--versioning] [--data-dir DIR]
+                                                  # a process of its own ("READY <url>" on stdout);
+                                                  # --data-dir: objects kept across restarts (`Store`)
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator, NoReturn
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -107,10 +109,16 @@ class _Upload:
 
 class Store:
     """Buckets, their live objects, noncurrent generations (versioned buckets) and the write
-    log, in memory; every method is safe from several threads."""
+    log, in memory; every method is safe from several threads.
 
-    def __init__(self) -> None:
+    With `persist_dir`, buckets and live objects also survive a restart: each live object's bytes
+    are a file at `persist_dir/BUCKET/NAME` (where a person can open it; a name that cannot be a
+    path there goes under `BUCKET/.by-hash/`), and an append-only journal records their
+    metadata. Noncurrent versions and the write log start empty after a restart."""
+
+    def __init__(self, persist_dir: Path | None = None) -> None:
         self._lock = threading.Lock()
+        self._persist = Path(persist_dir) if persist_dir else None
         self.buckets: dict[str, dict[str, Any]] = {}
         self.objects: dict[str, dict[str, StoredObject]] = {}
         # bucket -> name -> generation -> object, for versioned buckets only.
@@ -118,6 +126,8 @@ class Store:
         self.uploads: dict[str, _Upload] = {}
         self.events: list[dict[str, Any]] = []  # every finalized generation's resource, in order
         self._last_generation = 0
+        if self._persist:
+            self._load()
 
     def _now(self) -> str:
         return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -134,6 +144,7 @@ class Store:
                                   "versioning": {"enabled": bool(versioning)}}
             self.objects[name] = {}
             self.noncurrent[name] = {}
+            self._journal({"op": "bucket", "resource": self.buckets[name]})
             return self.buckets[name]
 
     def bucket(self, name: str) -> dict[str, Any]:
@@ -202,6 +213,7 @@ class Store:
             if previous is not None:
                 self._retire(bucket, previous)
             self.objects[bucket][name] = StoredObject(resource, bytes(data))
+            self._save(bucket, name, resource, data)
             self.events.append(dict(resource, seq=len(self.events) + 1))
             return resource
 
@@ -212,6 +224,7 @@ class Store:
             if stored is live:
                 _check_preconditions(stored, preconditions)
                 del self.objects[bucket][name]
+                self._unsave(bucket, name)
                 if generation is None:  # a versioned bucket keeps it; naming the generation removes it
                     self._retire(bucket, stored)
             else:
@@ -241,6 +254,77 @@ class Store:
                     items.append(self.objects[bucket][name].resource)
                 last = name
             return items, sorted(prefixes), None
+
+    # --- persistence (local runs only) -----------------------------------------------------------
+
+    def _file(self, bucket: str, name: str) -> Path:
+        """Where a live object's bytes are kept: its name as a path, unless that could leave the
+        bucket's folder or is not a plain relative path."""
+        assert self._persist is not None
+        parts = name.split("/")
+        if all(part not in ("", ".", "..") and "\0" not in part and not part.startswith(".by-hash")
+               for part in parts) and len(name.encode("utf-8", "surrogatepass")) < 1024:
+            return self._persist / bucket / Path(*parts)
+        return self._hashed_file(bucket, name)
+
+    def _hashed_file(self, bucket: str, name: str) -> Path:
+        assert self._persist is not None
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._persist / bucket / ".by-hash" / digest
+
+    def _journal(self, entry: dict[str, Any]) -> None:
+        if self._persist:
+            self._persist.mkdir(parents=True, exist_ok=True)
+            with open(self._persist / "journal.jsonl", "a", encoding="utf-8") as journal:
+                journal.write(json.dumps(entry) + "\n")
+
+    def _save(self, bucket: str, name: str, resource: dict[str, Any], data: bytes) -> None:
+        if not self._persist:
+            return
+        for path in (self._file(bucket, name), self._hashed_file(bucket, name)):
+            try:  # a name can clash with a folder of another ("a" and "a/b"): then by hash
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(path.name + ".partial")
+                partial.write_bytes(data)
+                partial.replace(path)
+                break
+            except OSError:
+                continue
+        self._journal({"op": "put", "resource": resource, "file": str(path.relative_to(self._persist))})
+
+    def _unsave(self, bucket: str, name: str) -> None:
+        if self._persist:
+            self._journal({"op": "delete", "bucket": bucket, "name": name})
+
+    def _load(self) -> None:
+        """Rebuild buckets and live objects from the journal and the files it names."""
+        assert self._persist is not None
+        journal = self._persist / "journal.jsonl"
+        if not journal.exists():
+            return
+        files: dict[tuple[str, str], str] = {}
+        for line in journal.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if entry["op"] == "bucket":
+                self.buckets[entry["resource"]["name"]] = entry["resource"]
+                self.objects.setdefault(entry["resource"]["name"], {})
+                self.noncurrent.setdefault(entry["resource"]["name"], {})
+            elif entry["op"] == "put":
+                resource = entry["resource"]
+                files[(resource["bucket"], resource["name"])] = entry["file"]
+                self.objects[resource["bucket"]][resource["name"]] = StoredObject(resource, b"")
+                self._last_generation = max(self._last_generation, int(resource["generation"]))
+            elif entry["op"] == "delete":
+                self.objects[entry["bucket"]].pop(entry["name"], None)
+        for bucket, objects in self.objects.items():
+            for name, stored in list(objects.items()):
+                try:
+                    stored.data = (self._persist / files[(bucket, name)]).read_bytes()
+                except OSError:
+                    del objects[name]  # its file is gone: so is the object
 
     def object_count(self) -> int:
         with self._lock:
@@ -490,9 +574,9 @@ class GcsServer(ThreadingHTTPServer):
     request_queue_size = 1024  # dozens of clients connect at once; http.server's 5 drops SYNs
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int]):
+    def __init__(self, address: tuple[str, int], persist_dir: Path | None = None):
         super().__init__(address, _Handler)
-        self.store = Store()
+        self.store = Store(persist_dir)
         self.uploads: dict[str, _Upload] = {}
         self.uploads_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -534,10 +618,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--bucket", action="append", default=[], help="create this bucket (repeatable)")
     parser.add_argument("--versioning", action="store_true", help="with object versioning (as prod.tfvars has)")
+    parser.add_argument("--data-dir", type=Path, help="keep buckets and live objects here across restarts")
     args = parser.parse_args(argv)
-    server = GcsServer(("127.0.0.1", args.port))
+    server = GcsServer(("127.0.0.1", args.port), args.data_dir)
     for bucket in args.bucket:
-        server.create_bucket(bucket, versioning=args.versioning)
+        if bucket not in server.store.buckets:
+            server.create_bucket(bucket, versioning=args.versioning)
     serve_until_sigterm(server)
 
 

@@ -204,3 +204,31 @@ def test_generations_and_preconditions_behave_like_cloud_storage(tmp_path, versi
                 replaced.download_as_bytes()
             assert bucket.get_blob(NAME, generation=old) is None
         assert [b.generation for b in bucket.list_blobs(prefix="raw/")] == [new]
+
+
+def test_objects_persist_under_the_data_dir_across_restarts(tmp_path):
+    names = {NAME: b"camera bytes", "raw/../escape.jpg": b"odd name", "raw/a": b"file", "raw/a/b": b"under a"}
+    with FakeGeminiServer() as gemini:
+        with stack_for(tmp_path, gemini, bridge=False) as stack:
+            bucket = local.storage_client(stack.storage_url).bucket(BUCKET)
+            generations = {}
+            for name, data in names.items():
+                blob = bucket.blob(name)
+                blob.upload_from_string(data, content_type="image/jpeg")
+                generations[name] = blob.generation
+            bucket.blob("raw/gone.jpg").upload_from_string(b"deleted", content_type="image/jpeg")
+            bucket.delete_blob("raw/gone.jpg")
+        # A person finds the bytes under the object's own name; no name escapes the bucket's folder.
+        assert (tmp_path / "gcs" / BUCKET / NAME).read_bytes() == b"camera bytes"
+        assert not (tmp_path / "gcs" / "escape.jpg").exists() and not (tmp_path / "gcs" / BUCKET / "escape.jpg").exists()
+
+        with stack_for(tmp_path, gemini, bridge=False) as stack:
+            bucket = local.storage_client(stack.storage_url).bucket(BUCKET)
+            after = {blob.name: blob.generation for blob in bucket.list_blobs()}
+            contents = {name: bucket.blob(name, generation=generations[name]).download_as_bytes() for name in names}
+            blob = bucket.blob("raw/new.jpg")
+            blob.upload_from_string(b"new", content_type="image/jpeg")
+
+    assert after == generations
+    assert contents == names
+    assert blob.generation > max(generations.values())  # generations keep increasing after a restart

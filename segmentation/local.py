@@ -7,7 +7,7 @@ and a bridge that delivers object-finalize CloudEvents as Eventarc would.
     python -m segmentation.local rows               # print the rows in the local SQLite sink
 
 The storage code path is the production one: google-cloud-storage follows
-STORAGE_EMULATOR_HOST to `segmentation.local_storage`, an in-memory server with Cloud Storage's
+STORAGE_EMULATOR_HOST to `segmentation.local_storage`, a stand-in with Cloud Storage's
 semantics (exact generations, preconditions answering 412, object versioning as prod.tfvars
 sets it), run as a process of its own. The bridge follows that server's write log, so every
 generation is delivered, even one overwritten a moment after its upload (as Eventarc does).
@@ -183,10 +183,11 @@ class LocalStack:
         `segmentation.local_storage` (`storage_port` is then unused; the bridge needs that
         server's write log). `versioning`: the bucket keeps overwritten generations readable,
         as the prod bucket does (prod.tfvars); False is dev.tfvars' setting, where a replaced
-        generation answers 404. `bridge=False`: deliver no events (the caller posts them itself). `function_log`: functions-framework's output goes to
-        that file. The function's workers and threads follow WORKERS and THREADS in `extra_env`
-        (functions-framework's gunicorn settings). `source` / `target`: another function to serve
-        (the benchmarks' floors), by default the real one."""
+        generation answers 404. `bridge=False`: deliver no events (the caller posts them itself).
+        `function_log`: functions-framework's output goes to that file. The function's workers
+        and threads follow WORKERS and THREADS in `extra_env` (functions-framework's gunicorn
+        settings). `source` / `target`: another function to serve (the benchmarks' floors), by
+        default the real one."""
         self.bucket = bucket
         self.external_storage = storage_url is not None
         self.storage_url = storage_url.rstrip("/") if storage_url else f"http://127.0.0.1:{storage_port}"

@@ -1,4 +1,4 @@
-"""Local emulation: the real function under functions-framework, a Cloud Storage emulator,
+"""Local emulation: the real function under functions-framework, a Cloud Storage stand-in,
 and a bridge that delivers object-finalize CloudEvents as Eventarc would.
 
     python -m segmentation.local up                 # emulator + function + bridge, until Ctrl-C
@@ -7,12 +7,16 @@ and a bridge that delivers object-finalize CloudEvents as Eventarc would.
     python -m segmentation.local rows               # print the rows in the local SQLite sink
 
 The storage code path is the production one: google-cloud-storage follows
-STORAGE_EMULATOR_HOST to gcp-storage-emulator. Rows go to SQLITE_PATH (no BigQuery here).
+STORAGE_EMULATOR_HOST to `segmentation.local_storage`, a stand-in with Cloud Storage's
+semantics (exact generations, preconditions answering 412, object versioning as prod.tfvars
+sets it), run as a process of its own. The bridge follows that server's write log, so every
+generation is delivered, even one overwritten a moment after its upload (as Eventarc does).
+Rows go to SQLITE_PATH (no BigQuery here).
 Gemini needs credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); without them
 the offline detector processes each image (OFFLINE_FALLBACK, on by default).
 
-This module is for developers' machines only; the deployed function never imports it, and
-gcp-storage-emulator is a development dependency (requirements-dev.txt).
+This module is for developers' machines only; the deployed function never imports it.
+Objects persist under `--data-dir`/gcs/ (each live object's bytes as a file named like it).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Iterable, Sequence
 
 from segmentation.config import Config
 from segmentation.events import FINALIZED, IMAGE_EXTENSIONS
+from segmentation.local_storage import EVENTS_PATH
 from segmentation.sink import SqliteSink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,18 +105,22 @@ def finalize_event(bucket: str, data: dict) -> tuple[dict[str, str], bytes]:
 
 
 class EventBridge:
-    """Polls the emulated bucket and posts one finalize event per new (name, generation).
+    """Follows the storage stand-in's write log (`GET /__events`) and posts one finalize event
+    per new object generation in `bucket` under `prefix`, in the order they were written.
 
-    Like Eventarc with retry enabled, a delivery that fails (non-2xx or no answer) is
-    redelivered with backoff, up to `max_attempts` times.
+    Every generation is delivered, also one overwritten before the next poll, as Eventarc
+    delivers each finalize. Like Eventarc with retry enabled, a delivery that fails (non-2xx or
+    no answer) is redelivered with backoff, up to `max_attempts` times; deliveries run side by
+    side, so (as with Eventarc) their order of arrival is not guaranteed.
     """
 
-    def __init__(self, client, bucket: str, prefix: str, function_url: str, *,
+    def __init__(self, storage_url: str, bucket: str, prefix: str, function_url: str, *,
                  interval: float = 0.3, max_attempts: int = 5):
-        self.client, self.bucket, self.prefix = client, bucket, prefix
+        self.storage_url = storage_url.rstrip("/")
+        self.bucket, self.prefix = bucket, prefix
         self.function_url = function_url
         self.interval, self.max_attempts = interval, max_attempts
-        self.seen: set[tuple[str, int]] = set()
+        self.after = 0  # the write log's sequence number followed so far
         self.delivered: dict[tuple[str, int], int] = {}
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eventarc")
@@ -126,21 +135,28 @@ class EventBridge:
         self._thread.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=False)
 
+    def poll(self) -> list[dict]:
+        """The finalize events written since the last poll that this bridge delivers."""
+        url = f"{self.storage_url}{EVENTS_PATH}?after={self.after}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            page = json.load(response)
+        self.after = page["next"]
+        return [event for event in page["events"]
+                if event["bucket"] == self.bucket and event["name"].startswith(self.prefix)]
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                for blob in self.client.list_blobs(self.bucket, prefix=self.prefix):
-                    key = (blob.name, int(blob.generation))
-                    if key not in self.seen:
-                        self.seen.add(key)
-                        self._pool.submit(self._deliver, blob)
-            except Exception as exc:  # the emulator may be restarting; keep polling
-                print(f"bridge: listing failed: {exc}", file=sys.stderr)
+                for event in self.poll():
+                    self._pool.submit(self.deliver, {k: v for k, v in event.items() if k != "seq"})
+            except Exception as exc:  # the storage server may be restarting; keep polling
+                print(f"bridge: reading the write log failed: {exc}", file=sys.stderr)
             self._stop.wait(self.interval)
 
-    def _deliver(self, blob) -> None:
-        headers, body = cloud_event_for(self.bucket, blob)
-        key = (blob.name, int(blob.generation))
+    def deliver(self, data: dict) -> None:
+        """POST the finalize event for the object resource `data`, redelivering on failure."""
+        headers, body = finalize_event(self.bucket, data)
+        key = (data["name"], int(data["generation"]))
         for attempt in range(1, self.max_attempts + 1):
             request = urllib.request.Request(self.function_url, data=body, headers=headers, method="POST")
             try:
@@ -149,7 +165,8 @@ class EventBridge:
                     return
             except (urllib.error.URLError, OSError) as exc:
                 status = getattr(exc, "code", None)
-                print(f"bridge: delivery of {blob.name} failed ({status or exc}); attempt {attempt}", file=sys.stderr)
+                print(f"bridge: delivery of {data['name']} failed ({status or exc}); attempt {attempt}",
+                      file=sys.stderr)
                 self._stop.wait(min(30.0, 0.5 * 2**attempt))
         self.delivered[key] = -1
 
@@ -160,13 +177,17 @@ class LocalStack:
     def __init__(self, *, bucket: str, storage_port: int, function_port: int, data_dir: Path,
                  extra_env: dict[str, str] | None = None, storage_url: str | None = None,
                  bridge: bool = True, function_log: Path | None = None,
-                 source: Path = ROOT / "main.py", target: str = "on_object_finalized"):
-        """`storage_url`: use an emulator that is already running there instead of starting
-        gcp-storage-emulator (`storage_port` is then unused). `bridge=False`: deliver no events
-        (the caller posts them itself). `function_log`: functions-framework's output goes to
-        that file. The function's workers and threads follow WORKERS and THREADS in `extra_env`
-        (functions-framework's gunicorn settings). `source` / `target`: another function to serve
-        (the benchmarks' floors), by default the real one."""
+                 source: Path = ROOT / "main.py", target: str = "on_object_finalized",
+                 versioning: bool = True):
+        """`storage_url`: use a storage server that is already running there instead of starting
+        `segmentation.local_storage` (`storage_port` is then unused; the bridge needs that
+        server's write log). `versioning`: the bucket keeps overwritten generations readable,
+        as the prod bucket does (prod.tfvars); False is dev.tfvars' setting, where a replaced
+        generation answers 404. `bridge=False`: deliver no events (the caller posts them itself).
+        `function_log`: functions-framework's output goes to that file. The function's workers
+        and threads follow WORKERS and THREADS in `extra_env` (functions-framework's gunicorn
+        settings). `source` / `target`: another function to serve (the benchmarks' floors), by
+        default the real one."""
         self.bucket = bucket
         self.external_storage = storage_url is not None
         self.storage_url = storage_url.rstrip("/") if storage_url else f"http://127.0.0.1:{storage_port}"
@@ -177,6 +198,7 @@ class LocalStack:
         self.use_bridge = bridge
         self.function_log = function_log
         self.source, self.target = source, target
+        self.versioning = versioning
         self.processes: list[subprocess.Popen] = []
         self.function_process: subprocess.Popen | None = None
         self.bridge: EventBridge | None = None
@@ -196,16 +218,17 @@ class LocalStack:
             _require_free_port(port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.external_storage:
-            emulator_env = dict(os.environ, STORAGE_BASE=str(self.data_dir), STORAGE_DIR="gcs")
             self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                 "--port", str(self.storage_port), "--quiet"],
-                env=emulator_env,
+                [sys.executable, "-m", "segmentation.local_storage", "--port", str(self.storage_port),
+                 "--data-dir", str(self.data_dir / "gcs")],
+                cwd=ROOT, stdout=subprocess.DEVNULL,
             ))
         wait_for_http(self.storage_url + "/storage/v1/b")
         client = storage_client(self.storage_url)
         if client.lookup_bucket(self.bucket) is None:
-            client.create_bucket(self.bucket)
+            bucket = client.bucket(self.bucket)
+            bucket.versioning_enabled = self.versioning
+            client.create_bucket(bucket)
         log = open(self.function_log, "ab") if self.function_log else None  # noqa: SIM115 - closed below
         try:
             self.function_process = subprocess.Popen(
@@ -221,7 +244,7 @@ class LocalStack:
         wait_for_http(self.function_url)
         if self.use_bridge:
             config = Config.from_env(self.function_env())
-            self.bridge = EventBridge(client, self.bucket, config.source_prefix, self.function_url).start()
+            self.bridge = EventBridge(self.storage_url, self.bucket, config.source_prefix, self.function_url).start()
         return self
 
     def stop(self) -> None:
@@ -326,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--storage-port", type=int, default=DEFAULT_STORAGE_PORT)
     up.add_argument("--function-port", type=int, default=DEFAULT_FUNCTION_PORT)
     up.add_argument("--data-dir", type=Path, default=ROOT / "local-data")
+    up.add_argument("--no-versioning", dest="versioning", action="store_false",
+                    help="a bucket without object versioning (dev.tfvars): a replaced generation answers 404")
     up.add_argument("--demo", action="store_true", help=f"upload the images in {SAMPLES_DIR.name}/ once started")
     up.add_argument("--once", action="store_true", help="with --demo: stop when the uploads are processed")
 
@@ -353,10 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     stack = LocalStack(bucket=args.bucket, storage_port=args.storage_port, function_port=args.function_port,
-                       data_dir=args.data_dir)
+                       data_dir=args.data_dir, versioning=args.versioning)
     signal.signal(signal.SIGTERM, _interrupt)
     with stack:
-        print(f"storage emulator: {stack.storage_url}  (export STORAGE_EMULATOR_HOST={stack.storage_url})")
+        print(f"storage:          {stack.storage_url}  (export STORAGE_EMULATOR_HOST={stack.storage_url})")
         print(f"function:         {stack.function_url}  bucket: gs://{args.bucket}/{config.source_prefix}")
         if config.resolved_backend is None:
             outcome = ("the offline detector processes the images" if config.offline_fallback

@@ -16,6 +16,9 @@
 #   project                                         roles/run.builder
 # Cloud Storage service agent (publishes bucket notifications for the trigger)
 #   project                                         roles/pubsub.publisher
+# Pub/Sub service agent (dead-letters events the function never acknowledged; dead_letter.tf)
+#   the dead-letter topic                           roles/pubsub.publisher
+#   the trigger's Eventarc-managed subscription     roles/pubsub.subscriber    (gcloud, dead_letter.tf)
 #
 # Not granted: roles/logging.logWriter. Cloud Run collects the function's stdout/stderr (its
 # structured logs) without any permission on the runtime identity.

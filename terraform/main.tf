@@ -5,6 +5,7 @@
 #   bigquery.tf  dataset and the objects / images tables (schemas from segmentation/schema/)
 #   iam.tf       service accounts and every grant, each on the narrowest resource
 #   function.tf  the 2nd gen function, its object-finalize trigger and environment
+#   dead_letter.tf  dead-letter topic for the trigger's subscription (poison events)
 #   outputs.tf   what to use after apply
 
 locals {

@@ -35,6 +35,16 @@ output "runtime_service_account" {
   value       = google_service_account.runtime.email
 }
 
+output "dead_letter_topic" {
+  description = "Pub/Sub topic receiving events the function never acknowledged after dead_letter_max_delivery_attempts deliveries."
+  value       = google_pubsub_topic.dead_letter.id
+}
+
+output "dead_letter_subscription" {
+  description = "Pull subscription keeping dead-lettered events for dead_letter_retention_days; read with gcloud pubsub subscriptions pull."
+  value       = google_pubsub_subscription.dead_letter.id
+}
+
 output "example_query" {
   description = "Today's objects with the newest first, de-duplicated on row_id; run it with bq query --use_legacy_sql=false."
   value       = <<-SQL

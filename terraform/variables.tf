@@ -502,3 +502,25 @@ variable "log_level" {
     error_message = "log_level must be DEBUG, INFO, WARNING or ERROR."
   }
 }
+
+variable "dead_letter_max_delivery_attempts" {
+  description = "Deliveries of one event (Pub/Sub counts each non-2xx answer or timeout) before it goes to the dead-letter topic. Pub/Sub allows 5-100; with Eventarc's backoff (10 s doubling to 600 s) 100 attempts take at least about 15.7 hours."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.dead_letter_max_delivery_attempts >= 5 && var.dead_letter_max_delivery_attempts <= 100 && floor(var.dead_letter_max_delivery_attempts) == var.dead_letter_max_delivery_attempts
+    error_message = "dead_letter_max_delivery_attempts must be a whole number from 5 to 100 (Pub/Sub's limits)."
+  }
+}
+
+variable "dead_letter_retention_days" {
+  description = "Days the dead-letter topic and subscription keep undelivered events, and the trigger's subscription keeps an event it is still redelivering (instead of Eventarc's 24 hours)."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.dead_letter_retention_days >= 1 && var.dead_letter_retention_days <= 31 && floor(var.dead_letter_retention_days) == var.dead_letter_retention_days
+    error_message = "dead_letter_retention_days must be a whole number from 1 to 31 (Pub/Sub's retention limit)."
+  }
+}

@@ -461,9 +461,12 @@ EXPECTED_GRANTS = {
      "serviceAccount:${google_service_account.build.email}", "var.project_id"),
     ("google_project_iam_member", "roles/pubsub.publisher",
      "serviceAccount:${data.google_storage_project_service_account.gcs_agent.email_address}", "var.project_id"),
+    ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "local.pubsub_agent_member",
+     "google_pubsub_topic.dead_letter.name"),
 }
 _SCOPE_KEY = {"google_storage_bucket_iam_member": "bucket", "google_bigquery_table_iam_member": "table_id",
-              "google_project_iam_member": "project", "google_cloud_run_v2_service_iam_member": "name"}
+              "google_project_iam_member": "project", "google_cloud_run_v2_service_iam_member": "name",
+              "google_pubsub_topic_iam_member": "topic"}
 
 
 def _grants() -> set[tuple[str, str, str, str]]:
@@ -530,6 +533,100 @@ def test_outputs_give_what_to_do_after_apply():
     assert "${var.source_prefix}" in outputs["upload_command"]["value"]
     assert "gcloud storage cp" in outputs["upload_command"]["value"]
     assert "local.objects_table_id" in outputs["example_query"]["value"]
+
+
+# --- Dead letters -----------------------------------------------------------------------------------------
+
+
+def _dead_letter_script() -> tuple[str, dict[str, str]]:
+    """The local-exec script that puts the dead-letter policy on the trigger's subscription, as
+    bash receives it, and its environment (Terraform expressions)."""
+    policy = resource("terraform_data", "trigger_dead_letter_policy")
+    (provisioner,) = policy["provisioner"]
+    local_exec = provisioner["local-exec"]
+    assert local_exec["interpreter"] == ["/bin/bash", "-c"]
+    # python-hcl2 keeps a heredoc's quotes and backslashes escaped.
+    script = re.sub(r'\\(["\\])', r"\1", local_exec["command"])
+    return script, local_exec["environment"]
+
+
+def test_dead_letter_topic_and_subscription_keep_undelivered_events_for_the_retention():
+    topic = resource("google_pubsub_topic", "dead_letter")
+    subscription = resource("google_pubsub_subscription", "dead_letter")
+    assert ref(subscription["topic"]) == "google_pubsub_topic.dead_letter.id"
+    retention = "${local.dead_letter_retention}"
+    assert topic["message_retention_duration"] == subscription["message_retention_duration"] == retention
+    assert config()["locals"]["dead_letter_retention"] == "${var.dead_letter_retention_days * 86400}s"
+    assert default_of("dead_letter_retention_days") == 7
+    assert block(subscription, "expiration_policy")["ttl"] == ""  # never deleted for being unread
+    assert "push_config" not in subscription  # a pull subscription: kept until someone reads it
+    assert {"dead_letter_topic", "dead_letter_subscription"} <= set(config()["output"])
+    assert ref(config()["output"]["dead_letter_subscription"]["value"]) == "google_pubsub_subscription.dead_letter.id"
+
+
+def test_the_pubsub_service_agent_may_publish_dead_letters_and_ack_on_the_trigger_subscription():
+    assert config()["locals"]["pubsub_agent_member"] == (
+        "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com")
+    grant = resource("google_pubsub_topic_iam_member", "pubsub_agent_publishes_dead_letters")
+    assert (grant["role"], ref(grant["member"])) == ("roles/pubsub.publisher", "local.pubsub_agent_member")
+    script, env = _dead_letter_script()
+    assert ref(env["PUBSUB_AGENT"]) == "local.pubsub_agent_member"
+    assert "--role=roles/pubsub.subscriber" in script
+
+
+def test_the_trigger_subscription_gets_the_dead_letter_policy_whenever_the_trigger_changes(tmp_path):
+    policy = resource("terraform_data", "trigger_dead_letter_policy")
+    trigger = "google_cloudfunctions2_function.segmentation.event_trigger[0].trigger"
+    assert {ref(value) for value in policy["triggers_replace"]} >= {
+        trigger, "google_pubsub_topic.dead_letter.id", "var.dead_letter_max_delivery_attempts",
+        "local.dead_letter_retention"}
+    script, env = _dead_letter_script()
+    assert {key: ref(value) for key, value in env.items()} == {
+        "TRIGGER": trigger, "PUBSUB_AGENT": "local.pubsub_agent_member",
+        "DEAD_LETTER_TOPIC": "google_pubsub_topic.dead_letter.id",
+        "MAX_DELIVERY_ATTEMPTS": "tostring(var.dead_letter_max_delivery_attempts)",
+        "RETENTION": "local.dead_letter_retention"}
+
+    # Run the script as Terraform would, with a gcloud that records its arguments.
+    calls = tmp_path / "calls"
+    gcloud = tmp_path / "bin" / "gcloud"
+    gcloud.parent.mkdir()
+    gcloud.write_text('#!/bin/bash\nprintf "%s\\n" "$*" >> "$CALLS"\n'
+                      '[ "$1 $2" = "eventarc triggers" ] && echo projects/p/subscriptions/eventarc-eu-t-sub-1\n'
+                      "exit 0\n")
+    gcloud.chmod(0o755)
+    values = {"TRIGGER": "projects/p/locations/eu/triggers/t", "PUBSUB_AGENT": "serviceAccount:agent",
+              "DEAD_LETTER_TOPIC": "projects/p/topics/conveyor-prod-dead-letter", "MAX_DELIVERY_ATTEMPTS": "100",
+              "RETENTION": "604800s", "CALLS": str(calls), "PATH": f"{gcloud.parent}:{os.environ['PATH']}"}
+    subprocess.run(["/bin/bash", "-c", script], env=values, check=True, timeout=30)
+    subscription = "projects/p/subscriptions/eventarc-eu-t-sub-1"
+    assert calls.read_text().splitlines() == [
+        "eventarc triggers describe projects/p/locations/eu/triggers/t --format=value(transport.pubsub.subscription)",
+        f"pubsub subscriptions add-iam-policy-binding {subscription} --member=serviceAccount:agent "
+        "--role=roles/pubsub.subscriber --condition=None --quiet",
+        f"pubsub subscriptions update {subscription} --dead-letter-topic=projects/p/topics/conveyor-prod-dead-letter "
+        "--max-delivery-attempts=100 --message-retention-duration=604800s",
+    ]
+    # No subscription found (a trigger without Pub/Sub transport): the apply fails, never a silent no-op.
+    gcloud.write_text('#!/bin/bash\nprintf "%s\\n" "$*" >> "$CALLS"\nexit 0\n')
+    failed = subprocess.run(["/bin/bash", "-c", script], env=values, timeout=30)
+    assert failed.returncode != 0
+
+
+def test_events_are_dead_lettered_before_the_trigger_subscription_would_drop_them():
+    attempts, retention = "var.dead_letter_max_delivery_attempts", "var.dead_letter_retention_days"
+    assert default_of("dead_letter_max_delivery_attempts") == 100  # Pub/Sub's maximum: the latest possible
+    for variable, low, high in ((attempts, 5, 100), (retention, 1, 31)):
+        validation = block(config()["variable"][variable.split(".")[1]], "validation")["condition"]
+        assert f"{variable} >= {low}" in validation and f"{variable} <= {high}" in validation
+    precondition = block(block(resource("terraform_data", "trigger_dead_letter_policy"), "lifecycle"),
+                         "precondition")["condition"]
+    assert ref(precondition) == f"{attempts} * (var.function_timeout_seconds + 600) < {retention} * 86400"
+    for env in (None,) + ENVS:
+        values = tfvars(env) if env else {}
+        get = lambda name: values.get(name, default_of(name))  # noqa: E731
+        worst_case_s = get("dead_letter_max_delivery_attempts") * (get("function_timeout_seconds") + 600)
+        assert worst_case_s < get("dead_letter_retention_days") * 86400, env
 
 
 # --- checkov --------------------------------------------------------------------------------------------

@@ -173,11 +173,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Transient errors are retried with backoff until this many seconds after the event "
             "arrived; then the function raises so the platform redelivers. Keep it below the "
             "function timeout."),
-    Setting("GIVE_UP_AFTER_S", "give_up_after_s", "82800", _float,
+    Setting("GIVE_UP_AFTER_S", "give_up_after_s", "43200", _float,
             "An image whose errors are still transient (quota, 5xx, timeouts) on a delivery this "
             "many seconds after its upload gets a failed row instead of another redelivery. Keep "
-            "it below Eventarc's 24-hour retry window. Malformed model answers and unexpected "
-            "errors give up sooner: on the first redelivery that fails again."),
+            "it below the time the trigger's subscription takes to dead-letter an event (Terraform "
+            "checks). Malformed model answers and unexpected errors give up sooner: on the first "
+            "redelivery that fails again."),
     Setting("CLAIM_LEASE_S", "claim_lease_s", "540", _float,
             "Seconds a delivery owns an image's work before another copy of the event may take it "
             "over (a killed worker). Set it to the function timeout (Terraform does)."),

@@ -96,6 +96,11 @@ resource "terraform_data" "trigger_dead_letter_policy" {
 
   lifecycle {
     precondition {
+      # The shortest time to use up the attempts: Pub/Sub's backoff between them, 10 s doubling to 600 s.
+      condition     = var.give_up_after_s < sum([for k in range(var.dead_letter_max_delivery_attempts - 1) : min(600, 10 * pow(2, k))])
+      error_message = "give_up_after_s must be below the time dead_letter_max_delivery_attempts deliveries take at least (Pub/Sub's backoff, 10 s doubling to 600 s), or a still-failing image is dead-lettered before the function records its failed row."
+    }
+    precondition {
       # Each failed delivery takes at most the function timeout plus Pub/Sub's largest backoff.
       condition     = var.dead_letter_max_delivery_attempts * (var.function_timeout_seconds + 600) < var.dead_letter_retention_days * 86400
       error_message = "dead_letter_retention_days is too short for dead_letter_max_delivery_attempts deliveries (each up to function_timeout_seconds + 600 s): events would expire instead of being dead-lettered."

@@ -472,12 +472,12 @@ variable "max_image_pixels" {
 }
 
 variable "give_up_after_s" {
-  description = "GIVE_UP_AFTER_S: an image whose errors are still transient on a delivery this many seconds after its upload gets a failed row instead of another redelivery. Below Eventarc's 24-hour retry window."
+  description = "GIVE_UP_AFTER_S: an image whose errors are still transient on a delivery this many seconds after its upload gets a failed row instead of another redelivery. Must be below the time dead_letter_max_delivery_attempts deliveries take, so the failed row comes before the dead letter."
   type        = number
-  default     = 82800
+  default     = 43200
   validation {
-    condition     = var.give_up_after_s >= 600 && var.give_up_after_s < 86400
-    error_message = "give_up_after_s must be from 600 to less than 86400 seconds (Eventarc stops redelivering after 24 hours)."
+    condition     = var.give_up_after_s >= 600
+    error_message = "give_up_after_s must be at least 600 seconds."
   }
 }
 

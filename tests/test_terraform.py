@@ -619,14 +619,18 @@ def test_events_are_dead_lettered_before_the_trigger_subscription_would_drop_the
     for variable, low, high in ((attempts, 5, 100), (retention, 1, 31)):
         validation = block(config()["variable"][variable.split(".")[1]], "validation")["condition"]
         assert f"{variable} >= {low}" in validation and f"{variable} <= {high}" in validation
-    precondition = block(block(resource("terraform_data", "trigger_dead_letter_policy"), "lifecycle"),
-                         "precondition")["condition"]
-    assert ref(precondition) == f"{attempts} * (var.function_timeout_seconds + 600) < {retention} * 86400"
+    give_up, retained = (ref(p["condition"]) for p in block(
+        resource("terraform_data", "trigger_dead_letter_policy"), "lifecycle")["precondition"])
+    assert retained == f"{attempts} * (var.function_timeout_seconds + 600) < {retention} * 86400"
+    assert give_up == (f"var.give_up_after_s < sum([for k in range({attempts} - 1) : min(600, 10 * pow(2, k))])")
     for env in (None,) + ENVS:
         values = tfvars(env) if env else {}
         get = lambda name: values.get(name, default_of(name))  # noqa: E731
         worst_case_s = get("dead_letter_max_delivery_attempts") * (get("function_timeout_seconds") + 600)
         assert worst_case_s < get("dead_letter_retention_days") * 86400, env
+        # The function records its failed row before Pub/Sub can have used up the attempts.
+        fastest_s = sum(min(600, 10 * 2 ** k) for k in range(get("dead_letter_max_delivery_attempts") - 1))
+        assert get("give_up_after_s") < fastest_s, env
 
 
 # --- checkov --------------------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 `load_image` is the only place that decodes uploaded bytes. Whatever arrives (six formats, any
 colour mode, any EXIF orientation), what leaves is an 8-bit RGB image the right way up, or one of
-two permanent errors:
+these permanent errors:
 
 - `ImageTooLargeError` when the header announces more pixels than allowed; this is checked from
   the header, before any pixel data is decoded or memory for it allocated.
 - `ImageDecodeError` for empty, truncated, corrupt or refused (non-accepted format) data.
+- `ImageTooLargeForMemoryError` when the image would not fit the decode memory budget
+  (`segmentation.memory`), or decoding it ran out of memory.
 
 `model_input` makes the JPEG the model sees: the same picture, longest side at most `max_side`
 (the uploaded bytes themselves when they are a plain JPEG already within it). The model answers
@@ -27,10 +29,18 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from segmentation.errors import ImageDecodeError, ImageTooLargeError
+from segmentation.errors import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    ImageTooLargeForMemoryError,
+)
+from segmentation.memory import MIB, Reservation, peak_bytes
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 """Pillow format names `load_image` opens; everything else is refused unread."""
+
+# JPEG scales `Image.draft` can decode at when the full size does not fit the memory budget.
+_DRAFT_SCALES = (2, 4, 8)
 
 MODEL_JPEG_QUALITY = 90
 # A plain JPEG within the model's size goes to the model as uploaded, up to this many bytes (a
@@ -50,14 +60,17 @@ class LoadedImage:
     """A decoded upload: `image` is RGB with its EXIF orientation applied.
 
     `source_format` is the Pillow format name of the bytes ("JPEG", "PNG", "WEBP", "TIFF",
-    "BMP" or "GIF"); a multi-picture JPEG (MPO) counts as "JPEG". `plain_jpeg` is true when the
-    bytes are a single 8-bit colour JPEG that needed no rotation: decoding them gives `image`
-    exactly, so they can be sent to the model as they are (see `model_input`).
+    "BMP" or "GIF"); a multi-picture JPEG (MPO) counts as "JPEG".
+    `plain_jpeg` is true when the bytes are a single 8-bit colour JPEG that needed no rotation:
+    decoding them gives `image` exactly, so they can be sent to the model as they are (see
+    `model_input`). `reduced` is the factor a JPEG too large for the memory budget was decoded
+    smaller by (1: full size).
     """
 
     image: Image.Image
     source_format: str
     plain_jpeg: bool = False
+    reduced: int = 1
 
     @property
     def width(self) -> int:
@@ -78,7 +91,7 @@ class ModelInput:
     height: int
 
 
-def load_image(data: bytes, *, max_pixels: int) -> LoadedImage:
+def load_image(data: bytes, *, max_pixels: int, memory: Reservation | None = None) -> LoadedImage:
     """Decode `data` into an upright RGB image.
 
     Accepts JPEG, PNG, WEBP, TIFF, BMP and GIF; animated or multi-page files give their first
@@ -89,6 +102,11 @@ def load_image(data: bytes, *, max_pixels: int) -> LoadedImage:
     Raises `ImageTooLargeError` when width * height > `max_pixels` (read from the header, before
     decoding) or when Pillow's own decompression-bomb guard fires, and `ImageDecodeError` for
     anything that is not a complete image in an accepted format.
+
+    `memory`: the event's share of the decode memory budget. The image's estimated peak
+    (`segmentation.memory.peak_bytes`) is reserved in it before any pixel is decoded, waiting
+    while other events hold the budget; a JPEG that does not fit alone is decoded at 1/2, 1/4 or
+    1/8 size, any other image that does not fit raises `ImageTooLargeForMemoryError`.
     """
     if not data:
         raise ImageDecodeError("image is empty (0 bytes)")
@@ -103,7 +121,7 @@ def load_image(data: bytes, *, max_pixels: int) -> LoadedImage:
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(_unidentified_message(data)) from None
     except MemoryError:
-        raise
+        raise ImageTooLargeForMemoryError("ran out of memory reading the image header") from None
     except Exception as exc:  # untrusted header: any parser error means "not a usable image"
         raise ImageDecodeError(f"cannot read the image header: {_describe(exc)}") from None
 
@@ -117,36 +135,77 @@ def load_image(data: bytes, *, max_pixels: int) -> LoadedImage:
             f"{source_format} image is {width}x{height} = {pixels} pixels, "
             f"more than the limit of {max_pixels} pixels"
         )
+    reduced = _reserve_memory(im, source_format, memory)
 
+    out_of_memory = False
     try:
         im.load()  # full decode: truncated or corrupt data fails here, not later
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_large_from_pillow(exc, max_pixels) from None
     except MemoryError:
-        raise
+        out_of_memory = True
     except Exception as exc:
         raise ImageDecodeError(
             f"{source_format} image data is truncated or corrupt: {_describe(exc)}"
         ) from None
+    if out_of_memory:  # raised here, after the except block, so the partial pixels are freed first
+        del im
+        raise ImageTooLargeForMemoryError(
+            f"{source_format} image {width}x{height}: ran out of memory while decoding it")
 
     plain_jpeg = (im.format == "JPEG" and im.mode == "RGB" and getattr(im, "bits", 8) == 8
-                  and _orientation(im) == 1)
+                  and _orientation(im) == 1 and reduced == 1)
     _apply_exif_orientation(im, source_format)
 
     icc_profile = im.info.get("icc_profile")
     try:
         rgb = to_rgb(im)
     except MemoryError:
-        raise
+        out_of_memory = True
     except Exception as exc:
         raise ImageDecodeError(
             f"cannot convert {source_format} image of mode {im.mode} to RGB: {_describe(exc)}"
         ) from None
+    if out_of_memory:
+        del im
+        raise ImageTooLargeForMemoryError(
+            f"{source_format} image {width}x{height}: ran out of memory converting it to RGB")
     if _is_rgb_icc_profile(icc_profile):
         rgb.info["icc_profile"] = icc_profile
     else:
         rgb.info.pop("icc_profile", None)
-    return LoadedImage(image=rgb, source_format=source_format, plain_jpeg=plain_jpeg)
+    return LoadedImage(image=rgb, source_format=source_format, plain_jpeg=plain_jpeg, reduced=reduced)
+
+
+def _reserve_memory(im: Image.Image, source_format: str, memory: Reservation | None) -> int:
+    """Reserve `im`'s estimated peak in `memory`; returns the factor a JPEG that does not fit
+    the budget alone is drafted down by (1: none). Waits while other events hold the budget."""
+    if memory is None:
+        return 1
+    width, height = im.size
+    needed = peak_bytes(width, height, im.mode)
+    factor = 1
+    if not memory.fits(needed) and source_format == "JPEG":
+        for scale in _DRAFT_SCALES:
+            # Pillow decodes at 1/scale, rounding the size up; it picks the scale from the size asked.
+            if memory.fits(peak_bytes(-(-width // scale), -(-height // scale), im.mode)):
+                im.draft(im.mode, (max(1, width // scale), max(1, height // scale)))
+                factor = round(width / im.width)
+                needed = peak_bytes(*im.size, im.mode)
+                break
+    if not memory.fits(needed):
+        raise ImageTooLargeForMemoryError(
+            f"{source_format} image {width}x{height} needs about {needed // MIB} MiB to decode and draw, "
+            f"more than this worker's decode memory budget of {(memory.capacity or 0) // MIB} MiB "
+            "(MEMORY_LIMIT_MIB x DECODE_MEMORY_FRACTION)")
+    if factor > 1:
+        from segmentation.logs import log_event
+
+        log_event("WARNING", "image decoded at reduced size to fit the decode memory budget",
+                  source_format=source_format, size=f"{width}x{height}", reduced_by=factor,
+                  decoded_size=f"{im.width}x{im.height}")
+    memory.reserve(needed)
+    return factor
 
 
 def model_input(image: Image.Image, *, max_side: int, jpeg: bytes | None = None) -> ModelInput:

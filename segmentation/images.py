@@ -22,7 +22,6 @@ Nothing here mutates global Pillow state (no `Image.MAX_IMAGE_PIXELS`, no
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -340,15 +339,36 @@ def _flatten_on_white(image: Image.Image) -> Image.Image:
 
 
 def _stretch_to_l(image: Image.Image) -> Image.Image:
-    source = image if image.mode in ("I", "F") else image.convert("I")
+    if image.mode == "F":
+        return _stretch_float_to_l(image)
+    source = image if image.mode == "I" else image.convert("I")
     low, high = source.getextrema()
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return source.convert("L")  # NaN/inf floats: no meaningful range, clip instead
     if high <= low:
         return Image.new("L", source.size, 0 if high <= 0 else 255)
     scale = 255.0 / (high - low)
     offset = -low * scale + 0.5  # +0.5: the point transform truncates, we want rounding
     return source.point(lambda value: value * scale + offset).convert("L")
+
+
+def _stretch_float_to_l(image: Image.Image) -> Image.Image:
+    """Float pixels stretched from the finite minimum..maximum to 0..255; NaN and infinities
+    (no place on that scale) become 0."""
+    import numpy as np
+
+    values = np.array(image, dtype=np.float32)
+    finite = np.isfinite(values)
+    if not finite.all():
+        values[~finite] = np.nan
+    low, high = (float(np.nanmin(values)), float(np.nanmax(values))) if finite.any() else (0.0, 0.0)
+    if high <= low:
+        values[:] = 0 if high <= 0 else 255
+    else:
+        values -= low
+        values *= 255.0 / (high - low)
+        values += 0.5  # the cast truncates, we want rounding
+    values[~finite] = 0
+    np.clip(values, 0, 255, out=values)
+    return Image.fromarray(values.astype(np.uint8), "L")
 
 
 def _is_rgb_icc_profile(profile: object) -> bool:

@@ -1,6 +1,7 @@
 """Images that strain the instance: decompression bombs within the pixel limit against the decode
-memory budget, and MemoryError anywhere in an event, through the real function over HTTP
-(functions-framework, google-cloud-storage and google-genai against the stand-ins)."""
+memory budget, MemoryError anywhere in an event, and float TIFFs with NaN pixels, through the
+real function over HTTP (functions-framework, google-cloud-storage and google-genai against the
+stand-ins)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
+import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
@@ -195,3 +197,22 @@ def test_a_memory_error_while_decoding_is_a_failed_row_not_a_redelivery(stack, m
     assert (row["status"], row["error_type"]) == ("failed", "image_too_large_for_memory")
     assert "PNG image 640x480: ran out of memory while decoding" in row["error_message"]
     assert stack.gemini.requests == []
+
+
+# --- Item 6: float TIFFs, HEIC/HEIF and AVIF --------------------------------------------------------
+
+
+def test_a_float_tiff_with_nan_and_inf_pixels_is_stretched_over_its_finite_values(stack):
+    stack.gemini.reset(lambda request: boxes_answer(1))
+    values = np.tile(np.linspace(-5.0, 20.0, 200, dtype=np.float32), (100, 1))
+    values[0, 0], values[0, 1] = np.nan, np.inf
+    blob = stack.upload("raw/thermal.tif", encoded(Image.fromarray(values, "F"), "TIFF"), "image/tiff")
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    assert image_row(stack, "raw/thermal.tif")["status"] == "ok"
+    seen = np.asarray(model_image(stack.gemini.requests[0]).convert("L"), dtype=np.int16)
+    # -5..20 became 0..255 from left to right (JPEG-rounded); the NaN and inf pixels are 0.
+    assert abs(seen[50, 2] - 3) <= 6 and abs(seen[50, 197] - 252) <= 6
+    assert abs(seen[50, 100] - 128) <= 6
+    assert seen[0, 0] <= 10

@@ -98,6 +98,12 @@ class DetectorNotConfiguredError(PermanentError):
     error_type = "detector_not_configured"
 
 
+class UnsupportedFormatError(ImageDecodeError):
+    """A recognised image format this function cannot decode (its decoder is not installed)."""
+
+    error_type = "unsupported_format"
+
+
 class ImageTooLargeForMemoryError(PermanentError):
     """Decoding or drawing the image needs more memory than the instance can give it: refused
     from its header by the decode memory budget, or a `MemoryError` while it was processed."""

@@ -1,12 +1,13 @@
 """Images that strain the instance: decompression bombs within the pixel limit against the decode
-memory budget, MemoryError anywhere in an event, and float TIFFs with NaN pixels, through the
-real function over HTTP (functions-framework, google-cloud-storage and google-genai against the
-stand-ins)."""
+memory budget, MemoryError anywhere in an event, float TIFFs with NaN pixels, HEIC/HEIF and AVIF
+uploads (typed or not), through the real function over HTTP (functions-framework,
+google-cloud-storage and google-genai against the stand-ins)."""
 
 from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -171,7 +172,8 @@ def test_a_memory_error_while_drawing_is_a_failed_row_not_a_redelivery(stack, mo
         raise MemoryError()
 
     monkeypatch.setattr(pipeline_module, "overview_jpeg", overview_out_of_memory)
-    blob = stack.upload("raw/belt.jpg", encoded(Image.new("RGB", (640, 480), (90, 120, 160)), "JPEG"), "image/jpeg")
+    photo = encoded(Image.new("RGB", (640, 480), (90, 120, 160)), "JPEG")
+    blob = stack.upload("raw/belt.jpg", photo, "image/jpeg")
 
     assert stack.deliver(stack.event_for(blob)).status_code == 200
 
@@ -216,3 +218,61 @@ def test_a_float_tiff_with_nan_and_inf_pixels_is_stretched_over_its_finite_value
     assert abs(seen[50, 2] - 3) <= 6 and abs(seen[50, 197] - 252) <= 6
     assert abs(seen[50, 100] - 128) <= 6
     assert seen[0, 0] <= 10
+
+
+def heic_bytes(image: Image.Image) -> bytes:
+    import pillow_heif
+
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=95)
+    return buffer.getvalue()
+
+
+PHONE_SIZE = (320, 240)
+PHONE_COLOUR = (200, 40, 40)
+
+
+@pytest.mark.parametrize("fmt", ["heic", "avif"])
+@pytest.mark.parametrize("content_type", ["typed", "application/octet-stream", None])
+def test_heic_and_avif_uploads_are_decoded_typed_or_not(stack, fmt, content_type):
+    stack.gemini.reset(lambda request: boxes_answer(1))
+    picture = Image.new("RGB", PHONE_SIZE, PHONE_COLOUR)
+    data = heic_bytes(picture) if fmt == "heic" else encoded(picture, "AVIF", quality=95)
+    name = f"raw/phone/IMG_0001.{fmt}"
+    uploaded_type = f"image/{fmt}" if content_type == "typed" else (content_type or "application/octet-stream")
+    blob = stack.upload(name, data, content_type=uploaded_type)
+    event = stack.event_for(blob, contentType=content_type and uploaded_type)  # None: the field is absent
+
+    assert stack.deliver(event).status_code == 200
+
+    row = image_row(stack, name)
+    assert (row["status"], row["objects_found"]) == ("ok", 1)
+    assert (row["image_width"], row["image_height"]) == PHONE_SIZE
+    seen = model_image(stack.gemini.requests[0])
+    assert seen.size == PHONE_SIZE
+    assert all(abs(a - b) <= 12 for a, b in zip(seen.getpixel((160, 120)), PHONE_COLOUR))
+    assert len(object_rows(stack, name)) == 1
+
+
+def test_a_heic_upload_without_its_decoder_fails_naming_the_format(stack, monkeypatch):
+    data = heic_bytes(Image.new("RGB", PHONE_SIZE, PHONE_COLOUR))
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if pillow-heif were not installed
+    blob = stack.upload("raw/phone/IMG_0002.heic", data, content_type="image/heic")
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    row = image_row(stack, "raw/phone/IMG_0002.heic")
+    assert (row["status"], row["error_type"]) == ("failed", "unsupported_format")
+    assert row["error_message"].startswith("HEIC image: ")
+    assert stack.gemini.requests == []
+
+
+def test_a_corrupt_heic_upload_fails_naming_the_format(stack):
+    data = heic_bytes(Image.new("RGB", PHONE_SIZE, PHONE_COLOUR))
+    blob = stack.upload("raw/phone/IMG_0003.heic", data[: len(data) // 2], "application/octet-stream")
+
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    row = image_row(stack, "raw/phone/IMG_0003.heic")
+    assert (row["status"], row["error_type"]) == ("failed", "image_decode_error")
+    assert row["error_message"].startswith("HEIC")

@@ -169,6 +169,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Larger objects are refused without being downloaded."),
     Setting("MAX_IMAGE_PIXELS", "max_image_pixels", str(100_000_000), _int,
             "Decompression-bomb guard: images with more pixels are refused before decoding."),
+    Setting("MEMORY_LIMIT_MIB", "memory_limit_mib", "2048", _int,
+            "Memory one worker process may use, in MiB (Terraform: the function's memory divided "
+            "by its worker processes). 0: no decode memory budget."),
+    Setting("DECODE_MEMORY_FRACTION", "decode_memory_fraction", "0.6", _float,
+            "Share of MEMORY_LIMIT_MIB that the images of a worker's concurrent events may hold "
+            "together (decoded pixels and drawing copies, estimated from the header); the rest is "
+            "kept for the process itself and each event's downloads and outputs. An event waits "
+            "until its image fits; a JPEG too large alone is decoded at 1/2, 1/4 or 1/8 size, any "
+            "other image too large alone fails as image_too_large_for_memory."),
     Setting("RETRY_DEADLINE_S", "retry_deadline_s", "300", _float,
             "Transient errors are retried with backoff until this many seconds after the event "
             "arrived; then the function raises so the platform redelivers. Keep it below the "
@@ -224,6 +233,8 @@ class Config:
     output_turns: int
     max_image_bytes: int
     max_image_pixels: int
+    memory_limit_mib: int
+    decode_memory_fraction: float
     retry_deadline_s: float
     give_up_after_s: float
     claim_lease_s: float
@@ -267,6 +278,8 @@ class Config:
             raise ConfigError("GEMINI_MAX_OBJECTS must be >= 1 and MODEL_INPUT_MAX_SIDE >= 64")
         if self.output_turns < 0:
             raise ConfigError("OUTPUT_TURNS must be >= 0")
+        if self.memory_limit_mib < 0 or not 0 <= self.decode_memory_fraction <= 1:
+            raise ConfigError("MEMORY_LIMIT_MIB must be >= 0 and DECODE_MEMORY_FRACTION between 0 and 1")
 
     @property
     def uses_bigquery(self) -> bool:

@@ -96,3 +96,22 @@ class DetectorNotConfiguredError(PermanentError):
     """No Gemini credentials or project are configured, so no detection can run."""
 
     error_type = "detector_not_configured"
+
+
+class UnsupportedFormatError(ImageDecodeError):
+    """A recognised image format this function cannot decode (its decoder is not installed)."""
+
+    error_type = "unsupported_format"
+
+
+class ImageTooLargeForMemoryError(PermanentError):
+    """Decoding or drawing the image needs more memory than the instance can give it: refused
+    from its header by the decode memory budget, or a `MemoryError` while it was processed."""
+
+    error_type = "image_too_large_for_memory"
+
+
+class MemoryBudgetBusyError(TransientError):
+    """Other events of this worker held the decode memory budget until the retry deadline."""
+
+    error_type = "memory_budget_busy"

@@ -1,36 +1,60 @@
 """Untrusted image bytes in, one predictable RGB image out; and the downscaled copy for the model.
 
-`load_image` is the only place that decodes uploaded bytes. Whatever arrives (six formats, any
+`load_image` is the only place that decodes uploaded bytes. Whatever arrives (eight formats, any
 colour mode, any EXIF orientation), what leaves is an 8-bit RGB image the right way up, or one of
-two permanent errors:
+these permanent errors:
 
 - `ImageTooLargeError` when the header announces more pixels than allowed; this is checked from
   the header, before any pixel data is decoded or memory for it allocated.
-- `ImageDecodeError` for empty, truncated, corrupt or refused (non-accepted format) data.
+- `ImageDecodeError` for empty, truncated, corrupt or refused (non-accepted format) data
+  (`UnsupportedFormatError` when the format is recognised but its decoder is missing).
+- `ImageTooLargeForMemoryError` when the image would not fit the decode memory budget
+  (`segmentation.memory`), or decoding it ran out of memory.
+
+HEIC/HEIF (phone photos, via pillow-heif) and AVIF (Pillow's own plugin) are recognised from
+their `ftyp` box and their decoders imported only when such a file arrives, so the cold start
+of an instance that never sees one does not pay for them.
 
 `model_input` makes the JPEG the model sees: the same picture, longest side at most `max_side`
 (the uploaded bytes themselves when they are a plain JPEG already within it). The model answers
 in coordinates relative to that picture, which map back to the original by fractions, so the
 aspect ratio is kept as exactly as integer sizes allow.
 
-Nothing here mutates global Pillow state (no `Image.MAX_IMAGE_PIXELS`, no
-`ImageFile.LOAD_TRUNCATED_IMAGES`, no warning filters), so calls are safe from several threads.
+Nothing here mutates global Pillow state beyond registering decoders (no
+`Image.MAX_IMAGE_PIXELS`, no `ImageFile.LOAD_TRUNCATED_IMAGES`, no warning filters), so calls
+are safe from several threads.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
+import threading
 from dataclasses import dataclass
 
 from PIL import Image
 
-from segmentation.errors import ImageDecodeError, ImageTooLargeError
+from segmentation.errors import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    ImageTooLargeForMemoryError,
+    UnsupportedFormatError,
+)
+from segmentation.memory import MIB, Reservation, peak_bytes
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
-"""Pillow format names `load_image` opens; everything else is refused unread."""
+"""Pillow format names `load_image` opens; everything else is refused unread (besides the
+ISO-BMFF formats below, recognised from their `ftyp` box first)."""
+
+# `ftyp` brands (https://github.com/strukturag/libheif) and the name the format goes by.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_HEIF_BRANDS = frozenset({b"mif1", b"msf1"})
+# The Pillow format name each such file is opened as.
+_BMFF_PLUGIN = {"AVIF": "AVIF", "HEIC": "HEIF", "HEIF": "HEIF"}
+# JPEG scales `Image.draft` can decode at when the full size does not fit the memory budget.
+_DRAFT_SCALES = (2, 4, 8)
 
 MODEL_JPEG_QUALITY = 90
 # A plain JPEG within the model's size goes to the model as uploaded, up to this many bytes (a
@@ -50,14 +74,17 @@ class LoadedImage:
     """A decoded upload: `image` is RGB with its EXIF orientation applied.
 
     `source_format` is the Pillow format name of the bytes ("JPEG", "PNG", "WEBP", "TIFF",
-    "BMP" or "GIF"); a multi-picture JPEG (MPO) counts as "JPEG". `plain_jpeg` is true when the
-    bytes are a single 8-bit colour JPEG that needed no rotation: decoding them gives `image`
-    exactly, so they can be sent to the model as they are (see `model_input`).
+    "BMP" or "GIF"), or "HEIC", "HEIF" or "AVIF"; a multi-picture JPEG (MPO) counts as "JPEG".
+    `plain_jpeg` is true when the bytes are a single 8-bit colour JPEG that needed no rotation:
+    decoding them gives `image` exactly, so they can be sent to the model as they are (see
+    `model_input`). `reduced` is the factor a JPEG too large for the memory budget was decoded
+    smaller by (1: full size).
     """
 
     image: Image.Image
     source_format: str
     plain_jpeg: bool = False
+    reduced: int = 1
 
     @property
     def width(self) -> int:
@@ -78,36 +105,50 @@ class ModelInput:
     height: int
 
 
-def load_image(data: bytes, *, max_pixels: int) -> LoadedImage:
+def load_image(data: bytes, *, max_pixels: int, memory: Reservation | None = None) -> LoadedImage:
     """Decode `data` into an upright RGB image.
 
-    Accepts JPEG, PNG, WEBP, TIFF, BMP and GIF; animated or multi-page files give their first
-    frame. Transparent areas become white. 16-bit and float greyscale is stretched from its
-    actual minimum..maximum to 0..255. An embedded ICC profile is kept in `image.info` only when
-    it describes RGB data (a CMYK or grey profile would be wrong after conversion).
+    Accepts JPEG, PNG, WEBP, TIFF, BMP, GIF, HEIC/HEIF and AVIF; animated or multi-page files
+    give their first frame. Transparent areas become white. 16-bit and float greyscale is
+    stretched from its actual (finite) minimum..maximum to 0..255. An embedded ICC profile is
+    kept in `image.info` only when it describes RGB data (a CMYK or grey profile would be wrong
+    after conversion).
 
     Raises `ImageTooLargeError` when width * height > `max_pixels` (read from the header, before
     decoding) or when Pillow's own decompression-bomb guard fires, and `ImageDecodeError` for
     anything that is not a complete image in an accepted format.
+
+    `memory`: the event's share of the decode memory budget. The image's estimated peak
+    (`segmentation.memory.peak_bytes`) is reserved in it before any pixel is decoded, waiting
+    while other events hold the budget; a JPEG that does not fit alone is decoded at 1/2, 1/4 or
+    1/8 size, any other image that does not fit raises `ImageTooLargeForMemoryError`.
     """
     if not data:
         raise ImageDecodeError("image is empty (0 bytes)")
     _register_accepted_plugins()
+    bmff = _bmff_format(data)
+    formats = ACCEPTED_FORMATS
+    if bmff:
+        _register_bmff_plugin(bmff)
+        formats = (_BMFF_PLUGIN[bmff],)
+    prefix = f"{bmff} image: " if bmff else ""
 
     try:
-        im = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        im = Image.open(io.BytesIO(data), formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow checks its own (global) limit inside Image.open, before we see the size; the
         # warning only arrives here as an exception if the process escalated it.
         raise _too_large_from_pillow(exc, max_pixels) from None
     except Image.UnidentifiedImageError:
+        if bmff:
+            raise ImageDecodeError(f"{prefix}its header is not readable") from None
         raise ImageDecodeError(_unidentified_message(data)) from None
     except MemoryError:
-        raise
+        raise ImageTooLargeForMemoryError(f"{prefix}ran out of memory reading the image header") from None
     except Exception as exc:  # untrusted header: any parser error means "not a usable image"
-        raise ImageDecodeError(f"cannot read the image header: {_describe(exc)}") from None
+        raise ImageDecodeError(f"{prefix}cannot read the image header: {_describe(exc)}") from None
 
-    source_format = "JPEG" if im.format == "MPO" else (im.format or "unknown")
+    source_format = bmff or ("JPEG" if im.format == "MPO" else (im.format or "unknown"))
     width, height = im.size
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"{source_format} header gives an empty size {width}x{height}")
@@ -117,36 +158,78 @@ def load_image(data: bytes, *, max_pixels: int) -> LoadedImage:
             f"{source_format} image is {width}x{height} = {pixels} pixels, "
             f"more than the limit of {max_pixels} pixels"
         )
+    reduced = _reserve_memory(im, source_format, memory, decoder_buffer=bmff is not None)
 
+    out_of_memory = False
     try:
         im.load()  # full decode: truncated or corrupt data fails here, not later
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_large_from_pillow(exc, max_pixels) from None
     except MemoryError:
-        raise
+        out_of_memory = True
     except Exception as exc:
         raise ImageDecodeError(
             f"{source_format} image data is truncated or corrupt: {_describe(exc)}"
         ) from None
+    if out_of_memory:  # raised here, after the except block, so the partial pixels are freed first
+        del im
+        raise ImageTooLargeForMemoryError(
+            f"{source_format} image {width}x{height}: ran out of memory while decoding it")
 
     plain_jpeg = (im.format == "JPEG" and im.mode == "RGB" and getattr(im, "bits", 8) == 8
-                  and _orientation(im) == 1)
+                  and _orientation(im) == 1 and reduced == 1)
     _apply_exif_orientation(im, source_format)
 
     icc_profile = im.info.get("icc_profile")
     try:
         rgb = to_rgb(im)
     except MemoryError:
-        raise
+        out_of_memory = True
     except Exception as exc:
         raise ImageDecodeError(
             f"cannot convert {source_format} image of mode {im.mode} to RGB: {_describe(exc)}"
         ) from None
+    if out_of_memory:
+        del im
+        raise ImageTooLargeForMemoryError(
+            f"{source_format} image {width}x{height}: ran out of memory converting it to RGB")
     if _is_rgb_icc_profile(icc_profile):
         rgb.info["icc_profile"] = icc_profile
     else:
         rgb.info.pop("icc_profile", None)
-    return LoadedImage(image=rgb, source_format=source_format, plain_jpeg=plain_jpeg)
+    return LoadedImage(image=rgb, source_format=source_format, plain_jpeg=plain_jpeg, reduced=reduced)
+
+
+def _reserve_memory(im: Image.Image, source_format: str, memory: Reservation | None, *,
+                    decoder_buffer: bool) -> int:
+    """Reserve `im`'s estimated peak in `memory`; returns the factor a JPEG that does not fit
+    the budget alone is drafted down by (1: none). Waits while other events hold the budget."""
+    if memory is None:
+        return 1
+    width, height = im.size
+    needed = peak_bytes(width, height, im.mode, decoder_buffer=decoder_buffer)
+    factor = 1
+    if not memory.fits(needed) and source_format == "JPEG":
+        for scale in _DRAFT_SCALES:
+            # Pillow decodes at 1/scale, rounding the size up; it picks the scale from the size asked.
+            if memory.fits(peak_bytes(-(-width // scale), -(-height // scale), im.mode)):
+                im.draft(im.mode, (max(1, width // scale), max(1, height // scale)))
+                factor = round(width / im.width)
+                needed = peak_bytes(*im.size, im.mode)
+                break
+    if not memory.fits(needed):
+        raise ImageTooLargeForMemoryError(
+            f"{source_format} image {width}x{height} needs about {needed // MIB} MiB to decode and draw, "
+            f"more than this worker's decode memory budget of {(memory.capacity or 0) // MIB} MiB "
+            "(MEMORY_LIMIT_MIB x DECODE_MEMORY_FRACTION)")
+    if factor > 1:
+        from segmentation.logs import log_event
+
+        log_event("WARNING", "image decoded at reduced size to fit the decode memory budget",
+                  source_format=source_format, size=f"{width}x{height}", reduced_by=factor,
+                  decoded_size=f"{im.width}x{im.height}")
+    memory.reserve(needed)
+    return factor
 
 
 def model_input(image: Image.Image, *, max_side: int, jpeg: bytes | None = None) -> ModelInput:
@@ -244,6 +327,50 @@ def _register_accepted_plugins() -> None:
     )
 
 
+_bmff_lock = threading.Lock()
+
+
+def _bmff_format(data: bytes) -> str | None:
+    """"AVIF", "HEIC" or "HEIF" when `data` starts with an ISO-BMFF `ftyp` box naming one of
+    them (major or compatible brand), else None.
+
+    >>> _bmff_format(b"\\x00\\x00\\x00\\x18ftypheic\\x00\\x00\\x00\\x00mif1heic")
+    'HEIC'
+    """
+    if len(data) < 16 or data[4:8] != b"ftyp":
+        return None
+    box_size = min(int.from_bytes(data[:4], "big"), len(data), 4096)
+    brands = {data[8:12]} | {data[offset:offset + 4] for offset in range(16, box_size - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIC_BRANDS:
+        return "HEIC"
+    if brands & _HEIF_BRANDS:
+        return "HEIF"
+    return None
+
+
+def _register_bmff_plugin(name: str) -> None:
+    """Import the decoder of `name` on first use, or raise `UnsupportedFormatError`."""
+    with _bmff_lock:
+        try:
+            if name == "AVIF":
+                from PIL import AvifImagePlugin, features  # noqa: F401 - the import registers it
+
+                if not features.check("avif"):
+                    raise ImportError("this Pillow was built without AVIF support")
+            else:
+                import pillow_heif
+
+                if "HEIF" not in Image.OPEN:
+                    pillow_heif.register_heif_opener()
+        except ImportError as exc:
+            accepted = ", ".join(ACCEPTED_FORMATS)
+            raise UnsupportedFormatError(
+                f"{name} image: no decoder for it is installed ({_describe(exc)}); "
+                f"accepted formats: {accepted}") from None
+
+
 def _apply_exif_orientation(im: Image.Image, source_format: str) -> None:
     from PIL import ImageOps
 
@@ -281,15 +408,36 @@ def _flatten_on_white(image: Image.Image) -> Image.Image:
 
 
 def _stretch_to_l(image: Image.Image) -> Image.Image:
-    source = image if image.mode in ("I", "F") else image.convert("I")
+    if image.mode == "F":
+        return _stretch_float_to_l(image)
+    source = image if image.mode == "I" else image.convert("I")
     low, high = source.getextrema()
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return source.convert("L")  # NaN/inf floats: no meaningful range, clip instead
     if high <= low:
         return Image.new("L", source.size, 0 if high <= 0 else 255)
     scale = 255.0 / (high - low)
     offset = -low * scale + 0.5  # +0.5: the point transform truncates, we want rounding
     return source.point(lambda value: value * scale + offset).convert("L")
+
+
+def _stretch_float_to_l(image: Image.Image) -> Image.Image:
+    """Float pixels stretched from the finite minimum..maximum to 0..255; NaN and infinities
+    (no place on that scale) become 0."""
+    import numpy as np
+
+    values = np.array(image, dtype=np.float32)
+    finite = np.isfinite(values)
+    if not finite.all():
+        values[~finite] = np.nan
+    low, high = (float(np.nanmin(values)), float(np.nanmax(values))) if finite.any() else (0.0, 0.0)
+    if high <= low:
+        values[:] = 0 if high <= 0 else 255
+    else:
+        values -= low
+        values *= 255.0 / (high - low)
+        values += 0.5  # the cast truncates, we want rounding
+    values[~finite] = 0
+    np.clip(values, 0, 255, out=values)
+    return Image.fromarray(values.astype(np.uint8), "L")
 
 
 def _is_rgb_icc_profile(profile: object) -> bool:

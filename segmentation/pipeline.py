@@ -44,6 +44,7 @@ from segmentation.detections import Detection, DetectionResult, ObjectRef
 from segmentation.backgrounds import OfflineDetectors
 from segmentation.errors import (
     DetectorNotConfiguredError,
+    ImageTooLargeForMemoryError,
     InProgressElsewhereError,
     PermanentError,
     PipelineError,
@@ -55,6 +56,7 @@ from segmentation.errors import (
 from segmentation.events import skip_reason
 from segmentation.images import LoadedImage, ModelInput, load_image, model_input
 from segmentation.logs import log_event
+from segmentation.memory import MemoryBudget, Reservation
 from segmentation.naming import OutputNames, row_id
 from segmentation.offline import OfflineDetector
 from segmentation.render import crop_jpeg, overview_jpeg
@@ -167,6 +169,9 @@ class Pipeline:
         self._wall_clock = wall_clock
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload")
         self._turns = Turns(config.output_turns, TURN_PATIENCE_S)
+        # Shared by this process's concurrent events: each holds its image's peak until it is done.
+        self.memory = MemoryBudget.from_limits(config.memory_limit_mib, config.decode_memory_fraction,
+                                               clock=clock)
 
     def process(self, ref: ObjectRef, *, force: bool = False) -> Outcome:
         """Process one object-finalize event's object. Raises only `TransientError` (redeliver me).
@@ -203,6 +208,11 @@ class Pipeline:
             return Outcome("superseded", reason="a newer generation arrived while processing")
         except PermanentError as exc:
             outcome = self._record_failure(ref, exc, started, deadline, fields)
+        except MemoryError as exc:
+            # Retrying the same image would run out of memory again: a failed row, never a loop.
+            exc.__traceback__ = None  # let the frames' images go before the row is written
+            error = ImageTooLargeForMemoryError(f"ran out of memory while processing the image: {exc!r}")
+            outcome = self._record_failure(ref, error, started, deadline, fields)
         except TransientError as exc:
             if not self._gives_up(ref, exc):
                 self._give_back(ref, names, owner, exc, fields)
@@ -327,6 +337,13 @@ class Pipeline:
     def _run(
         self, ref: ObjectRef, names: OutputNames, deadline: float, started: float, timer: PhaseTimer
     ) -> tuple[Outcome, dict]:
+        with self.memory.reservation(deadline) as memory:  # held until the outputs are written
+            return self._run_reserved(ref, names, deadline, started, timer, memory)
+
+    def _run_reserved(
+        self, ref: ObjectRef, names: OutputNames, deadline: float, started: float, timer: PhaseTimer,
+        memory: Reservation,
+    ) -> tuple[Outcome, dict]:
         with timer("read"):
             data = retry_call(
                 lambda: self.storage.read(ref, max_bytes=self.config.max_image_bytes),
@@ -334,7 +351,7 @@ class Pipeline:
                 what="storage read",
             )
         with timer("decode"):
-            loaded = load_image(data, max_pixels=self.config.max_image_pixels)
+            loaded = load_image(data, max_pixels=self.config.max_image_pixels, memory=memory)
             image = loaded.image
             prepared = model_input(image, max_side=self.config.model_input_max_side,
                                    jpeg=data if loaded.plain_jpeg else None)

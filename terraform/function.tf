@@ -30,6 +30,8 @@ locals {
     OUTPUT_TURNS              = tostring(var.output_turns)
     MAX_IMAGE_BYTES           = tostring(var.max_image_bytes)
     MAX_IMAGE_PIXELS          = tostring(var.max_image_pixels)
+    MEMORY_LIMIT_MIB          = tostring(local.worker_memory_mib)
+    DECODE_MEMORY_FRACTION    = tostring(var.decode_memory_fraction)
     RETRY_DEADLINE_S          = tostring(var.retry_deadline_s)
     GIVE_UP_AFTER_S           = tostring(var.give_up_after_s)
     CLAIM_LEASE_S             = tostring(var.function_timeout_seconds)
@@ -39,6 +41,8 @@ locals {
   }
 
   cpu = tonumber(var.function_cpu)
+  # Each worker process (WORKERS below) budgets its images' memory from its share of the instance's.
+  worker_memory_mib = floor(local.memory_mib[var.function_memory] / max(1, floor(local.cpu)))
 
   # functions-framework's web server (gunicorn), not read by the code: one worker process per
   # whole vCPU, as Google advises for Python on Cloud Run (each process has its own GIL, so two

@@ -259,6 +259,17 @@ variable "function_memory" {
   }
 }
 
+variable "decode_memory_fraction" {
+  description = "DECODE_MEMORY_FRACTION: share of a worker process's memory (function_memory / worker processes) that its concurrent events' decoded images may hold together; the rest is kept for the process, downloads and outputs."
+  type        = number
+  default     = 0.6
+
+  validation {
+    condition     = var.decode_memory_fraction > 0 && var.decode_memory_fraction <= 1
+    error_message = "decode_memory_fraction must be above 0 and at most 1."
+  }
+}
+
 variable "function_cpu" {
   description = "vCPUs of one function instance. More than one concurrent request per instance needs at least 1; above 4Gi of memory needs 2, above 8Gi 4, above 16Gi 8."
   type        = string

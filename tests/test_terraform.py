@@ -357,7 +357,7 @@ def test_variable_defaults_equal_the_codes_defaults():
         checked += 1
         assert _same_value(default_of(variable), setting.default), (
             f"var.{variable} defaults to {default_of(variable)!r}; {env_name} defaults to {setting.default!r} in the code")
-    assert checked == len(DEPLOYED_SETTINGS) - 4
+    assert checked == len(DEPLOYED_SETTINGS) - 5  # and MEMORY_LIMIT_MIB, from memory and cpu
 
 
 def _deployed_env(overrides: dict[str, Any]) -> dict[str, str]:
@@ -376,8 +376,16 @@ def _deployed_env(overrides: dict[str, Any]) -> dict[str, str]:
             values[env_name] = str(value)
     values.update(GEMINI_BACKEND=environment()["GEMINI_BACKEND"],
                   GOOGLE_CLOUD_PROJECT=overrides.get("project_id", "my-project"),
-                  BQ_OBJECTS_TABLE="p.conveyor.objects", BQ_IMAGES_TABLE="p.conveyor.images")
+                  BQ_OBJECTS_TABLE="p.conveyor.objects", BQ_IMAGES_TABLE="p.conveyor.images",
+                  MEMORY_LIMIT_MIB=str(worker_memory_mib(overrides)))
     return values
+
+
+def worker_memory_mib(overrides: dict[str, Any]) -> int:
+    """local.worker_memory_mib: the function's memory in MiB over its worker processes."""
+    memory = overrides.get("function_memory", default_of("function_memory"))
+    cpu = float(overrides.get("function_cpu", default_of("function_cpu")))
+    return int(config()["locals"]["memory_mib"][memory]) // max(1, int(cpu))
 
 
 @pytest.mark.parametrize("env", (None,) + ENVS)

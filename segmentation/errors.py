@@ -47,6 +47,15 @@ class UnexpectedError(SuspectError):
     error_type = "unexpected_error"
 
 
+class UnreadableAnswerError(SuspectError):
+    """The model's endpoint answered, but not with an answer its client can read: a 200 whose
+    body is not JSON (or is compressed without saying so), JSON its types reject, or no
+    candidates and no prompt feedback. Retried in-process like a 5xx; a redelivery after the
+    retry deadline that meets it again records a failed row."""
+
+    error_type = "unreadable_answer"
+
+
 class InProgressElsewhereError(TransientError):
     """Another delivery of the same event holds the image's claim and has not finished: this copy
     is redelivered later, when the completion marker answers it."""
@@ -78,6 +87,20 @@ class ResponseParseError(PermanentError):
     """The model's answer holds no usable detections list, even after a re-ask."""
 
     error_type = "response_parse_error"
+
+
+class NoUsableBoxesError(ResponseParseError):
+    """The answer lists objects but none has a usable box (NaN, nested arrays, zero area...):
+    not an empty belt. Raised after the model was asked once more."""
+
+    error_type = "no_usable_boxes"
+
+
+class BoxScaleError(NoUsableBoxesError):
+    """Every box of the answer is on a 0-1 scale instead of Gemini's 0-1000, so each would
+    become a crop of a pixel or two. Refused like an answer without usable boxes."""
+
+    error_type = "box_scale_0_1"
 
 
 class ObjectGoneError(PermanentError):

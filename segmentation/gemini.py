@@ -27,7 +27,10 @@ Why the defaults are what they are (Google's guidance for object detection):
 Retries are ours, not the SDK's: SDK retries are off, and each call goes through
 `segmentation.retry.retry_call` until the caller's `deadline`. Each request's timeout is
 ``GEMINI_TIMEOUT_S``, cut to the time left, so no request can outlive the deadline.
-An answer that can't be parsed is asked for once more, then gives `ResponseParseError`.
+A 200 the SDK cannot read (not JSON, gzip without its header, JSON its types reject) is
+`UnreadableAnswerError`, retried like a 5xx. An answer that can't be parsed, or lists objects
+without a usable box, is asked for once more, then gives `ResponseParseError` (or its
+`NoUsableBoxesError` / `BoxScaleError`).
 
 Endpoints follow the SDK's own environment variables ``GOOGLE_VERTEX_BASE_URL`` and
 ``GOOGLE_GEMINI_BASE_URL``. Tests point these at `tests.fakes.gemini_server`.
@@ -42,6 +45,7 @@ Example (needs credentials, or GOOGLE_GEMINI_BASE_URL pointing at a server)::
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -53,17 +57,20 @@ from google import genai
 from google.auth import exceptions as auth_exceptions
 from google.genai import errors as genai_errors
 from google.genai import types
+from pydantic import ValidationError
 
 from segmentation.config import Config
 from segmentation.detections import DetectionResult, Usage
 from segmentation.errors import (
     DetectorNotConfiguredError,
     ModelRequestError,
+    NoUsableBoxesError,
     ResponseParseError,
     TransientError,
+    UnreadableAnswerError,
 )
-from segmentation.logs import log_event
-from segmentation.parse import ParsedResponse, parse_response
+from segmentation.logs import add_secret, log_event, redact
+from segmentation.parse import ParsedResponse, parse_response, refuse_unusable_boxes
 from segmentation.retry import retry_call
 
 if TYPE_CHECKING:
@@ -73,8 +80,9 @@ if TYPE_CHECKING:
 
 _TRANSIENT_HTTP_CODES = frozenset({408, 429, 500, 502, 503, 504})
 
-# Bearer tokens (OAuth access tokens from ADC) and Google API keys, wherever an error echoes them.
-_CREDENTIAL_PATTERN = re.compile(r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]+|ya29\.[A-Za-z0-9._-]+|AIza[0-9A-Za-z_-]{35}")
+# Characters of an unreadable body quoted in the error (redacted), enough to tell an HTML page
+# from gzip bytes or cut-off JSON.
+_BODY_EXCERPT_CHARS = 120
 
 # First backoff step between attempts (grows exponentially, with jitter; a server-given
 # retryDelay is waited at least). Google's retry guidance for 429/5xx starts at about 1 s.
@@ -99,6 +107,12 @@ _DEVELOPER_API_VERSION = "v1beta"
 REASK_INSTRUCTION = (
     "Your previous answer was not a valid JSON list. Answer again with only the JSON array "
     "described in the system instruction: no code fences, no other text."
+)
+# The re-ask after an answer whose objects had no usable box (NaN, nested arrays, a 0-1 scale).
+BOX_REASK_INSTRUCTION = (
+    "Your previous answer had no usable box_2d. Answer again with only the JSON array described "
+    "in the system instruction; every box_2d is four integers [ymin, xmin, ymax, xmax] from 0 "
+    "to 1000."
 )
 
 _FIELD_ORDER = ["box_2d", "label", "color", "general_description", "detailed_description"]
@@ -163,6 +177,7 @@ class GeminiDetector:
     ):
         self._config = config
         self._credentials = credentials
+        add_secret(config.gemini_api_key)  # no log line may print it, whatever echoes it
         self._client: genai.Client | None = None
         self._client_lock = threading.Lock()
 
@@ -171,7 +186,9 @@ class GeminiDetector:
 
         `deadline` is a `time.monotonic()` instant. Raises `TransientError` when it passes
         while Gemini keeps failing transiently, `ModelRequestError` when Gemini rejects the
-        request, and `ResponseParseError` when two answers in a row are unusable.
+        request, and `ResponseParseError` (or its subclasses `NoUsableBoxesError`,
+        `BoxScaleError`) when two answers in a row are unusable. `UnreadableAnswerError` is a
+        `TransientError`: answers the SDK could not read kept coming until the deadline.
         """
         client = self._get_client()
         calls = _CallLog()
@@ -187,12 +204,15 @@ class GeminiDetector:
                 "Gemini answer unusable; asking once more",
                 model=self._config.gemini_model,
                 error=str(first_error)[:300],
+                error_type=first_error.error_type,
             )
-            response = self._generate(client, [*contents, REASK_INSTRUCTION], deadline, calls)
+            instruction = BOX_REASK_INSTRUCTION if isinstance(first_error, NoUsableBoxesError) else REASK_INSTRUCTION
+            response = self._generate(client, [*contents, instruction], deadline, calls)
             try:
                 parsed = self._parse(response, image_size)
             except ResponseParseError as second_error:
-                raise ResponseParseError(
+                # The second answer's kind of failure names the image's error_type.
+                raise type(second_error)(
                     f"both Gemini answers were unusable: first: {first_error}; "
                     f"after asking again: {second_error}"
                 ) from second_error
@@ -315,15 +335,22 @@ class GeminiDetector:
         def attempt() -> types.GenerateContentResponse:
             remaining = deadline - time.monotonic()
             if remaining < _MIN_REQUEST_S:
-                after = f" (last error: {last_error[-1]})" if last_error else ""
-                raise TransientError(f"no time left before the deadline for a Gemini call{after}")
+                last = last_error[-1] if last_error else None
+                after = f" (last error: {last})" if last else ""
+                # Keeps the last error's class, so an unreadable answer stays a suspect one.
+                kind = type(last) if isinstance(last, TransientError) else TransientError
+                raise kind(f"no time left before the deadline for a Gemini call{after}")
             timeout_s = min(self._config.gemini_timeout_s, remaining)
+            # Built outside the try: a bad setting is not the answer's fault.
+            generation_config = self._generation_config(timeout_s)
             try:
-                return client.models.generate_content(
+                response = client.models.generate_content(
                     model=self._config.gemini_model,
                     contents=contents,
-                    config=self._generation_config(timeout_s),
+                    config=generation_config,
                 )
+                _check_readable(response)
+                return response
             except Exception as exc:  # noqa: BLE001 - classified, never swallowed
                 mapped = self._classify(exc)
                 last_error.append(mapped)
@@ -358,25 +385,36 @@ class GeminiDetector:
         text = response.text
         if text is None:
             raise ResponseParseError(f"Gemini's answer has no text (finish reason {finish or 'unknown'})")
-        return parse_response(
+        return refuse_unusable_boxes(parse_response(
             text,
             image_size,
             max_objects=self._config.gemini_max_objects,
             truncated=finish in ("MAX_TOKENS", "CONTINUATION"),
-        )
+        ))
 
     # -- errors ---------------------------------------------------------------------------
 
     def _classify(self, exc: Exception) -> Exception:
-        """Map an SDK, HTTP or auth exception to our error classes (messages never hold the key)."""
+        """Map an SDK, HTTP or auth exception to our error classes (messages never hold the key).
+
+        Unreadable answers become `UnreadableAnswerError`; HTTP errors, network and auth failures
+        `TransientError` or a `PermanentError` by their kind. Anything else is returned as it is:
+        the pipeline records it as `UnexpectedError`, with its stack trace, redacted.
+        """
         if isinstance(exc, (TransientError, ModelRequestError, DetectorNotConfiguredError)):
             return exc
+        unreadable = _unreadable_answer(exc)
+        if unreadable is not None:
+            return UnreadableAnswerError(self._redact(unreadable)[:500])
         if isinstance(exc, genai_errors.APIError):
             summary = self._redact(f"Gemini answered HTTP {exc.code} {exc.status or ''}: {exc.message or ''}")
             summary = summary[:500]
             if exc.code in _TRANSIENT_HTTP_CODES:
                 return TransientError(summary, retry_after=_retry_delay(exc) if exc.code == 429 else None)
             return ModelRequestError(summary)
+        if isinstance(exc, _UNUSABLE_ENDPOINT_ERRORS):
+            return DetectorNotConfiguredError(
+                self._redact(f"the Gemini endpoint is not usable: {type(exc).__name__}: {exc}")[:500])
         if isinstance(exc, _TRANSIENT_TRANSPORT_ERRORS):
             return TransientError(self._redact(f"Gemini request failed: {type(exc).__name__}: {exc}")[:500])
         if isinstance(exc, auth_exceptions.DefaultCredentialsError):
@@ -391,8 +429,6 @@ class GeminiDetector:
             return TransientError(self._redact(f"refreshing Google credentials failed: {exc}")[:500])
         if isinstance(exc, auth_exceptions.RefreshError):
             return ModelRequestError(self._redact(f"Google credentials were refused: {exc}")[:500])
-        if isinstance(exc, genai_errors.UnknownApiResponseError):
-            return TransientError("Gemini answered with a body that is not JSON")
         return exc
 
     def _redact(self, text: str) -> str:
@@ -400,7 +436,7 @@ class GeminiDetector:
         key = self._config.gemini_api_key
         if key:
             text = text.replace(key, "***")
-        return _CREDENTIAL_PATTERN.sub("***", text)
+        return redact(text)
 
 
 class _CallLog:
@@ -426,24 +462,61 @@ class _CallLog:
         return Usage(*totals)
 
 
-def _transport_error_classes() -> tuple[type[BaseException], ...]:
-    """The network errors the SDK's HTTP client raises: httpx2 by default, httpx if installed."""
+def _check_readable(response: types.GenerateContentResponse) -> None:
+    """Raise `UnreadableAnswerError` for a 200 that the SDK turned into an empty response: JSON
+    without candidates or prompt feedback (``[]``, ``null``, ``{}``), or candidates with no field
+    at all (the Developer API's converter makes one per character of a ``candidates`` string)."""
+    if response.candidates is None and response.prompt_feedback is None:
+        raise UnreadableAnswerError("Gemini answered HTTP 200 without candidates or prompt feedback")
+    if response.candidates and not response.candidates[0].model_dump(exclude_none=True):
+        raise UnreadableAnswerError("Gemini answered HTTP 200 with candidates that hold no field")
+
+
+def _unreadable_answer(exc: Exception) -> str | None:
+    """What makes the answer unreadable, if `exc` says the SDK could not read a 200's body;
+    else None. Never quotes more than a short excerpt of the body (redacted by the caller)."""
+    if isinstance(exc, json.JSONDecodeError):
+        excerpt = repr(exc.doc[:_BODY_EXCERPT_CHARS]) if isinstance(exc.doc, str) else "?"
+        return f"Gemini answered with a body that is not JSON ({exc.msg} at char {exc.pos}): {excerpt}"
+    if isinstance(exc, genai_errors.UnknownApiResponseError):
+        return "Gemini answered with a body that is not JSON"
+    if isinstance(exc, ValidationError) and exc.title.endswith("Response"):
+        # Locations and kinds only: the error's input values are pieces of the body.
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return (f"Gemini answered with JSON the SDK's {exc.title} rejects ({exc.error_count()} error(s); "
+                f"first at {where or 'the top'}: {first.get('msg', '')})")
+    if isinstance(exc, RecursionError):
+        return "Gemini answered with JSON nested too deeply to read"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"Gemini answered with a body that is not text: {exc.reason}"
+    if isinstance(exc, _DECODING_ERRORS):
+        return f"Gemini answered with a body that cannot be decoded: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _transport_error_classes(*names: str) -> tuple[type[BaseException], ...]:
+    """The SDK HTTP client's error classes named `names`: httpx2 by default, httpx if installed."""
     classes: list[type[BaseException]] = []
     for module_name in ("httpx2", "httpx"):
         try:
             module = __import__(module_name)
         except ImportError:
             continue
-        # TimeoutException: connect/read/write/pool timeouts. NetworkError: refused, reset.
-        # RemoteProtocolError: the server closed the connection mid-answer.
-        for name in ("TimeoutException", "NetworkError", "RemoteProtocolError"):
+        for name in names:
             cls = getattr(module, name, None)
             if cls is not None:
                 classes.append(cls)
     return tuple(classes)
 
 
-_TRANSIENT_TRANSPORT_ERRORS = _transport_error_classes()
+# A body whose Content-Encoding lies (gzip that isn't): the answer is unreadable.
+_DECODING_ERRORS = _transport_error_classes("DecodingError")
+# A base URL the client cannot use (GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL): a setting.
+_UNUSABLE_ENDPOINT_ERRORS = _transport_error_classes("UnsupportedProtocol", "InvalidURL")
+# Every other transport failure: timeouts, refused or reset connections, a connection closed
+# mid-answer (RemoteProtocolError), proxy errors, redirect loops.
+_TRANSIENT_TRANSPORT_ERRORS = _transport_error_classes("TransportError", "TooManyRedirects")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
 

@@ -17,7 +17,12 @@ prose need no special case. A list is read one element at a time with
 `json.JSONDecoder.raw_decode`, so a cut-off answer keeps every complete object before the cut
 and is reported as ``partial``. Problems that cost an object or a mask never fail the parse;
 they become human-readable ``notes``. Only an answer with no detections list at all raises
-`ResponseParseError`.
+`ResponseParseError`. A number too long for Python's int (over 4300 digits) costs only the
+object it is in: it reads as infinity, which no box accepts.
+
+Answers that parse but cannot be right are refused by `refuse_unusable_boxes` (the detector
+asks once more): objects listed but none with a usable box (`NoUsableBoxesError`, never an
+empty belt), and boxes that are all on a 0-1 scale instead of 0-1000 (`BoxScaleError`).
 
 Mapping. The model saw a downscaled copy with the original's aspect ratio, so normalized
 coordinates apply to the original size ``(W, H)`` directly. After clamping each value to
@@ -53,10 +58,19 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from segmentation.detections import Box, Detection
-from segmentation.errors import ResponseParseError
+from segmentation.errors import BoxScaleError, NoUsableBoxesError, ResponseParseError
+
+# Longer integers are read as floats: int() refuses more than 4300 digits, and a ValueError
+# in the middle of the list would read as the answer breaking off there.
+_MAX_INT_DIGITS = 100
+
+
+def _json_int(digits: str) -> int | float:
+    return int(digits) if len(digits) <= _MAX_INT_DIGITS else float(digits)
+
 
 # strict=False lets raw newlines inside strings through; models emit them in long descriptions.
-_DECODER = json.JSONDecoder(strict=False)
+_DECODER = json.JSONDecoder(strict=False, parse_int=_json_int)
 # Where a detections container may start: a list whose first element is an object (or an
 # empty list), or an object whose first key is a string. Other brackets are prose.
 _CANDIDATE = re.compile(r'\[(?=[ \t\n\r]*[{\]])|\{(?=[ \t\n\r]*")')
@@ -77,12 +91,16 @@ class ParsedResponse:
 
     `detections` are pixel boxes in the original image, in answer order. `partial` is True
     when the answer was cut off (or the caller said it was truncated) and only the complete
-    objects were kept. `notes` say what was fixed or dropped.
+    objects were kept. `notes` say what was fixed or dropped. `unusable` counts the entries
+    dropped because they held no usable box (not duplicates, nor those beyond max_objects);
+    `scale_0_1` says every kept box reads as a 0-1 box (see `refuse_unusable_boxes`).
     """
 
     detections: list[Detection]
     partial: bool
     notes: tuple[str, ...]
+    unusable: int = 0
+    scale_0_1: bool = False
 
 
 class _MaskError(ValueError):
@@ -144,13 +162,17 @@ def parse_response(
 
     detections: list[Detection] = []
     kept_boxes: dict[Box, str] = {}
+    kept_normalized: list[tuple[float, float, float, float]] = []
+    unusable = 0
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             notes.add("dropped entries that are not JSON objects", f"#{index + 1} {_clip(repr(entry))}")
+            unusable += 1
             continue
         label = _text(entry, "label") or "object"
         normalized = _normalized_box(entry.get("box_2d"), label, notes)
         if normalized is None:
+            unusable += 1
             continue
         box = _to_pixels(normalized, image_size)
         if box in kept_boxes:
@@ -160,6 +182,7 @@ def parse_response(
             notes.add(f"dropped objects beyond max_objects={max_objects}", repr(_clip(label)))
             continue
         kept_boxes[box] = label
+        kept_normalized.append(normalized)
         detections.append(
             Detection(
                 box=box,
@@ -170,7 +193,36 @@ def parse_response(
                 mask=_entry_mask(entry, box, image_size, label, notes),
             )
         )
-    return ParsedResponse(detections=detections, partial=truncated or not complete, notes=notes.render())
+    return ParsedResponse(detections=detections, partial=truncated or not complete, notes=notes.render(),
+                          unusable=unusable, scale_0_1=_reads_as_0_1(kept_normalized))
+
+
+def refuse_unusable_boxes(parsed: ParsedResponse) -> ParsedResponse:
+    """`parsed`, unless its boxes cannot be right: raises `BoxScaleError` when every box is on a
+    0-1 scale, `NoUsableBoxesError` when objects were listed but none had a usable box.
+
+    An answer of zero objects passes: that is an empty belt.
+
+    >>> refuse_unusable_boxes(parse_response('[{"box_2d": [0.1, 0.2, 0.5, 0.6]}]', (100, 100)))
+    Traceback (most recent call last):
+    ...
+    segmentation.errors.BoxScaleError: every box of the answer is on a 0-1 scale, not 0-1000: 1 box(es)
+    """
+    if parsed.scale_0_1:
+        raise BoxScaleError(f"every box of the answer is on a 0-1 scale, not 0-1000: {len(parsed.detections)} box(es)")
+    if parsed.unusable and not parsed.detections:
+        raise NoUsableBoxesError(f"the answer lists {parsed.unusable} object(s) but none has a usable box: "
+                                 + "; ".join(parsed.notes)[:_EXCERPT_CHARS * 2])
+    return parsed
+
+
+def _reads_as_0_1(boxes: list[tuple[float, float, float, float]]) -> bool:
+    """Whether every box lies within 0-1 with some coordinate a fraction: Gemini's box_2d is
+    integers 0-1000, so such boxes were given on a 0-1 scale. Integer boxes inside 0-1 (one
+    genuinely tiny box in a corner) are not, and one box beyond 1 clears the whole answer."""
+    coordinates = [value for box in boxes for value in box]
+    return (bool(coordinates) and all(value <= 1.0 for value in coordinates)
+            and any(value != int(value) for value in coordinates))
 
 
 def _find_entries(text: str) -> tuple[list[Any], bool]:

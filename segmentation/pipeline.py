@@ -55,7 +55,7 @@ from segmentation.errors import (
 )
 from segmentation.events import skip_reason
 from segmentation.images import LoadedImage, ModelInput, load_image, model_input
-from segmentation.logs import log_event
+from segmentation.logs import log_event, redact
 from segmentation.memory import MemoryBudget, Reservation
 from segmentation.naming import OutputNames, row_id
 from segmentation.offline import OfflineDetector
@@ -180,6 +180,7 @@ class Pipeline:
         (the replay command uses it to redo failed or fallback images).
         """
         started = self._clock()
+        arrived = self._wall_clock()  # a delivery's age is taken on arrival, not after its retries
         deadline = started + self.config.retry_deadline_s
         fields = {"bucket": ref.bucket, "object": ref.name, "generation": ref.generation}
 
@@ -214,14 +215,14 @@ class Pipeline:
             error = ImageTooLargeForMemoryError(f"ran out of memory while processing the image: {exc!r}")
             outcome = self._record_failure(ref, error, started, deadline, fields)
         except TransientError as exc:
-            if not self._gives_up(ref, exc):
+            if not self._gives_up(ref, exc, arrived):
                 self._give_back(ref, names, owner, exc, fields)
                 raise
             outcome = self._record_failure(ref, exc, started, deadline, fields, gave_up=True)
         except Exception as exc:  # noqa: BLE001 - nothing escapes unclassified
             unexpected = UnexpectedError(f"{type(exc).__name__}: {exc}"[:2000])
             trace = {"error": str(unexpected), "stack_trace": "".join(traceback.format_exception(exc))[-8000:]}
-            if not self._gives_up(ref, unexpected):
+            if not self._gives_up(ref, unexpected, arrived):
                 self._give_back(ref, names, owner, unexpected, {**fields, **trace})
                 raise unexpected from None
             outcome = self._record_failure(ref, unexpected, started, deadline, {**fields, **trace}, gave_up=True)
@@ -313,13 +314,15 @@ class Pipeline:
                 log_event("WARNING", f"claim not released; it expires after CLAIM_LEASE_S: {release_error}",
                           error_type=release_error.error_type, **fields)
 
-    def _gives_up(self, ref: ObjectRef, exc: TransientError) -> bool:
+    def _gives_up(self, ref: ObjectRef, exc: TransientError, arrived: float) -> bool:
         """Whether a transient failure should be recorded as failed instead of redelivered: the
         platform has been redelivering this generation for GIVE_UP_AFTER_S, or (for a suspect
-        error) this is a redelivery after the first delivery's retry deadline."""
+        error) this is a redelivery after the first delivery's retry deadline. The age is taken
+        when this delivery `arrived`: the first delivery's own retries, which take the whole
+        deadline, must not make it look like a redelivery."""
         if ref.created is None or isinstance(exc, InProgressElsewhereError):
             return False
-        age = self._wall_clock() - ref.created
+        age = arrived - ref.created
         limit = self.config.retry_deadline_s if isinstance(exc, SuspectError) else self.config.give_up_after_s
         return age >= limit
 
@@ -634,7 +637,7 @@ class Pipeline:
             "status": status,
             "objects_found": objects_found,
             "error_type": error_type,
-            "error_message": str(error)[:2000] if error else None,
+            "error_message": redact(str(error))[:2000] if error else None,  # rows are read as widely as logs
             "fallback_reason": result.fallback_reason if result else None,
             "overview_uri": overview_uri,
             "image_width": size[0] if size else None,

@@ -12,8 +12,8 @@ A request without the right credential header gets 401 UNAUTHENTICATED, as from 
 Every request is recorded (`RecordedRequest`: auth values are not kept, only whether auth
 was there). Answers come from a script: queued behaviours first (`enqueue`), then the
 `default` responder, a callable ``(RecordedRequest) -> Behaviour``. Behaviours are
-`Answer` (text, optionally cut off), `ErrorReply` (Google's error JSON), each optionally
-slow. A base `latency` is added to every answer, for benchmarks.
+`Answer` (text, optionally cut off), `ErrorReply` (Google's error JSON) and `RawReply` (any
+bytes: not JSON, gzip without its header, JSON the SDK rejects), each optionally slow. A base `latency` is added to every answer, for benchmarks.
 
 Token counts in ``usageMetadata`` follow Google's documented rules (`image_token_count`), not a
 live model: an image costs, by model generation and media resolution (per part, else the
@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import gzip
 import io
 import json
 import math
@@ -168,7 +169,19 @@ class ErrorReply:
     echo_headers: bool = False
 
 
-Behaviour = Union[Answer, ErrorReply]
+@dataclass(frozen=True)
+class RawReply:
+    """Exactly `body` with `status` and `headers`: answers no real endpoint should give, but a
+    proxy, a load balancer or a broken release might (see `not_json`, `gzip_without_header`,
+    `rejected_by_sdk`)."""
+
+    body: bytes
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json; charset=UTF-8"),)
+    delay: float = 0.0
+
+
+Behaviour = Union[Answer, ErrorReply, RawReply]
 Responder = Callable[[RecordedRequest], Behaviour]
 
 
@@ -198,6 +211,23 @@ def unavailable() -> ErrorReply:
 
 def model_not_found(model: str) -> ErrorReply:
     return ErrorReply(404, "NOT_FOUND", f"models/{model} is not found for API version v1beta, or is not supported.")
+
+
+def not_json(body: str = "<html><body>Upstream connect error</body></html>") -> RawReply:
+    """HTTP 200 whose body is not JSON (an HTML page from a proxy, say)."""
+    return RawReply(body.encode("utf-8"), headers=(("Content-Type", "text/html; charset=UTF-8"),))
+
+
+def gzip_without_header(text: str = "[]") -> RawReply:
+    """HTTP 200 carrying a valid answer with `text`, gzip-compressed but without Content-Encoding."""
+    body = {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}]}
+    return RawReply(gzip.compress(json.dumps(body).encode("utf-8")))
+
+
+def rejected_by_sdk(body: Any = None) -> RawReply:
+    """HTTP 200 with JSON that google-genai's types refuse (default: `candidates` as a string)."""
+    value = {"candidates": "not a list", "modelVersion": "gemini-3.5-flash"} if body is None else body
+    return RawReply(json.dumps(value).encode("utf-8"))
 
 
 def empty_list(request: RecordedRequest) -> Behaviour:
@@ -379,6 +409,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake._wait(self.fake.latency + behaviour.delay)
         if isinstance(behaviour, Answer):
             self._send(200, _answer_body(request, behaviour))
+        elif isinstance(behaviour, RawReply):
+            self._send_raw(behaviour.status, behaviour.body, behaviour.headers)
         else:
             message = behaviour.message
             if behaviour.echo_headers:
@@ -390,9 +422,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         payload = json.dumps(body).encode("utf-8")
+        self._send_raw(status, payload, (("Content-Type", "application/json; charset=UTF-8"),))
+
+    def _send_raw(self, status: int, payload: bytes, headers: tuple[tuple[str, str], ...]) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            for name, value in headers:
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)

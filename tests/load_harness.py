@@ -47,7 +47,7 @@ from segmentation.parse import parse_response
 from segmentation.sink import SqliteSink
 from tests.fakes import gemini_server
 from tests.fakes.bigquery_server import FakeBigQuery
-from tests.fakes.gemini_server import Answer, Behaviour, ErrorReply, FakeGeminiServer, RecordedRequest
+from tests.fakes.gemini_server import Answer, Behaviour, ErrorReply, FakeGeminiServer, RawReply, RecordedRequest
 from tests.fakes.storage_emulator import StorageEmulator, _Handler, _Server, _State
 from gcp_storage_emulator.storage import Storage as EmulatorStorage
 
@@ -222,6 +222,7 @@ class LoadGemini(FakeGeminiServer):
             return Answer(answer_text(image_id), delay=delay)
         with self._count_lock:
             kind = (f"http {behaviour.code}" if isinstance(behaviour, ErrorReply)
+                    else f"unreadable {behaviour.status}" if isinstance(behaviour, RawReply)
                     else "truncated" if behaviour.finish_reason == "MAX_TOKENS" else "slow answer")
             self.faults[kind] += 1
         return dataclasses.replace(behaviour, delay=behaviour.delay or delay)

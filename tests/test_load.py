@@ -18,6 +18,7 @@ Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -29,8 +30,17 @@ import time
 from collections import Counter
 
 import pytest
+from PIL import Image
 
-from tests.fakes.gemini_server import Answer, internal_error, rate_limited, unavailable
+from tests.fakes.gemini_server import (
+    Answer,
+    gzip_without_header,
+    internal_error,
+    not_json,
+    rate_limited,
+    rejected_by_sdk,
+    unavailable,
+)
 from tests.load_harness import (
     BUCKET,
     ROOT_DIR,
@@ -588,3 +598,78 @@ def test_an_older_generation_failing_late_does_not_replace_the_newer_marker(tmp_
             problems.append(f"redelivering the newer events called the model {sum(gemini.attempts.values()) - calls} "
                             f"more times (the marker no longer named their generation)")
     assert not problems, summarize(problems)
+
+
+# --- 8. same-stem pairs, simultaneous copies and unreadable answers -------------------------------
+
+
+def _png(image_id: int) -> bytes:
+    """`make_image(image_id)` as a PNG: a twin that differs from its JPEG sibling in format and pixels."""
+    with Image.open(io.BytesIO(make_image(image_id))) as image:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.timeout(420)
+def test_same_stem_pairs_simultaneous_copies_and_unreadable_answers_end_exactly(tmp_path, monkeypatch):
+    """What real delivery does, all at once:
+
+    - every tenth `imgNNNN.jpg` has a twin `imgNNNN.png` (another picture, same stem), whose
+      event is posted at the same moment as the JPEG's;
+    - a third of the images get 2-5 copies of their event posted together, while the first
+      copy's model call is held 1 s (so the copies really overlap);
+    - one model call in eight answers HTTP 200 with a body the client cannot read (an HTML page,
+      gzip without its header, JSON the SDK's types reject) on the first attempt.
+
+    End state: every image, twins included, has exactly its own rows, crops, overview, marker and
+    claim; the model was asked once per image, plus once per unreadable answer.
+    """
+    names = image_names(N)
+    twins = {name.replace(".jpg", ".png"): i + 2048 for name, i in names.items() if i % 10 == 7}
+    unreadable = {i for i in list(names.values()) + list(twins.values()) if i % 8 == 5}
+    copied = {i for i in names.values() if i % 3 == 0}
+    kinds = (lambda i: not_json(), lambda i: gzip_without_header(answer_text(i)), lambda i: rejected_by_sdk())
+
+    def plan(image_id: int, attempt: int):
+        if image_id in unreadable and attempt == 1:
+            return kinds[image_id // 8 % 3](image_id)
+        return None
+
+    def before_answer(image_id: int, attempt: int, _port: int) -> None:
+        if image_id in copied and attempt == 1:
+            time.sleep(1.0)
+
+    port = free_port()
+    with LoadGemini(port=port, plan=plan, before_answer=before_answer) as gemini, \
+            load_stack(tmp_path, monkeypatch, gemini_port=port) as stack:
+        started = time.monotonic()
+        infos = stack.upload_images(names)
+        for name, image_id in twins.items():
+            blob = stack.bucket.blob(name)
+            blob.upload_from_string(_png(image_id), content_type="image/png")
+            infos[name] = {"name": name, "generation": str(blob.generation), "contentType": "image/png",
+                           "size": str(blob.size)}
+        rng = random.Random(17)
+        groups = []
+        for name, image_id in names.items():
+            group = [infos[name]] * (rng.randint(2, 5) if image_id in copied else 1)
+            twin = name.replace(".jpg", ".png")
+            if twin in twins:
+                group.append(infos[twin])
+                rng.shuffle(group)
+            groups.append(group)
+        rng.shuffle(groups)
+        deliveries = stack.eventarc.deliver_all([info for group in groups for info in group])
+        ids = {**names, **twins}
+        expected = [expected_for(name, int(infos[name]["generation"]), image_id) for name, image_id in ids.items()]
+        problems = check_end_state(stack, expected)
+        report("same-stem pairs + simultaneous copies + unreadable answers", started, stack, images=len(ids),
+               events=len(deliveries), gemini_calls=sum(gemini.attempts.values()), gemini_faults=dict(gemini.faults))
+
+    assert all(d.acknowledged for d in deliveries), delivery_summary(deliveries)
+    assert not problems, summarize(problems)
+    assert len(deliveries) > len(ids) + len(copied)  # copies really were sent
+    assert gemini.unreadable == 0 and gemini.faults["unreadable 200"] == len(unreadable)
+    calls = {image_id: 1 + (image_id in unreadable) for image_id in ids.values()}
+    assert dict(gemini.attempts) == calls, {i: (gemini.attempts[i], n) for i, n in calls.items() if gemini.attempts[i] != n}

@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 from segmentation.config import Config
 from segmentation.events import FINALIZED, IMAGE_EXTENSIONS
 from segmentation.local_storage import EVENTS_PATH
+from segmentation.logs import redact
 from segmentation.sink import SqliteSink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +151,7 @@ class EventBridge:
                 for event in self.poll():
                     self._pool.submit(self.deliver, {k: v for k, v in event.items() if k != "seq"})
             except Exception as exc:  # the storage server may be restarting; keep polling
-                print(f"bridge: reading the write log failed: {exc}", file=sys.stderr)
+                print(redact(f"bridge: reading the write log failed: {exc}"), file=sys.stderr)
             self._stop.wait(self.interval)
 
     def deliver(self, data: dict) -> None:
@@ -165,7 +166,7 @@ class EventBridge:
                     return
             except (urllib.error.URLError, OSError) as exc:
                 status = getattr(exc, "code", None)
-                print(f"bridge: delivery of {data['name']} failed ({status or exc}); attempt {attempt}",
+                print(redact(f"bridge: delivery of {data['name']} failed ({status or exc}); attempt {attempt}"),
                       file=sys.stderr)
                 self._stop.wait(min(30.0, 0.5 * 2**attempt))
         self.delivered[key] = -1

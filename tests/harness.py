@@ -9,10 +9,13 @@ SQLite (unless a test configures the BigQuery stand-in).
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 from urllib.parse import quote
 
 import pytest
@@ -26,7 +29,7 @@ from werkzeug.serving import make_server
 from segmentation.events import FINALIZED
 from segmentation.function import reset_pipeline
 from segmentation.sink import SqliteSink
-from tests.fakes.gemini_server import FakeGeminiServer
+from tests.fakes.gemini_server import Answer, FakeGeminiServer
 from tests.fakes.storage_emulator import running_storage_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +119,38 @@ def running_stack(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, *, api_key
             server.shutdown()
             thread.join(timeout=5)
             reset_pipeline()
+
+
+@contextlib.contextmanager
+def gemini_only_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """`running_stack` with Gemini as the only detector: no offline fallback, no empty-belt gate."""
+    monkeypatch.setenv("OFFLINE_FALLBACK", "false")
+    monkeypatch.setenv("EMPTY_BELT_GATE", "false")
+    with running_stack(tmp_path / "results.sqlite", monkeypatch) as running:
+        yield running
+
+
+def boxes_answer(count: int) -> Answer:
+    """`count` objects side by side, each 90 units wide on Gemini's 0-1000 scale."""
+    objects = [{"box_2d": [100, 100 * i, 500, 100 * i + 90], "label": f"bag {i + 1}", "color": "black",
+                "general_description": "a bag", "detailed_description": f"bag number {i + 1}"}
+               for i in range(count)]
+    return Answer(json.dumps(objects))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.1) -> None:
+    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    stop = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < stop, "timed out"
+        time.sleep(interval)
 
 
 def use_bigquery(monkeypatch, url: str) -> None:

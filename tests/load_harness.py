@@ -27,7 +27,6 @@ import os
 import random
 import re
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -49,6 +48,7 @@ from tests.fakes import gemini_server
 from tests.fakes.bigquery_server import FakeBigQuery
 from tests.fakes.gemini_server import Answer, Behaviour, ErrorReply, FakeGeminiServer, RawReply, RecordedRequest
 from tests.fakes.storage_emulator import StorageEmulator, _Handler, _Server, _State
+from tests.harness import free_port
 from gcp_storage_emulator.storage import Storage as EmulatorStorage
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
@@ -60,11 +60,6 @@ BQ_PROJECT = "load-project"
 BQ_OBJECTS = f"{BQ_PROJECT}.conveyor.objects"
 BQ_IMAGES = f"{BQ_PROJECT}.conveyor.images"
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- images that say what is in them ------------------------------------------------------------

@@ -16,14 +16,12 @@ from PIL import Image
 
 from segmentation import pipeline as pipeline_module
 from tests.fakes.gemini_server import Answer, RecordedRequest, unavailable
-from tests.harness import BUCKET, Stack, running_stack
+from tests.harness import BUCKET, Stack, boxes_answer, gemini_only_stack
 
 
 @pytest.fixture
 def stack(tmp_path, monkeypatch) -> Iterator[Stack]:
-    monkeypatch.setenv("OFFLINE_FALLBACK", "false")
-    monkeypatch.setenv("EMPTY_BELT_GATE", "false")
-    with running_stack(tmp_path / "results.sqlite", monkeypatch) as running:
+    with gemini_only_stack(tmp_path, monkeypatch) as running:
         yield running
 
 
@@ -32,13 +30,6 @@ def photo(size: tuple[int, int], fmt: str, colour=(90, 120, 160)) -> bytes:
     Image.new("RGB", size, colour).save(buffer, fmt)
     return buffer.getvalue()
 
-
-def boxes_answer(count: int) -> Answer:
-    """`count` objects side by side, each 100 units wide on Gemini's 0-1000 scale."""
-    objects = [{"box_2d": [100, 100 * i, 500, 100 * i + 90], "label": f"bag {i + 1}", "color": "black",
-                "general_description": "a bag", "detailed_description": f"bag number {i + 1}"}
-               for i in range(count)]
-    return Answer(json.dumps(objects))
 
 
 def request_image_size(request: RecordedRequest) -> tuple[int, int]:

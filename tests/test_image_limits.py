@@ -6,7 +6,6 @@ google-cloud-storage and google-genai against the stand-ins)."""
 from __future__ import annotations
 
 import io
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,15 +19,13 @@ from segmentation import function as function_module
 from segmentation import pipeline as pipeline_module
 from segmentation.errors import MemoryBudgetBusyError
 from segmentation.memory import MIB, MemoryBudget, peak_bytes
-from tests.fakes.gemini_server import Answer, RecordedRequest
-from tests.harness import BUCKET, Stack, running_stack
+from tests.fakes.gemini_server import RecordedRequest
+from tests.harness import BUCKET, Stack, boxes_answer, gemini_only_stack
 
 
 @pytest.fixture
 def stack(tmp_path, monkeypatch) -> Iterator[Stack]:
-    monkeypatch.setenv("OFFLINE_FALLBACK", "false")
-    monkeypatch.setenv("EMPTY_BELT_GATE", "false")
-    with running_stack(tmp_path / "results.sqlite", monkeypatch) as running:
+    with gemini_only_stack(tmp_path, monkeypatch) as running:
         yield running
 
 
@@ -37,12 +34,6 @@ def encoded(image: Image.Image, fmt: str, **options) -> bytes:
     image.save(buffer, fmt, **options)
     return buffer.getvalue()
 
-
-def boxes_answer(count: int) -> Answer:
-    objects = [{"box_2d": [100, 100 * i, 500, 100 * i + 90], "label": f"bag {i + 1}", "color": "black",
-                "general_description": "a bag", "detailed_description": f"bag number {i + 1}"}
-               for i in range(count)]
-    return Answer(json.dumps(objects))
 
 
 def image_row(stack: Stack, name: str) -> dict:

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-import time
 
 from segmentation import local
 from segmentation.sink import SqliteSink
 from tests.fakes.gemini_server import Answer, FakeGeminiServer, sample_text
+from tests.harness import free_port, wait_for
 
 API_KEY = "local-test-key"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(condition, timeout: float = 60.0) -> None:
-    stop = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < stop, "timed out"
-        time.sleep(0.2)
 
 
 def test_uploads_become_events_and_rows(tmp_path, capsys):

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -25,6 +23,7 @@ from segmentation import local
 from segmentation.events import object_ref_from_event
 from segmentation.sink import SqliteSink
 from tests.fakes.gemini_server import Answer, FakeGeminiServer, RecordedRequest
+from tests.harness import free_port, wait_for
 
 BUCKET = "local-generations"
 NAME = "raw/cam3/belt.jpg"
@@ -32,17 +31,6 @@ API_KEY = "local-generations-key"
 OLD_SIZE, NEW_SIZE = (640, 480), (800, 600)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(condition, timeout: float = 60.0) -> None:
-    stop = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < stop, "timed out"
-        time.sleep(0.1)
 
 
 def jpeg(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:

@@ -17,7 +17,7 @@ from segmentation import pipeline as pipeline_module
 from segmentation.function import reset_pipeline
 from segmentation.gemini import BOX_REASK_INSTRUCTION
 from tests.fakes.gemini_server import Answer, RawReply, gzip_without_header, not_json, rejected_by_sdk
-from tests.harness import API_KEY, BUCKET, Stack, running_stack
+from tests.harness import API_KEY, BUCKET, Stack, gemini_only_stack
 
 SIZE = (640, 480)
 SECRET = "SECRETVALUE0042"
@@ -25,9 +25,7 @@ SECRET = "SECRETVALUE0042"
 
 @pytest.fixture
 def stack(tmp_path, monkeypatch) -> Iterator[Stack]:
-    monkeypatch.setenv("OFFLINE_FALLBACK", "false")
-    monkeypatch.setenv("EMPTY_BELT_GATE", "false")
-    with running_stack(tmp_path / "results.sqlite", monkeypatch) as running:
+    with gemini_only_stack(tmp_path, monkeypatch) as running:
         yield running
 
 

@@ -2,12 +2,14 @@
 
 Eventarc delivers at least once, and copies of one event can arrive together. Before any model
 call, a delivery creates the image's claim object (`OutputNames.claim`) with
-`ifGenerationMatch=0`: one conditional create, the only storage request this adds to the common
-path. The claim's metadata names the source generation, the owner (one id per delivery) and when
-its lease expires (the function timeout after it was taken, when the platform has killed the
-delivery if it still runs).
+`ifGenerationMatch=0` (`create`): one conditional create, the first and only storage request
+before the image is read on the common path. The claim's metadata names the source generation,
+the owner (one id per delivery) and when its lease expires (the function timeout after it was
+taken, when the platform has killed the delivery if it still runs).
 
-A delivery whose create fails reads the claim and decides:
+A claim that did not exist means no delivery of this source name has started since its claim was
+last given back, so there is no completion marker to look up. A delivery whose create fails looks
+at the marker first (the caller), then reads the claim and decides (`claim`):
 
 - the claim is for an older generation, for another source object, or its lease has expired (a
   killed worker), or the caller forces a redo: take it over with a write conditional on the
@@ -16,8 +18,10 @@ A delivery whose create fails reads the claim and decides:
 - the claim is this generation's and live: another delivery is doing the work (`Busy`).
 
 The owner never deletes its claim after success (the completion marker then answers every later
-copy); it releases it when it fails in a way that the platform will redeliver, so the
-redelivery does not find its own stale lease.
+copy). When it fails in a way the platform will redeliver, it gives the claim back so the
+redelivery does not wait for its lease: deleted when nothing was marked complete, or only
+expired (`release(expire_only=True)`) when a marker write may have landed, so the next delivery
+still looks at the marker.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from segmentation.detections import ObjectRef
 from segmentation.errors import WriteConflictError
@@ -77,29 +81,52 @@ class Newer:
 Decision = Owned | Busy | Newer
 
 
+def new_owner() -> str:
+    """A delivery's owner id: one per delivery, kept across its retried claim requests."""
+    return uuid.uuid4().hex
+
+
+def create(storage: ClaimStorage, ref: ObjectRef, name: str, *, lease_s: float, owner: str,
+           now: Callable[[], float] = time.time) -> Owned | None:
+    """Create `ref`'s claim for `owner` if there is none (`ifGenerationMatch=0`); None when one
+    exists (possibly `owner`'s own, when a retried create had landed: `claim` recognises it)."""
+    data, options = _claim_body(ref, owner, now() + lease_s)
+    try:
+        storage.write(ref.bucket, name, data, **options, if_generation_match=0)
+    except WriteConflictError:
+        return None
+    return Owned(owner)
+
+
+def _claim_body(ref: ObjectRef, owner: str, expires_at: float) -> tuple[bytes, dict[str, Any]]:
+    """The claim object's bytes and write options (content type, metadata)."""
+    metadata = {GENERATION_KEY: str(ref.generation), SOURCE_KEY: ref.uri, OWNER_KEY: owner,
+                EXPIRES_KEY: f"{expires_at:.3f}"}
+    return json.dumps(metadata).encode(), {"content_type": "application/json", "metadata": metadata}
+
+
 def claim(
     storage: ClaimStorage,
     ref: ObjectRef,
     name: str,
     *,
     lease_s: float,
+    owner: str,
     force: bool = False,
     now: Callable[[], float] = time.time,
 ) -> Decision:
-    """Try to own `ref`'s work through the claim object `name`.
+    """Try to own `ref`'s work for `owner` through the claim object `name`.
 
     `force` takes over a live lease of the same generation too (a replay that redoes an image).
-    Raises `WriteConflictError` when other deliveries kept rewriting the claim (the caller retries
-    or lets the platform redeliver) and what `storage` raises for service failures.
+    A claim already `owner`'s (a create whose answer was lost) is `Owned`. Raises
+    `WriteConflictError` when other deliveries kept rewriting the claim (the caller retries or
+    lets the platform redeliver) and what `storage` raises for service failures.
     """
-    owner = uuid.uuid4().hex
     expected = 0
     for _ in range(TAKE_ATTEMPTS):
-        metadata = {GENERATION_KEY: str(ref.generation), SOURCE_KEY: ref.uri, OWNER_KEY: owner,
-                    EXPIRES_KEY: f"{now() + lease_s:.3f}"}
+        data, options = _claim_body(ref, owner, now() + lease_s)
         try:
-            storage.write(ref.bucket, name, json.dumps(metadata).encode(), content_type="application/json",
-                          metadata=metadata, if_generation_match=expected)
+            storage.write(ref.bucket, name, data, **options, if_generation_match=expected)
             return Owned(owner)
         except WriteConflictError:
             pass
@@ -107,6 +134,8 @@ def claim(
         if state is None:
             expected = 0  # released between our create and the read
             continue
+        if state.metadata.get(OWNER_KEY) == owner and state.metadata.get(SOURCE_KEY) == ref.uri:
+            return Owned(owner)
         held = _held_by(state, ref, now())
         if isinstance(held, Newer) or (isinstance(held, Busy) and not force):
             return held
@@ -121,13 +150,19 @@ def holder(storage: ClaimStorage, ref: ObjectRef, name: str, *, now: Callable[[]
     return None if state is None else _held_by(state, ref, now())
 
 
-def release(storage: ClaimStorage, ref: ObjectRef, name: str, owner: str) -> bool:
-    """Delete the claim if `owner` still holds it; returns whether it was deleted."""
+def release(storage: ClaimStorage, ref: ObjectRef, name: str, owner: str, *, expire_only: bool = False) -> bool:
+    """Give the claim back if `owner` still holds it: delete it, or with `expire_only` keep it
+    with its lease run out (so the next delivery still looks at the completion marker).
+    Returns whether it was given back."""
     state = storage.object_state(ref.bucket, name)
     if state is None or state.metadata.get(OWNER_KEY) != owner:
         return False
     try:
-        storage.delete(ref.bucket, name, if_generation_match=state.generation)
+        if expire_only:
+            data, options = _claim_body(ref, owner, 0.0)
+            storage.write(ref.bucket, name, data, **options, if_generation_match=state.generation)
+        else:
+            storage.delete(ref.bucket, name, if_generation_match=state.generation)
     except WriteConflictError:
         return False  # taken over meanwhile: the taker's now
     return True

@@ -193,11 +193,7 @@ class Pipeline:
         timer = PhaseTimer()
         owner: str | None = None
         try:
-            done = None if force else self._done_already(ref, names, deadline)
-            if done is not None:
-                log_event("INFO", f"duplicate: {done.reason}", **fields)
-                return done
-            decision = self._own(ref, names, deadline, force=force)
+            decision = self._start(ref, names, deadline, force=force)
             if not isinstance(decision, claims.Owned):
                 log_event("INFO", f"{decision.status}: {decision.reason}", **fields)
                 return decision
@@ -249,7 +245,9 @@ class Pipeline:
                 # leaves a redelivery that finds the rows already there (same row ids).
                 log_event("ERROR", f"completion marker not written: {exc}", error_type=exc.error_type, **fields)
                 if isinstance(exc, TransientError):
-                    self._release(ref, names, owner, fields)
+                    # The marker may have landed although its answer was lost: the claim stays
+                    # (lease run out), so the redelivery looks at the marker before redoing.
+                    self._release(ref, names, owner, fields, expire_only=True)
                     raise
         return dataclasses.replace(outcome, timings_ms=timer.ms)
 
@@ -261,7 +259,24 @@ class Pipeline:
         why = "already processed" if done_generation == ref.generation else f"superseded by generation {done_generation}"
         return Outcome("duplicate", reason=why)
 
-    def _own(self, ref: ObjectRef, names: OutputNames, deadline: float, *, force: bool) -> claims.Owned | Outcome:
+    def _start(self, ref: ObjectRef, names: OutputNames, deadline: float, *, force: bool) -> claims.Owned | Outcome:
+        """Own this generation's work, or the outcome of not needing to. The common path is one
+        conditional create of the claim: no claim means no delivery of this name has started, so
+        there is no marker to look up. Else the completion marker answers a duplicate, and the
+        claim's holder decides the rest (`_own`)."""
+        owner = claims.new_owner()
+        if not force and ref.generation is not None:
+            fresh = retry_call(lambda: claims.create(self.storage, ref, names.claim, lease_s=self.config.claim_lease_s,
+                                                     owner=owner), deadline=deadline, what="claim")
+            if fresh is not None:
+                return fresh
+            done = self._done_already(ref, names, deadline)
+            if done is not None:
+                return done
+        return self._own(ref, names, deadline, owner, force=force)
+
+    def _own(self, ref: ObjectRef, names: OutputNames, deadline: float, owner: str, *,
+             force: bool) -> claims.Owned | Outcome:
         """Take this generation's claim (`segmentation.claims`), or the outcome of not needing it.
 
         While another delivery of the same generation holds a live lease, wait for its
@@ -272,8 +287,8 @@ class Pipeline:
             return claims.Owned("")
         wait_until = min(deadline, self._clock() + DUPLICATE_WAIT_S)
         lease_s = self.config.claim_lease_s
-        decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s, force=force),
-                              deadline=deadline, what="claim")
+        decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s, owner=owner,
+                                                   force=force), deadline=deadline, what="claim")
         while isinstance(decision, claims.Busy):
             if self._clock() + DUPLICATE_POLL_S > wait_until:
                 raise InProgressElsewhereError(
@@ -286,8 +301,8 @@ class Pipeline:
             held = retry_call(lambda: claims.holder(self.storage, ref, names.claim), deadline=deadline,
                               what="claim read")
             if held is None:
-                decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s),
-                                      deadline=deadline, what="claim")
+                decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s,
+                                                           owner=owner), deadline=deadline, what="claim")
             else:
                 decision = held
         if isinstance(decision, claims.Newer):
@@ -305,11 +320,12 @@ class Pipeline:
                   error_type=exc.error_type, **fields)
         self._release(ref, names, owner, fields)
 
-    def _release(self, ref: ObjectRef, names: OutputNames, owner: str | None, fields: dict[str, Any]) -> None:
+    def _release(self, ref: ObjectRef, names: OutputNames, owner: str | None, fields: dict[str, Any], *,
+                 expire_only: bool = False) -> None:
         """Give this delivery's claim back (best effort: else it expires after CLAIM_LEASE_S)."""
         if owner:
             try:
-                claims.release(self.storage, ref, names.claim, owner)
+                claims.release(self.storage, ref, names.claim, owner, expire_only=expire_only)
             except PipelineError as release_error:
                 log_event("WARNING", f"claim not released; it expires after CLAIM_LEASE_S: {release_error}",
                           error_type=release_error.error_type, **fields)

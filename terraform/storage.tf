@@ -48,11 +48,11 @@ resource "google_storage_bucket" "images" {
     }
   }
 
-  # A delivery's claim on an image (processed-markers/<name>.claim) matters only while Eventarc
-  # may still redeliver the event (24 hours).
+  # A delivery's claim on an image (processed-markers/<name>.claim) matters only while the
+  # trigger's subscription may still redeliver the event (dead_letter_retention_days).
   lifecycle_rule {
     condition {
-      age            = 2
+      age            = var.dead_letter_retention_days + 1
       matches_prefix = [var.markers_prefix]
       matches_suffix = [".claim"]
     }

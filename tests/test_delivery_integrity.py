@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from segmentation import pipeline as pipeline_module
+from segmentation.errors import TransientError
+from segmentation.storage import GcsStorage
 from tests.fakes.gemini_server import Answer, RecordedRequest, unavailable
 from tests.harness import BUCKET, Stack, boxes_answer, gemini_only_stack
 
@@ -186,6 +188,32 @@ def test_a_delivery_that_fails_for_redelivery_gives_its_claim_back(stack, monkey
     stack.gemini.reset(lambda request: boxes_answer(2))
     assert stack.deliver(stack.event_for(blob)).status_code == 200
     assert_outputs_of(stack, "raw/belt.jpg", (640, 480), 2)
+
+
+def test_a_marker_write_that_fails_keeps_the_claim_expired_so_the_redelivery_checks_the_marker(stack, monkeypatch):
+    """The rows are in but Cloud Storage keeps failing the marker's upload: the claim stays with
+    its lease run out (the marker might have landed), the redelivery takes it over and finishes."""
+    monkeypatch.setenv("RETRY_DEADLINE_S", "1.5")
+    stack.gemini.reset(lambda request: boxes_answer(2))
+    blob = stack.upload("raw/belt.jpg", photo((640, 480), "JPEG"), "image/jpeg")
+    write = GcsStorage.write
+
+    def marker_unavailable(self, bucket, name, *args, **kwargs):
+        if name == "processed-markers/belt.jpg.json":
+            raise TransientError("storage write answered HTTP 503 (test)")
+        return write(self, bucket, name, *args, **kwargs)
+
+    monkeypatch.setattr(GcsStorage, "write", marker_unavailable)
+    assert stack.deliver(stack.event_for(blob)).status_code == 500
+    claim = stack.bucket.get_blob("processed-markers/belt.jpg.claim")
+    assert claim is not None and float(claim.metadata["lease-expires-at"]) == 0.0
+    assert stack.bucket.get_blob("processed-markers/belt.jpg.json") is None
+
+    monkeypatch.setattr(GcsStorage, "write", write)
+    assert stack.deliver(stack.event_for(blob)).status_code == 200
+    assert_outputs_of(stack, "raw/belt.jpg", (640, 480), 2)
+    assert stack.bucket.get_blob("processed-markers/belt.jpg.json").metadata["status"] == "ok"
+    assert len(stack.rows("images")) == 1 and len(stack.rows("objects")) == 2
 
 
 # --- 7. poison events end in a failed row ---------------------------------------------------------

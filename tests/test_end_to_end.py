@@ -120,6 +120,7 @@ def test_redelivery_after_success_is_a_cheap_no_op(stack):
     assert stack.deliver(event).status_code == 200
     outputs_before = stack.names("processed")
     rows_before = (len(stack.rows("objects")), len(stack.rows("images")))
+    claim_before = stack.bucket.get_blob("processed-markers/cupcakes.png.claim").generation
     stack.emulator.clear_requests()
 
     assert stack.deliver(event).status_code == 200
@@ -127,7 +128,11 @@ def test_redelivery_after_success_is_a_cheap_no_op(stack):
 
     assert len(stack.gemini.requests) == 1
     assert stack.emulator.media_requests() == []
-    assert not [r for r in stack.emulator.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
+    # Each redelivery: the claim's conditional create, refused because the claim exists, then the
+    # marker's metadata read. Nothing is written.
+    writes = [r for r in stack.emulator.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
+    assert [r.query.get("ifGenerationMatch") for r in writes] == [["0"], ["0"]]
+    assert stack.bucket.get_blob("processed-markers/cupcakes.png.claim").generation == claim_before
     assert stack.names("processed") == outputs_before
     assert (len(stack.rows("objects")), len(stack.rows("images"))) == rows_before
 

@@ -195,11 +195,11 @@ def test_images_bucket_is_private_uniform_and_optionally_versioned_and_expiring(
     assert "var.raw_retention_days > 0" in raw_rule["for_each"] and "var.source_prefix" in raw_rule["for_each"]
     condition = block(block(raw_rule, "content"), "condition")
     assert ref(condition["age"]) == "var.raw_retention_days"
-    # Claims outlive Eventarc's redelivery window by a day, then go.
+    # Claims outlive the longest redelivery (the subscription's retention) by a day, then go.
     (claims,) = bucket["lifecycle_rule"]
     condition = block(claims, "condition")
     assert condition["matches_suffix"] == [".claim"] and ref(condition["matches_prefix"][0]) == "var.markers_prefix"
-    assert condition["age"] == 2 and block(claims, "action")["type"] == "Delete"
+    assert ref(condition["age"]) == "var.dead_letter_retention_days + 1" and block(claims, "action")["type"] == "Delete"
     # An existing bucket can be used instead, and must allow IAM conditions.
     existing = config()["data"]["google_storage_bucket"]["existing_images"]
     assert ref(existing["count"]) == "var.create_bucket ? 0 : 1"

@@ -33,14 +33,16 @@ data "google_project" "this" {
 }
 
 resource "google_pubsub_topic" "dead_letter" {
-  #checkov:skip=CKV_GCP_83:Encrypted at rest with Google-managed keys, like the BigQuery rows; the messages hold object names and generations only. Add kms_key_name if policy demands CMEK.
+  #checkov:skip=CKV_GCP_83:A customer-managed key is optional: dead_letter_kms_key_name sets kms_key_name; empty keeps Google-managed keys (the messages hold object names and generations only).
   project = var.project_id
   name    = "${local.base}-dead-letter"
+
+  kms_key_name = var.dead_letter_kms_key_name != "" ? var.dead_letter_kms_key_name : null
 
   # Kept on the topic too, so nothing published before the subscription existed is lost.
   message_retention_duration = local.dead_letter_retention
 
-  depends_on = [google_project_service.enabled]
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents_use_keys]
 }
 
 resource "google_pubsub_subscription" "dead_letter" {

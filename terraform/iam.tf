@@ -7,15 +7,18 @@
 #     and backgrounds_prefix (empty-scene references)
 #   images bucket, objects under the 3 output      roles/storage.objectUser    (IAM condition)
 #     prefixes, and listing under crops_prefix
-#   objects table, images table                     roles/bigquery.dataEditor
-#   project                                         roles/aiplatform.user
+#   objects table, images table                     custom role rowInserter    (bigquery.tables.updateData, .get)
+#   project                                         custom role geminiCaller   (aiplatform.endpoints.predict)
 # trigger SA (Eventarc delivers events as it)
 #   project                                         roles/eventarc.eventReceiver
 #   the function's Cloud Run service                roles/run.invoker          (function.tf)
 # build SA (Cloud Build builds the function's container as it)
 #   project                                         roles/run.builder
 # Cloud Storage service agent (publishes bucket notifications for the trigger)
-#   project                                         roles/pubsub.publisher
+#   project                                         roles/pubsub.publisher     (manage_shared_iam)
+# Cloud Storage, BigQuery and Pub/Sub service agents, only with customer-managed keys
+#   the images bucket's / dataset's / dead-letter   roles/cloudkms.cryptoKeyEncrypterDecrypter
+#   topic's Cloud KMS key                                                      (manage_shared_iam)
 # Pub/Sub service agent (dead-letters events the function never acknowledged; dead_letter.tf)
 #   the dead-letter topic                           roles/pubsub.publisher
 #   the trigger's Eventarc-managed subscription     roles/pubsub.subscriber    (gcloud, dead_letter.tf)
@@ -101,36 +104,84 @@ resource "google_storage_bucket_iam_member" "runtime_writes_outputs" {
   }
 }
 
+# --- Runtime: custom roles -----------------------------------------------------------------------
+# Predefined roles would give far more than the function uses: aiplatform.user creates and changes
+# Vertex AI resources, bigquery.dataEditor reads every row and updates or deletes the tables. These
+# roles hold only what the function's API calls need (tests/test_terraform_security.py records the
+# calls through the real clients and compares):
+#   models.generateContent (google-genai, Vertex mode)  aiplatform.endpoints.predict
+#   tabledata.insertAll (insert_rows_json)             bigquery.tables.updateData, bigquery.tables.get
+# Google lists bigquery.tables.get (and bigquery.datasets.get) as required for streaming inserts;
+# the client never reads the table (insert_rows_json takes the id as a string). A table-level
+# binding cannot carry datasets.get, and insertAll is authorised on the table, as the previous
+# dataEditor-on-table grant showed. Role ids are per environment: custom roles are project-wide.
+
+locals {
+  role_id_prefix = "conveyor_${replace(var.environment, "-", "_")}${var.custom_role_suffix}"
+}
+
+resource "google_project_iam_custom_role" "gemini_caller" {
+  project     = var.project_id
+  role_id     = "${local.role_id_prefix}_geminiCaller"
+  title       = "Conveyor segmentation: call Gemini (${var.environment})"
+  description = "Prompt requests (generateContent) to Vertex AI publisher models, nothing else."
+  permissions = ["aiplatform.endpoints.predict"]
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_project_iam_custom_role" "row_inserter" {
+  project     = var.project_id
+  role_id     = "${local.role_id_prefix}_rowInserter"
+  title       = "Conveyor segmentation: stream rows (${var.environment})"
+  description = "Streaming inserts (tabledata.insertAll) into a table; no reads of rows, no table changes."
+  permissions = ["bigquery.tables.get", "bigquery.tables.updateData"]
+
+  depends_on = [google_project_service.enabled]
+}
+
 # --- Runtime: BigQuery ---------------------------------------------------------------------------
-# tabledata.insertAll needs bigquery.tables.updateData on the table; dataEditor on each table
-# (not the dataset, not the project) is the narrowest predefined grant that has it. The function
-# runs no query jobs, so no bigquery.jobUser.
+# The row inserter role on each table (not the dataset, not the project). The function runs no
+# query jobs, so no bigquery.jobUser. create_before_destroy: a role change adds the new grant
+# before the old one goes, so no event meets a missing permission during the apply.
 
 resource "google_bigquery_table_iam_member" "runtime_inserts_objects" {
   project    = google_bigquery_table.objects.project
   dataset_id = google_bigquery_table.objects.dataset_id
   table_id   = google_bigquery_table.objects.table_id
-  role       = "roles/bigquery.dataEditor"
+  role       = google_project_iam_custom_role.row_inserter.name
   member     = local.runtime_member
+
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 resource "google_bigquery_table_iam_member" "runtime_inserts_images" {
   project    = google_bigquery_table.images.project
   dataset_id = google_bigquery_table.images.dataset_id
   table_id   = google_bigquery_table.images.table_id
-  role       = "roles/bigquery.dataEditor"
+  role       = google_project_iam_custom_role.row_inserter.name
   member     = local.runtime_member
+
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 # --- Runtime: Vertex AI --------------------------------------------------------------------------
 # Gemini is a publisher model (projects/PROJECT/locations/LOCATION/publishers/google/models/...),
 # which has no IAM policy of its own: aiplatform.endpoints.predict on it can only be granted on
-# the project. aiplatform.user is the predefined role for calling models.
+# the project.
 
 resource "google_project_iam_member" "runtime_calls_vertex" {
   project = var.project_id
-  role    = "roles/aiplatform.user"
+  role    = google_project_iam_custom_role.gemini_caller.name
   member  = local.runtime_member
+
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 # --- Trigger ---------------------------------------------------------------------------------------
@@ -166,8 +217,55 @@ data "google_storage_project_service_account" "gcs_agent" {
   depends_on = [google_project_service.enabled]
 }
 
+# Project-wide, so every environment in the project would own the same binding and destroying one
+# would remove it for the others: only the environment with manage_shared_iam = true manages it.
 resource "google_project_iam_member" "gcs_agent_publishes_events" {
+  count = var.manage_shared_iam ? 1 : 0
+
   project = var.project_id
   role    = "roles/pubsub.publisher"
   member  = "serviceAccount:${data.google_storage_project_service_account.gcs_agent.email_address}"
+}
+
+moved {
+  from = google_project_iam_member.gcs_agent_publishes_events
+  to   = google_project_iam_member.gcs_agent_publishes_events[0]
+}
+
+# --- Customer-managed encryption keys ----------------------------------------------------------------
+# With a key set, the service agent of the service that encrypts with it may use it. The binding
+# is on the key; environments of one project sharing a key would share it (manage_shared_iam).
+
+data "google_bigquery_default_service_account" "bq_agent" {
+  count   = var.bigquery_kms_key_name != "" ? 1 : 0
+  project = var.project_id
+
+  depends_on = [google_project_service.enabled]
+}
+
+locals {
+  kms_grants = {
+    for name, grant in {
+      bucket = {
+        key    = var.create_bucket ? var.bucket_kms_key_name : ""
+        member = "serviceAccount:${data.google_storage_project_service_account.gcs_agent.email_address}"
+      }
+      dataset = {
+        key    = var.bigquery_kms_key_name
+        member = "serviceAccount:${join("", data.google_bigquery_default_service_account.bq_agent[*].email)}"
+      }
+      dead_letter = {
+        key    = var.dead_letter_kms_key_name
+        member = local.pubsub_agent_member
+      }
+    } : name => grant if var.manage_shared_iam && grant.key != ""
+  }
+}
+
+resource "google_kms_crypto_key_iam_member" "service_agents_use_keys" {
+  for_each = local.kms_grants
+
+  crypto_key_id = each.value.key
+  role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+  member        = each.value.member
 }

@@ -20,6 +20,14 @@ resource "google_storage_bucket" "images" {
     enabled = var.bucket_versioning
   }
 
+  # Customer-managed key for new objects (bucket_kms_key_name); none: Google-managed keys.
+  dynamic "encryption" {
+    for_each = var.bucket_kms_key_name != "" ? [var.bucket_kms_key_name] : []
+    content {
+      default_kms_key_name = encryption.value
+    }
+  }
+
   # Age-based deletion of camera uploads.
   dynamic "lifecycle_rule" {
     for_each = var.raw_retention_days > 0 ? [var.source_prefix] : []
@@ -75,7 +83,7 @@ resource "google_storage_bucket" "images" {
     }
   }
 
-  depends_on = [google_project_service.enabled]
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents_use_keys]
 }
 
 data "google_storage_bucket" "existing_images" {

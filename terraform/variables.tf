@@ -35,6 +35,23 @@ variable "environment" {
   }
 }
 
+variable "manage_shared_iam" {
+  description = "Manage the project-wide grants every environment of the project needs (the Cloud Storage service agent's roles/pubsub.publisher, and the service agents' use of the customer-managed keys). Several environments in one project: true in exactly one of them, false in the others, or destroying one removes the grant for all."
+  type        = bool
+  default     = true
+}
+
+variable "custom_role_suffix" {
+  description = "Appended to the runtime account's custom role ids (conveyor_ENVIRONMENT_geminiCaller, ..._rowInserter). A deleted custom role's id cannot be reused for up to 37 days: set a suffix such as \"_v2\" to recreate an environment in that window."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_]{0,16}$", var.custom_role_suffix))
+    error_message = "custom_role_suffix must be at most 16 letters, digits or underscores."
+  }
+}
+
 variable "labels" {
   description = "Extra labels for every resource that takes labels (app, environment and managed-by are always set)."
   type        = map(string)
@@ -86,7 +103,7 @@ variable "bucket_force_destroy" {
 variable "raw_retention_days" {
   description = "Delete camera uploads under source_prefix this many days after upload. 0 keeps them forever."
   type        = number
-  default     = 0
+  default     = 30
 
   validation {
     condition     = var.raw_retention_days >= 0 && floor(var.raw_retention_days) == var.raw_retention_days
@@ -97,11 +114,22 @@ variable "raw_retention_days" {
 variable "outputs_retention_days" {
   description = "Delete crops, overviews and completion markers this many days after they were written. 0 keeps them forever."
   type        = number
-  default     = 0
+  default     = 90
 
   validation {
     condition     = var.outputs_retention_days >= 0 && floor(var.outputs_retention_days) == var.outputs_retention_days
     error_message = "outputs_retention_days must be a whole number of days, 0 or more."
+  }
+}
+
+variable "bucket_kms_key_name" {
+  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that encrypts new objects in a created images bucket; it must be in the bucket's location. Empty: Google-managed keys."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.bucket_kms_key_name == "" || can(regex("^projects/[a-z0-9-]+/locations/[a-z0-9-]+/keyRings/[A-Za-z0-9_-]+/cryptoKeys/[A-Za-z0-9_-]+$", var.bucket_kms_key_name))
+    error_message = "bucket_kms_key_name must be empty or a Cloud KMS key: projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY."
   }
 }
 
@@ -202,12 +230,12 @@ variable "offline_fallback" {
 # --- BigQuery --------------------------------------------------------------------------------
 
 variable "dataset_id" {
-  description = "BigQuery dataset that holds the objects and images tables."
+  description = "BigQuery dataset that holds the objects and images tables. Empty: conveyor_ENVIRONMENT (hyphens as underscores), so environments sharing a project get their own. Deployments made before this default changed set \"conveyor\" to keep their dataset."
   type        = string
-  default     = "conveyor"
+  default     = ""
 
   validation {
-    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,1023}$", var.dataset_id))
+    condition     = var.dataset_id == "" || can(regex("^[A-Za-z_][A-Za-z0-9_]{0,1023}$", var.dataset_id))
     error_message = "dataset_id may contain only letters, digits and underscores, and must not start with a digit."
   }
 }
@@ -221,11 +249,22 @@ variable "bigquery_location" {
 variable "partition_expiration_days" {
   description = "Drop table partitions (days of processed_at) older than this. 0 keeps rows forever."
   type        = number
-  default     = 0
+  default     = 400
 
   validation {
     condition     = var.partition_expiration_days >= 0 && floor(var.partition_expiration_days) == var.partition_expiration_days
     error_message = "partition_expiration_days must be a whole number of days, 0 or more."
+  }
+}
+
+variable "bigquery_kms_key_name" {
+  description = "Cloud KMS key that encrypts the dataset's tables (the dataset's default key; it applies to tables created after it is set). It must be in the dataset's location. Empty: Google-managed keys."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.bigquery_kms_key_name == "" || can(regex("^projects/[a-z0-9-]+/locations/[a-z0-9-]+/keyRings/[A-Za-z0-9_-]+/cryptoKeys/[A-Za-z0-9_-]+$", var.bigquery_kms_key_name))
+    error_message = "bigquery_kms_key_name must be empty or a Cloud KMS key: projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY."
   }
 }
 
@@ -533,5 +572,16 @@ variable "dead_letter_retention_days" {
   validation {
     condition     = var.dead_letter_retention_days >= 1 && var.dead_letter_retention_days <= 31 && floor(var.dead_letter_retention_days) == var.dead_letter_retention_days
     error_message = "dead_letter_retention_days must be a whole number from 1 to 31 (Pub/Sub's retention limit)."
+  }
+}
+
+variable "dead_letter_kms_key_name" {
+  description = "Cloud KMS key that encrypts the dead-letter topic's messages. Empty: Google-managed keys."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.dead_letter_kms_key_name == "" || can(regex("^projects/[a-z0-9-]+/locations/[a-z0-9-]+/keyRings/[A-Za-z0-9_-]+/cryptoKeys/[A-Za-z0-9_-]+$", var.dead_letter_kms_key_name))
+    error_message = "dead_letter_kms_key_name must be empty or a Cloud KMS key: projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY."
   }
 }

@@ -190,7 +190,7 @@ def test_images_bucket_is_private_uniform_and_optionally_versioned_and_expiring(
     assert bucket["public_access_prevention"] == "enforced"
     assert ref(bucket["force_destroy"]) == "var.bucket_force_destroy"
     assert ref(block(bucket, "versioning")["enabled"]) == "var.bucket_versioning"
-    rules = [rule["lifecycle_rule"] for rule in bucket["dynamic"]]
+    rules = [rule["lifecycle_rule"] for rule in bucket["dynamic"] if "lifecycle_rule" in rule]
     raw_rule = rules[0]
     assert "var.raw_retention_days > 0" in raw_rule["for_each"] and "var.source_prefix" in raw_rule["for_each"]
     condition = block(block(raw_rule, "content"), "condition")
@@ -457,9 +457,11 @@ EXPECTED_GRANTS = {
     # (resource type, role, member, scope)
     ("google_storage_bucket_iam_member", "roles/storage.objectViewer", RUNTIME, "local.images_bucket_name"),
     ("google_storage_bucket_iam_member", "roles/storage.objectUser", RUNTIME, "local.images_bucket_name"),
-    ("google_bigquery_table_iam_member", "roles/bigquery.dataEditor", RUNTIME, "google_bigquery_table.objects.table_id"),
-    ("google_bigquery_table_iam_member", "roles/bigquery.dataEditor", RUNTIME, "google_bigquery_table.images.table_id"),
-    ("google_project_iam_member", "roles/aiplatform.user", RUNTIME, "var.project_id"),
+    ("google_bigquery_table_iam_member", "${google_project_iam_custom_role.row_inserter.name}", RUNTIME,
+     "google_bigquery_table.objects.table_id"),
+    ("google_bigquery_table_iam_member", "${google_project_iam_custom_role.row_inserter.name}", RUNTIME,
+     "google_bigquery_table.images.table_id"),
+    ("google_project_iam_member", "${google_project_iam_custom_role.gemini_caller.name}", RUNTIME, "var.project_id"),
     ("google_project_iam_member", "roles/eventarc.eventReceiver",
      "serviceAccount:${google_service_account.trigger.email}", "var.project_id"),
     ("google_cloud_run_v2_service_iam_member", "roles/run.invoker",
@@ -471,10 +473,13 @@ EXPECTED_GRANTS = {
      "serviceAccount:${data.google_storage_project_service_account.gcs_agent.email_address}", "var.project_id"),
     ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "local.pubsub_agent_member",
      "google_pubsub_topic.dead_letter.name"),
+    # Only with customer-managed keys: each service agent on its key (local.kms_grants).
+    ("google_kms_crypto_key_iam_member", "roles/cloudkms.cryptoKeyEncrypterDecrypter", "each.value.member",
+     "each.value.key"),
 }
 _SCOPE_KEY = {"google_storage_bucket_iam_member": "bucket", "google_bigquery_table_iam_member": "table_id",
               "google_project_iam_member": "project", "google_cloud_run_v2_service_iam_member": "name",
-              "google_pubsub_topic_iam_member": "topic"}
+              "google_pubsub_topic_iam_member": "topic", "google_kms_crypto_key_iam_member": "crypto_key_id"}
 
 
 def _grants() -> set[tuple[str, str, str, str]]:

@@ -21,3 +21,7 @@ function_concurrency   = 4
 function_max_instances = 3
 
 log_level = "DEBUG"
+
+# Sharing prod's project instead of its own: set manage_shared_iam = false here (prod owns the
+# project-wide grants, and destroying dev must not remove them).
+manage_shared_iam = true

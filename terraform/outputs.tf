@@ -56,3 +56,11 @@ output "example_query" {
     LIMIT 20
   SQL
 }
+
+output "runtime_custom_roles" {
+  description = "The runtime account's custom roles: Gemini prompt requests (project) and streaming inserts (the two tables)."
+  value = {
+    gemini_caller = google_project_iam_custom_role.gemini_caller.name
+    row_inserter  = google_project_iam_custom_role.row_inserter.name
+  }
+}

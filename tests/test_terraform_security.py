@@ -275,7 +275,7 @@ def test_terraform_readme_tables_are_what_the_generator_writes():
         assert f"\n| {name} | " in readme, name
     for name in config()["output"]:
         assert f"\n| {name} | " in readme, name
-    assert "## Usage" in readme and "```hcl" in readme and 'source = "../.."' in readme
+    assert "## Usage" in readme and "```hcl" in readme and 'module "conveyor"' in readme
 
 
 def test_the_generator_notices_a_stale_table(tmp_path):

@@ -236,3 +236,38 @@ def test_split_runtime_may_write_only_the_outputs_bucket_and_only_read_uploads_a
     assert "count" not in by_role["roles/storage.objectViewer"]
     assert ref(block(by_role["roles/storage.objectViewer"], "condition")["expression"]) == "local.raw_read_condition"
     assert ref(by_role["roles/storage.objectUser"]["count"]) == "var.separate_outputs_bucket ? 0 : 1"
+
+
+# --- local emulation ---------------------------------------------------------------------------------
+
+
+def test_local_stack_runs_with_a_separate_outputs_bucket(tmp_path):
+    from segmentation import local
+    from segmentation.sink import SqliteSink
+    from tests.fakes.gemini_server import FakeGeminiServer
+    from tests.harness import free_port, wait_for
+
+    sample = sorted(local.SAMPLES_DIR.glob("*.jpg"))[0]
+    with FakeGeminiServer(lambda request: boxes_answer(2)) as gemini:
+        stack = local.LocalStack(
+            bucket="local-test", storage_port=free_port(), function_port=free_port(), data_dir=tmp_path,
+            output_bucket="local-test-outputs",
+            extra_env={"GOOGLE_GEMINI_BASE_URL": gemini.base_url, "GEMINI_API_KEY": "local-test-key",
+                       "GOOGLE_CLOUD_PROJECT": "", "BQ_OBJECTS_TABLE": "", "BQ_IMAGES_TABLE": "",
+                       "EMPTY_BELT_GATE": "false"},
+        )
+        with stack:
+            (name,) = local.upload([sample], bucket="local-test", emulator_url=stack.storage_url,
+                                   prefix="raw/", camera="cam7")
+            sink_path = tmp_path / "results.sqlite"
+            wait_for(lambda: sink_path.exists() and len(SqliteSink(sink_path).rows("images")) == 1)
+            client = local.storage_client(stack.storage_url)
+            source = [blob.name for blob in client.list_blobs("local-test")]
+            outputs = sorted(blob.name for blob in client.list_blobs("local-test-outputs"))
+    assert source == [name]
+    stem = name.removeprefix("raw/")
+    assert outputs == sorted([f"processed/{stem}-output-0001.jpg", f"processed/{stem}-output-0002.jpg",
+                              f"processed-overview/cam7/processed_{sample.name}.jpg",
+                              f"processed-markers/{stem}.json", f"processed-markers/{stem}.claim"])
+    (row,) = SqliteSink(sink_path).rows("images")
+    assert row["status"] == "ok" and row["overview_uri"].startswith("gs://local-test-outputs/")

@@ -87,12 +87,14 @@ def new_owner() -> str:
 
 
 def create(storage: ClaimStorage, ref: ObjectRef, name: str, *, lease_s: float, owner: str,
-           now: Callable[[], float] = time.time) -> Owned | None:
+           now: Callable[[], float] = time.time, bucket: str = "") -> Owned | None:
     """Create `ref`'s claim for `owner` if there is none (`ifGenerationMatch=0`); None when one
-    exists (possibly `owner`'s own, when a retried create had landed: `claim` recognises it)."""
+    exists (possibly `owner`'s own, when a retried create had landed: `claim` recognises it).
+    `bucket`: where the claim lives (the outputs bucket); empty means `ref`'s own bucket, as in
+    every function here."""
     data, options = _claim_body(ref, owner, now() + lease_s)
     try:
-        storage.write(ref.bucket, name, data, **options, if_generation_match=0)
+        storage.write(bucket or ref.bucket, name, data, **options, if_generation_match=0)
     except WriteConflictError:
         return None
     return Owned(owner)
@@ -114,6 +116,7 @@ def claim(
     owner: str,
     force: bool = False,
     now: Callable[[], float] = time.time,
+    bucket: str = "",
 ) -> Decision:
     """Try to own `ref`'s work for `owner` through the claim object `name`.
 
@@ -122,15 +125,16 @@ def claim(
     `WriteConflictError` when other deliveries kept rewriting the claim (the caller retries or
     lets the platform redeliver) and what `storage` raises for service failures.
     """
+    bucket = bucket or ref.bucket
     expected = 0
     for _ in range(TAKE_ATTEMPTS):
         data, options = _claim_body(ref, owner, now() + lease_s)
         try:
-            storage.write(ref.bucket, name, data, **options, if_generation_match=expected)
+            storage.write(bucket, name, data, **options, if_generation_match=expected)
             return Owned(owner)
         except WriteConflictError:
             pass
-        state = storage.object_state(ref.bucket, name)
+        state = storage.object_state(bucket, name)
         if state is None:
             expected = 0  # released between our create and the read
             continue
@@ -140,29 +144,32 @@ def claim(
         if isinstance(held, Newer) or (isinstance(held, Busy) and not force):
             return held
         expected = state.generation
-    raise WriteConflictError(f"the claim gs://{ref.bucket}/{name} changed under {TAKE_ATTEMPTS} takeovers in a row")
+    raise WriteConflictError(f"the claim gs://{bucket}/{name} changed under {TAKE_ATTEMPTS} takeovers in a row")
 
 
-def holder(storage: ClaimStorage, ref: ObjectRef, name: str, *, now: Callable[[], float] = time.time) -> Decision | None:
+def holder(storage: ClaimStorage, ref: ObjectRef, name: str, *, now: Callable[[], float] = time.time,
+           bucket: str = "") -> Decision | None:
     """Who holds `ref`'s claim now: `Busy`, `Newer`, or None when it is free to take (absent,
     expired, or an older generation's)."""
-    state = storage.object_state(ref.bucket, name)
+    state = storage.object_state(bucket or ref.bucket, name)
     return None if state is None else _held_by(state, ref, now())
 
 
-def release(storage: ClaimStorage, ref: ObjectRef, name: str, owner: str, *, expire_only: bool = False) -> bool:
+def release(storage: ClaimStorage, ref: ObjectRef, name: str, owner: str, *, expire_only: bool = False,
+            bucket: str = "") -> bool:
     """Give the claim back if `owner` still holds it: delete it, or with `expire_only` keep it
     with its lease run out (so the next delivery still looks at the completion marker).
     Returns whether it was given back."""
-    state = storage.object_state(ref.bucket, name)
+    bucket = bucket or ref.bucket
+    state = storage.object_state(bucket, name)
     if state is None or state.metadata.get(OWNER_KEY) != owner:
         return False
     try:
         if expire_only:
             data, options = _claim_body(ref, owner, 0.0)
-            storage.write(ref.bucket, name, data, **options, if_generation_match=state.generation)
+            storage.write(bucket, name, data, **options, if_generation_match=state.generation)
         else:
-            storage.delete(ref.bucket, name, if_generation_match=state.generation)
+            storage.delete(bucket, name, if_generation_match=state.generation)
     except WriteConflictError:
         return False  # taken over meanwhile: the taker's now
     return True

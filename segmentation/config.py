@@ -11,8 +11,12 @@ Terraform tests are checked against this list, so it is the single source of tru
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
+
+# Cloud Storage bucket names: lower-case letters, digits, "-", "_", ".", 3-222 characters.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 
 DEFAULT_PROMPT = "Detect bags and luggage only."
 
@@ -40,6 +44,13 @@ def _str(value: str) -> str:
 def _prefix(value: str) -> str:
     if value and not value.endswith("/"):
         raise ConfigError(f"prefix {value!r} must end with '/'")
+    return value
+
+
+def _bucket(value: str) -> str:
+    value = value.strip()
+    if value and not _BUCKET_NAME.fullmatch(value):
+        raise ConfigError(f"{value!r} is not a Cloud Storage bucket name (no gs://, no slash)")
     return value
 
 
@@ -103,6 +114,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Where the annotated overview is written: {prefix}processed_{name}.jpg."),
     Setting("MARKERS_PREFIX", "markers_prefix", "processed-markers/", _prefix,
             "Where completion markers go; a redelivered event whose marker exists is a no-op."),
+    Setting("OUTPUT_BUCKET", "output_bucket", "", _bucket,
+            "Bucket for crops, overviews, completion markers and claims, under the prefixes above. "
+            "Empty: the bucket of the upload (one bucket; each output fires an event the function "
+            "ignores). Set, the upload's bucket is only read, and events from this bucket are ignored. "
+            "One source bucket per outputs bucket: names do not include the source bucket."),
     Setting("BACKGROUNDS_PREFIX", "backgrounds_prefix", "backgrounds/", _prefix,
             "Optional photos of each camera's empty scene, {prefix}{camera}.jpg, camera = first "
             "folder under SOURCE_PREFIX; the offline detector and the gate compare against them."),
@@ -211,6 +227,7 @@ class Config:
     crops_prefix: str
     overview_prefix: str
     markers_prefix: str
+    output_bucket: str
     backgrounds_prefix: str
     detector: str
     empty_belt_gate: bool
@@ -280,6 +297,10 @@ class Config:
             raise ConfigError("OUTPUT_TURNS must be >= 0")
         if self.memory_limit_mib < 0 or not 0 <= self.decode_memory_fraction <= 1:
             raise ConfigError("MEMORY_LIMIT_MIB must be >= 0 and DECODE_MEMORY_FRACTION between 0 and 1")
+
+    def outputs_bucket_for(self, source_bucket: str) -> str:
+        """The bucket an upload in `source_bucket` gets its outputs, marker and claim in."""
+        return self.output_bucket or source_bucket
 
     @property
     def uses_bigquery(self) -> bool:

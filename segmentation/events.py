@@ -95,6 +95,8 @@ def skip_reason(ref: ObjectRef, config: Config) -> str | None:
     >>> skip_reason(ObjectRef("b", "raw/a.jpg", 1, "image/jpeg", 5), cfg) is None
     True
     """
+    if config.output_bucket and ref.bucket == config.output_bucket:
+        return "in the outputs bucket (OUTPUT_BUCKET)"  # a trigger wired to it: never our input
     if not ref.name.startswith(config.source_prefix):
         return f"outside source prefix {config.source_prefix}"
     if ref.name.endswith("/"):

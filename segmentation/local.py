@@ -3,6 +3,7 @@ and a bridge that delivers object-finalize CloudEvents as Eventarc would.
 
     python -m segmentation.local up                 # emulator + function + bridge, until Ctrl-C
     python -m segmentation.local up --demo --once   # also upload samples/, wait, print rows, stop
+    python -m segmentation.local up --output-bucket local-outputs   # outputs in a second bucket
     python -m segmentation.local upload a.jpg b.png --camera cam1   # as a camera would
     python -m segmentation.local rows               # print the rows in the local SQLite sink
 
@@ -179,7 +180,7 @@ class LocalStack:
                  extra_env: dict[str, str] | None = None, storage_url: str | None = None,
                  bridge: bool = True, function_log: Path | None = None,
                  source: Path = ROOT / "main.py", target: str = "on_object_finalized",
-                 versioning: bool = True):
+                 versioning: bool = True, output_bucket: str = ""):
         """`storage_url`: use a storage server that is already running there instead of starting
         `segmentation.local_storage` (`storage_port` is then unused; the bridge needs that
         server's write log). `versioning`: the bucket keeps overwritten generations readable,
@@ -188,8 +189,11 @@ class LocalStack:
         `function_log`: functions-framework's output goes to that file. The function's workers
         and threads follow WORKERS and THREADS in `extra_env` (functions-framework's gunicorn
         settings). `source` / `target`: another function to serve (the benchmarks' floors), by
-        default the real one."""
+        default the real one. `output_bucket`: a second bucket for the outputs (OUTPUT_BUCKET), as
+        Terraform's separate_outputs_bucket; the bridge delivers only `bucket`'s events, as the
+        trigger does."""
         self.bucket = bucket
+        self.output_bucket = output_bucket
         self.external_storage = storage_url is not None
         self.storage_url = storage_url.rstrip("/") if storage_url else f"http://127.0.0.1:{storage_port}"
         self.function_url = f"http://127.0.0.1:{function_port}/"
@@ -211,6 +215,8 @@ class LocalStack:
             "SQLITE_PATH": str(self.data_dir / "results.sqlite"),
             "PYTHONUNBUFFERED": "1",
         })
+        if self.output_bucket:
+            env["OUTPUT_BUCKET"] = self.output_bucket
         env.update(self.extra_env)
         return env
 
@@ -226,10 +232,11 @@ class LocalStack:
             ))
         wait_for_http(self.storage_url + "/storage/v1/b")
         client = storage_client(self.storage_url)
-        if client.lookup_bucket(self.bucket) is None:
-            bucket = client.bucket(self.bucket)
-            bucket.versioning_enabled = self.versioning
-            client.create_bucket(bucket)
+        for name in filter(None, (self.bucket, self.output_bucket)):
+            if client.lookup_bucket(name) is None:
+                bucket = client.bucket(name)
+                bucket.versioning_enabled = self.versioning
+                client.create_bucket(bucket)
         log = open(self.function_log, "ab") if self.function_log else None  # noqa: SIM115 - closed below
         try:
             self.function_process = subprocess.Popen(
@@ -352,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--data-dir", type=Path, default=ROOT / "local-data")
     up.add_argument("--no-versioning", dest="versioning", action="store_false",
                     help="a bucket without object versioning (dev.tfvars): a replaced generation answers 404")
+    up.add_argument("--output-bucket", default="",
+                    help="write crops, overviews and markers to this second bucket (OUTPUT_BUCKET), "
+                         "as Terraform's default separate_outputs_bucket does")
     up.add_argument("--demo", action="store_true", help=f"upload the images in {SAMPLES_DIR.name}/ once started")
     up.add_argument("--once", action="store_true", help="with --demo: stop when the uploads are processed")
 
@@ -379,11 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     stack = LocalStack(bucket=args.bucket, storage_port=args.storage_port, function_port=args.function_port,
-                       data_dir=args.data_dir, versioning=args.versioning)
+                       data_dir=args.data_dir, versioning=args.versioning, output_bucket=args.output_bucket)
     signal.signal(signal.SIGTERM, _interrupt)
     with stack:
         print(f"storage:          {stack.storage_url}  (export STORAGE_EMULATOR_HOST={stack.storage_url})")
         print(f"function:         {stack.function_url}  bucket: gs://{args.bucket}/{config.source_prefix}")
+        if args.output_bucket:
+            print(f"outputs:          gs://{args.output_bucket}/")
         if config.resolved_backend is None:
             outcome = ("the offline detector processes the images" if config.offline_fallback
                        else "images will get failed rows saying so")

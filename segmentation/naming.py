@@ -13,6 +13,8 @@ crops `processed/cam1/belt.jpg-output-0001.jpg` and the overview
 ('processed/cam1/belt.jpg-output-0001.jpg', 'processed-overview/cam1/processed_belt.jpg.jpg')
 >>> names.marker, names.claim
 ('processed-markers/cam1/belt.jpg.json', 'processed-markers/cam1/belt.jpg.claim')
+
+`bucket` is where they all go (OUTPUT_BUCKET, or the source's own bucket when that is empty).
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ class OutputNames:
     overview_prefix: str
     marker: str
     claim: str
+    bucket: str = ""
 
     @classmethod
     def for_object(
-        cls, name: str, *, source_prefix: str, crops_prefix: str, overview_prefix: str, markers_prefix: str
+        cls, name: str, *, source_prefix: str, crops_prefix: str, overview_prefix: str, markers_prefix: str,
+        bucket: str = "",
     ) -> "OutputNames":
         relative = name[len(source_prefix):] if name.startswith(source_prefix) else name
         relative = _safe_path(relative)
@@ -53,6 +57,7 @@ class OutputNames:
             overview_prefix=overview_prefix,
             marker=f"{markers_prefix}{stem}.json",
             claim=f"{markers_prefix}{stem}.claim",
+            bucket=bucket,
         )
 
     def crop(self, index: int) -> str:

@@ -267,7 +267,7 @@ class Pipeline:
         owner = claims.new_owner()
         if not force and ref.generation is not None:
             fresh = retry_call(lambda: claims.create(self.storage, ref, names.claim, lease_s=self.config.claim_lease_s,
-                                                     owner=owner), deadline=deadline, what="claim")
+                                                     owner=owner, bucket=names.bucket), deadline=deadline, what="claim")
             if fresh is not None:
                 return fresh
             done = self._done_already(ref, names, deadline)
@@ -288,7 +288,7 @@ class Pipeline:
         wait_until = min(deadline, self._clock() + DUPLICATE_WAIT_S)
         lease_s = self.config.claim_lease_s
         decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s, owner=owner,
-                                                   force=force), deadline=deadline, what="claim")
+                                                   force=force, bucket=names.bucket), deadline=deadline, what="claim")
         while isinstance(decision, claims.Busy):
             if self._clock() + DUPLICATE_POLL_S > wait_until:
                 raise InProgressElsewhereError(
@@ -298,11 +298,11 @@ class Pipeline:
             done = self._done_already(ref, names, deadline)
             if done is not None:
                 return dataclasses.replace(done, reason=f"{done.reason} by another delivery")
-            held = retry_call(lambda: claims.holder(self.storage, ref, names.claim), deadline=deadline,
+            held = retry_call(lambda: claims.holder(self.storage, ref, names.claim, bucket=names.bucket), deadline=deadline,
                               what="claim read")
             if held is None:
                 decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s,
-                                                           owner=owner), deadline=deadline, what="claim")
+                                                           owner=owner, bucket=names.bucket), deadline=deadline, what="claim")
             else:
                 decision = held
         if isinstance(decision, claims.Newer):
@@ -325,7 +325,8 @@ class Pipeline:
         """Give this delivery's claim back (best effort: else it expires after CLAIM_LEASE_S)."""
         if owner:
             try:
-                claims.release(self.storage, ref, names.claim, owner, expire_only=expire_only)
+                claims.release(self.storage, ref, names.claim, owner, expire_only=expire_only,
+                               bucket=names.bucket)
             except PipelineError as release_error:
                 log_event("WARNING", f"claim not released; it expires after CLAIM_LEASE_S: {release_error}",
                           error_type=release_error.error_type, **fields)
@@ -492,24 +493,25 @@ class Pipeline:
         on (first on there being none, the common case: one request), so when events of two
         generations of one name write together, the newer one's output stays whatever the order.
         """
+        bucket = self.config.outputs_bucket_for(ref.bucket)
         if ref.generation is None:  # nothing to order by: last writer wins
-            return retry_call(lambda: self.storage.write(ref.bucket, name, data, content_type=content_type,
+            return retry_call(lambda: self.storage.write(bucket, name, data, content_type=content_type,
                                                          metadata=metadata), deadline=deadline, what=what)
         expected = 0
         for _ in range(WRITE_ATTEMPTS):
             try:
                 return retry_call(
-                    lambda: self.storage.write(ref.bucket, name, data, content_type=content_type, metadata=metadata,
+                    lambda: self.storage.write(bucket, name, data, content_type=content_type, metadata=metadata,
                                                if_generation_match=expected),
                     deadline=deadline, what=what)
             except WriteConflictError:
                 # There is one (a redelivery's, an older or a newer generation's): decide on it.
-                current = self._state(ref.bucket, name, deadline)
+                current = self._state(bucket, name, deadline)
                 owner = _generation_of(current.metadata if current else None, ref)
                 if owner is not None and owner > ref.generation:
                     return None
                 expected = current.generation if current else 0
-        raise TransientError(f"gs://{ref.bucket}/{name} changed under {WRITE_ATTEMPTS} writes in a row; "
+        raise TransientError(f"gs://{bucket}/{name} changed under {WRITE_ATTEMPTS} writes in a row; "
                              "the redelivery will try again")
 
     def _state(self, bucket: str, name: str, deadline: float) -> ObjectState | None:
@@ -519,7 +521,8 @@ class Pipeline:
     def _delete_if_owned(self, ref: ObjectRef, name: str, deadline: float, *, older_too: bool) -> None:
         """Delete `name` if `ref`'s generation wrote it (`older_too`: or an older one), never one a
         newer generation wrote, even if it writes between the check and the delete."""
-        current = self._state(ref.bucket, name, deadline)
+        bucket = self.config.outputs_bucket_for(ref.bucket)
+        current = self._state(bucket, name, deadline)
         if current is None:
             return
         owner = _generation_of(current.metadata, ref)
@@ -529,7 +532,7 @@ class Pipeline:
         elif owner is None or owner != ref.generation:
             return
         try:
-            retry_call(lambda: self.storage.delete(ref.bucket, name, if_generation_match=current.generation),
+            retry_call(lambda: self.storage.delete(bucket, name, if_generation_match=current.generation),
                        deadline=deadline, what="output delete")
         except WriteConflictError:
             pass  # rewritten since: by a newer generation (it stays) or an older one (its own check removes it)
@@ -554,10 +557,11 @@ class Pipeline:
             crops_prefix=self.config.crops_prefix,
             overview_prefix=self.config.overview_prefix,
             markers_prefix=self.config.markers_prefix,
+            bucket=self.config.outputs_bucket_for(ref.bucket),
         )
 
     def _marker(self, ref: ObjectRef, names: OutputNames, deadline: float) -> dict[str, str] | None:
-        return retry_call(lambda: self.storage.metadata(ref.bucket, names.marker), deadline=deadline, what="marker read")
+        return retry_call(lambda: self.storage.metadata(names.bucket, names.marker), deadline=deadline, what="marker read")
 
     def _superseded(self, ref: ObjectRef, deadline: float) -> bool:
         """Whether a newer generation of `ref`'s name is live now."""
@@ -589,7 +593,7 @@ class Pipeline:
     def _crop_names(self, ref: ObjectRef, names: OutputNames, deadline: float) -> list[str]:
         """The names under this object's crop prefix now (this and older generations' crops)."""
         return retry_call(
-            lambda: self.storage.list_names(ref.bucket, names.crops_glob_prefix), deadline=deadline, what="crop list"
+            lambda: self.storage.list_names(names.bucket, names.crops_glob_prefix), deadline=deadline, what="crop list"
         )
 
     def _delete_stale_crops(

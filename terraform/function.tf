@@ -9,6 +9,7 @@ locals {
     CROPS_PREFIX              = var.crops_prefix
     OVERVIEW_PREFIX           = var.overview_prefix
     MARKERS_PREFIX            = var.markers_prefix
+    OUTPUT_BUCKET             = local.output_bucket_setting
     BACKGROUNDS_PREFIX        = var.backgrounds_prefix
     DETECTOR                  = var.detector
     EMPTY_BELT_GATE           = tostring(var.empty_belt_gate)

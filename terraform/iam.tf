@@ -6,7 +6,8 @@
 #   images bucket, objects under source_prefix     roles/storage.objectViewer  (IAM condition)
 #     and backgrounds_prefix (empty-scene references)
 #   images bucket, objects under the 3 output      roles/storage.objectUser    (IAM condition)
-#     prefixes, and listing under crops_prefix
+#     prefixes, and listing under crops_prefix        only if separate_outputs_bucket = false
+#   outputs bucket (outputs_bucket.tf)              roles/storage.objectUser    only if true
 #   objects table, images table                     custom role rowInserter    (bigquery.tables.updateData, .get)
 #   project                                         custom role geminiCaller   (aiplatform.endpoints.predict)
 # trigger SA (Eventarc delivers events as it)
@@ -92,7 +93,11 @@ resource "google_storage_bucket_iam_member" "runtime_reads_uploads" {
   }
 }
 
+# Only in the single-bucket layout; with separate_outputs_bucket the runtime account writes the
+# outputs bucket instead (outputs_bucket.tf) and may not write here at all.
 resource "google_storage_bucket_iam_member" "runtime_writes_outputs" {
+  count = var.separate_outputs_bucket ? 0 : 1
+
   bucket = local.images_bucket_name
   role   = "roles/storage.objectUser"
   member = local.runtime_member

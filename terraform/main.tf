@@ -2,6 +2,7 @@
 #
 #   apis.tf      Google APIs the system needs
 #   storage.tf   images bucket (or an existing one), source bucket, source archive
+#   outputs_bucket.tf  the bucket crops, overviews and markers go to (separate_outputs_bucket)
 #   bigquery.tf  dataset and the objects / images tables (schemas from segmentation/schema/)
 #   iam.tf       service accounts and every grant, each on the narrowest resource
 #   function.tf  the 2nd gen function, its object-finalize trigger and environment

@@ -5,6 +5,11 @@ output "images_bucket" {
   value       = local.images_bucket_name
 }
 
+output "outputs_bucket" {
+  description = "The bucket crops, overviews and completion markers go to (the images bucket when separate_outputs_bucket = false)."
+  value       = local.outputs_bucket_name
+}
+
 output "upload_command" {
   description = "How a camera (or you) uploads a photo: replace PHOTO.jpg and CAMERA_ID. Only objects under the source prefix are processed."
   value       = "gcloud storage cp PHOTO.jpg gs://${local.images_bucket_name}/${var.source_prefix}CAMERA_ID/"

@@ -88,6 +88,18 @@ variable "bucket_location" {
   }
 }
 
+variable "separate_outputs_bucket" {
+  description = "Write crops, overviews, completion markers and claims to a bucket of their own (outputs_bucket.tf), so the function's writes fire no events and it needs no write access to the images bucket. false: the single-bucket layout (outputs under their prefixes in the images bucket; N + 3 ignored invocations per image). Switching an existing deployment changes where new outputs go: see the README's Deploy section."
+  type        = bool
+  default     = true
+}
+
+variable "outputs_bucket_name" {
+  description = "Name of the outputs bucket (separate_outputs_bucket). Empty: PROJECT-conveyor-ENVIRONMENT-outputs."
+  type        = string
+  default     = ""
+}
+
 variable "bucket_versioning" {
   description = "Keep noncurrent versions of overwritten or deleted objects in the images bucket."
   type        = bool

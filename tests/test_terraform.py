@@ -353,11 +353,11 @@ def test_variable_defaults_equal_the_codes_defaults():
     for env_name, setting in DEPLOYED_SETTINGS.items():
         variable = _variable_for(env_name)
         if variable is None or "default" not in config()["variable"][variable]:
-            continue  # GEMINI_BACKEND (vertex on purpose), GOOGLE_CLOUD_PROJECT, the table ids
+            continue  # GEMINI_BACKEND (vertex on purpose), GOOGLE_CLOUD_PROJECT, the table ids, OUTPUT_BUCKET
         checked += 1
         assert _same_value(default_of(variable), setting.default), (
             f"var.{variable} defaults to {default_of(variable)!r}; {env_name} defaults to {setting.default!r} in the code")
-    assert checked == len(DEPLOYED_SETTINGS) - 5  # and MEMORY_LIMIT_MIB, from memory and cpu
+    assert checked == len(DEPLOYED_SETTINGS) - 6  # and MEMORY_LIMIT_MIB, from memory and cpu
 
 
 def _deployed_env(overrides: dict[str, Any]) -> dict[str, str]:
@@ -377,7 +377,9 @@ def _deployed_env(overrides: dict[str, Any]) -> dict[str, str]:
     values.update(GEMINI_BACKEND=environment()["GEMINI_BACKEND"],
                   GOOGLE_CLOUD_PROJECT=overrides.get("project_id", "my-project"),
                   BQ_OBJECTS_TABLE="p.conveyor.objects", BQ_IMAGES_TABLE="p.conveyor.images",
-                  MEMORY_LIMIT_MIB=str(worker_memory_mib(overrides)))
+                  MEMORY_LIMIT_MIB=str(worker_memory_mib(overrides)),
+                  OUTPUT_BUCKET="p-conveyor-outputs" if overrides.get(
+                      "separate_outputs_bucket", default_of("separate_outputs_bucket")) else "")
     return values
 
 
@@ -457,6 +459,7 @@ EXPECTED_GRANTS = {
     # (resource type, role, member, scope)
     ("google_storage_bucket_iam_member", "roles/storage.objectViewer", RUNTIME, "local.images_bucket_name"),
     ("google_storage_bucket_iam_member", "roles/storage.objectUser", RUNTIME, "local.images_bucket_name"),
+    ("google_storage_bucket_iam_member", "roles/storage.objectUser", RUNTIME, "google_storage_bucket.outputs[0].name"),
     ("google_bigquery_table_iam_member", "${google_project_iam_custom_role.row_inserter.name}", RUNTIME,
      "google_bigquery_table.objects.table_id"),
     ("google_bigquery_table_iam_member", "${google_project_iam_custom_role.row_inserter.name}", RUNTIME,
@@ -526,7 +529,7 @@ def test_storage_grants_are_conditioned_on_prefixes_and_listing_only_under_crops
             '.startsWith(\\"${var.crops_prefix}\\")') in condition
     # The list permission the function uses is only ever called with the crops prefix.
     pipeline = (ROOT / "segmentation" / "pipeline.py").read_text()
-    assert pipeline.count("list_names(") == 1 and "list_names(ref.bucket, names.crops_glob_prefix)" in pipeline
+    assert pipeline.count("list_names(") == 1 and "list_names(names.bucket, names.crops_glob_prefix)" in pipeline
 
 
 def test_service_accounts_are_distinct_and_each_is_used_for_its_job():

@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import json
 import re
+import time
 
 import pytest
 import requests
@@ -82,7 +83,7 @@ def detector(backend: str, today: dt.date = TODAY, **env: str) -> GeminiDetector
 
 def detect(detector: GeminiDetector, model_input: ModelInput):
     try:
-        return detector.detect(model_input, IMAGE_SIZE, deadline=__import__("time").monotonic() + 10)
+        return detector.detect(model_input, IMAGE_SIZE, deadline=time.monotonic() + 10)
     finally:
         detector.close()
 

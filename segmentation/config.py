@@ -140,24 +140,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GOOGLE_CLOUD_PROJECT", "project", "", _str,
             "Project for Vertex AI calls (set by Terraform; also read by the Google clients)."),
     Setting("GOOGLE_CLOUD_LOCATION", "location", "global", _str,
-            "Vertex AI location for Gemini calls, e.g. global or us-central1."),
+            "Vertex AI location for Gemini calls: global, the eu or us multi-region (data "
+            "residency), or a single region such as europe-west4 (gemini-3.5-flash and older "
+            "only; 3.6 and later run only in global, eu and us)."),
     Setting("GEMINI_API_KEY", "gemini_api_key", "", _str,
             "API key for local development (api-key backend). Never logged. GOOGLE_API_KEY also works.",
             secret=True, local_only=True),
     Setting("GEMINI_MODEL", "gemini_model", "gemini-3.5-flash", _str,
-            "Model id. The default is the long-term GA Flash model on Vertex AI "
-            "(gemini-2.5-flash was retired there on 2026-10-20)."),
+            "Model id. The default is the GA Flash model that runs in every location kind and "
+            "stays until at least May 2027 (2.5 models were retired on 2026-10-20); what each model "
+            "takes is in segmentation/models.py."),
     Setting("GEMINI_PROMPT", "gemini_prompt", DEFAULT_PROMPT, _str,
             "What to detect, sent with each image."),
     Setting("GEMINI_SYSTEM_INSTRUCTION", "gemini_system_instruction", DEFAULT_SYSTEM_INSTRUCTION, _str,
             "System instruction; {max_objects} is replaced by GEMINI_MAX_OBJECTS."),
     Setting("GEMINI_TEMPERATURE", "gemini_temperature", "", _optional_float,
             "Sampling temperature. Empty sends none, as Google advises for 3.x models "
-            "(below 1.0 they may loop); 2.x spatial examples used 0.5."),
+            "(below 1.0 they may loop); 2.x spatial examples used 0.5. Never sent to models "
+            "that ignore it (3.6 and later)."),
     Setting("GEMINI_THINKING_LEVEL", "gemini_thinking_level", "minimal",
             _choice("", "minimal", "low", "medium", "high"),
-            "Thinking level, sent to 3.x-family models only. Google advises no thinking for "
-            "detection; 3.8 Flash rejects minimal, use low there. Empty sends none."),
+            "Thinking level, sent to models that take one (3.x and later). Google advises no "
+            "thinking for detection; a model that rejects the level gets the nearest it takes "
+            "(minimal is sent as low to 3.7 and 3.8). Empty sends none."),
     Setting("GEMINI_THINKING_BUDGET", "gemini_thinking_budget", "0", _optional_int,
             "Thinking budget in tokens, sent to 2.x-family models only (0 = off, Google's advice "
             "for object detection). Empty sends none."),

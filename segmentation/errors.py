@@ -115,6 +115,13 @@ class ModelRequestError(PermanentError):
     error_type = "model_request_error"
 
 
+class ModelRetiredError(ModelRequestError):
+    """The configured model is past its announced retirement date and the service refused it:
+    every image fails the same way until GEMINI_MODEL is changed (the message names the model to set)."""
+
+    error_type = "model_retired"
+
+
 class DetectorNotConfiguredError(PermanentError):
     """No Gemini credentials or project are configured, so no detection can run."""
 

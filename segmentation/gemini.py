@@ -11,12 +11,13 @@ Why the defaults are what they are (Google's guidance for object detection):
 - Model ``gemini-3.5-flash``: the long-term GA Flash model on Vertex AI.
   ``gemini-2.5-flash`` was retired on Vertex AI on 2026-10-20.
 - No thinking. Google advises turning thinking off for detection: it adds latency and cost
-  and doesn't make boxes better. 3.x models take ``thinking_level`` (``minimal`` by default)
-  and 2.x models take ``thinking_budget`` (0 = off). A request never carries both, and other
-  model families get neither.
+  and doesn't make boxes better. What each model takes comes from `segmentation.models`:
+  3.x and later take ``thinking_level`` (``minimal`` by default, or the nearest level the model
+  accepts: LOW on 3.7/3.8), 2.x take ``thinking_budget`` (0 = off). A request never carries
+  both, and models outside the table get neither.
 - No temperature for 3.x. Google advises keeping 3.x at its default of 1.0, because lower
   values can make it loop. Set ``GEMINI_TEMPERATURE`` only on purpose (the 2.x spatial
-  examples used 0.5).
+  examples used 0.5); models that ignore it (3.6 and later) never get it.
 - ``MEDIA_RESOLUTION_HIGH`` (1120 tokens per image on 3.x): small objects need the detail.
   3.x models get it on the image part (per-part media resolution is a Gemini 3 feature); other
   models get it in the request config.
@@ -45,13 +46,14 @@ Example (needs credentials, or GOOGLE_GEMINI_BASE_URL pointing at a server)::
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from google import genai
 from google.auth import exceptions as auth_exceptions
@@ -64,12 +66,14 @@ from segmentation.detections import DetectionResult, Usage
 from segmentation.errors import (
     DetectorNotConfiguredError,
     ModelRequestError,
+    ModelRetiredError,
     NoUsableBoxesError,
     ResponseParseError,
     TransientError,
     UnreadableAnswerError,
 )
 from segmentation.logs import add_secret, log_event, redact
+from segmentation.models import capabilities, location_problem, retirement_error, startup_problems
 from segmentation.parse import ParsedResponse, parse_response, refuse_unusable_boxes
 from segmentation.retry import retry_call
 
@@ -146,7 +150,7 @@ def response_json_schema(max_objects: int) -> dict[str, Any]:
 
 
 def model_family(model: str) -> str:
-    """The model's generation, which decides the thinking field: "3", "2", or "" for others.
+    """The model's generation: "3", "2", or "" for others (requests follow `segmentation.models`).
 
     >>> model_family("gemini-3.5-flash"), model_family("publishers/google/models/gemini-2.5-flash")
     ('3', '2')
@@ -174,12 +178,30 @@ class GeminiDetector:
         config: Config,
         *,
         credentials: "google.auth.credentials.Credentials | None" = None,
+        today: Callable[[], dt.date] | None = None,
     ):
         self._config = config
         self._credentials = credentials
         add_secret(config.gemini_api_key)  # no log line may print it, whatever echoes it
         self._client: genai.Client | None = None
         self._client_lock = threading.Lock()
+        self._today = today or _utc_today
+        self._spec = capabilities(config.gemini_model, config.resolved_backend)
+        if config.detector != "offline":
+            self._warn_about_the_model()
+
+    def _warn_about_the_model(self) -> None:
+        """One WARNING at start-up when the model is unknown, retired or retiring within 60 days,
+        not served from the configured location, or configured with a parameter it ignores."""
+        config = self._config
+        problems = startup_problems(config.gemini_model, config.resolved_backend, config.location, self._today())
+        if config.gemini_temperature is not None and not self._spec.temperature:
+            problems.append(f"GEMINI_TEMPERATURE={config.gemini_temperature} is not sent: "
+                            f"{config.gemini_model} (table row {self._spec.family or 'unknown'}) ignores "
+                            "temperature; unset it")
+        if problems:
+            log_event("WARNING", "Gemini model settings need attention: " + "; ".join(problems),
+                      model=config.gemini_model, location=config.location, backend=config.resolved_backend)
 
     def detect(self, model_input: "ModelInput", image_size: tuple[int, int], *, deadline: float) -> DetectionResult:
         """Detect objects in `model_input`; boxes come back in pixels of `image_size` (the original).
@@ -288,7 +310,7 @@ class GeminiDetector:
 
     def _image_part(self, model_input: "ModelInput") -> types.Part:
         resolution = self._config.gemini_media_resolution
-        per_part = resolution and model_family(self._config.gemini_model) == "3"
+        per_part = resolution and self._spec.per_part_media
         return types.Part.from_bytes(
             data=model_input.data,
             mime_type=model_input.mime_type,
@@ -297,20 +319,21 @@ class GeminiDetector:
 
     def _generation_config(self, request_timeout_s: float) -> types.GenerateContentConfig:
         config = self._config
-        family = model_family(config.gemini_model)
+        spec = self._spec
         thinking = None
-        if family == "3" and config.gemini_thinking_level:
-            thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(config.gemini_thinking_level.upper()))
-        elif family == "2" and config.gemini_thinking_budget is not None:
+        level = spec.thinking_level(config.gemini_thinking_level)
+        if level is not None:
+            thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(level))
+        elif spec.thinking == "budget" and config.gemini_thinking_budget is not None:
             thinking = types.ThinkingConfig(thinking_budget=config.gemini_thinking_budget)
         request_resolution = None
-        if config.gemini_media_resolution and family != "3":
+        if config.gemini_media_resolution and not spec.per_part_media:
             request_resolution = types.MediaResolution(f"MEDIA_RESOLUTION_{config.gemini_media_resolution.upper()}")
         return types.GenerateContentConfig(
             system_instruction=config.gemini_system_instruction.replace(
                 "{max_objects}", str(config.gemini_max_objects)
             ),
-            temperature=config.gemini_temperature,
+            temperature=config.gemini_temperature if spec.temperature else None,
             max_output_tokens=config.gemini_max_output_tokens,
             response_mime_type="application/json",
             response_json_schema=response_json_schema(config.gemini_max_objects),
@@ -390,6 +413,7 @@ class GeminiDetector:
             image_size,
             max_objects=self._config.gemini_max_objects,
             truncated=finish in ("MAX_TOKENS", "CONTINUATION"),
+            point_order=self._spec.polygon_order,
         ))
 
     # -- errors ---------------------------------------------------------------------------
@@ -411,6 +435,12 @@ class GeminiDetector:
             summary = summary[:500]
             if exc.code in _TRANSIENT_HTTP_CODES:
                 return TransientError(summary, retry_after=_retry_delay(exc) if exc.code == 429 else None)
+            config = self._config
+            if exc.code in (400, 404) and self._spec.retired(self._today()):
+                return ModelRetiredError(f"{retirement_error(config.gemini_model, self._spec)} ({summary})"[:700])
+            if config.resolved_backend == "vertex" and not self._spec.serves(config.location):
+                return ModelRequestError(f"{location_problem(config.gemini_model, config.location, self._spec)} "
+                                         f"({summary})"[:800])
             return ModelRequestError(summary)
         if isinstance(exc, _UNUSABLE_ENDPOINT_ERRORS):
             return DetectorNotConfiguredError(
@@ -560,6 +590,10 @@ def _enum_name(value: Any) -> str:
 
 def _part_resolution(level: str) -> types.PartMediaResolutionLevel:
     return types.PartMediaResolutionLevel(f"MEDIA_RESOLUTION_{level.upper()}")
+
+
+def _utc_today() -> dt.date:
+    return dt.datetime.now(dt.timezone.utc).date()
 
 
 def _milliseconds(seconds: float) -> int:

@@ -131,8 +131,12 @@ def parse_response(
     *,
     max_objects: int | None = None,
     truncated: bool = False,
+    point_order: str = "yx",
 ) -> ParsedResponse:
     """Parse a model answer into detections for an image of `image_size` = (width, height).
+
+    `point_order` is how the model writes polygon mask points: "yx" ([y, x], the default) or
+    "xy" (Gemini 3.5-3.7, see `segmentation.models`).
 
     `max_objects` keeps only the first that many valid, distinct objects. `truncated` says the
     model stopped at its token limit, which makes the result partial even if the JSON closed.
@@ -190,7 +194,7 @@ def parse_response(
                 color=_text(entry, "color"),
                 general_description=_text(entry, "general_description"),
                 detailed_description=_text(entry, "detailed_description"),
-                mask=_entry_mask(entry, box, image_size, label, notes),
+                mask=_entry_mask(entry, box, image_size, label, notes, point_order),
             )
         )
     return ParsedResponse(detections=detections, partial=truncated or not complete, notes=notes.render(),
@@ -353,7 +357,8 @@ def _to_pixels(normalized: tuple[float, float, float, float], image_size: tuple[
 
 
 def _entry_mask(
-    entry: dict[str, Any], box: Box, image_size: tuple[int, int], label: str, notes: _Notes
+    entry: dict[str, Any], box: Box, image_size: tuple[int, int], label: str, notes: _Notes,
+    point_order: str = "yx",
 ) -> Image.Image | None:
     """The entry's mask as a box-size mode-"L" 0/255 image; None (with a note) when unusable."""
     raw = next((entry[key] for key in _MASK_KEYS if entry.get(key) is not None), None)
@@ -363,7 +368,7 @@ def _entry_mask(
         if isinstance(raw, str) and raw.strip().startswith(_PNG_PREFIX):
             mask = _png_mask(raw.strip()[len(_PNG_PREFIX):], box)
         elif isinstance(raw, list):
-            mask = _polygon_mask(raw, box, image_size)
+            mask = _polygon_mask(raw, box, image_size, point_order)
         else:
             raise _MaskError(_NOT_A_MASK)
         if mask.getbbox() is None:
@@ -390,15 +395,15 @@ def _png_mask(payload: str, box: Box) -> Image.Image:
     return gray.resize((box.width, box.height), Image.Resampling.BILINEAR).point(_THRESHOLD)
 
 
-def _polygon_mask(points: list[Any], box: Box, image_size: tuple[int, int]) -> Image.Image:
-    """Rasterize [[y, x], ...] (normalized 0-1000, whole image) into a box-size mask."""
+def _polygon_mask(points: list[Any], box: Box, image_size: tuple[int, int], point_order: str = "yx") -> Image.Image:
+    """Rasterize [[y, x], ...] (or [[x, y], ...] for "xy"; normalized 0-1000, whole image) into a box-size mask."""
     width, height = image_size
     vertices = []
     for point in points:
         coords = [_number(item) for item in point] if isinstance(point, list) and len(point) == 2 else []
         if len(coords) != 2 or coords[0] is None or coords[1] is None:
             raise _MaskError(_NOT_A_MASK)
-        y, x = (_clamp(coord) for coord in coords)
+        y, x = (_clamp(coord) for coord in (coords if point_order == "yx" else coords[::-1]))
         vertices.append((x * width / 1000 - box.x_min, y * height / 1000 - box.y_min))
     if len(vertices) < 3:
         raise _MaskError("ignored polygon masks with fewer than 3 points")

@@ -128,6 +128,11 @@ resource "google_cloudfunctions2_function" "segmentation" {
       condition     = local.cpu < 4 || local.memory_mib[var.function_memory] >= (local.cpu >= 6 ? 4096 : 2048)
       error_message = "function_cpu 4 needs at least 2Gi of memory, and 6 or 8 need at least 4Gi."
     }
+    # Gemini 3.6 and later are served only from global and the eu/us multi-regions (segmentation/models.py).
+    precondition {
+      condition     = !can(regex("^gemini-(3\\.([6-9]|[1-9][0-9])|[4-9]|[1-9][0-9])([.-]|$)", var.gemini_model)) || contains(["global", "eu", "us"], var.vertex_location)
+      error_message = "gemini_model 3.6 and later run only in global or the eu/us multi-regions, not a single region: set vertex_location to global, eu or us (eu/us keep requests in that geography), or use gemini-3.5-flash to stay in one region."
+    }
   }
 
   depends_on = [

@@ -379,7 +379,7 @@ variable "function_concurrency" {
 # --- Gemini and limits (the function's environment; defaults = segmentation/config.py) -------
 
 variable "vertex_location" {
-  description = "GOOGLE_CLOUD_LOCATION: Vertex AI location for Gemini calls, e.g. global or us-central1."
+  description = "GOOGLE_CLOUD_LOCATION: Vertex AI location for Gemini calls: global, the eu/us multi-regions (data residency), or a single region such as europe-west4 (gemini-3.5-flash and older only)."
   type        = string
   default     = "global"
 

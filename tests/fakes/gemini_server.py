@@ -13,7 +13,9 @@ Every request is recorded (`RecordedRequest`: auth values are not kept, only whe
 was there). Answers come from a script: queued behaviours first (`enqueue`), then the
 `default` responder, a callable ``(RecordedRequest) -> Behaviour``. Behaviours are
 `Answer` (text, optionally cut off), `ErrorReply` (Google's error JSON) and `RawReply` (any
-bytes: not JSON, gzip without its header, JSON the SDK rejects), each optionally slow. A base `latency` is added to every answer, for benchmarks.
+bytes: not JSON, gzip without its header, JSON the SDK rejects), each optionally slow.
+Before the script, a request the real model refuses gets its 400 INVALID_ARGUMENT
+(`refused_argument`: MINIMAL thinking on 3.7/3.8, a single-region location for 3.6 and later). A base `latency` is added to every answer, for benchmarks.
 
 Token counts in ``usageMetadata`` follow Google's documented rules (`image_token_count`), not a
 live model: an image costs, by model generation and media resolution (per part, else the
@@ -85,6 +87,9 @@ GEMINI_2_IMAGE_TOKENS = {
 IMAGE_TOKENS_BY_RESOLUTION = GEMINI_3_IMAGE_TOKENS  # the former name
 _TILE_TOKENS, _TILE_SIDE, _SMALL_IMAGE_SIDE = 258, 768, 384
 _GENERATION = re.compile(r"^gemini-(\d+)")
+_VERSION = re.compile(r"^gemini-(\d+)(?:\.(\d+))?(?:-|$)")
+# The locations Gemini 3.6 and later are served from on Vertex AI.
+MULTI_REGION_LOCATIONS = frozenset({"global", "eu", "us"})
 
 _GEMINI_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^/:]+):generateContent$")
 _VERTEX_PATH = re.compile(
@@ -228,6 +233,37 @@ def rejected_by_sdk(body: Any = None) -> RawReply:
     """HTTP 200 with JSON that google-genai's types refuse (default: `candidates` as a string)."""
     value = {"candidates": "not a list", "modelVersion": "gemini-3.5-flash"} if body is None else body
     return RawReply(json.dumps(value).encode("utf-8"))
+
+
+def _model_version(model: str) -> tuple[int, int] | None:
+    """(major, minor) of a Gemini model id ("gemini-3.8-flash" -> (3, 8), "gemini-4-argon" -> (4, 0))."""
+    match = _VERSION.match(model.rsplit("/", 1)[-1])
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
+
+
+def refused_argument(request: RecordedRequest) -> ErrorReply | None:
+    """The 400 INVALID_ARGUMENT Google gives for a request the model cannot take, else None:
+    ``thinkingLevel`` MINIMAL on Gemini 3.7 and 3.8 (they take LOW, MEDIUM, HIGH), and a
+    single-region Vertex location for Gemini 3.6 and later (global and the eu/us multi-regions only)."""
+    version = _model_version(request.model)
+    if version is None:
+        return None
+    level = (request.generation_config.get("thinkingConfig") or {}).get("thinkingLevel")
+    if version in ((3, 7), (3, 8)) and str(level).upper() == "MINIMAL":
+        return _invalid_argument(
+            f"Thinking level MINIMAL is not supported by models/{request.model}. Supported levels: LOW, MEDIUM, HIGH.",
+            "generation_config.thinking_config.thinking_level")
+    if request.api == "vertex" and version >= (3, 6) and request.location not in MULTI_REGION_LOCATIONS:
+        return _invalid_argument(
+            f"Publisher model {request.model} is not served in location {request.location}. "
+            "It is available in the global location and the eu and us multi-regions.", "location")
+    return None
+
+
+def _invalid_argument(message: str, field: str) -> ErrorReply:
+    return ErrorReply(400, "INVALID_ARGUMENT", message, (
+        {"@type": "type.googleapis.com/google.rpc.BadRequest",
+         "fieldViolations": [{"field": field, "description": message}]},))
 
 
 def empty_list(request: RecordedRequest) -> Behaviour:
@@ -383,6 +419,9 @@ class FakeGeminiServer:
                 return ErrorReply(404, "NOT_FOUND", f"The requested URL {request.path} was not found on this server.")
             if not request.auth_present:
                 return ErrorReply(401, "UNAUTHENTICATED", "Request is missing required authentication credential.")
+            refused = refused_argument(request)
+            if refused is not None:
+                return refused
             queued = self._queue.popleft() if self._queue else None
         return queued if queued is not None else self.default(request)
 

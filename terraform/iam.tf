@@ -252,7 +252,7 @@ locals {
   kms_grants = {
     for name, grant in {
       bucket = {
-        key    = var.create_bucket ? var.bucket_kms_key_name : ""
+        key    = var.create_bucket || var.separate_outputs_bucket ? var.bucket_kms_key_name : ""
         member = "serviceAccount:${data.google_storage_project_service_account.gcs_agent.email_address}"
       }
       dataset = {

@@ -26,6 +26,14 @@ resource "google_storage_bucket" "outputs" {
     enabled = var.bucket_versioning
   }
 
+  # The images bucket's customer-managed key (bucket_kms_key_name), if any.
+  dynamic "encryption" {
+    for_each = var.bucket_kms_key_name != "" ? [var.bucket_kms_key_name] : []
+    content {
+      default_kms_key_name = encryption.value
+    }
+  }
+
   # Age-based deletion of what the function writes.
   dynamic "lifecycle_rule" {
     for_each = var.outputs_retention_days > 0 ? [[var.crops_prefix, var.overview_prefix, var.markers_prefix]] : []
@@ -67,7 +75,7 @@ resource "google_storage_bucket" "outputs" {
     }
   }
 
-  depends_on = [google_project_service.enabled]
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents_use_keys]
 }
 
 # The runtime account creates, overwrites, reads, lists and deletes in the outputs bucket only:

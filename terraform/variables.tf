@@ -135,7 +135,7 @@ variable "outputs_retention_days" {
 }
 
 variable "bucket_kms_key_name" {
-  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that encrypts new objects in a created images bucket; it must be in the bucket's location. Empty: Google-managed keys."
+  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that encrypts new objects in a created images bucket and in the outputs bucket; it must be in the buckets' location. Empty: Google-managed keys."
   type        = string
   default     = ""
 

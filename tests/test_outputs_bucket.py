@@ -195,7 +195,7 @@ def test_outputs_bucket_is_hardened_like_the_images_bucket_and_created_only_when
     assert bucket["location"] == images["location"]
     # Outputs expire like the images bucket's outputs rule, claims after the longest redelivery.
     (outputs_rule,) = [rule["lifecycle_rule"] for rule in bucket["dynamic"]
-                       if "outputs_retention_days" in rule["lifecycle_rule"]["for_each"]]
+                       if "lifecycle_rule" in rule and "outputs_retention_days" in rule["lifecycle_rule"]["for_each"]]
     assert ref(block(block(outputs_rule, "content"), "condition")["age"]) == "var.outputs_retention_days"
     (claims,) = bucket["lifecycle_rule"]
     condition = block(claims, "condition")

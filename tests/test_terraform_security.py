@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from pathlib import Path
@@ -160,10 +161,12 @@ def test_cmek_is_optional_per_resource_and_uses_the_providers_attributes():
         condition = config()["variable"][name]["validation"][0]["condition"]
         assert f'var.{name} == ""' in condition and "cryptoKeys" in condition
 
-    bucket = resource("google_storage_bucket", "images")
-    (encryption,) = [item["encryption"] for item in bucket["dynamic"] if "encryption" in item]
-    assert 'var.bucket_kms_key_name != ""' in encryption["for_each"]
-    assert ref(block(encryption, "content")["default_kms_key_name"]) == "encryption.value"
+    for bucket_name in ("images", "outputs"):  # the outputs bucket shares the images bucket's key
+        bucket = resource("google_storage_bucket", bucket_name)
+        (encryption,) = [item["encryption"] for item in bucket["dynamic"] if "encryption" in item]
+        assert 'var.bucket_kms_key_name != ""' in encryption["for_each"]
+        assert ref(block(encryption, "content")["default_kms_key_name"]) == "encryption.value"
+        assert "google_kms_crypto_key_iam_member.service_agents_use_keys" in json.dumps(bucket["depends_on"])
 
     dataset = resource("google_bigquery_dataset", "results")
     (default_encryption,) = [item["default_encryption_configuration"] for item in dataset["dynamic"]
@@ -187,7 +190,7 @@ def test_each_service_agent_may_use_its_key_and_nothing_more():
 
     grants = config()["locals"]["kms_grants"]
     agents = {
-        "var.create_bucket ? var.bucket_kms_key_name": "data.google_storage_project_service_account.gcs_agent.email_address",
+        "var.create_bucket || var.separate_outputs_bucket ? var.bucket_kms_key_name": "data.google_storage_project_service_account.gcs_agent.email_address",
         "var.bigquery_kms_key_name": "data.google_bigquery_default_service_account.bq_agent",
         "var.dead_letter_kms_key_name": "local.pubsub_agent_member",
     }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import socket
 import time
@@ -11,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from google.oauth2.credentials import Credentials
-from PIL import Image
 
 from segmentation import gemini, logs
 from segmentation.config import Config
@@ -23,10 +20,10 @@ from segmentation.errors import (
 )
 from segmentation.gemini import REASK_INSTRUCTION, GeminiDetector, model_family
 from segmentation.images import ModelInput
+from tests.conftest import TWO_BAGS
 from tests.fakes.gemini_server import (
     Answer,
     ErrorReply,
-    FakeGeminiServer,
     estimate_text_tokens,
     internal_error,
     model_not_found,
@@ -45,47 +42,6 @@ IMAGE_SIZE = (620, 620)
 # 15 entries, two of them repeating another entry's box, which the parser drops.
 EXPECTED_COUNTS = {1: 13, 2: 20, 3: 13, 4: 15, 5: 13, 6: 6}
 
-TWO_BAGS = json.dumps(
-    [
-        {"box_2d": [100, 100, 400, 300], "label": "suitcase", "color": "black",
-         "general_description": "A hard-shell suitcase.", "detailed_description": "Four wheels."},
-        {"box_2d": [500, 600, 900, 950], "label": "backpack", "color": "red",
-         "general_description": "A backpack.", "detailed_description": "Two straps."},
-    ]
-)
-
-_SDK_ENV = (
-    "GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION",
-    "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE", "GOOGLE_GENAI_API_VERSION",
-    "GOOGLE_GEMINI_BASE_URL", "GOOGLE_VERTEX_BASE_URL",
-)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeGeminiServer() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server, monkeypatch):
-    """The shared fake, its script and record reset, with both base URLs pointing at it."""
-    monkeypatch.setattr(gemini, "RETRY_BASE_DELAY_S", 0.05)  # keep backoff waits short
-    for name in _SDK_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
-    monkeypatch.setenv("GOOGLE_VERTEX_BASE_URL", server.base_url)
-    server.reset(lambda request: Answer(TWO_BAGS))
-    yield server
-    server.reset()
-
-
-@pytest.fixture(scope="module")
-def model_input() -> ModelInput:
-    image = Image.new("RGB", (64, 48), (200, 30, 30))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return ModelInput(data=buffer.getvalue(), mime_type="image/jpeg", width=64, height=48)
 
 
 def api_key_config(**env: str) -> Config:

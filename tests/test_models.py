@@ -5,7 +5,6 @@ start-up warnings; retired-model rows through the real function; 3.6+ answer sha
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import re
 import time
@@ -16,9 +15,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 from google.oauth2.credentials import Credentials
-from PIL import Image
 
-from segmentation import gemini
 from segmentation.config import Config
 from segmentation.errors import ModelRequestError, ModelRetiredError
 from segmentation.gemini import GeminiDetector
@@ -27,50 +24,13 @@ from segmentation.models import capabilities
 from segmentation.parse import parse_response
 from tests.fakes.gemini_server import Answer, FakeGeminiServer, model_not_found
 from tests.harness import gemini_only_stack
+from tests.conftest import TWO_BAGS
 from tests.test_terraform import block, resource
 
 API_KEY = "gemini-test-key-that-must-never-leak-0123456789"
 IMAGE_SIZE = (620, 620)
 TODAY = dt.date(2026, 12, 5)
 LISTED_MODELS = ("gemini-3.5-flash", "gemini-3.6-flash", "gemini-3.7-flash", "gemini-3.8-flash", "gemini-4-argon")
-TWO_BAGS = json.dumps([
-    {"box_2d": [100, 100, 400, 300], "label": "suitcase", "color": "black",
-     "general_description": "A suitcase.", "detailed_description": "Four wheels."},
-    {"box_2d": [500, 600, 900, 950], "label": "backpack", "color": "red",
-     "general_description": "A backpack.", "detailed_description": "Two straps."},
-])
-_SDK_ENV = (
-    "GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION",
-    "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE", "GOOGLE_GENAI_API_VERSION",
-    "GOOGLE_GEMINI_BASE_URL", "GOOGLE_VERTEX_BASE_URL",
-)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeGeminiServer() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server, monkeypatch):
-    monkeypatch.setattr(gemini, "RETRY_BASE_DELAY_S", 0.05)
-    for name in _SDK_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
-    monkeypatch.setenv("GOOGLE_VERTEX_BASE_URL", server.base_url)
-    server.reset(lambda request: Answer(TWO_BAGS))
-    yield server
-    server.reset()
-
-
-@pytest.fixture(scope="module")
-def model_input() -> ModelInput:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="JPEG")
-    return ModelInput(data=buffer.getvalue(), mime_type="image/jpeg", width=64, height=48)
-
-
 def config(backend: str, **env: str) -> Config:
     if backend == "api-key":
         return Config.from_env({"GEMINI_API_KEY": API_KEY, **env})

@@ -126,8 +126,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DETECTOR", "detector", "gemini", _choice("gemini", "offline"),
             "gemini, or offline: the weight-free belt detector for every image (no model calls)."),
     Setting("EMPTY_BELT_GATE", "empty_belt_gate", "true", _bool,
-            "Before a Gemini call, check with the offline detector whether the belt holds anything; "
-            "if not, skip the call and record the image as empty."),
+            "For a camera with an empty-scene reference (BACKGROUNDS_PREFIX), check with the "
+            "offline detector before a Gemini call whether the belt holds anything; if not, skip "
+            "the call and record the image as empty. Without a reference the model is always asked."),
     Setting("OFFLINE_FALLBACK", "offline_fallback", "true", _bool,
             "When Gemini is not configured, or keeps failing past RETRY_DEADLINE_S, process the "
             "image with the offline detector (rows say detector=offline and why) instead of "

@@ -177,6 +177,11 @@ class OfflineDetector:
         """`detect_image` with each detection's confidence (0-1), for evaluation."""
         return self._detect(to_rgb(image), image.size)
 
+    @property
+    def has_reference(self) -> bool:
+        """Whether this camera has an empty-scene reference (the only case the gate may skip)."""
+        return self.background is not None
+
     def belt_is_empty(self, image: Image.Image) -> bool:
         """True only when nothing is on the belt: no thick blob of anything-not-belt (an item,
         or a shadow, which only an item casts) as large as `gate_min_area`, at `gate_side`.

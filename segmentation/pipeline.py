@@ -466,7 +466,9 @@ class Pipeline:
         offline = self.offline.for_object(ref) if self.offline else None
         if offline and self.config.detector == "offline":
             return offline.detect(prepared, size, deadline=deadline)
-        if offline and self.config.empty_belt_gate and offline.belt_is_empty(image):
+        # The gate skips the model only for a camera with an empty-scene reference: without one it
+        # called real photos with bags empty, and those bags would never be recorded.
+        if offline and self.config.empty_belt_gate and offline.has_reference and offline.belt_is_empty(image):
             return DetectionResult(detections=[], detector=EMPTY_BELT_GATE, model=offline.model)
         try:
             return self.detector.detect(prepared, size, deadline=deadline)

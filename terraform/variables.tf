@@ -228,7 +228,7 @@ variable "detector" {
 }
 
 variable "empty_belt_gate" {
-  description = "EMPTY_BELT_GATE: check with the offline detector whether the belt holds anything before calling Gemini; empty frames are recorded without a model call."
+  description = "EMPTY_BELT_GATE: for a camera with an empty-scene reference (backgrounds/<camera>.jpg), check with the offline detector whether the belt holds anything before calling Gemini; empty frames are recorded without a model call. Without a reference the model is always asked."
   type        = bool
   default     = true
 }

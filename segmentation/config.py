@@ -129,10 +129,12 @@ SETTINGS: tuple[Setting, ...] = (
             "For a camera with an empty-scene reference (BACKGROUNDS_PREFIX), check with the "
             "offline detector before a Gemini call whether the belt holds anything; if not, skip "
             "the call and record the image as empty. Without a reference the model is always asked."),
-    Setting("OFFLINE_FALLBACK", "offline_fallback", "true", _bool,
+    Setting("OFFLINE_FALLBACK", "offline_fallback", "false", _bool,
             "When Gemini is not configured, or keeps failing past RETRY_DEADLINE_S, process the "
             "image with the offline detector (rows say detector=offline and why) instead of "
-            "failing or waiting for redelivery."),
+            "failing or waiting for redelivery. Off: the offline detector is made for plain belts "
+            "seen by a fixed camera, and on other real photos its rows are guesses; Eventarc "
+            "redelivers and `segmentation.replay` takes over after an outage."),
     # Gemini.
     Setting("GEMINI_BACKEND", "gemini_backend", "auto", _choice("auto", "vertex", "api-key"),
             "vertex (Application Default Credentials, project and location below), api-key "

@@ -14,7 +14,8 @@ sets it), run as a process of its own. The bridge follows that server's write lo
 generation is delivered, even one overwritten a moment after its upload (as Eventarc does).
 Rows go to SQLITE_PATH (no BigQuery here).
 Gemini needs credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); without them
-the offline detector processes each image (OFFLINE_FALLBACK, on by default).
+(and no DETECTOR set) the function runs with DETECTOR=offline, the weight-free detector made for
+plain belts seen by a fixed camera, such as the bundled samples.
 
 This module is for developers' machines only; the deployed function never imports it.
 Objects persist under `--data-dir`/gcs/ (each live object's bytes as a file named like it).
@@ -388,18 +389,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_rows(args.db, args.table, args.limit, as_json=args.json)
         return 0
 
+    offline = config.resolved_backend is None and "DETECTOR" not in os.environ
     stack = LocalStack(bucket=args.bucket, storage_port=args.storage_port, function_port=args.function_port,
-                       data_dir=args.data_dir, versioning=args.versioning, output_bucket=args.output_bucket)
+                       data_dir=args.data_dir, versioning=args.versioning, output_bucket=args.output_bucket,
+                       extra_env={"DETECTOR": "offline"} if offline else None)
     signal.signal(signal.SIGTERM, _interrupt)
     with stack:
         print(f"storage:          {stack.storage_url}  (export STORAGE_EMULATOR_HOST={stack.storage_url})")
         print(f"function:         {stack.function_url}  bucket: gs://{args.bucket}/{config.source_prefix}")
         if args.output_bucket:
             print(f"outputs:          gs://{args.output_bucket}/")
-        if config.resolved_backend is None:
-            outcome = ("the offline detector processes the images" if config.offline_fallback
-                       else "images will get failed rows saying so")
-            print("note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); " + outcome)
+        if offline:
+            print("note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); the offline "
+                  "detector processes the images (DETECTOR=offline). It is made for plain belts seen by a fixed "
+                  "camera, like samples/; on other photos its rows are guesses.")
+        elif config.resolved_backend is None and config.detector != "offline" and not config.offline_fallback:
+            print("note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC) and "
+                  "DETECTOR=gemini: images get failed rows saying so")
         if args.demo:
             samples = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             names = upload(samples, bucket=args.bucket, emulator_url=stack.storage_url,

@@ -55,7 +55,7 @@ output "example_query" {
   value       = <<-SQL
     SELECT processed_at, label, item_color, item_gen_desc, output_uri
     FROM `${local.objects_table_id}`
-    WHERE DATE(processed_at) = CURRENT_DATE()
+    WHERE DATE(processed_at) = CURRENT_DATE() AND detector != 'offline'
     QUALIFY ROW_NUMBER() OVER (PARTITION BY row_id ORDER BY processed_at) = 1
     ORDER BY processed_at DESC
     LIMIT 20

@@ -234,9 +234,9 @@ variable "empty_belt_gate" {
 }
 
 variable "offline_fallback" {
-  description = "OFFLINE_FALLBACK: when Gemini keeps failing past retry_deadline_s, process the image with the offline detector (rows say so) instead of failing for redelivery."
+  description = "OFFLINE_FALLBACK: when Gemini keeps failing past retry_deadline_s, process the image with the offline detector (rows say detector = offline) instead of failing for redelivery. Off by default: on real photos that are not plain belts its rows are guesses."
   type        = bool
-  default     = true
+  default     = false
 }
 
 # --- BigQuery --------------------------------------------------------------------------------

@@ -457,6 +457,7 @@ def test_past_the_deadline_the_function_fails_so_the_platform_redelivers(stack, 
 
 def test_past_the_deadline_the_offline_detector_takes_over_when_fallback_is_on(stack, monkeypatch):
     monkeypatch.setenv("RETRY_DEADLINE_S", "1.5")
+    monkeypatch.setenv("OFFLINE_FALLBACK", "true")
     stack.gemini.reset(lambda request: unavailable())
     blob = stack.upload("raw/belt.jpg", (ROOT / "samples" / "belt-01.jpg").read_bytes(), "image/jpeg")
 
@@ -472,8 +473,9 @@ def test_past_the_deadline_the_offline_detector_takes_over_when_fallback_is_on(s
     assert len(stack.names("processed/")) == len(objects)
 
 
-def test_without_gemini_credentials_the_offline_detector_processes_the_image(stack, monkeypatch):
+def test_without_gemini_credentials_the_offline_fallback_processes_the_image_when_on(stack, monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY")
+    monkeypatch.setenv("OFFLINE_FALLBACK", "true")
     blob = stack.upload("raw/belt.jpg", (ROOT / "samples" / "belt-02.jpg").read_bytes(), "image/jpeg")
 
     assert stack.deliver(stack.event_for(blob)).status_code == 200
@@ -484,9 +486,9 @@ def test_without_gemini_credentials_the_offline_detector_processes_the_image(sta
     assert stack.gemini.requests == []
 
 
-def test_without_credentials_and_without_fallback_the_image_fails_saying_why(stack, monkeypatch):
+def test_by_default_without_credentials_the_image_fails_saying_why_never_guessed(stack, monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY")
-    monkeypatch.setenv("OFFLINE_FALLBACK", "false")
+    monkeypatch.delenv("OFFLINE_FALLBACK", raising=False)
     blob = stack.upload("raw/belt.jpg", (ROOT / "samples" / "belt-02.jpg").read_bytes(), "image/jpeg")
 
     assert stack.deliver(stack.event_for(blob)).status_code == 200

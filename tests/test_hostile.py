@@ -397,8 +397,8 @@ ODD_IMAGES = [case for case in CONTENT_CASES if case.expect.status == "ok"]
 
 
 def test_valid_odd_images_survive_the_default_gate_and_fallback(run, capsys, monkeypatch):
-    """Production defaults (empty-belt gate and offline fallback on): every valid image is
-    recorded ok or empty (the gate may call a 1x1 or 1x20000 frame empty), nothing else."""
+    """Production defaults (empty-belt gate on, for cameras with a reference; offline fallback
+    off): every valid image is recorded ok or empty, nothing else."""
     monkeypatch.delenv("EMPTY_BELT_GATE")
     monkeypatch.delenv("OFFLINE_FALLBACK")
     reset_pipeline()

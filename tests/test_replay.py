@@ -60,6 +60,7 @@ def test_backfill_processes_everything_once_and_a_second_run_adds_nothing(env, c
 def test_images_that_fell_back_are_redone_with_gemini_on_request(env, capsys, monkeypatch):
     gemini, pipeline, _ = env
     monkeypatch.setenv("RETRY_DEADLINE_S", "1")
+    monkeypatch.setenv("OFFLINE_FALLBACK", "true")
     gemini.reset(lambda request: unavailable())
     code, err = run([f"gs://{BUCKET}/raw/cam1/"], capsys)
     assert code == 0 and "6 ok" in err

@@ -27,11 +27,11 @@ def test_a_throughput_cell_processes_every_image_once_with_at_most_in_flight_cal
     assert cell["ratio"] <= 1.0
     assert cell["objects_found"] == 9 * bench.THROUGHPUT_OBJECTS
     # BENCHMARKS.md's count per event: the claim's create (no claim: no marker to look up), the
-    # read, the crop listing, a crop per object, the overview, the generation check, the marker; and the lookups of the camera's
-    # empty-belt reference (cached per camera in each worker process; the threads that miss the
-    # cache together each look, so at most one per event in flight).
+    # read, the crop listing, a crop per object, the overview, the generation check, the marker;
+    # and, where the gate or the fallback is on, the lookups of the camera's empty-scene reference
+    # (cached per camera in each worker process; at most one per event in flight).
     per_event = 9 * (bench.THROUGHPUT_OBJECTS + 6)
-    assert per_event < cell["emulator_requests"] <= per_event + 3
+    assert per_event <= cell["emulator_requests"] <= per_event + 3
 
 
 @pytest.mark.timeout(180)

@@ -103,7 +103,9 @@ def test_an_unreadable_answer_is_retried_then_handed_back_then_a_failed_row(stac
     assert len(errors) == 1 and errors[0]["error_type"] == "unreadable_answer"
     assert errors[0]["object"] == "raw/cam1/belt.jpg"
     retries = [entry for entry in entries if entry["message"].startswith("Gemini generateContent failed")]
-    assert len(retries) == calls - 1
+    # One retry line per retried call; the last retry may run out of time (its timeout is cut to
+    # what is left) before its request reaches the stand-in.
+    assert calls - 1 <= len(retries) <= calls
     assert stack.rows("images") == []
     assert stack.bucket.get_blob("processed-markers/cam1/belt.jpg.claim") is None
 

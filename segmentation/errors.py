@@ -103,6 +103,13 @@ class BoxScaleError(NoUsableBoxesError):
     error_type = "box_scale_0_1"
 
 
+class UnsupportedSceneError(PermanentError):
+    """The offline detector refused the frame: not a belt scene it can analyse (no belt model fits,
+    or too much clutter). A failed row instead of guessed detections."""
+
+    error_type = "unsupported_scene"
+
+
 class ObjectGoneError(PermanentError):
     """The event's object generation no longer exists (deleted or overwritten before it was read)."""
 

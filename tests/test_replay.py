@@ -7,6 +7,7 @@ import io
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+from PIL import Image
 
 from segmentation import replay
 from segmentation.config import Config
@@ -14,6 +15,7 @@ from segmentation.function import build_pipeline
 from tests.fakes.gemini_server import Answer, FakeGeminiServer, sample_text, unavailable
 from tests.fakes.storage_emulator import running_storage_emulator
 from tests.fixtures import shared_fixture
+from tests.harness import ROOT
 
 BUCKET = "replay-test"
 
@@ -59,6 +61,12 @@ def test_backfill_processes_everything_once_and_a_second_run_adds_nothing(env, c
 
 def test_images_that_fell_back_are_redone_with_gemini_on_request(env, capsys, monkeypatch):
     gemini, pipeline, _ = env
+    # belt photos: the offline detector refuses other scenes (unsupported_scene), such as the cupcakes
+    belt = io.BytesIO()
+    Image.open(ROOT / "samples" / "belt-01.jpg").save(belt, "PNG")
+    bucket = storage.Client(project="t", credentials=AnonymousCredentials()).bucket(BUCKET)
+    for index in range(6):
+        bucket.blob(f"raw/cam1/{index}.png").upload_from_string(belt.getvalue(), content_type="image/png")
     monkeypatch.setenv("RETRY_DEADLINE_S", "1")
     monkeypatch.setenv("OFFLINE_FALLBACK", "true")
     gemini.reset(lambda request: unavailable())

@@ -51,6 +51,7 @@ from segmentation.errors import (
     SuspectError,
     TransientError,
     UnexpectedError,
+    UnsupportedSceneError,
     WriteConflictError,
 )
 from segmentation.events import skip_reason
@@ -479,7 +480,14 @@ class Pipeline:
                       else f"Gemini kept failing past the retry deadline: {exc}")
             log_event("WARNING", "using the offline detector instead of Gemini", reason=reason[:500],
                       bucket=ref.bucket, object=ref.name, generation=ref.generation)
-            result = offline.detect(prepared, size, deadline=deadline)
+            try:
+                result = offline.detect(prepared, size, deadline=deadline)
+            except UnsupportedSceneError as refused:
+                # Not a scene the offline detector can analyse: Gemini's failure stands (a transient
+                # one is redelivered, nothing is recorded as failed for good).
+                log_event("WARNING", "the offline fallback refused the scene; Gemini's failure stands",
+                          refused=str(refused)[:500], bucket=ref.bucket, object=ref.name, generation=ref.generation)
+                raise exc from None
             return dataclasses.replace(result, fallback_reason=reason[:2000])
 
     # --- I/O with retries -------------------------------------------------------------------

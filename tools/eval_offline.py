@@ -1,6 +1,7 @@
 """Score the offline detector on generated belt scenes with exact ground truth.
 
     .venv/bin/python -m tools.eval_offline [--split heldout] [--n 60] [--empty 40] [--small-dark 30]
+    .venv/bin/python -m tools.eval_offline --scenes [--n 60] [--realdata ../realdata]
 
 - mask AP (IoU 0.50:0.95) and AP50, class-agnostic, by pycocotools' COCOeval on the scenes'
   COCO ground truth (visible masks), scores = the detector's confidence;
@@ -15,6 +16,14 @@
   of one `belt_is_empty` call.
 
 Fixed-camera "carousel" scenes are run with their empty reference image (background path).
+The figures above score every frame, refused or not (`detect_scored` never refuses).
+
+`--scenes` prints instead how often the scene check (`segmentation.offline.scene_refusal`, what
+`OfflineDetector.detect` refuses as `unsupported_scene`) refuses: held-out synthetic scenes by kind
+(none should be refused), the 17 COCO photos with luggage in the halves the check was tuned on
+(even positions in id order) and held out (odd positions), and, with `--realdata DIR`, the real
+belt photos listed in DIR/index.tsv by source, with the first empty frame of a camera sequence as
+the reference when the sequence has one.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import contextlib  # noqa: E402
 import io  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -215,6 +225,111 @@ def run(split: str, n: int, *, start: int = 0, n_empty: int = 40, n_small_dark: 
                   false_skips, n_nonempty, skip_rate, n_empties, fps, gate_ms, confusions)
 
 
+COCO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "coco_luggage"
+
+
+def coco_halves(coco_dir: Path = COCO_DIR) -> tuple[list[Path], list[Path]]:
+    """The COCO photos in id order, split by position: (tuning half, held-out half)."""
+    photos = sorted((coco_dir / "images").glob("*.jpg"), key=lambda path: int(path.stem))
+    if not photos:
+        raise FileNotFoundError(f"no COCO photos under {coco_dir / 'images'} (the shared fixtures)")
+    return photos[0::2], photos[1::2]
+
+
+def refused(detector: OfflineDetector, image) -> bool:
+    """Whether `detect` refuses `image` (a PIL image or a file), given as the function gives it:
+    decoded by `load_image`, then the model input at the default MODEL_INPUT_MAX_SIDE."""
+    from segmentation.config import Config
+    from segmentation.errors import UnsupportedSceneError
+    from segmentation.images import load_image, model_input
+
+    config = Config.from_env({})
+    jpeg = None
+    if not hasattr(image, "size"):
+        data = Path(image).read_bytes()
+        loaded = load_image(data, max_pixels=config.max_image_pixels)
+        image, jpeg = loaded.image, data if loaded.plain_jpeg else None
+    prepared = model_input(image, max_side=config.model_input_max_side, jpeg=jpeg)
+    try:
+        detector.detect(prepared, image.size, deadline=time.monotonic() + 600)
+    except UnsupportedSceneError:
+        return True
+    return False
+
+
+def _row(name: str, flags: list[bool]) -> tuple[str, str]:
+    share = sum(flags) / len(flags) if flags else 0.0
+    return name, f"{sum(flags)} of {len(flags)} ({share:.0%})"
+
+
+def scene_rows(n: int, realdata: Path | None = None) -> list[tuple[str, str]]:
+    """Refusals of the scene check, one (what, refused) row per group."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    split = "heldout"
+    rows = []
+    drawn = [make_scene(split, i) for i in range(n)]
+    for kind in ("belt", "carousel"):
+        scenes = [s for s in drawn if s.kind == kind and s.items]
+        rows.append(_row(f"held-out {kind} scenes (random draw{', with reference' if kind == 'carousel' else ''})",
+                         [refused(_detector_for(s), s.image) for s in scenes]))
+    groups = (("held-out crowded belts (8 items)", dict(kind="belt", count=8, salt="crowded")),
+              ("held-out empty belts", dict(kind="belt", count=0, salt="empty")),
+              ("held-out carousels with reference", dict(kind="carousel", salt="carousel")),
+              ("held-out crowded carousels (8 items), reference", dict(kind="carousel", count=8, salt="crowded")),
+              ("held-out empty carousels with reference", dict(kind="carousel", count=0, salt="empty")))
+    for name, overrides in groups:
+        scenes = [make_scene(split, i, **overrides) for i in range(max(10, n // 3))]
+        rows.append(_row(name, [refused(_detector_for(s), s.image) for s in scenes]))
+    carousels = [make_scene(split, i, kind="carousel", salt="carousel") for i in range(max(10, n // 3))]
+    rows.append(_row("(held-out carousels WITHOUT reference)", [refused(OfflineDetector(), s.image) for s in carousels]))
+    rows.append(_row("(held-out carousels, another scene's reference)",
+                     [refused(OfflineDetector(background=carousels[(i + 1) % len(carousels)].background), s.image)
+                      for i, s in enumerate(carousels)]))
+    tuning, heldout = coco_halves()
+    rows.append(_row("COCO photos, tuning half", [refused(OfflineDetector(), p) for p in tuning]))
+    rows.append(_row("COCO photos, held-out half", [refused(OfflineDetector(), p) for p in heldout]))
+    if realdata is not None:
+        rows += realdata_rows(realdata)
+    return rows
+
+
+def realdata_rows(root: Path) -> list[tuple[str, str]]:
+    """Refusals on the real photos of root/index.tsv (columns relative_path, source, licence,
+    committable, kind, camera_sequence_id, ...), by source folder; sequences with an empty frame
+    are run again with their first empty frame as the reference (that frame left out)."""
+    import csv
+
+    with open(root / "index.tsv", newline="") as handle:
+        entries = list(csv.DictReader(handle, delimiter="\t"))
+    by_folder: dict[str, list[dict]] = {}
+    for entry in entries:
+        by_folder.setdefault(entry["relative_path"].split("/", 1)[0], []).append(entry)
+    rows = []
+    for folder, items in sorted(by_folder.items()):
+        rows.append(_row(f"real: {folder}, no reference", [refused(OfflineDetector(), root / e["relative_path"])
+                                                          for e in items]))
+        references = {}
+        for entry in items:
+            if entry["kind"] == "empty":
+                references.setdefault(entry["camera_sequence_id"], entry["relative_path"])
+        with_reference = [e for e in items if references.get(e["camera_sequence_id"]) not in (None, e["relative_path"])]
+        if with_reference:
+            from PIL import Image
+
+            detectors = {}
+            for seq, path in references.items():
+                with Image.open(root / path) as reference:
+                    detectors[seq] = OfflineDetector(background=reference.convert("RGB"))
+            for kind in ("bags", "empty"):
+                flags = [refused(detectors[e["camera_sequence_id"]], root / e["relative_path"])
+                         for e in with_reference if e["kind"] == kind]
+                if flags:
+                    rows.append(_row(f"real: {folder}, {kind} frames, first empty frame as reference", flags))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="heldout", choices=("tuning", "heldout"))
@@ -223,7 +338,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--empty", type=int, default=40, help="extra empty frames for the gate")
     parser.add_argument("--small-dark", type=int, default=30, help="extra frames with one small black pouch")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--scenes", action="store_true", help="print the scene check's refusals instead")
+    parser.add_argument("--realdata", type=Path, help="with --scenes: a folder of real photos with an index.tsv")
     args = parser.parse_args(argv)
+    if args.scenes:
+        rows = [("scene check refusals (unsupported_scene)", "refused")] + scene_rows(args.n, args.realdata)
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+        return
     report = run(args.split, args.n, start=args.start, n_empty=args.empty, n_small_dark=args.small_dark,
                  timing=not args.no_timing)
     print(report.table())

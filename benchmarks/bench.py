@@ -1002,7 +1002,7 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
             "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
             "GEMINI_API_KEY": "bench-key",
             "GEMINI_MAX_OBJECTS": "25",
-            "EMPTY_BELT_GATE": "true" if gate else "false",
+            "EMPTY_BELT_GATE_CAMERAS": "*" if gate else "",
             # THREADS = the concurrency, as Google advises for Python functions; with several WORKERS
             # each could take them all, and the client keeps `concurrency` in flight, as Cloud Run's
             # per-instance concurrency setting (max_instance_request_concurrency) would.
@@ -1237,7 +1237,7 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
         f"(gunicorn gthread) with **WORKERS={deployed_workers()}** and **THREADS = in flight**, what "
         f"terraform/function.tf deploys for an instance with this machine's {cpus} vCPUs (a worker per vCPU, a "
         "thread per concurrent event); "
-        f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE=false "
+        f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE_CAMERAS empty "
         "(the gate's cost is in the second table). "
         "Stand-ins, each fresh per row: Cloud Storage = `tests/fakes/gcs_server.py` in its own process (threaded, "
         "in memory, keep-alive; the real google-cloud-storage client reaches it through STORAGE_EMULATOR_HOST); "
@@ -1269,7 +1269,7 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
                  "soon as its answer is back, all of them at once (the behaviour before turns); \"OUTPUT_TURNS=2\": "
                  "two events of a worker at a time; \"MODEL_INPUT_MAX_SIDE=1024\": the previous default, every 1280x720 frame "
                  "resized to 1024 px and re-encoded for the model instead of sent as uploaded; \"empty-belt gate on\": "
-                 "EMPTY_BELT_GATE=true, the production default (the offline detector checks each frame before its "
+                 "EMPTY_BELT_GATE_CAMERAS=* (the gate checks each frame before its "
                  "Gemini call; every frame here holds items, so every event still calls Gemini); "
                  "\"SQLite sink\": rows to the local SQLite file instead of the "
                  "BigQuery stand-in (the previous report's setting); \"gcp-storage-emulator\": the previous "
@@ -1392,7 +1392,7 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
             for side in max_sides:
                 for resolution in resolutions:
                     settings = {"GEMINI_MODEL": model, "MODEL_INPUT_MAX_SIDE": str(side),
-                                "GEMINI_MEDIA_RESOLUTION": resolution, "EMPTY_BELT_GATE": "false"}
+                                "GEMINI_MEDIA_RESOLUTION": resolution, "EMPTY_BELT_GATE_CAMERAS": ""}
                     with environ(settings), storage_emulator() as emulator:
                         config = Config.from_env()
                         name = f"raw/tokens/{model}-{side}-{resolution or 'none'}.jpg"

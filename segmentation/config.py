@@ -79,6 +79,14 @@ def _bool(value: str) -> bool:
     raise ConfigError(f"{value!r} is not a boolean (use true or false)")
 
 
+def _cameras(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    for name in names:
+        if name != "*" and ("/" in name or name in (".", "..")):
+            raise ConfigError(f"{name!r} is not a camera folder name (one folder under SOURCE_PREFIX, no slash)")
+    return names
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         lowered = value.strip().lower()
@@ -125,10 +133,13 @@ SETTINGS: tuple[Setting, ...] = (
     # Detectors.
     Setting("DETECTOR", "detector", "gemini", _choice("gemini", "offline"),
             "gemini, or offline: the weight-free belt detector for every image (no model calls)."),
-    Setting("EMPTY_BELT_GATE", "empty_belt_gate", "true", _bool,
-            "For a camera with an empty-scene reference (BACKGROUNDS_PREFIX), check with the "
-            "offline detector before a Gemini call whether the belt holds anything; if not, skip "
-            "the call and record the image as empty. Without a reference the model is always asked."),
+    Setting("EMPTY_BELT_GATE_CAMERAS", "empty_belt_gate_cameras", "", _cameras,
+            "Cameras (folders under SOURCE_PREFIX, comma-separated; * = all) whose frames the "
+            "empty-belt gate compares with the camera's empty-scene reference "
+            "({BACKGROUNDS_PREFIX}{camera}.jpg) before a Gemini call: a frame that shows only the "
+            "empty scene (camera vibration, light and the belt's motion tolerated) is recorded as "
+            "empty without a model call. A camera without a reference is always sent to the model. "
+            "Empty: the gate is off."),
     Setting("OFFLINE_FALLBACK", "offline_fallback", "false", _bool,
             "When Gemini is not configured, or keeps failing past RETRY_DEADLINE_S, process the "
             "image with the offline detector (rows say detector=offline and why) instead of "
@@ -238,7 +249,7 @@ class Config:
     output_bucket: str
     backgrounds_prefix: str
     detector: str
-    empty_belt_gate: bool
+    empty_belt_gate_cameras: tuple[str, ...]
     offline_fallback: bool
     gemini_backend: str
     project: str
@@ -305,6 +316,11 @@ class Config:
             raise ConfigError("OUTPUT_TURNS must be >= 0")
         if self.memory_limit_mib < 0 or not 0 <= self.decode_memory_fraction <= 1:
             raise ConfigError("MEMORY_LIMIT_MIB must be >= 0 and DECODE_MEMORY_FRACTION between 0 and 1")
+
+    def gate_checks(self, camera: str | None) -> bool:
+        """Whether the empty-belt gate is switched on for `camera` (a folder under SOURCE_PREFIX)."""
+        cameras = self.empty_belt_gate_cameras
+        return camera is not None and ("*" in cameras or camera in cameras)
 
     def outputs_bucket_for(self, source_bucket: str) -> str:
         """The bucket an upload in `source_bucket` gets its outputs, marker and claim in."""

@@ -29,7 +29,7 @@ def build_pipeline(config: Config) -> Pipeline:
     """The production pipeline for `config`: Cloud Storage, Gemini (with the offline detector
     as gate and fallback, as configured), BigQuery or SQLite."""
     storage = GcsStorage()
-    uses_offline = config.detector == "offline" or config.empty_belt_gate or config.offline_fallback
+    uses_offline = config.detector == "offline" or bool(config.empty_belt_gate_cameras) or config.offline_fallback
     return Pipeline(
         config,
         storage=storage,

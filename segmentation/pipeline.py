@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, Protocol
 from segmentation import PIPELINE_VERSION, claims
 from segmentation.config import Config
 from segmentation.detections import Detection, DetectionResult, ObjectRef
-from segmentation.backgrounds import OfflineDetectors
+from segmentation.backgrounds import OfflineDetectors, camera_of
 from segmentation.errors import (
     DetectorNotConfiguredError,
     ImageTooLargeForMemoryError,
@@ -59,6 +59,7 @@ from segmentation.images import LoadedImage, ModelInput, load_image, model_input
 from segmentation.logs import log_event, redact
 from segmentation.memory import MemoryBudget, Reservation
 from segmentation.naming import OutputNames, row_id
+from segmentation.gate import MODEL as GATE_MODEL
 from segmentation.offline import OfflineDetector
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
@@ -467,10 +468,17 @@ class Pipeline:
         offline = self.offline.for_object(ref) if self.offline else None
         if offline and self.config.detector == "offline":
             return offline.detect(prepared, size, deadline=deadline)
-        # The gate skips the model only for a camera with an empty-scene reference: without one it
-        # called real photos with bags empty, and those bags would never be recorded.
-        if offline and self.config.empty_belt_gate and offline.has_reference and offline.belt_is_empty(image):
-            return DetectionResult(detections=[], detector=EMPTY_BELT_GATE, model=offline.model)
+        # The gate may skip the model only where it was calibrated: a camera switched on for it,
+        # with an empty-scene reference to compare with.
+        gate = offline.gate if offline and self.config.gate_checks(camera_of(ref.name, self.config.source_prefix)) else None
+        if gate is not None:
+            check = gate.check(image)
+            if check.camera_moved and gate.first_move():
+                log_event("WARNING", "the camera has moved since its empty-scene reference was taken; the gate "
+                          "sends every frame to the model until the reference is replaced",
+                          bucket=ref.bucket, object=ref.name, shift_px=[round(v, 1) for v in check.camera_shift])
+            if check.empty:
+                return DetectionResult(detections=[], detector=EMPTY_BELT_GATE, model=GATE_MODEL)
         try:
             return self.detector.detect(prepared, size, deadline=deadline)
         except (DetectorNotConfiguredError, TransientError) as exc:

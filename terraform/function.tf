@@ -12,7 +12,7 @@ locals {
     OUTPUT_BUCKET             = local.output_bucket_setting
     BACKGROUNDS_PREFIX        = var.backgrounds_prefix
     DETECTOR                  = var.detector
-    EMPTY_BELT_GATE           = tostring(var.empty_belt_gate)
+    EMPTY_BELT_GATE_CAMERAS   = join(",", var.empty_belt_gate_cameras)
     OFFLINE_FALLBACK          = tostring(var.offline_fallback)
     GEMINI_BACKEND            = "vertex"
     GOOGLE_CLOUD_PROJECT      = var.project_id

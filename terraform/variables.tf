@@ -227,10 +227,14 @@ variable "detector" {
   }
 }
 
-variable "empty_belt_gate" {
-  description = "EMPTY_BELT_GATE: for a camera with an empty-scene reference (backgrounds/<camera>.jpg), check with the offline detector whether the belt holds anything before calling Gemini; empty frames are recorded without a model call. Without a reference the model is always asked."
-  type        = bool
-  default     = true
+variable "empty_belt_gate_cameras" {
+  description = "EMPTY_BELT_GATE_CAMERAS: cameras (folders under the source prefix; \"*\" = all) whose frames the empty-belt gate compares with the camera's empty-scene reference (backgrounds/<camera>.jpg) before calling Gemini; a frame showing only the empty scene is recorded as empty without a model call. Empty list: the gate is off. A camera without a reference is always sent to the model."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for c in var.empty_belt_gate_cameras : c == "*" || (length(c) > 0 && !strcontains(c, "/") && !strcontains(c, ","))])
+    error_message = "empty_belt_gate_cameras: camera folder names (no slash or comma), or \"*\"."
+  }
 }
 
 variable "offline_fallback" {

@@ -125,7 +125,7 @@ def running_stack(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, *, api_key
 def gemini_only_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """`running_stack` with Gemini as the only detector: no offline fallback, no empty-belt gate."""
     monkeypatch.setenv("OFFLINE_FALLBACK", "false")
-    monkeypatch.setenv("EMPTY_BELT_GATE", "false")
+    monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "")
     with running_stack(tmp_path / "results.sqlite", monkeypatch) as running:
         yield running
 

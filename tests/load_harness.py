@@ -491,7 +491,7 @@ def load_stack(tmp_path: Path, monkeypatch, *, gemini_port: int, env: dict[str, 
         function_env = {
             "GOOGLE_GEMINI_BASE_URL": gemini_url, "GEMINI_API_KEY": API_KEY, "GOOGLE_API_KEY": "",
             "GOOGLE_CLOUD_PROJECT": "", "GEMINI_BACKEND": "api-key",
-            "EMPTY_BELT_GATE": "false", "OFFLINE_FALLBACK": "false",
+            "EMPTY_BELT_GATE_CAMERAS": "", "OFFLINE_FALLBACK": "false",
             "RETRY_DEADLINE_S": "60", "GEMINI_TIMEOUT_S": "10", "LOG_LEVEL": "WARNING",
             "WORKERS": str(workers), "THREADS": str(threads),
             "BQ_OBJECTS_TABLE": BQ_OBJECTS if bigquery else "", "BQ_IMAGES_TABLE": BQ_IMAGES if bigquery else "",

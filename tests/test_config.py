@@ -63,3 +63,15 @@ def test_readme_lists_exactly_the_settings():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     table_names = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", readme, flags=re.MULTILINE))
     assert table_names == {setting.env for setting in SETTINGS}
+
+
+def test_the_gate_is_switched_on_per_camera():
+    from segmentation.config import Config, ConfigError
+
+    assert Config.from_env({}).gate_checks("cam1") is False  # off by default
+    listed = Config.from_env({"EMPTY_BELT_GATE_CAMERAS": " cam1, cam3 ,"})
+    assert [listed.gate_checks(c) for c in ("cam1", "cam2", "cam3", None)] == [True, False, True, False]
+    every = Config.from_env({"EMPTY_BELT_GATE_CAMERAS": "*"})
+    assert every.gate_checks("any") and not every.gate_checks(None)
+    with pytest.raises(ConfigError, match="EMPTY_BELT_GATE_CAMERAS"):
+        Config.from_env({"EMPTY_BELT_GATE_CAMERAS": "cam1/a"})

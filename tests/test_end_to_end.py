@@ -502,41 +502,61 @@ def _jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def test_the_empty_belt_gate_skips_the_model_call_for_a_camera_with_a_reference(stack):
+def test_the_empty_belt_gate_skips_the_model_call_only_for_a_camera_switched_on(stack, monkeypatch):
     from segmentation.offline import OfflineDetector
     from tools.belt_scenes import make_scene
 
-    # The gate's quality is measured in test_offline.py; here: an empty frame it recognises
-    # against the camera's empty-scene reference never reaches Gemini.
+    # The gate's quality is measured in test_offline.py and tools/eval_gate.py; here: an empty frame
+    # it recognises against the camera's empty-scene reference never reaches Gemini, where the
+    # camera is switched on for the gate, and does reach it from a camera that is not.
     for index in range(40):
-        scene = make_scene("heldout", index, count=0)
-        if scene.background is None:  # only fixed-camera scenes come with an empty-scene reference
-            continue
+        scene = make_scene("heldout", index, count=0, reference=True, belt_moved=True)
         frame = _jpeg(scene.image)
         gate = OfflineDetector(background=Image.open(io.BytesIO(_jpeg(scene.background))))
         if gate.belt_is_empty(Image.open(io.BytesIO(frame)).convert("RGB")):
             break
     else:
         pytest.fail("no held-out empty scene with a reference that the gate recognises")
-    stack.upload("backgrounds/cam1.jpg", _jpeg(scene.background), "image/jpeg")
-    blob = stack.upload("raw/cam1/empty.jpg", frame, "image/jpeg")
+    monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "cam1, cam3")
+    for camera in ("cam1", "cam2"):
+        stack.upload(f"backgrounds/{camera}.jpg", _jpeg(scene.background), "image/jpeg")
+    stack.gemini.enqueue(Answer(sample_text(5)))
+
+    for camera in ("cam1", "cam2"):
+        blob = stack.upload(f"raw/{camera}/empty.jpg", frame, "image/jpeg")
+        assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+    rows = {row["source_uri"].split("/")[-2]: row for row in stack.rows("images")}
+    assert (rows["cam1"]["status"], rows["cam1"]["detector"], rows["cam1"]["objects_found"]) == \
+        ("empty", "empty-belt-gate", 0)
+    assert rows["cam2"]["detector"] == "gemini"  # a reference, but the camera is not switched on
+    assert len(stack.gemini.requests) == 1
+    assert "processed-overview/cam1/processed_empty.jpg.jpg" in stack.names("processed-overview/")
+
+
+def test_the_gate_never_skips_a_real_photo_of_bags_against_its_empty_scene(stack, monkeypatch):
+    """COCO 000000520707 (four handbags and a suitcase; Flickr, CC BY 2.0, attribution in
+    ../shared/fixtures/coco_luggage/image_manifest.tsv), the camera switched on for the gate, its
+    reference the same photo with the luggage painted out: the bags reach the model."""
+    from tools.eval_gate import coco_photos
+
+    name, photo, empty = next(p for p in coco_photos() if p[0] == "000000520707.jpg")
+    monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "*")
+    stack.upload("backgrounds/cam1.jpg", _jpeg(empty), "image/jpeg")
+    stack.gemini.enqueue(Answer(sample_text(5)))
+    blob = stack.upload("raw/cam1/coco-520707.jpg", _jpeg(photo), "image/jpeg")
 
     assert stack.deliver(stack.event_for(blob)).status_code == 200
 
     (image_row,) = stack.rows("images")
-    assert (image_row["status"], image_row["detector"], image_row["objects_found"]) == ("empty", "empty-belt-gate", 0)
-    assert stack.gemini.requests == []
-    assert stack.names("processed-overview/") == ["processed-overview/cam1/processed_empty.jpg.jpg"]
+    assert image_row["detector"] == "gemini" and len(stack.gemini.requests) == 1
 
 
-def test_without_a_reference_the_gate_never_skips_a_real_photo_of_bags(stack):
-    """COCO 000000520707 (four handbags and a suitcase; Flickr, CC BY 2.0, attribution in
-    ../shared/fixtures/coco_luggage/image_manifest.tsv): the gate, modelling the belt from the image alone, calls it
-    empty; without the camera's reference the model must be asked."""
-    from segmentation.offline import OfflineDetector
-
+def test_without_a_reference_the_gate_never_skips_a_real_photo_of_bags(stack, monkeypatch):
+    """COCO 000000520707 (see above), the gate on for every camera but none has a reference: the
+    model is asked (modelling the belt from the photo alone, an earlier gate called it empty)."""
     photo = shared_fixture("coco_luggage", "images", "000000520707.jpg").read_bytes()
-    assert OfflineDetector().belt_is_empty(Image.open(io.BytesIO(photo)).convert("RGB"))  # what it would do
+    monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "*")
     stack.gemini.enqueue(Answer(sample_text(5)))
     blob = stack.upload("raw/cam1/coco-520707.jpg", photo, "image/jpeg")
 

@@ -93,7 +93,7 @@ class Run:
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory) -> Iterator[Run]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EMPTY_BELT_GATE", "false")
+        patch.setenv("EMPTY_BELT_GATE_CAMERAS", "")
         patch.setenv("OFFLINE_FALLBACK", "false")
         sqlite_path = tmp_path_factory.mktemp("hostile") / "results.sqlite"
         with running_stack(sqlite_path, patch, api_key=SECRET, gcs_names=True) as stack:
@@ -397,10 +397,14 @@ ODD_IMAGES = [case for case in CONTENT_CASES if case.expect.status == "ok"]
 
 
 def test_valid_odd_images_survive_the_default_gate_and_fallback(run, capsys, monkeypatch):
-    """Production defaults (empty-belt gate on, for cameras with a reference; offline fallback
-    off): every valid image is recorded ok or empty, nothing else."""
-    monkeypatch.delenv("EMPTY_BELT_GATE")
+    """The empty-belt gate switched on for the camera, which has a reference (a plain grey
+    frame of another shape), and the production default for the fallback (off): every valid
+    image of odd size, mode or depth goes through the gate and is recorded ok or empty."""
+    monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "hostile")
     monkeypatch.delenv("OFFLINE_FALLBACK")
+    reference = io.BytesIO()
+    Image.new("RGB", (640, 360), (60, 60, 62)).save(reference, "JPEG")
+    run.stack.upload("backgrounds/hostile.jpg", reference.getvalue(), "image/jpeg")
     reset_pipeline()
     try:
         for case in ODD_IMAGES:

@@ -49,7 +49,7 @@ def stack_for(tmp_path, gemini: FakeGeminiServer, **kwargs) -> local.LocalStack:
         bucket=BUCKET, storage_port=free_port(), function_port=free_port(), data_dir=tmp_path,
         extra_env={"GOOGLE_GEMINI_BASE_URL": gemini.base_url, "GEMINI_API_KEY": API_KEY, "GOOGLE_API_KEY": "",
                    "GOOGLE_CLOUD_PROJECT": "", "BQ_OBJECTS_TABLE": "", "BQ_IMAGES_TABLE": "",
-                   "EMPTY_BELT_GATE": "false", "OFFLINE_FALLBACK": "false", "RETRY_DEADLINE_S": "30"},
+                   "EMPTY_BELT_GATE_CAMERAS": "", "OFFLINE_FALLBACK": "false", "RETRY_DEADLINE_S": "30"},
         **kwargs,
     )
 

@@ -30,7 +30,7 @@ from segmentation.colors import TERMS, basic_color_name, dominant_colors, linear
 from segmentation.images import model_input
 from segmentation.offline import OfflineDetector
 from tools import eval_offline
-from tools.belt_scenes import EXEMPLARS, KINDS, MIN_VISIBLE_AREA, make_scene
+from tools.belt_scenes import EXEMPLARS, KINDS, MIN_VISIBLE_AREA, make_scene, vibrate
 
 HELDOUT = "heldout"
 
@@ -95,33 +95,65 @@ def test_dominant_colours_ignore_a_minority():
     assert dominant_colors(pixels)[0] == ("blue", 0.7)
 
 
+def _vibrated(image, seed: int):
+    return vibrate(image, np.random.default_rng(seed), max_shift=2.0, exposure=0.1)
+
+
 def test_gate_never_skips_frames_with_items():
-    detector = OfflineDetector()
+    """Against the camera's empty reference, with the belt run on since and the camera shaken
+    (+-2 px, +-10 % exposure): no frame holding an item is called empty."""
     frames = [make_scene(HELDOUT, i, kind="belt", count=1, item_kinds=("pouch",), item_colors=("black",),
-                         salt="small-dark") for i in range(10)]
-    frames += [s for s in (make_scene(HELDOUT, i, salt="gate") for i in range(12)) if s.items]
+                         salt="small-dark", reference=True, belt_moved=True) for i in range(8)]
+    frames += [s for s in (make_scene(HELDOUT, i, salt="gate", reference=True, belt_moved=True) for i in range(12))
+               if s.items]
     skipped = [(s.index, [(it.kind, it.color) for it in s.items]) for s in frames
-               if OfflineDetector(background=s.background).belt_is_empty(s.image)]
+               if OfflineDetector(background=s.background).belt_is_empty(_vibrated(s.image, s.index))]
     assert skipped == []
-    assert detector.belt_is_empty(frames[0].image) is False
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_gate_sees_a_single_item_of_any_kind(kind):
-    """The gate is a separate, cheaper analysis than the detector (lower resolution, no
-    instances). Where it matters it must not be less sensitive: a frame holding one item of any
-    kind, in the colours hardest to tell from a belt, is never called empty. (It may be more
-    sensitive: the detector can miss the smallest low-contrast items.)"""
+    """A frame holding one item of any kind, in the colours hardest to tell from a belt, is never
+    called empty (the belt run on since the reference, the camera shaken)."""
     for index, colour in enumerate(("black", "gray", "white")):
         scene = make_scene(HELDOUT, index, kind="belt", count=1, item_kinds=(kind,), item_colors=(colour,),
-                           salt="agree")
-        assert not OfflineDetector().belt_is_empty(scene.image), (kind, colour)
+                           salt="agree", reference=True, belt_moved=True)
+        assert not OfflineDetector(background=scene.background).belt_is_empty(_vibrated(scene.image, index)), \
+            (kind, colour)
 
 
-def test_gate_skips_most_empty_frames():
-    empties = [make_scene(HELDOUT, i, kind="belt", count=0, salt="empty") for i in range(12)]
-    skipped = sum(OfflineDetector().belt_is_empty(s.image) for s in empties)
-    assert skipped >= 0.5 * len(empties)
+def test_without_a_reference_the_gate_never_calls_a_frame_empty():
+    scene = make_scene(HELDOUT, 0, kind="belt", count=0, salt="empty")
+    assert OfflineDetector().gate is None
+    assert OfflineDetector().belt_is_empty(scene.image) is False
+
+
+@pytest.mark.parametrize("kind", ["belt", "carousel"])
+def test_gate_skips_most_empty_frames_of_a_shaken_camera_and_a_running_belt(kind):
+    scenes = [make_scene(HELDOUT, i, kind=kind, count=0, salt="empty", reference=True, belt_moved=True)
+              for i in range(8)]
+    skipped = sum(OfflineDetector(background=s.background).belt_is_empty(_vibrated(s.image, i))
+                  for i, s in enumerate(scenes))
+    assert skipped >= 0.5 * len(scenes)
+
+
+def test_gate_registers_camera_vibration_and_never_skips_for_a_moved_camera():
+    from segmentation.gate import EmptySceneGate
+
+    scene = make_scene(HELDOUT, 2, kind="belt", count=0, salt="empty", reference=True)
+    gate = EmptySceneGate(scene.background)
+    frame = np.asarray(scene.image, np.float32)
+    h, w = frame.shape[:2]
+    import cv2
+
+    def shifted(dx: float, dy: float):
+        moved = cv2.warpAffine(frame, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REFLECT)
+        return Image.fromarray(moved.clip(0, 255).astype(np.uint8))
+
+    shaken = gate.check(shifted(4.0, -3.0))
+    assert shaken.empty and shaken.camera_shift == pytest.approx((4.0, -3.0), abs=1.5)
+    moved = gate.check(shifted(0.08 * w, 0))  # beyond MAX_CAMERA_SHIFT: a new reference is needed
+    assert not moved.empty
 
 
 def test_background_reference_on_a_carousel_scene():
@@ -171,7 +203,8 @@ def test_detect_maps_model_input_back_to_the_original_size():
 def test_plain_empty_image_and_tiny_image():
     detector = OfflineDetector()
     assert detector.detect_image(Image.new("RGB", (640, 360), (50, 50, 52))) == []
-    assert detector.belt_is_empty(Image.new("RGB", (640, 360), (50, 50, 52)))
+    plain = Image.new("RGB", (640, 360), (50, 50, 52))
+    assert OfflineDetector(background=plain).belt_is_empty(plain)
     assert detector.detect_image(Image.new("RGB", (8, 6), (50, 50, 52))) == []
 
 
@@ -180,7 +213,7 @@ def test_extreme_strips_are_analysed_without_error(size):
     """Halving a 1-pixel side must not reach 0 pixels (OpenCV refuses a 0-sized resize)."""
     strip = Image.new("RGB", size, (50, 50, 52))
     detector = OfflineDetector()
-    assert detector.belt_is_empty(strip)
+    assert OfflineDetector(background=strip).belt_is_empty(strip)
     assert detector.detect_image(strip) == []
 
 

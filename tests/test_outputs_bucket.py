@@ -33,7 +33,7 @@ def stack_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output_bucket: s
     """The function with Gemini only (no gate, no fallback), OUTPUT_BUCKET as given (None: unset),
     and the outputs bucket created in the storage emulator beside the images bucket."""
     monkeypatch.setenv("OFFLINE_FALLBACK", "false")
-    monkeypatch.setenv("EMPTY_BELT_GATE", "false")
+    monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "")
     if output_bucket is None:
         monkeypatch.delenv("OUTPUT_BUCKET", raising=False)
     else:
@@ -254,7 +254,7 @@ def test_local_stack_runs_with_a_separate_outputs_bucket(tmp_path):
             output_bucket="local-test-outputs",
             extra_env={"GOOGLE_GEMINI_BASE_URL": gemini.base_url, "GEMINI_API_KEY": "local-test-key",
                        "GOOGLE_CLOUD_PROJECT": "", "BQ_OBJECTS_TABLE": "", "BQ_IMAGES_TABLE": "",
-                       "EMPTY_BELT_GATE": "false"},
+                       "EMPTY_BELT_GATE_CAMERAS": ""},
         )
         with stack:
             (name,) = local.upload([sample], bucket="local-test", emulator_url=stack.storage_url,

@@ -143,7 +143,7 @@ def test_events_whose_answers_come_back_together_draw_in_turns_and_upload_withou
     from tests.test_parse import sample_text
 
     monkeypatch.setenv("OUTPUT_TURNS", str(output_turns))
-    monkeypatch.setenv("EMPTY_BELT_GATE", "false")
+    monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "")
     photo = Image.open(io.BytesIO(cupcakes())).convert("RGB")
     sizes = {}  # image size -> event: each event's photo is a few pixels narrower than the last
 

@@ -49,6 +49,7 @@ scenes themselves were never used to choose anything in the detector.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import io
 import json
@@ -607,7 +608,9 @@ def _finish(rng, p: SplitParams, radiance: np.ndarray, quality: int) -> Image.Im
 # ---------------------------------------------------------------------------------- carousel
 
 
-def _carousel_background(rng, width: int, height: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _carousel_background(rng, width: int, height: int, run: float = 0.0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Albedo of the hall and the carousel's band (top, bottom, 0, width); `run`: how far (a share
+    of a slat) the slats have moved on."""
     s = height / 720
     img = Image.new("RGB", (width, height), tuple(int(v) for v in rng.uniform(150, 200, 3)))
     d = ImageDraw.Draw(img)
@@ -637,7 +640,7 @@ def _carousel_background(rng, width: int, height: int) -> tuple[np.ndarray, tupl
     d.rectangle((0, horizon + 10 * s, width, top), fill=island)
     d.rectangle((0, top - 10 * s, width, top), fill=(190, 192, 196))
     slat = rng.uniform(70, 120) * s
-    x = -slat
+    x = -slat * (2 - run)
     tone = rng.uniform(90, 140)
     while x < width + slat:
         d.polygon([(x, top), (x + slat, top), (x + slat * 1.15, bottom), (x + slat * 0.15, bottom)],
@@ -646,7 +649,7 @@ def _carousel_background(rng, width: int, height: int) -> tuple[np.ndarray, tupl
     d.rectangle((0, bottom, width, bottom + 14 * s), fill=(200, 202, 206))
     arr = np.asarray(img, np.float32).copy()
     yy = np.arange(height, dtype=np.float32)[:, None]
-    slat_shade = 1 - 0.15 * ((np.arange(width)[None, :] % slat) / slat)
+    slat_shade = 1 - 0.15 * (((np.arange(width)[None, :] + slat * (1 - run)) % slat) / slat)
     band = (yy >= top) & (yy < bottom)
     arr *= np.where(band, slat_shade, 1.0)[..., None]
     arr *= (1 + _blur(rng.normal(0, 0.03, (height, width)).astype(np.float32), 1.5))[..., None]
@@ -658,9 +661,13 @@ def _carousel_background(rng, width: int, height: int) -> tuple[np.ndarray, tupl
 
 def make_scene(split: str, index: int, *, kind: str | None = None, count: int | None = None,
                size: tuple[int, int] | None = None, item_kinds: tuple[str, ...] | None = None,
-               item_colors: tuple[str, ...] | None = None, salt: str = "") -> Scene:
+               item_colors: tuple[str, ...] | None = None, salt: str = "", reference: bool = False,
+               belt_moved: bool = False) -> Scene:
     """Scene `index` of `split`, deterministic. `kind` ("belt" or "carousel"), `count`, `size`,
-    `item_kinds` and `item_colors` override the random draw; `salt` gives another stream of scenes."""
+    `item_kinds` and `item_colors` override the random draw; `salt` gives another stream of scenes.
+    Carousel scenes always come with a reference photo of the empty scene (other light); belt
+    scenes with `reference`. With `belt_moved`, the belt in the reference has run on by a random
+    distance (its seams, wear and paint elsewhere; rails and surroundings where they were)."""
     p = SPLITS[split]
     rng = _rng(split, index, salt)
     if kind is None:
@@ -678,6 +685,7 @@ def make_scene(split: str, index: int, *, kind: str | None = None, count: int | 
         belt_grey = float(albedo[(top + bottom) // 2].mean()) > 80
         belt_width = bottom - top
     else:
+        carousel_rng = copy.deepcopy(rng)
         albedo, region = _carousel_background(rng, width, height)
         belt_grey = False
         belt_width = (region[1] - region[0]) * 1.1
@@ -692,17 +700,42 @@ def make_scene(split: str, index: int, *, kind: str | None = None, count: int | 
     quality = int(rng.integers(p.jpeg_quality[0], p.jpeg_quality[1] + 1))
     image = _finish(rng, p, canvas * light, quality)
     background = None
-    if kind == "carousel":
+    if kind == "carousel" or reference:
         ref_rng = _rng(split, index, salt + "reference")
         change = 1 + ref_rng.uniform(-p.ref_light_change, p.ref_light_change)
         cast = 1 + ref_rng.uniform(-p.cast, p.cast, 3).astype(np.float32) / 2
-        background = _finish(ref_rng, p, albedo * light * change * cast, quality)
+        ref_albedo = albedo
+        if belt_moved and kind == "carousel":
+            ref_albedo = _carousel_background(carousel_rng, width, height,
+                                              run=float(_rng(split, index, salt + "run").uniform(0.1, 0.9)))[0]
+        elif belt_moved:
+            ref_albedo = albedo.copy()
+            run = int(_rng(split, index, salt + "run").integers(int(40 * scale), width))
+            ref_albedo[region[0]:region[1]] = np.roll(albedo[region[0]:region[1]], run, axis=1)
+        background = _finish(ref_rng, p, ref_albedo * light * change * cast, quality)
     if transpose:
         image = image.transpose(Image.Transpose.TRANSPOSE)
+        if background is not None:
+            background = background.transpose(Image.Transpose.TRANSPOSE)
         for item in items:
             item.mask = item.mask.T.copy()
     return Scene(image=image, items=items, kind=kind, background=background, split=split, index=index,
                  meta={"belt_rows": region[:2], "transposed": transpose})
+
+
+def vibrate(image: Image.Image, rng: np.random.Generator, *, max_shift: float = 2.0,
+            exposure: float = 0.1, quality: int = 90) -> Image.Image:
+    """The frame as a vibrating camera with auto-exposure would take it a moment later: shifted
+    by up to `max_shift` pixels each way (sub-pixel), brightness scaled by up to +-`exposure`,
+    JPEG-compressed again."""
+    dx, dy = rng.uniform(-max_shift, max_shift, 2)
+    gain = 1 + rng.uniform(-exposure, exposure)
+    arr = np.asarray(image, np.float32)
+    moved = cv2.warpAffine(arr, np.float32([[1, 0, dx], [0, 1, dy]]), (arr.shape[1], arr.shape[0]),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(moved * gain, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
 def to_coco(scenes: list[Scene], file_names: list[str] | None = None) -> dict:

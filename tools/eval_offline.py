@@ -174,17 +174,18 @@ def color_accuracy(gt: dict, per_image: list[list]) -> tuple[float, int, dict]:
 
 
 def gate_figures(split: str, nonempty: list[Scene], n_empty: int, n_small_dark: int) -> tuple[int, int, float, int]:
+    """The gate against each scene's empty reference (the camera still; tools.eval_gate shakes it)."""
     false_skips = 0
-    frames = list(nonempty)
+    frames = [make_scene(split, s.index, reference=True) for s in nonempty]
     frames += [make_scene(split, i, kind="belt", count=1, item_kinds=("pouch",), item_colors=("black",),
-                          salt="small-dark") for i in range(n_small_dark)]
+                          salt="small-dark", reference=True) for i in range(n_small_dark)]
     for scene in frames:
-        if _detector_for(scene).belt_is_empty(scene.image):
+        if OfflineDetector(background=scene.background).belt_is_empty(scene.image):
             false_skips += 1
     skipped = 0
-    empties = [make_scene(split, i, count=0, salt="empty") for i in range(n_empty)]
+    empties = [make_scene(split, i, count=0, salt="empty", reference=True) for i in range(n_empty)]
     for scene in empties:
-        skipped += _detector_for(scene).belt_is_empty(scene.image)
+        skipped += OfflineDetector(background=scene.background).belt_is_empty(scene.image)
     return false_skips, len(frames), (skipped / len(empties) if empties else 0.0), len(empties)
 
 
@@ -194,7 +195,7 @@ def speed(scenes: list[Scene], passes: int = 5) -> tuple[float, float]:
 
     cv2.setNumThreads(1)
     images = [s.image if s.image.size == (1280, 720) else s.image.resize((1280, 720)) for s in scenes[:20]]
-    detector = OfflineDetector()
+    detector = OfflineDetector(background=images[0])
     detector.detect_image(images[0])  # warm up (imports, LUTs)
     rates, gate_times = [], []
     for _ in range(passes):

@@ -1,0 +1,236 @@
+"""The empty-belt gate: is this frame the calibrated camera's empty scene, nothing on it?
+
+A camera enabled for the gate (EMPTY_BELT_GATE_CAMERAS) has a photo of its empty scene
+(`backgrounds/<camera>.jpg`). Before a Gemini call the gate compares the frame with it, on copies
+whose longest side is GATE_SIDE pixels, and answers "empty" only when nothing is left that the
+reference does not explain; then the model call is skipped. In doubt the frame is not empty.
+
+What the comparison tolerates, and how:
+1. **Camera vibration**: the frame is registered to the reference by phase correlation (a
+   translation of up to MAX_CAMERA_SHIFT); a larger move means the camera was moved and needs a
+   new reference, so nothing is skipped.
+2. **Sub-pixel misregistration, resampling and JPEG**: each pixel is compared with the range of
+   the reference within ENVELOPE pixels (a shift-tolerant difference), not with one pixel.
+3. **Light and exposure**: the reference is corrected by a per-channel gain and a smooth gain
+   field fitted on the pixels that still match it (`offline._reference_model`).
+4. **The belt's own motion**: where the differences fill a band of lines (the belt, whose seams,
+   wear and slats have run on since the reference), that band alone is registered again along
+   its length and the comparison repeated with the moved band.
+
+What is left is "not belt" (brighter, darker or of another colour; shadows included, since only
+an item casts one). The frame is empty when no blob of it as large as a small item
+(`min_area`, MIN_BLOB) remains after holes of item size are filled and the blobs are cut to thick cores
+plus the pixels near them (paint strokes, seams and bolts are thin).
+
+NumPy and OpenCV are imported on first use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from segmentation import offline
+from segmentation.images import to_rgb
+
+MODEL = "empty-scene-gate-v2"  # the `model` of an image the gate recorded as empty
+GATE_SIDE = 320  # gate pixels: longest side of the copies compared
+MIN_BLOB = 0.0005  # share of the image: a blob this large keeps a frame from being empty (a third of
+# the smallest item the detector reports: in doubt a frame is not empty)
+MAX_CAMERA_SHIFT = 0.03  # share of the longest side: the largest camera shift registered away
+ENVELOPE = 1  # gate pixels: a pixel matches the reference anywhere this close (after registration)
+BELT_BAND_COVER = 0.04  # a line belongs to the moving band when this share of it still differs
+BELT_BAND_MIN_LINES = 8  # gate pixels: a narrower band is not a belt
+PERIODIC_MATCH = 0.8  # a periodic belt: the shortest run whose match is this close to the best
+OPENING = 5  # gate pixels: a blob must hold a square this wide (paint strokes, seams, bolts do not)
+GROW = 2  # ... and takes in the not-belt pixels this close to that core (the rest of a narrow item)
+HOLES = (0.001, 0.01)  # enclosed matching areas of these image shares are filled: a grey item on a
+# grey belt may show only its rim; the counters of letters and the gaps between bolts are smaller
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One comparison of a frame with the reference."""
+
+    empty: bool
+    blob_share: float  # largest unexplained blob, share of the image (1.0: camera moved)
+    camera_shift: tuple[float, float]  # registered shift, in pixels of the frame
+    belt_run: float | None = None  # how far the belt band ran on, frame pixels (None: not tried)
+
+    @property
+    def camera_moved(self) -> bool:
+        return self.blob_share >= 1.0
+
+
+class EmptySceneGate:
+    """The gate of one camera, built from its empty-scene reference; safe to share between threads
+    once built (the reference copies are cached per frame shape)."""
+
+    def __init__(self, reference: Image.Image, *, side: int = GATE_SIDE, min_area: float = MIN_BLOB):
+        self.reference = to_rgb(reference)
+        self.side = side
+        self.min_area = min_area
+        self._copies: dict[tuple[int, int], Any] = {}
+        self._moved_reported = False
+
+    def first_move(self) -> bool:
+        """True the first time it is asked (report a moved camera once per gate, not per frame)."""
+        first, self._moved_reported = not self._moved_reported, True
+        return first
+
+    def is_empty(self, image: Image.Image) -> bool:
+        return self.check(image).empty
+
+    def check(self, image: Image.Image) -> GateCheck:
+        work = offline._work_array(to_rgb(image), self.side)
+        scale = image.size[0] / work.shape[1]
+        share, shift, run = _unexplained_share(work, self._reference_copy(work.shape[:2]))
+        return GateCheck(empty=share < self.min_area, blob_share=share,
+                         camera_shift=(shift[0] * scale, shift[1] * scale),
+                         belt_run=None if run is None else run * scale)
+
+    def _reference_copy(self, shape: tuple[int, int]):
+        import cv2
+
+        ref = self._copies.get(shape)
+        if ref is None:
+            ref = offline._work_array(self.reference, self.side)
+            if ref.shape[:2] != shape:  # a reference of another aspect than the frame
+                ref = cv2.resize(ref, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+            self._copies[shape] = ref
+        return ref
+
+
+def _unexplained_share(work, ref) -> tuple[float, tuple[float, float], float | None]:
+    """The largest blob the reference does not explain (share of the image), the camera shift
+    registered away and the belt band's run (gate pixels; None when not tried)."""
+    import numpy as np
+
+    lg, lr = offline._log(work), offline._log(ref)
+    h, w = lg.shape[:2]
+    if min(h, w) < 2 * OPENING:
+        return _blob_share(_not_explained(lg, lr)), (0.0, 0.0), None
+    limit = max(1, math.ceil(MAX_CAMERA_SHIFT * max(h, w)))
+    dx, dy = _best_shift(_gray(lr), _gray(lg), limit, limit)
+    if max(abs(dx), abs(dy)) >= limit - 0.5:  # at the edge of the search: moved further than that
+        return 1.0, (dx, dy), None
+    lr = _shifted(lr, dx, dy)
+    differs = _not_explained(lg, lr)
+    best = _blob_share(differs)
+    if best == 0.0:
+        return best, (dx, dy), None
+    run = None
+    for along_rows in (True, False):
+        band = _moving_band(differs.mean(axis=1 if along_rows else 0))
+        if band is None:
+            continue
+        a, b = band
+        moved = lr.copy()
+        if along_rows:
+            strip = np.ascontiguousarray(lr[a:b])
+            r = _best_shift(_gray(strip), _gray(np.ascontiguousarray(lg[a:b])), strip.shape[1] // 2 - 3, 1,
+                            exclude=2, periodic=True)[0]
+            moved[a:b] = _shifted(strip, r, 0)
+        else:
+            strip = np.ascontiguousarray(lr[:, a:b])
+            r = _best_shift(_gray(strip), _gray(np.ascontiguousarray(lg[:, a:b])), 1, strip.shape[0] // 2 - 3,
+                            exclude=2, periodic=True)[1]
+            moved[:, a:b] = _shifted(strip, 0, r)
+        share = _blob_share(_not_explained(lg, moved))
+        if share < best:
+            best, run = share, r
+    return best, (dx, dy), run
+
+
+def _gray(lg):
+    import cv2
+
+    return cv2.transform(lg, offline._mat([[1 / 3, 1 / 3, 1 / 3]]))
+
+
+def _shifted(a, dx: float, dy: float):
+    import cv2
+    import numpy as np
+
+    return cv2.warpAffine(a, np.float32([[1, 0, dx], [0, 1, dy]]), (a.shape[1], a.shape[0]),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _best_shift(ref, img, max_dx: int, max_dy: int, *, exclude: int = 0,
+                periodic: bool = False) -> tuple[float, float]:
+    """The shift (dx, dy) that moves `ref` onto `img`, searched within +-max_dx, +-max_dy by phase
+    correlation, leaving out |shift| < `exclude` along the longer search axis; with `periodic`,
+    the shortest shift whose match is nearly the best (a belt repeats itself). Sub-pixel by the
+    weighted centroid of the peak."""
+    import cv2
+    import numpy as np
+
+    h, w = ref.shape
+    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    cross = np.fft.rfft2((img - img.mean()) * window) * np.conj(np.fft.rfft2((ref - ref.mean()) * window))
+    cross /= np.maximum(np.abs(cross), 1e-9)
+    surface = np.fft.fftshift(np.fft.irfft2(cross, s=(h, w)))
+    cy, cx = h // 2, w // 2
+    max_dx, max_dy = min(max_dx, cx - 1), min(max_dy, cy - 1)
+    sub = surface[cy - max_dy:cy + max_dy + 1, cx - max_dx:cx + max_dx + 1].copy()
+    if exclude:
+        if max_dx >= max_dy:
+            sub[:, max(0, max_dx - exclude + 1):max_dx + exclude] = -np.inf
+        else:
+            sub[max(0, max_dy - exclude + 1):max_dy + exclude, :] = -np.inf
+    iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    if periodic:
+        near = np.argwhere(sub >= PERIODIC_MATCH * sub[iy, ix])
+        iy, ix = min(near.tolist(), key=lambda p: (abs(p[0] - max_dy) + abs(p[1] - max_dx)))
+    y0, y1, x0, x1 = max(0, iy - 2), min(sub.shape[0], iy + 3), max(0, ix - 2), min(sub.shape[1], ix + 3)
+    weights = np.nan_to_num(np.maximum(sub[y0:y1, x0:x1], 0), posinf=0.0)
+    total = float(weights.sum())
+    if total <= 0:
+        return float(ix - max_dx), float(iy - max_dy)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    return float((weights * xx).sum() / total - max_dx), float((weights * yy).sum() / total - max_dy)
+
+
+def _moving_band(cover) -> tuple[int, int] | None:
+    """The run of lines [a, b) where most still differs (a belt that ran on), or None."""
+    import numpy as np
+
+    on = np.concatenate([[0], (cover > BELT_BAND_COVER).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(on))
+    runs = [(float(cover[a:b].sum()), int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+    if not runs:
+        return None
+    _, a, b = max(runs)
+    return (a, b) if b - a >= BELT_BAND_MIN_LINES else None
+
+
+def _not_explained(lg, lr):
+    """Pixels of the frame (log `lg`) unlike the reference (log `lr`, registered) anywhere within
+    ENVELOPE pixels, after correcting the reference for the change of light; thresholds scaled
+    to what is left of the noise (never below offline._thresholds' floors)."""
+    import cv2
+    import numpy as np
+
+    model = offline._reference_model(lg, lr)
+    kernel = np.ones((2 * ENVELOPE + 1, 2 * ENVELOPE + 1), np.uint8)
+    light = model - lr
+    lo, hi = cv2.erode(lr, kernel) + light, cv2.dilate(lr, kernel) + light
+    m, cd = offline._evidence(lg, np.minimum(np.maximum(lg, lo), hi))
+    tm, tc = offline._thresholds(m, cd)
+    return (np.abs(m) >= tm) | (cd >= tc)
+
+
+def _blob_share(differs) -> float:
+    """The largest thick blob of `differs`, holes of item size filled, as a share of the image."""
+    import cv2
+    import numpy as np
+
+    size = differs.size
+    mask = offline._fill_holes(differs, min_hole=HOLES[0] * size, max_hole=HOLES[1] * size).astype(np.uint8)
+    core = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((OPENING, OPENING), np.uint8))
+    blob = cv2.dilate(core, np.ones((2 * GROW + 1, 2 * GROW + 1), np.uint8)) & mask
+    n, _, area = offline._components(blob, 8)
+    return int(area[1:].max()) / size if n > 1 else 0.0

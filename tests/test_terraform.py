@@ -345,6 +345,8 @@ def _same_value(terraform_default: Any, code_default: str) -> bool:
         return code_default.lower() == str(terraform_default).lower()
     if isinstance(terraform_default, (int, float)):
         return code_default != "" and float(code_default) == float(terraform_default)
+    if isinstance(terraform_default, list):  # deployed joined with commas (join(",", var.x))
+        return ",".join(map(str, terraform_default)) == code_default
     return str(terraform_default) == code_default
 
 

@@ -93,14 +93,9 @@ class EmptySceneGate:
                          belt_run=None if run is None else run * scale)
 
     def _reference_copy(self, shape: tuple[int, int]):
-        import cv2
-
         ref = self._copies.get(shape)
         if ref is None:
-            ref = offline._work_array(self.reference, self.side)
-            if ref.shape[:2] != shape:  # a reference of another aspect than the frame
-                ref = cv2.resize(ref, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-            self._copies[shape] = ref
+            ref = self._copies[shape] = offline._reference_like(self.reference, shape, self.side)
         return ref
 
 
@@ -123,26 +118,32 @@ def _unexplained_share(work, ref) -> tuple[float, tuple[float, float], float | N
     if best == 0.0:
         return best, (dx, dy), None
     run = None
-    for along_rows in (True, False):
+    for along_rows in (True, False):  # a belt running across the frame, then one running down it
         band = _moving_band(differs.mean(axis=1 if along_rows else 0))
         if band is None:
             continue
-        a, b = band
-        moved = lr.copy()
         if along_rows:
-            strip = np.ascontiguousarray(lr[a:b])
-            r = _best_shift(_gray(strip), _gray(np.ascontiguousarray(lg[a:b])), strip.shape[1] // 2 - 3, 1,
-                            exclude=2, periodic=True)[0]
-            moved[a:b] = _shifted(strip, r, 0)
-        else:
-            strip = np.ascontiguousarray(lr[:, a:b])
-            r = _best_shift(_gray(strip), _gray(np.ascontiguousarray(lg[:, a:b])), 1, strip.shape[0] // 2 - 3,
-                            exclude=2, periodic=True)[1]
-            moved[:, a:b] = _shifted(strip, 0, r)
-        share = _blob_share(_not_explained(lg, moved))
+            moved, r = _band_run_on(lr, lg, *band)
+        else:  # the same on the transposed frame
+            moved, r = _band_run_on(lr.transpose(1, 0, 2), lg.transpose(1, 0, 2), *band)
+            moved = moved.transpose(1, 0, 2)
+        share = _blob_share(_not_explained(lg, np.ascontiguousarray(moved)))
         if share < best:
             best, run = share, r
     return best, (dx, dy), run
+
+
+def _band_run_on(lr, lg, a: int, b: int):
+    """The reference `lr` with its rows [a, b) moved along their length onto the frame `lg` (a belt
+    that ran on), and how far they moved."""
+    import numpy as np
+
+    strip = np.ascontiguousarray(lr[a:b])
+    run = _best_shift(_gray(strip), _gray(np.ascontiguousarray(lg[a:b])), strip.shape[1] // 2 - 3, 1,
+                      exclude=2, periodic=True)[0]
+    moved = lr.copy()
+    moved[a:b] = _shifted(strip, run, 0)
+    return moved, run
 
 
 def _gray(lg):

@@ -195,11 +195,6 @@ class OfflineDetector:
         a scene (only `detect` does), so the evaluation scores every frame."""
         return self._detect(to_rgb(image), image.size)
 
-    @property
-    def has_reference(self) -> bool:
-        """Whether this camera has an empty-scene reference (the only case the gate may skip)."""
-        return self.background is not None
-
     @functools.cached_property
     def gate(self):
         """The empty-belt gate against this camera's reference (`segmentation.gate`), or None
@@ -234,17 +229,12 @@ class OfflineDetector:
     def _reference(self, work):
         """The background reference at the size of `work`, resampled like the image (cached per
         size), or None."""
-        import cv2
-
         if self.background is None:
             return None
         key = (work.shape[1], work.shape[0])
         ref = self._background_cache.get(key)
         if ref is None:
-            ref = _work_array(self.background, max(key))
-            if ref.shape[:2] != work.shape[:2]:  # a reference of another shape than the image
-                ref = cv2.resize(ref, key, interpolation=cv2.INTER_AREA)
-            self._background_cache[key] = ref
+            ref = self._background_cache[key] = _reference_like(self.background, work.shape[:2], max(key))
         return ref
 
 
@@ -301,6 +291,17 @@ def _draft_size(size: tuple[int, int], work_side: int) -> tuple[int, int]:
     w, h = size
     f = max(1.0, max(w, h) / (2 * work_side))
     return int(w / f), int(h / f)
+
+
+def _reference_like(reference: Image.Image, shape: tuple[int, int], side: int):
+    """An empty-scene reference as a working array of `shape` (rows, columns): resampled like a
+    frame to `side`, then resized when its aspect differs from the frame's."""
+    import cv2
+
+    ref = _work_array(reference, side)
+    if ref.shape[:2] != shape:
+        ref = cv2.resize(ref, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    return ref
 
 
 def _work_array(image: Image.Image, work_side: int):
@@ -777,9 +778,8 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
 # least a quarter of the frame, where the belt model fits to within the noise: synthetic belt scenes,
 # crowded ones included, <= 0.07 (median 0.013); everyday photos 0.025-0.71 (median 0.13).
 SCENE_MISFIT_MAX = 0.08
-# The same limit against an empty-scene reference: a real fixed camera whose textured belt has run on
-# since its reference differs by up to 0.07 (a reference of another scene: 0.04 and more).
-SCENE_MISFIT_MAX_REFERENCE = 0.08
+# The same limit holds against an empty-scene reference: a real fixed camera whose textured belt has
+# run on since its reference differs by up to 0.07 (a reference of another scene: 0.04 and more).
 # More candidate regions below 0.5 confidence than this is clutter, not items on a belt: belt scenes of
 # up to 8 items <= 9, everyday photos 8-32 (every region of theirs is below 0.5).
 SCENE_MAX_UNSURE = 11
@@ -800,7 +800,7 @@ def _quarter_misfit(m, cd) -> float:
 def scene_refusal(check: SceneCheck) -> str | None:
     """Why the frame is not a belt scene the offline detector can analyse, or None when it is.
     A pure function of the analysis' own measures (`SceneCheck`), so the check costs nothing more."""
-    limit = SCENE_MISFIT_MAX_REFERENCE if check.reference else SCENE_MISFIT_MAX
+    limit = SCENE_MISFIT_MAX
     if check.misfit > limit:
         if check.reference:
             return (f"three quarters of it differ from the camera's empty-scene reference by more than "

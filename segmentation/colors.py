@@ -31,10 +31,8 @@ ACHROMATIC_C = 0.03  # C below this is achromatic whatever the lightness
 ACHROMATIC_SAT = 0.075  # ... and so is C / L below this (slate grey 0.05, light pink 0.085)
 BLACK_L = 0.37  # achromatic L below: black; above WHITE_L: white; between: grey
 WHITE_L = 0.80
-# Yellow hue (h >= 88) darker than 0.66 is still yellow if at least this light and this saturated.
-# Fitted on the first 150 tuning scenes, detections unchanged: yellow items in shade or dim light
-# were called brown or green (colour 0.912 -> 0.940; next two sets of 150: 0.932 -> 0.939,
-# 0.925 -> 0.944; the generator's browns reach hue 82 at most).
+# Yellow hue (h >= 88) darker than 0.66 is still yellow if at least this light and this saturated,
+# so yellow items in shade or dim light are not called brown or green (browns stay below hue 82).
 YELLOW_DIM_L = 0.5
 YELLOW_DIM_SAT = 0.16
 

@@ -250,10 +250,8 @@ def model_input(image: Image.Image, *, max_side: int, jpeg: bytes | None = None)
         return ModelInput(data=jpeg, mime_type="image/jpeg", width=width, height=height)
     rgb = to_rgb(image)
     if (width, height) != rgb.size:
-        # Bicubic, after a box reduction by an integer factor that leaves at least 1.5x for the
-        # filter (reducing_gap): within 41-43 dB PSNR of a fair Lanczos resampling (the same
-        # picture to the model) for about 3/4 of Lanczos' CPU time at 1280x720 and 1/3 at
-        # 4000x3000 (BENCHMARKS.md, section 7). Every event pays this before its model call.
+        # Bicubic after a box reduction that leaves at least 1.5x for the filter (reducing_gap):
+        # the same picture to the model as Lanczos (PSNR > 40 dB) for less CPU (BENCHMARKS.md, 7).
         rgb = rgb.resize((width, height), MODEL_RESAMPLING, reducing_gap=MODEL_REDUCING_GAP)
     return ModelInput(data=encode_jpeg(rgb, quality=MODEL_JPEG_QUALITY), mime_type="image/jpeg",
                       width=width, height=height)

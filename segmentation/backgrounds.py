@@ -21,7 +21,7 @@ from segmentation.errors import PipelineError
 from segmentation.images import load_image
 from segmentation.logs import log_event
 from segmentation.offline import OfflineDetector
-from segmentation.storage import GcsStorage
+from segmentation.storage import Storage
 
 # Largest reference photo read (a camera frame; anything bigger is a mistake).
 MAX_BACKGROUND_BYTES = 40 * 1024 * 1024
@@ -43,7 +43,7 @@ class OfflineDetectors:
 
     def __init__(
         self,
-        storage: GcsStorage,
+        storage: Storage,
         config: Config,
         *,
         ttl_s: float = 300.0,

@@ -46,7 +46,7 @@ TAKE_ATTEMPTS = 5
 
 
 class ClaimStorage(Protocol):
-    """The storage calls a claim needs (`segmentation.storage.GcsStorage` has them)."""
+    """The storage calls a claim needs (a subset of `segmentation.storage.Storage`)."""
 
     def write(self, bucket: str, name: str, data: bytes, *, content_type: str,
               metadata: dict[str, str] | None = None, if_generation_match: int | None = None) -> str: ...

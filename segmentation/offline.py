@@ -186,6 +186,9 @@ class OfflineDetector:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 
+    def close(self) -> None:
+        """Nothing to release (the `Detector` protocol's close)."""
+
     def detect_image(self, image: Image.Image) -> list[Detection]:
         """Detections for a PIL image, in its own pixel coordinates, most confident first."""
         return [d for d, _ in self._detect(to_rgb(image), image.size)]

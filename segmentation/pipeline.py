@@ -21,9 +21,10 @@ Failure policy (see `segmentation.errors`):
 
 Idempotency: a completion marker is written last, carrying the source generation. A
 redelivered event whose marker already names its generation (or a newer one) is a cheap
-no-op: one metadata read. Outputs and the marker are written conditionally (see
-`_write_unless_newer`) and checked against the live generation after the writes, so an older
+no-op: one metadata read. Outputs and the marker are written conditionally
+(`segmentation.outputs`) and checked against the live generation after the writes, so an older
 generation processed at the same time as a newer one never leaves or overwrites outputs.
+Row building is `segmentation.rows`.
 """
 
 from __future__ import annotations
@@ -31,14 +32,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from segmentation import PIPELINE_VERSION, claims
+from segmentation import claims, rows
 from segmentation.config import Config
 from segmentation.detections import Detection, DetectionResult, ObjectRef
 from segmentation.backgrounds import OfflineDetectors, camera_of
@@ -52,30 +52,25 @@ from segmentation.errors import (
     TransientError,
     UnexpectedError,
     UnsupportedSceneError,
-    WriteConflictError,
 )
 from segmentation.events import skip_reason
 from segmentation.images import LoadedImage, ModelInput, load_image, model_input
-from segmentation.logs import log_event, redact
+from segmentation.logs import log_event
 from segmentation.memory import MemoryBudget, Reservation
-from segmentation.naming import OutputNames, row_id
+from segmentation.naming import OutputNames
 from segmentation.gate import MODEL as GATE_MODEL
 from segmentation.offline import OfflineDetector
+from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
 from segmentation.sink import RowSink
-from segmentation.storage import GcsStorage, ObjectState
+from segmentation.storage import Storage
 from segmentation.turns import Turns
 
-GENERATION_KEY = "source-generation"
-SOURCE_KEY = "source-uri"
 # The `detector` of an image the empty-belt gate found empty (no model was called).
 EMPTY_BELT_GATE = "empty-belt-gate"
 # Seconds of transient-error retries left for the writes after the offline fallback answered.
 FALLBACK_WRITE_BUDGET_S = 30.0
-# Conditional writes of one output or marker that may lose a race to other events of the same
-# name before giving up (the redelivery tries again).
-WRITE_ATTEMPTS = 5
 # Threads for one instance's storage I/O and rendering that run beside the request threads
 # (uploads, the crop listing, the generation check, the overview). Shared by all concurrent
 # requests: an event queues 6-26 uploads, so at 16 concurrent events 16 threads would queue
@@ -87,12 +82,9 @@ UPLOAD_THREADS = 64
 # photo; 32 events queued behind each other after a burst wait ~0.8 s), so it only bounds how long
 # a slow drawing holds up the others.
 TURN_PATIENCE_S = 2.0
-# Seconds an event keeps its turn after drawing while its uploads go up, at most: building and
-# sending the requests is CPU work that belongs in the turn (on the loopback, or a fast network,
-# the uploads are answered within it: 1 s x 16 measures the same as with the whole end of the
-# event in the turn), but the turn never waits longer for the network. Real round trips take
-# tens of milliseconds, and a turn held through them (and the rows' after them) made every event
-# of a worker wait for the others' (1 s x 16 with 25 / 60 ms round trips: 49 % against 68 %).
+# Seconds an event keeps its turn after drawing while its uploads go up, at most: sending the
+# requests is CPU work that belongs in the turn, but waiting for real network round trips in it
+# would make every event of a worker wait for the others' uploads and rows.
 TURN_UPLOAD_WAIT_S = 0.03
 # Seconds a copy of an event waits for the delivery that holds the image's claim to finish
 # before it is handed back to the platform for redelivery, and how often it looks meanwhile.
@@ -101,11 +93,17 @@ DUPLICATE_POLL_S = 0.5
 
 
 class Detector(Protocol):
-    """What the pipeline needs from a detector (Gemini, or the offline one)."""
+    """What the pipeline and `segmentation.function` need from a detector (Gemini, or the
+    offline one): its `name` for rows, `detect`, and `close` to let its clients go."""
 
     name: str
 
     def detect(self, model_input: ModelInput, image_size: tuple[int, int], *, deadline: float) -> DetectionResult:
+        """Detections in `model_input`, boxes in `image_size` pixels; raises pipeline errors."""
+        ...
+
+    def close(self) -> None:
+        """Release clients and connections; called when the process-wide pipeline is reset."""
         ...
 
 
@@ -155,7 +153,7 @@ class Pipeline:
         self,
         config: Config,
         *,
-        storage: GcsStorage,
+        storage: Storage,
         sink: RowSink,
         detector: Detector,
         offline: OfflineDetectors | None = None,
@@ -170,6 +168,7 @@ class Pipeline:
         self._clock = clock
         self._wall_clock = wall_clock
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload")
+        self.outputs = Outputs(storage, config, self._uploads)
         self._turns = Turns(config.output_turns, TURN_PATIENCE_S)
         # Shared by this process's concurrent events: each holds its image's peak until it is done.
         self.memory = MemoryBudget.from_limits(config.memory_limit_mib, config.decode_memory_fraction,
@@ -255,7 +254,7 @@ class Pipeline:
 
     def _done_already(self, ref: ObjectRef, names: OutputNames, deadline: float) -> Outcome | None:
         """The `duplicate` outcome if this generation (or a newer one) is marked complete."""
-        done_generation = _generation_of(self._marker(ref, names, deadline), ref)
+        done_generation = generation_of(self._marker(ref, names, deadline), ref)
         if done_generation is None or ref.generation is None or done_generation < ref.generation:
             return None
         why = "already processed" if done_generation == ref.generation else f"superseded by generation {done_generation}"
@@ -411,14 +410,14 @@ class Pipeline:
         metadata = {GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri}
 
         def write(output: tuple[str, bytes]) -> str | None:
-            return self._write_unless_newer(ref, output[0], output[1], content_type="image/jpeg", metadata=metadata,
-                                            deadline=deadline, what="storage write")
+            return self.outputs.write_unless_newer(ref, output[0], output[1], content_type="image/jpeg",
+                                                   metadata=metadata, deadline=deadline, what="storage write")
 
         with timer("write"):
             # Uploads are network round trips: run them side by side, not one after another, and
             # list the crops an older generation may have left meanwhile. The crops go up while
             # the overview is still being encoded (it takes longer than cutting them all).
-            existing = self._uploads.submit(self._crop_names, ref, names, deadline)
+            existing = self._uploads.submit(self.outputs.crop_names, names, deadline)
             writes = [self._uploads.submit(write, crop) for crop in crops]
             with _settled_on_error(existing), _all_settled_on_error(writes):
                 outputs = [*crops, (names.overview, overview.result())]
@@ -432,11 +431,12 @@ class Pipeline:
             # that generation is live now. Asked once every write is done, while the stale crops
             # go: a newer generation that is not live yet will list and replace all of this
             # one's outputs itself, since its event comes after its upload.
-            superseded = self._uploads.submit(self._superseded, ref, deadline)
+            superseded = self._uploads.submit(self.outputs.superseded, ref, deadline)
             with _settled_on_error(superseded):
-                self._delete_stale_crops(ref, names, len(detections), existing.result(), deadline)
+                self.outputs.delete_stale_crops(ref, names, len(detections), existing.result(), deadline)
             if None in uris or superseded.result():
-                self._withdraw(ref, [name for (name, _), uri in zip(outputs, uris) if uri is not None], deadline)
+                self.outputs.withdraw(ref, [name for (name, _), uri in zip(outputs, uris) if uri is not None],
+                                      deadline)
                 raise _Superseded()
         *crop_uris, overview_uri = uris
 
@@ -500,65 +500,6 @@ class Pipeline:
 
     # --- I/O with retries -------------------------------------------------------------------
 
-    def _write_unless_newer(
-        self, ref: ObjectRef, name: str, data: bytes, *, content_type: str, metadata: dict[str, str],
-        deadline: float, what: str,
-    ) -> str | None:
-        """Write `name` (an output or the marker of `ref`) unless a newer generation of `ref`
-        wrote it; returns its URI, or None when the newer one's is there and stays.
-
-        Outputs never go backwards: every write is conditional on the live object it was decided
-        on (first on there being none, the common case: one request), so when events of two
-        generations of one name write together, the newer one's output stays whatever the order.
-        """
-        bucket = self.config.outputs_bucket_for(ref.bucket)
-        if ref.generation is None:  # nothing to order by: last writer wins
-            return retry_call(lambda: self.storage.write(bucket, name, data, content_type=content_type,
-                                                         metadata=metadata), deadline=deadline, what=what)
-        expected = 0
-        for _ in range(WRITE_ATTEMPTS):
-            try:
-                return retry_call(
-                    lambda: self.storage.write(bucket, name, data, content_type=content_type, metadata=metadata,
-                                               if_generation_match=expected),
-                    deadline=deadline, what=what)
-            except WriteConflictError:
-                # There is one (a redelivery's, an older or a newer generation's): decide on it.
-                current = self._state(bucket, name, deadline)
-                owner = _generation_of(current.metadata if current else None, ref)
-                if owner is not None and owner > ref.generation:
-                    return None
-                expected = current.generation if current else 0
-        raise TransientError(f"gs://{bucket}/{name} changed under {WRITE_ATTEMPTS} writes in a row; "
-                             "the redelivery will try again")
-
-    def _state(self, bucket: str, name: str, deadline: float) -> ObjectState | None:
-        return retry_call(lambda: self.storage.object_state(bucket, name), deadline=deadline,
-                          what=f"state of gs://{bucket}/{name}")
-
-    def _delete_if_owned(self, ref: ObjectRef, name: str, deadline: float, *, older_too: bool) -> None:
-        """Delete `name` if `ref`'s generation wrote it (`older_too`: or an older one), never one a
-        newer generation wrote, even if it writes between the check and the delete."""
-        bucket = self.config.outputs_bucket_for(ref.bucket)
-        current = self._state(bucket, name, deadline)
-        if current is None:
-            return
-        owner = _generation_of(current.metadata, ref)
-        if older_too:
-            if ref.generation is not None and owner is not None and owner > ref.generation:
-                return
-        elif owner is None or owner != ref.generation:
-            return
-        try:
-            retry_call(lambda: self.storage.delete(bucket, name, if_generation_match=current.generation),
-                       deadline=deadline, what="output delete")
-        except WriteConflictError:
-            pass  # rewritten since: by a newer generation (it stays) or an older one (its own check removes it)
-
-    def _withdraw(self, ref: ObjectRef, written: list[str], deadline: float) -> None:
-        """Remove the outputs this generation wrote where a newer one has not written yet."""
-        list(self._uploads.map(lambda name: self._delete_if_owned(ref, name, deadline, older_too=False), written))
-
     def _insert(self, table: str, rows: list[dict], deadline: float) -> None:
         if rows:
             retry_call(lambda: self.sink.insert(table, rows), deadline=deadline, what=f"{table} rows insert")
@@ -579,72 +520,15 @@ class Pipeline:
         )
 
     def _marker(self, ref: ObjectRef, names: OutputNames, deadline: float) -> dict[str, str] | None:
-        return retry_call(lambda: self.storage.metadata(names.bucket, names.marker), deadline=deadline, what="marker read")
-
-    def _superseded(self, ref: ObjectRef, deadline: float) -> bool:
-        """Whether a newer generation of `ref`'s name is live now."""
-        if ref.generation is None:
-            return False
-        live = retry_call(lambda: self.storage.live_generation(ref.bucket, ref.name), deadline=deadline,
-                          what="generation check")
-        return live is not None and live > ref.generation
+        return self.outputs.read_marker(names, deadline)
 
     def _write_marker(self, ref: ObjectRef, names: OutputNames, outcome: Outcome, deadline: float) -> None:
-        """Record `outcome` as this name's completion marker unless a newer generation's is there.
-
-        Markers never go backwards: like the outputs, the marker goes through
-        `_write_unless_newer`, so when two events of one name finish together (an older and a
-        newer generation, or an image and its redelivery), whichever writes second sees what the
-        other wrote and leaves a newer generation's marker alone.
-        """
-        if ref.generation is None:
-            return
-        summary = {"source_uri": ref.uri, "generation": ref.generation, "status": outcome.status,
-                   "objects_found": outcome.objects_found, "reason": outcome.reason}
-        data = json.dumps(summary).encode()
-        metadata = {GENERATION_KEY: str(ref.generation), SOURCE_KEY: ref.uri, "status": outcome.status,
-                    "detector": outcome.detector or "", "fallback": str(outcome.fallback).lower()}
-        # None: a newer generation finished first, and its marker stays.
-        self._write_unless_newer(ref, names.marker, data, content_type="application/json", metadata=metadata,
-                                 deadline=deadline, what="marker write")
-
-    def _crop_names(self, ref: ObjectRef, names: OutputNames, deadline: float) -> list[str]:
-        """The names under this object's crop prefix now (this and older generations' crops)."""
-        return retry_call(
-            lambda: self.storage.list_names(names.bucket, names.crops_glob_prefix), deadline=deadline, what="crop list"
-        )
-
-    def _delete_stale_crops(
-        self, ref: ObjectRef, names: OutputNames, count: int, existing: list[str], deadline: float
-    ) -> None:
-        """Remove crops an older generation of the same object left beyond this one's count
-        (`existing`: the names under the crop prefix, from `_crop_names`)."""
-        current = {names.crop(index) for index in range(1, count + 1)}
-        for name in existing:
-            suffix = name[len(names.crops_glob_prefix):]
-            if name not in current and suffix[:4].isdigit() and suffix[4:] == ".jpg":
-                self._delete_if_owned(ref, name, deadline, older_too=True)
+        """Record `outcome` as this name's completion marker unless a newer generation's is there."""
+        self.outputs.write_marker(ref, names, status=outcome.status, objects_found=outcome.objects_found,
+                                  reason=outcome.reason, detector=outcome.detector, fallback=outcome.fallback,
+                                  deadline=deadline)
 
     # --- rows ------------------------------------------------------------------------------
-
-    def _common(self, ref: ObjectRef, result: DetectionResult | None) -> dict[str, Any]:
-        usage = result.usage if result else None
-        return {
-            "source_uri": ref.uri,
-            "source_bucket": ref.bucket,
-            "source_name": ref.name,
-            "source_generation": ref.generation,
-            "detector": result.detector if result else self._configured_detector()[0],
-            "model": result.model if result else self._configured_detector()[1],
-            "prompt": self.config.gemini_prompt if (result is None or result.detector == "gemini") else None,
-            "prompt_tokens": usage.prompt_tokens if usage else 0,
-            "output_tokens": usage.output_tokens if usage else 0,
-            "thinking_tokens": usage.thinking_tokens if usage else 0,
-            "total_tokens": usage.total_tokens if usage else 0,
-            "model_latency_ms": round(result.latency_ms, 3) if result else 0.0,
-            "processed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "pipeline_version": PIPELINE_VERSION,
-        }
 
     def _configured_detector(self) -> tuple[str, str]:
         """(detector, model) named on rows of images that failed before any detector answered."""
@@ -664,24 +548,10 @@ class Pipeline:
         size: tuple[int, int] | None = None,
         error: PipelineError | None = None,
     ) -> dict[str, Any]:
-        error_type = error.error_type if error else ("truncated_answer" if status == "partial" else None)
-        common = self._common(ref, result)
-        return {
-            # A different outcome or detector for the same generation (a replay) is a new fact.
-            "row_id": row_id(ref.bucket, ref.name, ref.generation, "image", common["detector"], status, error_type),
-            **common,
-            "content_type": ref.content_type,
-            "size_bytes": ref.size,
-            "status": status,
-            "objects_found": objects_found,
-            "error_type": error_type,
-            "error_message": redact(str(error))[:2000] if error else None,  # rows are read as widely as logs
-            "fallback_reason": result.fallback_reason if result else None,
-            "overview_uri": overview_uri,
-            "image_width": size[0] if size else None,
-            "image_height": size[1] if size else None,
-            "processing_ms": round((self._clock() - started) * 1000, 3),
-        }
+        return rows.image_row(
+            ref, status=status, configured=self._configured_detector(), prompt=self.config.gemini_prompt,
+            processed_at=_now_iso(), processing_ms=round((self._clock() - started) * 1000, 3), result=result,
+            objects_found=objects_found, overview_uri=overview_uri, size=size, error=error)
 
     def _object_row(
         self,
@@ -693,30 +563,12 @@ class Pipeline:
         result: DetectionResult,
         size: tuple[int, int],
     ) -> dict[str, Any]:
-        width, height = size
-        box = detection.box
-        return {
-            "row_id": row_id(ref.bucket, ref.name, ref.generation, "object", result.detector, index),
-            **self._common(ref, result),
-            "object_index": index,
-            "label": detection.label,
-            "output_uri": crop_uri,
-            "item_color": detection.color,
-            "item_gen_desc": detection.general_description,
-            "item_det_desc": detection.detailed_description,
-            "box_x_min": box.x_min,
-            "box_y_min": box.y_min,
-            "box_x_max": box.x_max,
-            "box_y_max": box.y_max,
-            "box_norm_x_min": round(box.x_min / width, 6),
-            "box_norm_y_min": round(box.y_min / height, 6),
-            "box_norm_x_max": round(box.x_max / width, 6),
-            "box_norm_y_max": round(box.y_max / height, 6),
-            "has_mask": detection.mask is not None,
-            "overview_uri": overview_uri,
-            "image_width": width,
-            "image_height": height,
-        }
+        return rows.object_row(ref, index, detection, crop_uri, overview_uri, result, size,
+                               prompt=self.config.gemini_prompt, processed_at=_now_iso())
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
 def _settled_on_error(future: Future) -> contextlib.AbstractContextManager[None]:
@@ -739,15 +591,3 @@ def _all_settled_on_error(futures: list[Future]) -> Iterator[None]:
 
 class _Superseded(Exception):
     """A newer generation of the object became live while this one was being processed."""
-
-
-def _generation_of(metadata: dict[str, str] | None, ref: ObjectRef) -> int | None:
-    """The source generation an output or marker of `ref`'s names was written for; None when
-    there is none, or it was written for another source object (generations of different
-    objects are not comparable)."""
-    if not metadata or metadata.get(SOURCE_KEY, ref.uri) != ref.uri:
-        return None
-    try:
-        return int(metadata[GENERATION_KEY])
-    except (KeyError, ValueError):
-        return None

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, NoReturn
+from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Protocol
 
 from segmentation.detections import ObjectRef
 from segmentation.errors import (
@@ -161,9 +161,58 @@ class ObjectState:
     metadata: dict[str, str]
 
 
+class Storage(Protocol):
+    """The object store the pipeline, claims, replay and the offline backgrounds use.
+
+    Error contract, shared by every implementation: service failures raise `TransientError`
+    (retry) or `PermanentError` (don't); a failed `if_generation_match` raises
+    `WriteConflictError`; a missing object is `None` from the metadata calls, a no-op for
+    `delete` and `ObjectGoneError` from `read`. Generations are positive and grow per write.
+    `GcsStorage` is the production implementation; `segmentation.memory_storage.MemoryStorage`
+    is an in-memory one for tests and tools.
+    """
+
+    def read(self, ref: ObjectRef, *, max_bytes: int) -> bytes:
+        """The bytes of exactly `ref.generation` (the live object if None). `ObjectGoneError` if
+        that generation is not live; `ImageTooLargeError` past `max_bytes` (before downloading
+        when the size is known)."""
+        ...
+
+    def write(self, bucket: str, name: str, data: bytes, *, content_type: str,
+              metadata: Mapping[str, str] | None = None, if_generation_match: int | None = None) -> str:
+        """Create or replace gs://bucket/name and return that URI; with `if_generation_match`
+        only if the live generation is that one (0: no live object), else `WriteConflictError`."""
+        ...
+
+    def metadata(self, bucket: str, name: str) -> dict[str, str] | None:
+        """Custom metadata of the live object ({} if none); None if it does not exist."""
+        ...
+
+    def object_state(self, bucket: str, name: str) -> ObjectState | None:
+        """Generation and custom metadata of the live object; None if it does not exist."""
+        ...
+
+    def live_generation(self, bucket: str, name: str) -> int | None:
+        """Generation of the live object; None if it does not exist."""
+        ...
+
+    def list_names(self, bucket: str, prefix: str) -> list[str]:
+        """Names of the live objects under `prefix`, sorted."""
+        ...
+
+    def list_objects(self, bucket: str, prefix: str) -> list[ObjectRef]:
+        """The live objects under `prefix` with generation, content type and size, by name."""
+        ...
+
+    def delete(self, bucket: str, name: str, *, if_generation_match: int | None = None) -> None:
+        """Delete the live object (gone already is fine); with `if_generation_match` only if
+        the live generation is that one, else `WriteConflictError`."""
+        ...
+
+
 class GcsStorage:
-    """Cloud Storage through google-cloud-storage; every method raises only pipeline errors
-    for service failures (plus ValueError-style bugs)."""
+    """Cloud Storage through google-cloud-storage (implements `Storage`); every method raises
+    only pipeline errors for service failures (plus ValueError-style bugs)."""
 
     def __init__(self, client: "storage.Client | None" = None):
         self._client = client
@@ -261,7 +310,7 @@ class GcsStorage:
         state = self.object_state(bucket, name)
         return None if state is None else state.metadata
 
-    def object_state(self, bucket: str, name: str) -> "ObjectState | None":
+    def object_state(self, bucket: str, name: str) -> ObjectState | None:
         """The live object's generation and custom metadata; None if it doesn't exist."""
         try:
             blob = self.client.bucket(bucket).get_blob(name, retry=None, timeout=REQUEST_TIMEOUT)

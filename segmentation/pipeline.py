@@ -59,7 +59,7 @@ from segmentation.images import LoadedImage, ModelInput, load_image, model_input
 from segmentation.logs import log_event, redact
 from segmentation.memory import MemoryBudget, Reservation
 from segmentation.naming import OutputNames, row_id
-from segmentation.gate import MODEL as GATE_MODEL
+from segmentation.offline.gate import MODEL as GATE_MODEL
 from segmentation.offline import OfflineDetector
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call

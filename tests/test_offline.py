@@ -138,7 +138,7 @@ def test_gate_skips_most_empty_frames_of_a_shaken_camera_and_a_running_belt(kind
 
 
 def test_gate_registers_camera_vibration_and_never_skips_for_a_moved_camera():
-    from segmentation.gate import EmptySceneGate
+    from segmentation.offline.gate import EmptySceneGate
 
     scene = make_scene(HELDOUT, 2, kind="belt", count=0, salt="empty", reference=True)
     gate = EmptySceneGate(scene.background)

@@ -23,21 +23,22 @@ from segmentation.offline.evidence import _belt_borders, _evidence, _fill_holes,
 from segmentation.offline.instances import _Analysis, _Instance, _calibrated_score, _shape
 from segmentation.offline.joining import _join_across_gaps, _join_occluded
 from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 from segmentation.offline.scene import SceneCheck, _quarter_misfit
 from segmentation.offline.splitting import _cut_at_defects, _split_touching
 
 
-def _analyze(work, ref, *, min_area: float) -> _Analysis:
+def _analyze(work, ref, *, min_area: float, params: OfflineParams = P) -> _Analysis:
     import cv2
     import numpy as np
 
     h, w = work.shape[:2]
     blurred = cv2.GaussianBlur(work, (0, 0), 1.0)
-    lg = _log(blurred)
+    lg = _log(blurred, params=params)
     if ref is not None:
-        model = _reference_model(lg, _log(cv2.GaussianBlur(ref, (0, 0), 1.0)))
+        model = _reference_model(lg, _log(cv2.GaussianBlur(ref, (0, 0), 1.0), params=params))
     else:
-        model = _belt_model(lg)[0]
+        model = _belt_model(lg, params=params)[0]
     m, cd = _evidence(lg, model)
     tm, tc = _thresholds(m, cd)
     misfit = _quarter_misfit(m, cd)
@@ -86,7 +87,7 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
         markers = np.where(core_markers > 0, core_markers, markers)
     markers[belt_marker] = 1
 
-    image8 = cv2.LUT(blurred, _log_tables()["image8"])  # = clip((lg - log K) * _LOG_SCALE, 0, 255) as uint8
+    image8 = cv2.LUT(blurred, _log_tables(params=params)["image8"])  # = clip((lg - log K) * scale, 0, 255) as uint8
     labels = cv2.watershed(image8, markers)
     lab_f = labels.astype(np.float32)
     ridge = labels < 0
@@ -116,7 +117,7 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
         if area_l[r] == 0:
             continue
         ln, sh = length[r], sharp[r]
-        shadowish = -P.shadow_max_depth * tm < m_mean[r] < 0 and cd_mean[r] < 1.5 * tc and strong_frac[r] < 0.5
+        shadowish = -params.shadow_max_depth * tm < m_mean[r] < 0 and cd_mean[r] < 1.5 * tc and strong_frac[r] < 0.5
         if shadowish and ln > 0 and sh < 0.12:
             union(1, r)
         elif strong_frac[r] < 0.15 and abs(m_mean[r]) < 1.2 * tm and cd_mean[r] < 1.2 * tc:
@@ -130,14 +131,15 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
     fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, k3)
     # 3) separate touching and overlapping items: one marker per bulge of the distance
     #    transform, flooded by colour, bulges joined again unless a neck separates them
-    edge_level = P.edge_level
-    inst = _split_touching(fg, image8, lg, grad, min_px=max(20, 0.3 * min_area * h * w), edge_level=edge_level)
+    edge_level = params.edge_level
+    inst = _split_touching(fg, image8, lg, grad, min_px=max(20, 0.3 * min_area * h * w), edge_level=edge_level,
+                           params=params)
     # 4) join the parts of an item that a strap, a seam-coloured band or another item cut apart
-    inst = _join_across_gaps(inst, lg)
+    inst = _join_across_gaps(inst, lg, params=params)
     # 5) cut items of one paint that touch without a neck at the notches where their outlines cross
-    inst = _cut_at_defects(inst, lg, min_px=min_area * h * w)
+    inst = _cut_at_defects(inst, lg, min_px=min_area * h * w, params=params)
     # 6) join touching parts of one paint whose union's hull adds no belt (an item cut by an occluder)
-    inst = _join_occluded(inst, lg, min_px=min_area * h * w)
+    inst = _join_occluded(inst, lg, min_px=min_area * h * w, params=params)
 
     # instances
     counts = np.bincount(inst.ravel())
@@ -180,7 +182,7 @@ def _analyze(work, ref, *, min_area: float) -> _Analysis:
         area_px, gap = _hull_gap(sub)
         solidity = area_px / (area_px + gap)
         features = (contrast / (tm + tc), edge, len(ys) / (h * w), float(dist.max()), belt_frac, solidity)
-        score = max(0.0001, round(float(_calibrated_score(*features)), 4))
+        score = max(0.0001, round(float(_calibrated_score(*features, params=params)), 4))
         colors = _colors(blurred[y0:y1, x0:x1], sub, beltlike[y0:y1, x0:x1], neutral, light[y0:y1, x0:x1])
         elong, angle = _shape(ys, xs)
         instances.append(_Instance(

@@ -10,6 +10,7 @@ import math
 from PIL import Image
 
 from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 
 
 class _DisjointSet:
@@ -39,7 +40,6 @@ class _DisjointSet:
         return [self.find(a) for a in range(len(self.parent))]
 
 
-_LOG_SCALE = 255 / math.log((255 + P.log_offset) / P.log_offset)  # log image -> 0..255 for the watershed
 
 
 def _mat(rows):
@@ -84,24 +84,26 @@ def _work_array(image: Image.Image, work_side: int):
 
 
 @functools.cache
-def _log_tables():
-    """log(v + P.log_offset) for the 256 values of a uint8 pixel (float32), and the same scaled to 0..255
+def _log_tables(*, params: OfflineParams = P):
+    """log(v + log_offset) for the 256 values of a uint8 pixel (float32), and the same scaled to 0..255
     for the watershed (uint8): made once, computed by the very operations that would otherwise
     run on every pixel (so the values are the same), and looked up with cv2.LUT, which is
     several times faster than the logarithm."""
     import numpy as np
 
-    log = np.log(np.arange(256, dtype=np.float32) + P.log_offset)
-    return {"log": log, "image8": np.clip((log - math.log(P.log_offset)) * _LOG_SCALE, 0, 255).astype(np.uint8)}
+    k = params.log_offset
+    log = np.log(np.arange(256, dtype=np.float32) + k)
+    scale = 255 / math.log((255 + k) / k)  # log image -> 0..255 for the watershed
+    return {"log": log, "image8": np.clip((log - math.log(k)) * scale, 0, 255).astype(np.uint8)}
 
 
-def _log(arr):
+def _log(arr, *, params: OfflineParams = P):
     import cv2
     import numpy as np
 
     if arr.dtype == np.uint8:
-        return cv2.LUT(arr, _log_tables()["log"])
-    return np.log(arr.astype(np.float32) + P.log_offset)
+        return cv2.LUT(arr, _log_tables(params=params)["log"])
+    return np.log(arr.astype(np.float32) + params.log_offset)
 
 
 def _masked_blur(values, weights, sigma: float):

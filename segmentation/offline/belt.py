@@ -10,6 +10,7 @@ from __future__ import annotations
 from segmentation.offline.arrays import _masked_blur
 from segmentation.offline.evidence import _evidence, _thresholds
 from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 
 
 def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = None, weights=None):
@@ -55,13 +56,13 @@ def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = No
     return out[:, None, :] if axis == 1 else out[None, :, :]
 
 
-def _runs_vertically(lg) -> bool:
+def _runs_vertically(lg, *, params: OfflineParams = P) -> bool:
     """Whether the belt runs along y: a belt is constant along its running direction, so the
     profile across it (modes per column for a vertical belt) explains more of the image."""
     import numpy as np
 
     h, w = lg.shape[:2]
-    sx, sy = max(1, w // P.belt_samples_x), max(1, h // P.belt_samples_y)
+    sx, sy = max(1, w // params.belt_samples_x), max(1, h // params.belt_samples_y)
     sample = lg[::sy, ::sx]
     along_x = np.abs(sample - _modes(sample, axis=1))  # residual of a per-row profile
     along_y = np.abs(sample - _modes(sample, axis=0))  # residual of a per-column profile
@@ -70,15 +71,15 @@ def _runs_vertically(lg) -> bool:
     return float(along_y.mean()) < float(along_x.mean())
 
 
-def _belt_model(lg):
+def _belt_model(lg, *, params: OfflineParams = P):
     """Profile across the belt + profile along it (modes) + smooth residual. A belt running
     along y is modelled transposed."""
     import numpy as np
 
-    if _runs_vertically(lg):
-        model, fg = _belt_model_rows(np.ascontiguousarray(lg.transpose(1, 0, 2)))
+    if _runs_vertically(lg, params=params):
+        model, fg = _belt_model_rows(np.ascontiguousarray(lg.transpose(1, 0, 2)), params=params)
         return np.ascontiguousarray(model.transpose(1, 0, 2)), np.ascontiguousarray(fg.T)
-    return _belt_model_rows(lg)
+    return _belt_model_rows(lg, params=params)
 
 
 def _outer_sum(rows, cols):
@@ -102,17 +103,18 @@ def _foreground(lg, model):
     return cv2.dilate(((np.abs(m) > tm) | (cd > tc)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
 
 
-def _belt_model_rows(lg):
+def _belt_model_rows(lg, *, params: OfflineParams = P):
     """Row profile + column profile (modes) + smooth residual, for a belt running along x."""
     import numpy as np
 
     h, w = lg.shape[:2]
-    sx, sy = max(1, w // P.belt_samples_x), max(1, h // P.belt_samples_y)
+    sx, sy = max(1, w // params.belt_samples_x), max(1, h // params.belt_samples_y)
     x_rows, x_cols = lg[:, ::sx], lg[::sy]  # the samples the profiles are taken from
     # pixels of the belt's own chroma count fully in the profiles, others (items) little, so a
     # line mostly covered by coloured items still gets the belt's level
     chroma = _belt_chroma(x_cols)
-    w_rows, w_cols = _belt_chroma_weights(x_rows, chroma), _belt_chroma_weights(x_cols, chroma)
+    w_rows = _belt_chroma_weights(x_rows, chroma, params=params)
+    w_cols = _belt_chroma_weights(x_cols, chroma, params=params)
     rows = _modes(x_rows, axis=1, weights=w_rows)
     cols = _modes(x_cols - rows[::sy], axis=0, weights=w_cols)
     profiles = _outer_sum(rows, cols)
@@ -121,8 +123,8 @@ def _belt_model_rows(lg):
     # flatter than the belt's texture): interpolated from the lines around them
     bad_rows, bad_cols = fg[:, ::sx].mean(axis=1) > 0.45, fg[::sy].mean(axis=0) > 0.45
     if bad_rows.any() or bad_cols.any():
-        rows = _interpolate_unreliable(rows, bad_rows, axis=0)
-        cols = _interpolate_unreliable(cols, bad_cols, axis=1)
+        rows = _interpolate_unreliable(rows, bad_rows, axis=0, params=params)
+        cols = _interpolate_unreliable(cols, bad_cols, axis=1, params=params)
         profiles = _outer_sum(rows, cols)
         fg = _foreground(lg, profiles)
     model = profiles + _masked_blur(lg - profiles, (~fg).astype(np.float32), sigma=max(h, w) / 10)
@@ -141,17 +143,17 @@ def _belt_chroma(x):
     return _modes(_chroma(x).reshape(1, -1, 2), axis=1).reshape(2)
 
 
-def _belt_chroma_weights(x, mode):
+def _belt_chroma_weights(x, mode, *, params: OfflineParams = P):
     """Per pixel of x (log image), 1 for the belt's chroma `mode` falling towards 0.05 away from it."""
     import numpy as np
 
     green = x[..., 1]
     dr = x[..., 0] - green - np.float32(mode[0])
     db = x[..., 2] - green - np.float32(mode[1])
-    return np.exp((dr * dr + db * db) * np.float32(-1 / P.belt_chroma_sigma ** 2)) + np.float32(0.05)
+    return np.exp((dr * dr + db * db) * np.float32(-1 / params.belt_chroma_sigma ** 2)) + np.float32(0.05)
 
 
-def _interpolate_unreliable(profile, bad, axis: int):
+def _interpolate_unreliable(profile, bad, axis: int, *, params: OfflineParams = P):
     """`profile` (H x 1 x 3 or 1 x W x 3) with the entries flagged `bad` linearly interpolated
     from the good ones (unchanged when too few are good). A run of bad lines between two good
     lines of clearly different levels (a rail and the belt) stays as it is: the level between
@@ -167,7 +169,7 @@ def _interpolate_unreliable(profile, bad, axis: int):
     starts = np.flatnonzero(bad & ~np.concatenate([[False], bad[:-1]]))
     ends = np.flatnonzero(bad & ~np.concatenate([bad[1:], [False]])) + 1
     for a, b in zip(starts, ends):
-        if a > 0 and b < len(flat) and np.abs(flat[a - 1] - flat[b]).mean() > P.interpolate_max_step:
+        if a > 0 and b < len(flat) and np.abs(flat[a - 1] - flat[b]).mean() > params.interpolate_max_step:
             fill[a:b] = False
     for c in range(3):
         flat[fill, c] = np.interp(idx[fill], idx[good], flat[good, c])

@@ -9,22 +9,23 @@ import math
 
 from segmentation.offline.arrays import _masked_blur, _median, _nonzero
 from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 
 
-def _paint_distance(dc) -> float:
+def _paint_distance(dc, *, params: OfflineParams = P) -> float:
     """Difference of two log colours (`dc`, one minus the other): chroma (L1) plus brightness
-    damped by P.merge_lum_weight (shading and highlights change brightness, not paint)."""
+    damped by params.merge_lum_weight (shading and highlights change brightness, not paint)."""
     d0, d1, d2 = dc.tolist()  # plain floats: this runs for every pair of pieces
     dl = (d0 + d1 + d2) / 3
-    return abs(d0 - dl) + abs(d1 - dl) + abs(d2 - dl) + P.merge_lum_weight * 3 * abs(dl)
+    return abs(d0 - dl) + abs(d1 - dl) + abs(d2 - dl) + params.merge_lum_weight * 3 * abs(dl)
 
 
 @functools.cache
-def _colour_features():
+def _colour_features(*, params: OfflineParams = P):
     """The 3 x 4 matrix from a log colour to _colour_refine's features (made once)."""
     import numpy as np
 
-    return np.hstack([np.eye(3) - 1 / 3, np.full((3, 1), P.colour_lum_weight / 3)]).astype(np.float32)
+    return np.hstack([np.eye(3) - 1 / 3, np.full((3, 1), params.colour_lum_weight / 3)]).astype(np.float32)
 
 
 def _belt_area(lum, h: int, w: int) -> int:

@@ -17,6 +17,7 @@ from segmentation.images import ModelInput, to_rgb
 from segmentation.offline.analysis import _analyze
 from segmentation.offline.arrays import _draft_size, _reference_like, _work_array
 from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 from segmentation.offline.instances import _Analysis, _to_detection
 from segmentation.offline.scene import scene_refusal
 
@@ -25,10 +26,10 @@ MODEL = "offline-belt-v1"
 
 
 class OfflineDetector:
-    """Finds items on a belt photo; see the module docstring.
+    """Finds items on a belt photo; see docs/offline-detector-method.md.
 
-    `background` is an optional photo of the empty scene from the same camera. Tunables:
-    `work_side` (analysis resolution), `min_area` (smallest item, as a fraction of the image).
+    `background` is an optional photo of the empty scene from the same camera; `params` holds every
+    tunable (`work_side`, `min_area` and `max_items`, when given, override its fields).
     """
 
     name = "offline"
@@ -38,14 +39,16 @@ class OfflineDetector:
         self,
         *,
         background: Image.Image | None = None,
-        work_side: int = P.work_side,
-        min_area: float = P.min_area,
-        max_items: int = P.max_items,
+        work_side: int | None = None,
+        min_area: float | None = None,
+        max_items: int | None = None,
+        params: OfflineParams = P,
     ):
         self.background = to_rgb(background) if background is not None else None
-        self.work_side = work_side
-        self.min_area = min_area
-        self.max_items = max_items
+        self.params = params
+        self.work_side = params.work_side if work_side is None else work_side
+        self.min_area = params.min_area if min_area is None else min_area
+        self.max_items = params.max_items if max_items is None else max_items
         self._background_cache: dict[tuple[int, int], Any] = {}
 
     # --- public API ------------------------------------------------------------------------
@@ -59,7 +62,7 @@ class OfflineDetector:
         image.draft("RGB", _draft_size(image.size, self.work_side))  # JPEG: decode at reduced size
         image = to_rgb(image.convert("RGB") if image.mode != "RGB" else image)
         analysis = self._analyze(image)
-        why = scene_refusal(analysis.scene)
+        why = scene_refusal(analysis.scene, params=self.params)
         if why:
             hint = ("is the camera's empty-scene reference still its view?" if analysis.scene.reference else
                     "an empty-scene photo from the same camera at BACKGROUNDS_PREFIX<camera>.jpg "
@@ -91,7 +94,7 @@ class OfflineDetector:
         without a reference: then nothing is ever called empty."""
         from segmentation.offline.gate import EmptySceneGate
 
-        return EmptySceneGate(self.background) if self.background is not None else None
+        return EmptySceneGate(self.background, params=self.params) if self.background is not None else None
 
     def belt_is_empty(self, image: Image.Image) -> bool:
         """The gate's answer for `image`; always False without a reference."""
@@ -107,14 +110,14 @@ class OfflineDetector:
         sx, sy = out_size[0] / width, out_size[1] / height
         results = []
         for inst in analysis.instances[: self.max_items]:
-            detection = _to_detection(inst, sx, sy, out_size)
+            detection = _to_detection(inst, sx, sy, out_size, params=self.params)
             if detection is not None:
                 results.append((detection, inst.score))
         return results
 
     def _analyze(self, image: Image.Image) -> _Analysis:
         work = _work_array(image, self.work_side)
-        return _analyze(work, self._reference(work), min_area=self.min_area)
+        return _analyze(work, self._reference(work), min_area=self.min_area, params=self.params)
 
     def _reference(self, work):
         """The background reference at the size of `work`, resampled like the image (cached per

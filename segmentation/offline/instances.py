@@ -12,6 +12,7 @@ from PIL import Image
 
 from segmentation.detections import Box, Detection
 from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 from segmentation.offline.scene import SceneCheck
 
 
@@ -41,10 +42,10 @@ class _Analysis:
 
 
 def _calibrated_score(contrast: float, edge: float, area_frac: float, thickness: float, belt_frac: float,
-                      solidity: float) -> float:
+                      solidity: float, *, params: OfflineParams = P) -> float:
     x = (math.log(max(contrast, 1e-6)), min(edge, 0.5), math.log(max(area_frac, 1e-9)), min(thickness, 30) / 10,
          belt_frac, solidity)
-    z = P.cal_b + sum(w * (v - mu) / sd for w, v, mu, sd in zip(P.cal_w, x, P.cal_mu, P.cal_sd))
+    z = params.cal_b + sum(w * (v - mu) / sd for w, v, mu, sd in zip(params.cal_w, x, params.cal_mu, params.cal_sd))
     return 1 / (1 + math.exp(-z))
 
 
@@ -78,7 +79,8 @@ def _shape_word(elongation: float) -> str:
     return "elongated"
 
 
-def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, int]) -> Detection | None:
+def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, int], *,
+                  params: OfflineParams = P) -> Detection | None:
     import cv2
     import numpy as np
 
@@ -89,12 +91,12 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
         return None
     # resample the mask: pixel centres of the output box mapped into the working mask
     pad = cv2.copyMakeBorder(inst.mask.astype(np.float32), 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=0)
-    if P.mask_smooth > 0:
-        pad = cv2.GaussianBlur(pad, (0, 0), P.mask_smooth)
+    if params.mask_smooth > 0:
+        pad = cv2.GaussianBlur(pad, (0, 0), params.mask_smooth)
     to_work = np.array([[1 / sx, 0, (ox0 + 0.5) / sx - 0.5 - x0 + 2], [0, 1 / sy, (oy0 + 0.5) / sy - 0.5 - y0 + 2]])
     big = cv2.warpAffine(pad, to_work, (ox1 - ox0, oy1 - oy0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    big = big >= P.mask_level
+    big = big >= params.mask_level
     rows, cols = np.flatnonzero(big.any(axis=1)), np.flatnonzero(big.any(axis=0))
     if not len(rows):
         return None

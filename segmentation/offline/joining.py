@@ -11,9 +11,10 @@ from segmentation.offline.arrays import _DisjointSet, _cheapest_pair, _label_box
 from segmentation.offline.belt import _modes
 from segmentation.offline.colour import _paint_distance
 from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 
 
-def _join_across_gaps(inst, lg):
+def _join_across_gaps(inst, lg, *, params: OfflineParams = P):
     """Instance labels with the parts of one item joined: parts of the same paint that do not
     touch (a strap or band painted like the belt, a patch of another colour, or another item lying
     across cut them apart) and whose union's convex hull is filled by them, by pieces inside the
@@ -29,14 +30,14 @@ def _join_across_gaps(inst, lg):
     area = np.bincount(inst.ravel(), minlength=k).astype(np.float64)
     box, ys, xs, own = _label_boxes(inst, k)  # x0, y0, x1, y1 (exclusive)
     adjacent = {divmod(int(c), k) for c in _touching(inst, k, np.arange(k) > 0)[0]}
-    reach = np.ones((2 * P.gap_reach + 1, 2 * P.gap_reach + 1), np.uint8)
+    reach = np.ones((2 * params.gap_reach + 1, 2 * params.gap_reach + 1), np.uint8)
     near_pairs = set()
     for r in range(1, k):
         if area[r] == 0:
             continue
         x0, y0, x1, y1 = box[r]
-        cx0, cy0 = max(0, x0 - P.gap_reach), max(0, y0 - P.gap_reach)
-        cx1, cy1 = min(w, x1 + P.gap_reach), min(h, y1 + P.gap_reach)
+        cx0, cy0 = max(0, x0 - params.gap_reach), max(0, y0 - params.gap_reach)
+        cx1, cy1 = min(w, x1 + params.gap_reach), min(h, y1 + params.gap_reach)
         crop = inst[cy0:cy1, cx0:cx1]
         near = cv2.dilate((crop == r).astype(np.uint8), reach) > 0
         neighbours = np.flatnonzero(np.bincount(crop[near], minlength=k)[r + 1:]) + r + 1
@@ -49,12 +50,13 @@ def _join_across_gaps(inst, lg):
     involved[list({r for pair in near_pairs for r in pair})] = True
     sel = involved[own]
     paint = _modes(lg[ys[sel], xs[sel]][None], axis=1, bins=48, line_index=own[sel], lines=k).reshape(k, 3)
-    candidates = {(r, o) for r, o in near_pairs if _paint_distance(paint[r] - paint[o]) <= P.max_color_dist}
+    candidates = {(r, o) for r, o in near_pairs
+                  if _paint_distance(paint[r] - paint[o], params=params) <= params.max_color_dist}
     if not candidates:
         return inst
     out = inst.copy()
     groups = _DisjointSet(k)
-    thin = np.ones((2 * P.gap_thin + 1, 2 * P.gap_thin + 1), np.uint8)
+    thin = np.ones((2 * params.gap_thin + 1, 2 * params.gap_thin + 1), np.uint8)
 
     def hull_cost(ra: int, rb: int):
         """(cost, geometry) of joining groups ra and rb, or None when the convex hull of their
@@ -70,7 +72,7 @@ def _join_across_gaps(inst, lg):
         belt_gap = hull & (crop == 0)
         wide = cv2.morphologyEx(belt_gap.astype(np.uint8), cv2.MORPH_OPEN, thin) > 0
         cost = float(np.count_nonzero(wide)) / max(min(area[ra], area[rb]), 1.0)
-        return None if cost > P.gap_max_concavity else (cost, (x0, y0, crop, ma, mb, hull, belt_gap & ~wide))
+        return None if cost > params.gap_max_concavity else (cost, (x0, y0, crop, ma, mb, hull, belt_gap & ~wide))
 
     def join(ra: int, rb: int, geometry) -> None:
         """Join group rb, the pieces inside the hull (patches) and the belt bridging the two
@@ -78,7 +80,7 @@ def _join_across_gaps(inst, lg):
         x0, y0, crop, ma, mb, hull, thin_gap = geometry
         inside = hull & ~ma & ~mb & (crop > 0)
         patches = [o for o in np.unique(crop[inside]).tolist()
-                   if np.count_nonzero(crop[inside] == o) >= P.patch_inside * area[o]]
+                   if np.count_nonzero(crop[inside] == o) >= params.patch_inside * area[o]]
         n_gap, gap_labels = cv2.connectedComponents(thin_gap.astype(np.uint8), connectivity=4)
         k3 = np.ones((3, 3), np.uint8)
         touch_a = np.unique(gap_labels[cv2.dilate(ma.astype(np.uint8), k3) > 0])
@@ -106,9 +108,9 @@ def _join_across_gaps(inst, lg):
     return out
 
 
-def _merge_convex(labels, lg, *, min_px: float, max_gap: float = P.merge_max_gap,
-                  max_gap_other: float = P.merge_max_gap_other,
-                  max_color_dist: float | None = None):
+def _merge_convex(labels, lg, *, min_px: float, max_gap: float | None = None,
+                  max_gap_other: float | None = None,
+                  max_color_dist: float | None = None, params: OfflineParams = P):
     """Join adjacent pieces (labels 1..) of one foreground blob into items.
 
     Pieces smaller than `min_px` join the neighbour they share the longest border with. Then,
@@ -117,15 +119,17 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = P.merge_max_gap
     (hull gap of the union minus those of the pieces, relative to the smaller piece, at most
     `max_gap`); of different colours (stripes, straps, a logo, a highlight), only when the join
     adds almost none (`max_gap_other`), the union is not far from convex
-    (P.other_colour_max_concavity) and the smaller piece borders the outside of the blob along at
-    most P.patch_max_outline of its outline (the item's outline encloses it; an item lying on
-    another item sticks out) and pieces of a third paint along at most P.patch_max_foreign of it
+    (params.other_colour_max_concavity) and the smaller piece borders the outside of the blob along at
+    most params.patch_max_outline of its outline (the item's outline encloses it; an item lying on
+    another item sticks out) and pieces of a third paint along at most params.patch_max_foreign of it
     (an item half hidden between two others borders both)."""
     import cv2
     import numpy as np
 
     if max_color_dist is None:
-        max_color_dist = P.max_color_dist
+        max_color_dist = params.max_color_dist
+    max_gap = params.merge_max_gap if max_gap is None else max_gap
+    max_gap_other = params.merge_max_gap_other if max_gap_other is None else max_gap_other
     labels = labels.copy()
     k = int(labels.max()) + 1
     if k <= 2:
@@ -172,7 +176,8 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = P.merge_max_gap
         pieces.attach(b, a)
         area[a] += area[b]
         outside[a] += outside[b]
-        if _paint_distance(csum[a] / max(carea[a], 1) - csum[b] / max(carea[b], 1)) <= P.max_color_dist:
+        difference = csum[a] / max(carea[a], 1) - csum[b] / max(carea[b], 1)
+        if _paint_distance(difference, params=params) <= params.max_color_dist:
             csum[a] += csum[b]
             carea[a] += carea[b]
         elif carea[b] > carea[a]:  # a patch of another colour: the larger part's colour stays
@@ -197,7 +202,7 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = P.merge_max_gap
         union = hull_area(cv2.convexHull(np.concatenate([hulls[a], hulls[b]])))
         smaller = max(min(area[a], area[b]), 1.0)
         total_gap = max(0.0, union - area[a] - area[b])
-        same = _paint_distance(csum[a] / carea[a] - csum[b] / carea[b]) <= max_color_dist
+        same = _paint_distance(csum[a] / carea[a] - csum[b] / carea[b], params=params) <= max_color_dist
         cost = (total_gap - gap[a] - gap[b]) / smaller
         if same:
             return cost <= max_gap, (False, cost)
@@ -206,19 +211,20 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = P.merge_max_gap
         # and other pieces only of its own or the item's paint (an item lying between two
         # others borders both)
         # (the outline tests, which walk the adjacency, only when the hull tests pass)
-        if not (cost <= max_gap_other and total_gap / smaller <= P.other_colour_max_concavity):
+        if not (cost <= max_gap_other and total_gap / smaller <= params.other_colour_max_concavity):
             return False, (True, cost)
         patch, host = (a, b) if area[a] <= area[b] else (b, a)
         perimeter = outside[patch] + sum(n for key, n in adj.items() if patch in key)
         foreign = sum(n for key, n in adj.items() if patch in key and host not in key
                       and not one_paint(key[0] if key[1] == patch else key[1], (patch, host)))
-        ok = outside[patch] <= P.patch_max_outline * perimeter and foreign <= P.patch_max_foreign * perimeter
+        ok = outside[patch] <= params.patch_max_outline * perimeter and foreign <= params.patch_max_foreign * perimeter
         return ok, (True, cost)
 
     def one_paint(r: int, others) -> bool:
         """Whether piece r has the paint of one of the pieces `others`."""
         colour = csum[r] / max(carea[r], 1)
-        return any(_paint_distance(colour - csum[o] / max(carea[o], 1)) <= max_color_dist for o in others)
+        return any(_paint_distance(colour - csum[o] / max(carea[o], 1), params=params) <= max_color_dist
+                   for o in others)
 
     while adj:
         small = [r for r in hulls if area[r] < min_px and any(r in key for key in adj)]
@@ -241,10 +247,10 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float = P.merge_max_gap
     return np.array(pieces.roots())[labels]
 
 
-def _join_occluded(inst, lg, *, min_px: float):
+def _join_occluded(inst, lg, *, min_px: float, params: OfflineParams = P):
     """Instance labels with touching parts of one item joined: two touching pieces (each at
-    least `min_px`) of one paint (P.occluded_one_paint) whose union's convex hull adds, beyond the
-    pieces' own hulls, almost no belt (P.occluded_belt_gap of the smaller piece), only pixels of
+    least `min_px`) of one paint (params.occluded_one_paint) whose union's convex hull adds, beyond the
+    pieces' own hulls, almost no belt (params.occluded_belt_gap of the smaller piece), only pixels of
     the pieces and of other items; cheapest first. Two items of one paint side by side leave a
     wedge of belt open where their outlines meet; the parts of one item cut apart by another
     lying across or into it (the occluder fills the concavity), or by the cuts before, do not."""
@@ -284,13 +290,13 @@ def _join_occluded(inst, lg, *, min_px: float):
         cv2.fillConvexPoly(hull, ha, 0)
         cv2.fillConvexPoly(hull, hb, 0)
         c = float(np.count_nonzero((hull > 0) & (crop == 0))) / max(min(area[ra], area[rb]), 1.0)
-        if c > P.occluded_belt_gap:
+        if c > params.occluded_belt_gap:
             return None
         ma, mb = crop == ra, crop == rb
         both = ma | mb
         paint = _modes(lg[y0:y1, x0:x1][both][None], axis=1, bins=48, line_index=mb[both].astype(np.int64),
                        lines=2).reshape(2, 3)
-        return c if _paint_distance(paint[0] - paint[1]) <= P.occluded_one_paint else None
+        return c if _paint_distance(paint[0] - paint[1], params=params) <= params.occluded_one_paint else None
 
     costs: dict[tuple[int, int], Any] = {}
     while (best := _cheapest_pair(pairs, groups, costs, cost)) is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ def _quarter_misfit(m, cd) -> float:
     return float(np.partition(values, k)[k])
 
 
-def scene_refusal(check: SceneCheck) -> str | None:
+def scene_refusal(check: SceneCheck, *, params: OfflineParams = P) -> str | None:
     """Why the frame is not a belt scene the offline detector can analyse, or None when it is.
     A pure function of the analysis' own measures (`SceneCheck`), so the check costs nothing more."""
-    limit = P.scene_misfit_max
+    limit = params.scene_misfit_max
     if check.misfit > limit:
         if check.reference:
             return (f"three quarters of it differ from the camera's empty-scene reference by more than "
@@ -43,7 +44,7 @@ def scene_refusal(check: SceneCheck) -> str | None:
                     "another scene or the camera moved")
         return (f"no belt model fits it: three quarters of it differ from the best one by more than "
                 f"{check.misfit:.2f} (log brightness + chroma; a belt scene: at most {limit})")
-    if check.unsure > P.scene_max_unsure:
+    if check.unsure > params.scene_max_unsure:
         return (f"too much clutter: {check.unsure} candidate regions below 0.5 confidence (a belt scene: at "
-                f"most {P.scene_max_unsure})")
+                f"most {params.scene_max_unsure})")
     return None

@@ -11,14 +11,19 @@ from segmentation.offline.belt import _modes
 from segmentation.offline.colour import _colour_features, _paint_distance
 from segmentation.offline.joining import _merge_convex
 from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 
 
-def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, neck: float = P.split_neck,
-                    max_color_dist: float = P.split_max_color_dist, merge_gap: float = P.split_merge_gap):
+def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, neck: float | None = None,
+                    max_color_dist: float | None = None, merge_gap: float | None = None,
+                    params: OfflineParams = P):
     """Instance labels (0 = background, 1.. = items) for the foreground mask `fg`.
 
     Two bulges of a blob without a neck between them join when their commonest colours differ
     by at most `max_color_dist` (L1, log units)."""
+    neck = params.split_neck if neck is None else neck
+    max_color_dist = params.split_max_color_dist if max_color_dist is None else max_color_dist
+    merge_gap = params.split_merge_gap if merge_gap is None else merge_gap
     import cv2
     import numpy as np
 
@@ -40,10 +45,10 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
         if npk <= 2:
             if area >= 2 * min_px:
                 single = mask.astype(np.int32)
-                single = _colour_refine(single, mask, lg[y0:y1, x0:x1], min_px=min_px)
+                single = _colour_refine(single, mask, lg[y0:y1, x0:x1], min_px=min_px, params=params)
                 single = _edge_refine(single, mask, grad[y0:y1, x0:x1], min_px=min_px, level=edge_level)
                 if single.max() > 1:
-                    single = _merge_convex(single, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap)
+                    single = _merge_convex(single, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap, params=params)
                 next_id = _write_pieces(out[y0:y1, x0:x1], single, mask, next_id)
                 continue
             out[y0:y1, x0:x1][mask] = next_id
@@ -101,9 +106,9 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
             seeds = merged > 1
             owner[near[seeds]] = merged[seeds]
             merged[stray] = owner[near[stray]]
-        merged = _colour_refine(merged, mask, lg[y0:y1, x0:x1], min_px=min_px)
+        merged = _colour_refine(merged, mask, lg[y0:y1, x0:x1], min_px=min_px, params=params)
         merged = _edge_refine(merged, mask, grad[y0:y1, x0:x1], min_px=min_px, level=edge_level)
-        merged = _merge_convex(merged, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap)
+        merged = _merge_convex(merged, lg[y0:y1, x0:x1], min_px=min_px, max_gap=merge_gap, params=params)
         next_id = _write_pieces(out[y0:y1, x0:x1], merged, mask, next_id)
     return out
 
@@ -123,10 +128,10 @@ def _write_pieces(out, pieces, mask, next_id: int) -> int:
     return next_id + len(ids)
 
 
-def _colour_refine(labels, mask, lg, *, min_px: float):
+def _colour_refine(labels, mask, lg, *, min_px: float, params: OfflineParams = P):
     """Pieces (labels 1.. inside `mask`) cut further along colour: the blob's pixels are
     clustered by colour (k-means in log chroma + damped log brightness, centres closer than
-    P.colour_merge joined), the cluster map is cleaned (median) and each piece is cut into its
+    params.colour_merge joined), the cluster map is cleaned (median) and each piece is cut into its
     connected colour regions; regions smaller than a quarter of `min_px` go to the nearest
     larger region. _merge_convex then joins what belongs to one item."""
     import cv2
@@ -137,10 +142,10 @@ def _colour_refine(labels, mask, lg, *, min_px: float):
         return labels
     # features: log chroma (each channel minus the brightness) and damped brightness, as one
     # matrix product (NumPy broadcasting over 3 channels is slow)
-    feat = px @ _colour_features()
-    step = max(1, len(feat) // P.colour_samples)
+    feat = px @ _colour_features(params=params)
+    step = max(1, len(feat) // params.colour_samples)
     sample = np.ascontiguousarray(feat[::step])
-    k = min(P.colour_k, len(sample) // 20)
+    k = min(params.colour_k, len(sample) // 20)
     if k < 2:
         return labels
     crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1e-3)
@@ -150,7 +155,7 @@ def _colour_refine(labels, mask, lg, *, min_px: float):
     group = list(range(k))
     for i in range(k):
         for j in range(i + 1, k):
-            if np.abs(centres[i] - centres[j]).sum() < P.colour_merge:
+            if np.abs(centres[i] - centres[j]).sum() < params.colour_merge:
                 gi, gj = group[i], group[j]
                 group = [gi if g == gj else g for g in group]
     if len(set(group)) < 2:
@@ -230,15 +235,15 @@ def _edge_refine(labels, mask, grad, *, min_px: float, level: float):
     return out
 
 
-def _cut_at_defects(inst, lg, *, min_px: float):
+def _cut_at_defects(inst, lg, *, min_px: float, params: OfflineParams = P):
     """Instance labels with items cut along the straight line between two notches of their
     outline when that leaves two convex pieces: two items of one paint that touch or lie on each
     other without a neck, which the colour and edge cuts cannot part, leave a notch where their
     outlines cross. One end of the cut must be a notch open to the belt (a notch filled by
     another item is that item lying over this one, and cutting there would split an occluded
     item); the other may also face another item (a pile). A cut is kept when both pieces are
-    about convex (P.defect_piece_solidity) and together keep at most P.defect_gap_left of the whole's
-    concavity, and when the pieces' commonest colours differ by at most P.defect_one_paint (a
+    about convex (params.defect_piece_solidity) and together keep at most params.defect_gap_left of the whole's
+    concavity, and when the pieces' commonest colours differ by at most params.defect_one_paint (a
     cut between two paints is the colour cut's to make: a convex-looking cut through a pile of
     several paints can give one item's half to another); of several, the one that removes the
     most concavity."""
@@ -259,7 +264,7 @@ def _cut_at_defects(inst, lg, *, min_px: float):
     while queue:
         r = queue.pop()
         x0, y0, x1, y1, cuts = todo[r]
-        if cuts >= P.defect_cuts:
+        if cuts >= params.defect_cuts:
             continue
         x0, y0, x1, y1 = max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)
         crop = out[y0:y1, x0:x1]
@@ -269,7 +274,7 @@ def _cut_at_defects(inst, lg, *, min_px: float):
         if area < 2 * min_px or not contours:
             continue
         gap = _contours_hull_gap(contours, area)
-        if area >= P.defect_solidity * (area + gap):
+        if area >= params.defect_solidity * (area + gap):
             continue
         cnt = max(contours, key=cv2.contourArea)
         if len(cnt) < 5:
@@ -280,13 +285,13 @@ def _cut_at_defects(inst, lg, *, min_px: float):
             continue
         if defects is None:
             continue
-        min_depth = max(2.5, P.defect_depth * math.sqrt(area / math.pi))
+        min_depth = max(2.5, params.defect_depth * math.sqrt(area / math.pi))
         notches = [(int(cnt[d[2]][0][0]), int(cnt[d[2]][0][1])) for d in defects.reshape(-1, 4)
                    if d[3] / 256.0 >= min_depth]
         if len(notches) < 2:
             continue
         others = (crop > 0) & (piece == 0)
-        rr = P.defect_free
+        rr = params.defect_free
         blocked = [bool(others[max(0, py - rr):py + rr + 1, max(0, px - rr):px + rr + 1].any()) for px, py in notches]
         notches = [p for _, p in sorted(zip(blocked, notches), key=lambda pair: pair[0])]  # open ones first
         n_free = blocked.count(False)
@@ -304,18 +309,18 @@ def _cut_at_defects(inst, lg, *, min_px: float):
                 left = 0.0
                 for b in big:
                     pa, pg = _hull_gap(plab == b)
-                    if pa < P.defect_piece_solidity * (pa + pg):
+                    if pa < params.defect_piece_solidity * (pa + pg):
                         break
                     left += pg
                 else:
-                    if left <= P.defect_gap_left * gap:
+                    if left <= params.defect_gap_left * gap:
                         cands.append((left, len(cands), plab, big))
         best = None
         for left, _, plab, big in sorted(cands, key=lambda c: c[:2]):
             sel = (plab == big[0]) | (plab == big[1])
             paint = _modes(lg[y0:y1, x0:x1][sel][None], axis=1, bins=48,
                            line_index=(plab[sel] == big[1]).astype(np.int64), lines=2).reshape(2, 3)
-            if _paint_distance(paint[0] - paint[1]) > P.defect_one_paint:
+            if _paint_distance(paint[0] - paint[1], params=params) > params.defect_one_paint:
                 continue
             best = (left, plab, big)
             break

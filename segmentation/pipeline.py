@@ -58,7 +58,7 @@ from segmentation.images import LoadedImage, ModelInput, load_image, model_input
 from segmentation.logs import log_event
 from segmentation.memory import MemoryBudget, Reservation
 from segmentation.naming import OutputNames
-from segmentation.gate import MODEL as GATE_MODEL
+from segmentation.offline.gate import MODEL as GATE_MODEL
 from segmentation.offline import OfflineDetector
 from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
 from segmentation.render import crop_jpeg, overview_jpeg

@@ -105,7 +105,7 @@ data "google_storage_bucket" "existing_images" {
 
 # --- Function source ---------------------------------------------------------------------------
 
-# The archive holds main.py, requirements.txt and the segmentation package (its modules and
+# The archive holds main.py, requirements.txt and the segmentation package (its modules, subpackages and
 # schema files) and nothing else: not tests/, not samples/, not the virtualenv. segmentation/local.py
 # (developer emulation) is part of the package and is included; it imports only the standard
 # library and segmentation at module level and the function never imports it.
@@ -113,7 +113,7 @@ data "google_storage_bucket" "existing_images" {
 # and imports the function from it in a clean interpreter.
 locals {
   function_source_root     = abspath("${path.module}/..")
-  function_source_patterns = ["main.py", "requirements.txt", "segmentation/*.py", "segmentation/schema/*.json"]
+  function_source_patterns = ["main.py", "requirements.txt", "segmentation/**/*.py", "segmentation/schema/*.json"]
   function_source_files = sort(distinct(flatten([
     for pattern in local.function_source_patterns : tolist(fileset(local.function_source_root, pattern))
   ])))

@@ -1,4 +1,4 @@
-"""Figures of the empty-belt gate (`segmentation.gate`) on synthetic and real frames (development only).
+"""Figures of the empty-belt gate (`segmentation.offline.gate`) on synthetic and real frames (development only).
 
     .venv/bin/python -m tools.eval_gate [--realdata DIR] [--n 16]
 
@@ -33,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segmentation.gate import EmptySceneGate  # noqa: E402
+from segmentation.offline.gate import EmptySceneGate  # noqa: E402
 from tools.belt_scenes import make_scene, vibrate  # noqa: E402
 
 COCO = ROOT.parent / "shared" / "fixtures" / "coco_luggage"

@@ -1,28 +1,10 @@
 """The empty-belt gate: is this frame the calibrated camera's empty scene, nothing on it?
 
-A camera enabled for the gate (EMPTY_BELT_GATE_CAMERAS) has a photo of its empty scene
-(`backgrounds/<camera>.jpg`). Before a Gemini call the gate compares the frame with it, on copies
-whose longest side is GATE_SIDE pixels, and answers "empty" only when nothing is left that the
-reference does not explain; then the model call is skipped. In doubt the frame is not empty.
-
-What the comparison tolerates, and how:
-1. **Camera vibration**: the frame is registered to the reference by phase correlation (a
-   translation of up to MAX_CAMERA_SHIFT); a larger move means the camera was moved and needs a
-   new reference, so nothing is skipped.
-2. **Sub-pixel misregistration, resampling and JPEG**: each pixel is compared with the range of
-   the reference within ENVELOPE pixels (a shift-tolerant difference), not with one pixel.
-3. **Light and exposure**: the reference is corrected by a per-channel gain and a smooth gain
-   field fitted on the pixels that still match it (`offline._reference_model`).
-4. **The belt's own motion**: where the differences fill a band of lines (the belt, whose seams,
-   wear and slats have run on since the reference), that band alone is registered again along
-   its length and the comparison repeated with the moved band.
-
-What is left is "not belt" (brighter, darker or of another colour; shadows included, since only
-an item casts one). The frame is empty when no blob of it as large as a small item
-(`min_area`, MIN_BLOB) remains after holes of item size are filled and the blobs are cut to thick cores
-plus the pixels near them (paint strokes, seams and bolts are thin).
-
-NumPy and OpenCV are imported on first use.
+Before a Gemini call, for a camera enabled in EMPTY_BELT_GATE_CAMERAS, the frame is compared with
+the camera's empty-scene reference (registered, shift-tolerant, light-corrected, the belt band
+re-registered); "empty" only when nothing the size of a small item is left unexplained, so in doubt
+a frame is not empty. How: docs/offline-detector-method.md; tunables: the `gate_*` fields of
+`params.OfflineParams`. NumPy and OpenCV are imported on first use.
 """
 
 from __future__ import annotations
@@ -33,22 +15,14 @@ from typing import Any
 
 from PIL import Image
 
-from segmentation import offline
+from segmentation.offline.arrays import _components, _log, _mat, _reference_like, _work_array
+from segmentation.offline.belt import _reference_model
+from segmentation.offline.evidence import _evidence, _fill_holes, _thresholds
+from segmentation.offline.params import DEFAULT as P
+from segmentation.offline.params import OfflineParams
 from segmentation.images import to_rgb
 
 MODEL = "empty-scene-gate-v2"  # the `model` of an image the gate recorded as empty
-GATE_SIDE = 320  # gate pixels: longest side of the copies compared
-MIN_BLOB = 0.0005  # share of the image: a blob this large keeps a frame from being empty (a third of
-# the smallest item the detector reports: in doubt a frame is not empty)
-MAX_CAMERA_SHIFT = 0.03  # share of the longest side: the largest camera shift registered away
-ENVELOPE = 1  # gate pixels: a pixel matches the reference anywhere this close (after registration)
-BELT_BAND_COVER = 0.04  # a line belongs to the moving band when this share of it still differs
-BELT_BAND_MIN_LINES = 8  # gate pixels: a narrower band is not a belt
-PERIODIC_MATCH = 0.8  # a periodic belt: the shortest run whose match is this close to the best
-OPENING = 5  # gate pixels: a blob must hold a square this wide (paint strokes, seams, bolts do not)
-GROW = 2  # ... and takes in the not-belt pixels this close to that core (the rest of a narrow item)
-HOLES = (0.001, 0.01)  # enclosed matching areas of these image shares are filled: a grey item on a
-# grey belt may show only its rim; the counters of letters and the gaps between bolts are smaller
 
 
 @dataclass(frozen=True)
@@ -69,10 +43,12 @@ class EmptySceneGate:
     """The gate of one camera, built from its empty-scene reference; safe to share between threads
     once built (the reference copies are cached per frame shape)."""
 
-    def __init__(self, reference: Image.Image, *, side: int = GATE_SIDE, min_area: float = MIN_BLOB):
+    def __init__(self, reference: Image.Image, *, side: int | None = None, min_area: float | None = None,
+                 params: OfflineParams = P):
         self.reference = to_rgb(reference)
-        self.side = side
-        self.min_area = min_area
+        self.params = params
+        self.side = params.gate_side if side is None else side
+        self.min_area = params.gate_min_blob if min_area is None else min_area
         self._copies: dict[tuple[int, int], Any] = {}
         self._moved_reported = False
 
@@ -85,9 +61,9 @@ class EmptySceneGate:
         return self.check(image).empty
 
     def check(self, image: Image.Image) -> GateCheck:
-        work = offline._work_array(to_rgb(image), self.side)
+        work = _work_array(to_rgb(image), self.side)
         scale = image.size[0] / work.shape[1]
-        share, shift, run = _unexplained_share(work, self._reference_copy(work.shape[:2]))
+        share, shift, run = _unexplained_share(work, self._reference_copy(work.shape[:2]), params=self.params)
         return GateCheck(empty=share < self.min_area, blob_share=share,
                          camera_shift=(shift[0] * scale, shift[1] * scale),
                          belt_run=None if run is None else run * scale)
@@ -95,52 +71,52 @@ class EmptySceneGate:
     def _reference_copy(self, shape: tuple[int, int]):
         ref = self._copies.get(shape)
         if ref is None:
-            ref = self._copies[shape] = offline._reference_like(self.reference, shape, self.side)
+            ref = self._copies[shape] = _reference_like(self.reference, shape, self.side)
         return ref
 
 
-def _unexplained_share(work, ref) -> tuple[float, tuple[float, float], float | None]:
+def _unexplained_share(work, ref, *, params: OfflineParams = P) -> tuple[float, tuple[float, float], float | None]:
     """The largest blob the reference does not explain (share of the image), the camera shift
     registered away and the belt band's run (gate pixels; None when not tried)."""
     import numpy as np
 
-    lg, lr = offline._log(work), offline._log(ref)
+    lg, lr = _log(work, params=params), _log(ref, params=params)
     h, w = lg.shape[:2]
-    if min(h, w) < 2 * OPENING:
-        return _blob_share(_not_explained(lg, lr)), (0.0, 0.0), None
-    limit = max(1, math.ceil(MAX_CAMERA_SHIFT * max(h, w)))
-    dx, dy = _best_shift(_gray(lr), _gray(lg), limit, limit)
+    if min(h, w) < 2 * params.gate_opening:
+        return _blob_share(_not_explained(lg, lr, params=params), params=params), (0.0, 0.0), None
+    limit = max(1, math.ceil(params.gate_max_camera_shift * max(h, w)))
+    dx, dy = _best_shift(_gray(lr), _gray(lg), limit, limit, params=params)
     if max(abs(dx), abs(dy)) >= limit - 0.5:  # at the edge of the search: moved further than that
         return 1.0, (dx, dy), None
     lr = _shifted(lr, dx, dy)
-    differs = _not_explained(lg, lr)
-    best = _blob_share(differs)
+    differs = _not_explained(lg, lr, params=params)
+    best = _blob_share(differs, params=params)
     if best == 0.0:
         return best, (dx, dy), None
     run = None
     for along_rows in (True, False):  # a belt running across the frame, then one running down it
-        band = _moving_band(differs.mean(axis=1 if along_rows else 0))
+        band = _moving_band(differs.mean(axis=1 if along_rows else 0), params=params)
         if band is None:
             continue
         if along_rows:
-            moved, r = _band_run_on(lr, lg, *band)
+            moved, r = _band_run_on(lr, lg, *band, params=params)
         else:  # the same on the transposed frame
-            moved, r = _band_run_on(lr.transpose(1, 0, 2), lg.transpose(1, 0, 2), *band)
+            moved, r = _band_run_on(lr.transpose(1, 0, 2), lg.transpose(1, 0, 2), *band, params=params)
             moved = moved.transpose(1, 0, 2)
-        share = _blob_share(_not_explained(lg, np.ascontiguousarray(moved)))
+        share = _blob_share(_not_explained(lg, np.ascontiguousarray(moved), params=params), params=params)
         if share < best:
             best, run = share, r
     return best, (dx, dy), run
 
 
-def _band_run_on(lr, lg, a: int, b: int):
+def _band_run_on(lr, lg, a: int, b: int, *, params: OfflineParams = P):
     """The reference `lr` with its rows [a, b) moved along their length onto the frame `lg` (a belt
     that ran on), and how far they moved."""
     import numpy as np
 
     strip = np.ascontiguousarray(lr[a:b])
     run = _best_shift(_gray(strip), _gray(np.ascontiguousarray(lg[a:b])), strip.shape[1] // 2 - 3, 1,
-                      exclude=2, periodic=True)[0]
+                      exclude=2, periodic=True, params=params)[0]
     moved = lr.copy()
     moved[a:b] = _shifted(strip, run, 0)
     return moved, run
@@ -149,7 +125,7 @@ def _band_run_on(lr, lg, a: int, b: int):
 def _gray(lg):
     import cv2
 
-    return cv2.transform(lg, offline._mat([[1 / 3, 1 / 3, 1 / 3]]))
+    return cv2.transform(lg, _mat([[1 / 3, 1 / 3, 1 / 3]]))
 
 
 def _shifted(a, dx: float, dy: float):
@@ -161,7 +137,7 @@ def _shifted(a, dx: float, dy: float):
 
 
 def _best_shift(ref, img, max_dx: int, max_dy: int, *, exclude: int = 0,
-                periodic: bool = False) -> tuple[float, float]:
+                periodic: bool = False, params: OfflineParams = P) -> tuple[float, float]:
     """The shift (dx, dy) that moves `ref` onto `img`, searched within +-max_dx, +-max_dy by phase
     correlation, leaving out |shift| < `exclude` along the longer search axis; with `periodic`,
     the shortest shift whose match is nearly the best (a belt repeats itself). Sub-pixel by the
@@ -184,7 +160,7 @@ def _best_shift(ref, img, max_dx: int, max_dy: int, *, exclude: int = 0,
             sub[max(0, max_dy - exclude + 1):max_dy + exclude, :] = -np.inf
     iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
     if periodic:
-        near = np.argwhere(sub >= PERIODIC_MATCH * sub[iy, ix])
+        near = np.argwhere(sub >= params.gate_periodic_match * sub[iy, ix])
         iy, ix = min(near.tolist(), key=lambda p: (abs(p[0] - max_dy) + abs(p[1] - max_dx)))
     y0, y1, x0, x1 = max(0, iy - 2), min(sub.shape[0], iy + 3), max(0, ix - 2), min(sub.shape[1], ix + 3)
     weights = np.nan_to_num(np.maximum(sub[y0:y1, x0:x1], 0), posinf=0.0)
@@ -195,43 +171,44 @@ def _best_shift(ref, img, max_dx: int, max_dy: int, *, exclude: int = 0,
     return float((weights * xx).sum() / total - max_dx), float((weights * yy).sum() / total - max_dy)
 
 
-def _moving_band(cover) -> tuple[int, int] | None:
+def _moving_band(cover, *, params: OfflineParams = P) -> tuple[int, int] | None:
     """The run of lines [a, b) where most still differs (a belt that ran on), or None."""
     import numpy as np
 
-    on = np.concatenate([[0], (cover > BELT_BAND_COVER).astype(np.int8), [0]])
+    on = np.concatenate([[0], (cover > params.gate_belt_band_cover).astype(np.int8), [0]])
     edges = np.flatnonzero(np.diff(on))
     runs = [(float(cover[a:b].sum()), int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
     if not runs:
         return None
     _, a, b = max(runs)
-    return (a, b) if b - a >= BELT_BAND_MIN_LINES else None
+    return (a, b) if b - a >= params.gate_belt_band_min_lines else None
 
 
-def _not_explained(lg, lr):
+def _not_explained(lg, lr, *, params: OfflineParams = P):
     """Pixels of the frame (log `lg`) unlike the reference (log `lr`, registered) anywhere within
-    ENVELOPE pixels, after correcting the reference for the change of light; thresholds scaled
-    to what is left of the noise (never below offline._thresholds' floors)."""
+    `gate_envelope` pixels, after correcting the reference for the change of light; thresholds scaled
+    to what is left of the noise (never below _thresholds' floors)."""
     import cv2
     import numpy as np
 
-    model = offline._reference_model(lg, lr)
-    kernel = np.ones((2 * ENVELOPE + 1, 2 * ENVELOPE + 1), np.uint8)
+    model = _reference_model(lg, lr)
+    kernel = np.ones((2 * params.gate_envelope + 1, 2 * params.gate_envelope + 1), np.uint8)
     light = model - lr
     lo, hi = cv2.erode(lr, kernel) + light, cv2.dilate(lr, kernel) + light
-    m, cd = offline._evidence(lg, np.minimum(np.maximum(lg, lo), hi))
-    tm, tc = offline._thresholds(m, cd)
+    m, cd = _evidence(lg, np.minimum(np.maximum(lg, lo), hi))
+    tm, tc = _thresholds(m, cd)
     return (np.abs(m) >= tm) | (cd >= tc)
 
 
-def _blob_share(differs) -> float:
+def _blob_share(differs, *, params: OfflineParams = P) -> float:
     """The largest thick blob of `differs`, holes of item size filled, as a share of the image."""
     import cv2
     import numpy as np
 
     size = differs.size
-    mask = offline._fill_holes(differs, min_hole=HOLES[0] * size, max_hole=HOLES[1] * size).astype(np.uint8)
-    core = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((OPENING, OPENING), np.uint8))
-    blob = cv2.dilate(core, np.ones((2 * GROW + 1, 2 * GROW + 1), np.uint8)) & mask
-    n, _, area = offline._components(blob, 8)
+    low, high = params.gate_holes
+    mask = _fill_holes(differs, min_hole=low * size, max_hole=high * size).astype(np.uint8)
+    core = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((params.gate_opening, params.gate_opening), np.uint8))
+    blob = cv2.dilate(core, np.ones((2 * params.gate_grow + 1, 2 * params.gate_grow + 1), np.uint8)) & mask
+    n, _, area = _components(blob, 8)
     return int(area[1:].max()) / size if n > 1 else 0.0

@@ -26,7 +26,7 @@ $(TOOLS)/.checkov-$(CHECKOV_VERSION):
 
 # Emulator + function + event bridge; uploads samples/, prints the rows, stops.
 local: install
-	$(BIN)/python -m segmentation.local up --demo --once
+	$(BIN)/python -m devtools.local up --demo --once
 
 test: install tools
 	$(BIN)/python -m pytest

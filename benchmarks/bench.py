@@ -11,7 +11,7 @@ one full run, with interpretation, are in BENCHMARKS.md at the repository root; 
 section also draws benchmarks/throughput.png (Pillow, benchmarks/plot.py).
 
 Nothing here talks to Google: Cloud Storage is the in-process gcp-storage-emulator
-(`tests.fakes.storage_emulator`), Gemini is `tests.fakes.gemini_server` answering a fixed
+(`devtools.standins.storage_emulator`), Gemini is `devtools.standins.gemini_server` answering a fixed
 list of boxes with no added latency, rows go to SQLite in a temporary directory (section 5
 uses other stand-ins, see there). The
 pipeline is the production one (`default_pipeline()` in the fresh interpreters; the classes
@@ -45,9 +45,9 @@ Tables:
    VmHWM as in table 3.
 5. Throughput (`throughput_section`): the real function under functions-framework (gunicorn,
    WORKERS = this machine's cores as Terraform deploys it, THREADS = per-instance concurrency) as a
-   subprocess (`segmentation.local.LocalStack`),
+   subprocess (`devtools.local.LocalStack`),
    a fresh threaded in-memory Cloud Storage stand-in process per cell (`benchmarks/storage_server.py`,
-   `tests/fakes/gcs_server.py`), the BigQuery stand-in, and the fake Gemini server with 1 s and 5 s
+   `devtools/standins/gcs_server.py`), the BigQuery stand-in, and the fake Gemini server with 1 s and 5 s
    latency counting the calls it is answering at once. A client thread pool keeps exactly
    `concurrency` binary-mode CloudEvents in flight for max(10 x concurrency, 12) 1280x720 images
    with 5 objects; images/s against the ideal concurrency / latency (target >= 90 % up to 16 in
@@ -448,7 +448,7 @@ def environ(values: dict[str, str]) -> Iterator[None]:
 def fake_gemini(objects: int) -> Iterator[Any]:
     """Fake Gemini answering `objects` boxes with no latency, and a SQLite file; os.environ points at
     them. Yields the FakeGeminiServer."""
-    from tests.fakes.gemini_server import Answer, FakeGeminiServer
+    from devtools.standins.gemini_server import Answer, FakeGeminiServer
 
     answer = Answer(gemini_answer(objects))
     with FakeGeminiServer(lambda request: answer) as gemini, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -468,7 +468,7 @@ def storage_emulator() -> Iterator[Emulator]:
     """A fresh in-memory emulator with BUCKET; STORAGE_EMULATOR_HOST points at it while it runs."""
     from google.cloud import storage
 
-    from tests.fakes.storage_emulator import running_storage_emulator
+    from devtools.standins.storage_emulator import running_storage_emulator
 
     with running_storage_emulator() as emulator, environ({"STORAGE_EMULATOR_HOST": emulator.url}):
         emulator.create_bucket(BUCKET)
@@ -622,7 +622,7 @@ def per_image_samples(size: tuple[int, int], objects: int, images: int, warmup: 
     `storage` "in-process": each image gets a fresh gcp-storage-emulator in this process (it
     rewrites the JSON of all its objects' metadata on every write, so a long-lived one makes
     later writes slower and slower); "own-process": one threaded in-memory stand-in
-    (`tests.fakes.gcs_server`) in a process of its own for the whole cell, so its request
+    (`devtools.standins.gcs_server`) in a process of its own for the whole cell, so its request
     handling is not on the pipeline's GIL, as Cloud Storage's is not. The pipeline is
     `build_pipeline`'s, with the Gemini client and SQLite sink kept warm across images and a
     storage client whose HTTP session the upload has already opened.
@@ -723,7 +723,7 @@ def per_image_section(configs: Sequence[tuple[tuple[int, int], int]], images: in
             f"{mib(memory['import_kib'])} MiB).\n\n"
             "Every phase column is with the storage emulator in this process (see the note below). The two "
             "\"storage apart\" columns repeat the row against the threaded in-memory Cloud Storage stand-in "
-            "(`tests/fakes/gcs_server.py`) in a process of its own, the throughput section's stand-in: its "
+            "(`devtools/standins/gcs_server.py`) in a process of its own, the throughput section's stand-in: its "
             "request handling then costs the pipeline no GIL time, as Cloud Storage's costs a function none, "
             "but a loopback round trip is far shorter than a real one.\n\n" + table)
     if target is not None:
@@ -805,13 +805,13 @@ class InFlight:
 
 @contextlib.contextmanager
 def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> Iterator[Any]:
-    """tests.fakes' FakeGeminiServer answering `answer_text` after `latency` s, with an `in_flight`
+    """devtools.standins' FakeGeminiServer answering `answer_text` after `latency` s, with an `in_flight`
     counter (InFlight) around each request, and a deep listen queue (64 clients connect at once).
     With `spread`, each answer waits a uniform random (1 - spread .. 1 + spread) x latency (the
     mean stays `latency`; seeded, so every run draws the same sequence)."""
     import threading
 
-    from tests.fakes import gemini_server
+    from devtools.standins import gemini_server
 
     in_flight = InFlight()
 
@@ -854,16 +854,16 @@ def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> It
 
 @contextlib.contextmanager
 def bigquery_stand_in(round_trip_s: float = 0.0) -> Iterator[Any]:
-    """tests.fakes' BigQuery stand-in (insertAll over HTTP, threaded, TCP_NODELAY), each request
+    """devtools.standins' BigQuery stand-in (insertAll over HTTP, threaded, TCP_NODELAY), each request
     answered after `round_trip_s`."""
-    from tests.fakes import bigquery_server
+    from devtools.standins import bigquery_server
 
     with bigquery_server.FakeBigQuery(round_trip_s) as server:
         yield server
 
 
 STORAGE_STAND_INS = {
-    "memory": [],  # tests.fakes.gcs_server: threaded, in memory, keep-alive
+    "memory": [],  # devtools.standins.gcs_server: threaded, in memory, keep-alive
     "emulator": ["--impl", "emulator"],  # stock gcp-storage-emulator: one request at a time
     "emulator-no-dump": ["--impl", "emulator", "--no-meta-dump"],
 }
@@ -987,7 +987,7 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
     workers = workers or deployed_workers()
     from concurrent.futures import ThreadPoolExecutor
 
-    from segmentation.local import LocalStack, cloud_event_for, storage_client
+    from devtools.local import LocalStack, cloud_event_for, storage_client
 
     width, height = THROUGHPUT_SIZE
     result: dict[str, Any] = {"latency": latency, "concurrency": concurrency, "images": images,
@@ -1103,7 +1103,7 @@ def warm_up(stack: Any, bucket: Any, gemini: Any, workers: int, rounds: int = 10
     that they overlap and the workers share them. Returns the warm-up images' names."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from segmentation.local import cloud_event_for
+    from devtools.local import cloud_event_for
 
     width, height = THROUGHPUT_SIZE
     names: set[str] = set()
@@ -1239,9 +1239,9 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
         "thread per concurrent event); "
         f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE_CAMERAS empty "
         "(the gate's cost is in the second table). "
-        "Stand-ins, each fresh per row: Cloud Storage = `tests/fakes/gcs_server.py` in its own process (threaded, "
+        "Stand-ins, each fresh per row: Cloud Storage = `devtools/standins/gcs_server.py` in its own process (threaded, "
         "in memory, keep-alive; the real google-cloud-storage client reaches it through STORAGE_EMULATOR_HOST); "
-        "BigQuery = `tests/fakes/bigquery_server.py` (insertAll; the real google-cloud-bigquery client through "
+        "BigQuery = `devtools/standins/bigquery_server.py` (insertAll; the real google-cloud-bigquery client through "
         "BIGQUERY_EMULATOR_HOST; TCP_NODELAY set, see `bigquery_stand_in`); Gemini = the wire server answering each "
         "call after the stated latency. The stand-ins, the client and the function share this machine's "
         f"{cpus} cores. A client thread pool posts binary-mode finalize CloudEvents straight to the function, keeping "
@@ -1380,7 +1380,7 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
     from segmentation.pipeline import Pipeline
     from segmentation.sink import SqliteSink, sink_from_config
     from segmentation.storage import GcsStorage
-    from tests.fakes.gemini_server import image_token_count
+    from devtools.standins.gemini_server import image_token_count
 
     width, height = size
     data = synthetic_photo(width, height, seed=4000)
@@ -1433,7 +1433,7 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
         f"## 6. Prompt tokens per image by downscale setting ({width}x{height} photo)\n\n"
         "`prompt_tokens` of the image row, one image through the real pipeline per cell (GEMINI_MODEL, "
         "MODEL_INPUT_MAX_SIDE and GEMINI_MEDIA_RESOLUTION as in the column; \"none\" = empty, no media "
-        "resolution sent). These numbers are what the local Gemini wire server (`tests/fakes/gemini_server.py`) "
+        "resolution sent). These numbers are what the local Gemini wire server (`devtools/standins/gemini_server.py`) "
         "returns in `usageMetadata`: its implementation of Google's documented counting rules, not a live "
         "measurement. Its rules, from Google's documentation (sources in the module): Gemini 3 and later "
         "bill a fixed budget per image by media resolution (low 280, medium 560, high 1120) and default to "

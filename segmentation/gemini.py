@@ -34,7 +34,7 @@ without a usable box, is asked for once more, then gives `ResponseParseError` (o
 `NoUsableBoxesError` / `BoxScaleError`).
 
 Endpoints follow the SDK's own environment variables ``GOOGLE_VERTEX_BASE_URL`` and
-``GOOGLE_GEMINI_BASE_URL``. Tests point these at `tests.fakes.gemini_server`.
+``GOOGLE_GEMINI_BASE_URL``. Tests point these at `devtools.standins.gemini_server`.
 
 Example (needs credentials, or GOOGLE_GEMINI_BASE_URL pointing at a server)::
 

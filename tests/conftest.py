@@ -11,7 +11,7 @@ from PIL import Image
 
 from segmentation import gemini
 from segmentation.images import ModelInput
-from tests.fakes.gemini_server import Answer, FakeGeminiServer
+from devtools.standins.gemini_server import Answer, FakeGeminiServer
 
 # A two-object answer, the stand-in's default in `fake`.
 TWO_BAGS = json.dumps(

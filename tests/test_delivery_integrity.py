@@ -17,7 +17,7 @@ from PIL import Image
 from segmentation import pipeline as pipeline_module
 from segmentation.errors import TransientError
 from segmentation.storage import GcsStorage
-from tests.fakes.gemini_server import Answer, RecordedRequest, unavailable
+from devtools.standins.gemini_server import Answer, RecordedRequest, unavailable
 from tests.harness import BUCKET, Stack, boxes_answer, gemini_only_stack
 
 

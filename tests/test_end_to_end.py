@@ -16,8 +16,8 @@ from cloudevents.http import CloudEvent
 from PIL import Image
 
 from segmentation.parse import parse_response
-from tests.fakes.bigquery_server import FakeBigQuery
-from tests.fakes.gemini_server import (
+from devtools.standins.bigquery_server import FakeBigQuery
+from devtools.standins.gemini_server import (
     Answer,
     ErrorReply,
     internal_error,

@@ -1,5 +1,5 @@
 """The test stand-ins themselves: the Gemini wire server's token counts, and the threaded
-in-memory Cloud Storage server (`tests.fakes.gcs_server`) driven by the real clients."""
+in-memory Cloud Storage server (`devtools.standins.gcs_server`) driven by the real clients."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from segmentation.errors import ObjectGoneError, PermanentError
 from segmentation.gemini import GeminiDetector
 from segmentation.images import ModelInput
 from segmentation.storage import GcsStorage
-from tests.fakes.gcs_server import running_gcs_server, select_fields
-from tests.fakes.gemini_server import (
+from devtools.standins.gcs_server import running_gcs_server, select_fields
+from devtools.standins.gemini_server import (
     Answer,
     FakeGeminiServer,
     estimate_text_tokens,

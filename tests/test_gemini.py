@@ -21,7 +21,7 @@ from segmentation.errors import (
 from segmentation.gemini import REASK_INSTRUCTION, GeminiDetector, model_family
 from segmentation.images import ModelInput
 from tests.conftest import TWO_BAGS
-from tests.fakes.gemini_server import (
+from devtools.standins.gemini_server import (
     Answer,
     ErrorReply,
     estimate_text_tokens,

@@ -47,8 +47,8 @@ from segmentation.events import EventError, object_ref_from_event
 from segmentation.function import reset_pipeline
 from segmentation.naming import MAX_OBJECT_NAME_BYTES, OutputNames
 from segmentation.sink import SqliteSink
-from tests.fakes.bigquery_server import FakeBigQuery
-from tests.fakes.gemini_server import Answer, ErrorReply, unavailable
+from devtools.standins.bigquery_server import FakeBigQuery
+from devtools.standins.gemini_server import Answer, ErrorReply, unavailable
 from tests.harness import BUCKET, FINALIZED, ROOT, Stack, running_stack, use_bigquery
 from tests.hostile_corpus import (
     CONTENT_CASES,

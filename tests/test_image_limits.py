@@ -19,7 +19,7 @@ from segmentation import function as function_module
 from segmentation import pipeline as pipeline_module
 from segmentation.errors import MemoryBudgetBusyError
 from segmentation.memory import MIB, MemoryBudget, peak_bytes
-from tests.fakes.gemini_server import RecordedRequest
+from devtools.standins.gemini_server import RecordedRequest
 from tests.harness import BUCKET, Stack, boxes_answer, gemini_only_stack
 
 

@@ -32,7 +32,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from tests.fakes.gemini_server import (
+from devtools.standins.gemini_server import (
     Answer,
     gzip_without_header,
     internal_error,

@@ -16,7 +16,7 @@ from segmentation import gemini as gemini_module
 from segmentation import pipeline as pipeline_module
 from segmentation.function import reset_pipeline
 from segmentation.gemini import BOX_REASK_INSTRUCTION
-from tests.fakes.gemini_server import Answer, RawReply, gzip_without_header, not_json, rejected_by_sdk
+from devtools.standins.gemini_server import Answer, RawReply, gzip_without_header, not_json, rejected_by_sdk
 from tests.harness import API_KEY, BUCKET, Stack, gemini_only_stack
 
 SIZE = (640, 480)

@@ -22,7 +22,7 @@ from segmentation.gemini import GeminiDetector
 from segmentation.images import ModelInput
 from segmentation.models import capabilities
 from segmentation.parse import parse_response
-from tests.fakes.gemini_server import Answer, FakeGeminiServer, model_not_found
+from devtools.standins.gemini_server import Answer, FakeGeminiServer, model_not_found
 from tests.harness import gemini_only_stack
 from tests.conftest import TWO_BAGS
 from tests.test_terraform import block, resource

@@ -12,8 +12,8 @@ from PIL import Image
 from segmentation import replay
 from segmentation.config import Config
 from segmentation.function import build_pipeline
-from tests.fakes.gemini_server import Answer, FakeGeminiServer, sample_text, unavailable
-from tests.fakes.storage_emulator import running_storage_emulator
+from devtools.standins.gemini_server import Answer, FakeGeminiServer, sample_text, unavailable
+from devtools.standins.storage_emulator import running_storage_emulator
 from tests.fixtures import shared_fixture
 from tests.harness import ROOT
 

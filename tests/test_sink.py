@@ -21,7 +21,7 @@ from segmentation.errors import PermanentError, TransientError
 from segmentation.retry import retry_call
 from segmentation.schema import TABLES, load_schema, validate_row
 from segmentation.sink import BigQuerySink, SqliteSink, sink_from_config
-from tests.fakes.bigquery_server import FakeBigQuery, fake_bigquery  # noqa: F401
+from devtools.standins.bigquery_server import FakeBigQuery, fake_bigquery  # noqa: F401
 
 OBJECTS = "test-project.results.objects"
 IMAGES = "test-project.results.images"

@@ -16,7 +16,7 @@ from segmentation.detections import ObjectRef
 from segmentation.errors import ImageTooLargeError, ObjectGoneError, PermanentError, TransientError
 from segmentation.retry import retry_call
 from segmentation.storage import GcsStorage
-from tests.fakes.storage_emulator import StorageEmulator, running_storage_emulator, storage_emulator  # noqa: F401
+from devtools.standins.storage_emulator import StorageEmulator, running_storage_emulator, storage_emulator  # noqa: F401
 
 BUCKET = "conveyor-test"
 REPO = Path(__file__).resolve().parents[1]

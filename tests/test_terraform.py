@@ -721,7 +721,10 @@ def test_archive_holds_main_requirements_and_the_whole_package_and_nothing_else(
     package = {path.relative_to(ROOT).as_posix() for path in (ROOT / "segmentation").rglob("*.py")}
     package |= {path.relative_to(ROOT).as_posix() for path in SCHEMA_DIR.glob("*.json")}
     assert {"main.py", "requirements.txt"} | package == files
-    assert not any("__pycache__" in name or name.startswith(("tests/", ".venv")) for name in files)
+    assert not any("__pycache__" in name or name.startswith(("tests/", "devtools/", ".venv")) for name in files)
+    # Developer-only code (local emulation, stand-ins) lives in devtools/, which is never shipped.
+    assert list((ROOT / "devtools").rglob("*.py")), "devtools/ holds the developer-only modules"
+    assert not any("local" in Path(name).stem for name in package), "local emulation is outside the package"
 
     # Every module of this repository that importing main loads is in the archive.
     probe = ("import json, sys, main; "

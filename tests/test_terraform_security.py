@@ -28,8 +28,8 @@ from PIL import Image
 from segmentation.config import Config
 from segmentation.gemini import GeminiDetector
 from segmentation.images import ModelInput
-from tests.fakes.bigquery_server import FakeBigQuery
-from tests.fakes.gemini_server import Answer, FakeGeminiServer, sample_text
+from devtools.standins.bigquery_server import FakeBigQuery
+from devtools.standins.gemini_server import Answer, FakeGeminiServer, sample_text
 from tests.fixtures import shared_fixture
 from tests.harness import running_stack, use_bigquery
 from tests.test_terraform import ENVS, TF, _HCL_OPTIONS, _load, block, config, default_of, ref, resource, tfvars

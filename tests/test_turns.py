@@ -137,7 +137,7 @@ def test_events_whose_answers_come_back_together_draw_in_turns_and_upload_withou
 
     import segmentation.pipeline as pipeline_module
     from segmentation.function import default_pipeline
-    from tests.fakes.gemini_server import Answer
+    from devtools.standins.gemini_server import Answer
     from tests.harness import running_stack
     from tests.test_end_to_end import cupcakes
     from tests.test_parse import sample_text

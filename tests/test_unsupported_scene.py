@@ -20,7 +20,7 @@ from PIL import Image
 from segmentation.errors import PermanentError, UnsupportedSceneError
 from segmentation.images import model_input
 from segmentation.offline import OfflineDetector
-from tests.fakes.gemini_server import Answer, sample_text, unavailable
+from devtools.standins.gemini_server import Answer, sample_text, unavailable
 from tests.fixtures import shared_fixture
 from tests.harness import ROOT, Stack, running_stack
 from tools.belt_scenes import make_scene

@@ -2,9 +2,9 @@
 threaded, in-memory server of the JSON API subset the google-cloud-storage client uses, with
 Cloud Storage's generation semantics. The deployed function never imports it.
 
-`python -m segmentation.local up` runs it as a process of its own on 127.0.0.1, and its event
+`python -m devtools.local up` runs it as a process of its own on 127.0.0.1, and its event
 bridge follows the server's write log, so every generation is delivered as Eventarc delivers
-it. Tests and benchmarks use it too (`tests.fakes.gcs_server` re-exports this module).
+it. Tests and benchmarks use it too (`devtools.standins.gcs_server` re-exports this module).
 
 Why not gcp-storage-emulator: it ignores `?generation=` (an older event silently gets the newer
 bytes) and every precondition (`ifGenerationMatch` writes always succeed), and it offers no way
@@ -51,7 +51,7 @@ answered, as a network round trip to Cloud Storage would (the benchmark's produc
 
     with running_gcs_server() as server:         # in-process; server.url is the base URL
         server.create_bucket("b")
-    python -m segmentation.local_storage --port 9023 --bucket b [--versioning] [--data-dir DIR]
+    python -m devtools.local_storage --port 9023 --bucket b [--versioning] [--data-dir DIR]
                                                   # a process of its own ("READY <url>" on stdout);
                                                   # --data-dir: objects kept across restarts (`Store`)
 """

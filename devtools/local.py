@@ -1,14 +1,14 @@
 """Local emulation: the real function under functions-framework, a Cloud Storage stand-in,
 and a bridge that delivers object-finalize CloudEvents as Eventarc would.
 
-    python -m segmentation.local up                 # emulator + function + bridge, until Ctrl-C
-    python -m segmentation.local up --demo --once   # also upload samples/, wait, print rows, stop
-    python -m segmentation.local up --output-bucket local-outputs   # outputs in a second bucket
-    python -m segmentation.local upload a.jpg b.png --camera cam1   # as a camera would
-    python -m segmentation.local rows               # print the rows in the local SQLite sink
+    python -m devtools.local up                 # emulator + function + bridge, until Ctrl-C
+    python -m devtools.local up --demo --once   # also upload samples/, wait, print rows, stop
+    python -m devtools.local up --output-bucket local-outputs   # outputs in a second bucket
+    python -m devtools.local upload a.jpg b.png --camera cam1   # as a camera would
+    python -m devtools.local rows               # print the rows in the local SQLite sink
 
 The storage code path is the production one: google-cloud-storage follows
-STORAGE_EMULATOR_HOST to `segmentation.local_storage`, a stand-in with Cloud Storage's
+STORAGE_EMULATOR_HOST to `devtools.local_storage`, a stand-in with Cloud Storage's
 semantics (exact generations, preconditions answering 412, object versioning as prod.tfvars
 sets it), run as a process of its own. The bridge follows that server's write log, so every
 generation is delivered, even one overwritten a moment after its upload (as Eventarc does).
@@ -42,7 +42,7 @@ from typing import Iterable, Sequence
 
 from segmentation.config import Config
 from segmentation.events import FINALIZED, IMAGE_EXTENSIONS
-from segmentation.local_storage import EVENTS_PATH
+from devtools.local_storage import EVENTS_PATH
 from segmentation.logs import redact
 from segmentation.sink import SqliteSink
 
@@ -183,7 +183,7 @@ class LocalStack:
                  source: Path = ROOT / "main.py", target: str = "on_object_finalized",
                  versioning: bool = True, output_bucket: str = ""):
         """`storage_url`: use a storage server that is already running there instead of starting
-        `segmentation.local_storage` (`storage_port` is then unused; the bridge needs that
+        `devtools.local_storage` (`storage_port` is then unused; the bridge needs that
         server's write log). `versioning`: the bucket keeps overwritten generations readable,
         as the prod bucket does (prod.tfvars); False is dev.tfvars' setting, where a replaced
         generation answers 404. `bridge=False`: deliver no events (the caller posts them itself).
@@ -227,7 +227,7 @@ class LocalStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.external_storage:
             self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "segmentation.local_storage", "--port", str(self.storage_port),
+                [sys.executable, "-m", "devtools.local_storage", "--port", str(self.storage_port),
                  "--data-dir", str(self.data_dir / "gcs")],
                 cwd=ROOT, stdout=subprocess.DEVNULL,
             ))
@@ -350,7 +350,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segmentation.local", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.local", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the emulator, the function and the event bridge")
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_rows(args.data_dir / "results.sqlite", "objects", 100)
             if args.once:
                 return 0 if finished else 1
-        print("running; upload with `python -m segmentation.local upload FILE...`; Ctrl-C stops")
+        print("running; upload with `python -m devtools.local upload FILE...`; Ctrl-C stops")
         try:
             while True:
                 time.sleep(1)

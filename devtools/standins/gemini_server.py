@@ -38,7 +38,7 @@ True
 
 Run one for local work or benchmarks (every image answered with a fixture, 0.8 s each)::
 
-    python -m tests.fakes.gemini_server --port 8089 --latency 0.8 --answer sample_5
+    python -m devtools.standins.gemini_server --port 8089 --latency 0.8 --answer sample_5
 """
 
 from __future__ import annotations

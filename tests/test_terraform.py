@@ -8,7 +8,7 @@
   failed check; every skip is inline in the .tf file with its reason.
 - The function's source archive is built as `data.archive_file.function_source` builds it
   (patterns read from storage.tf) and the function is imported from it in a clean interpreter
-  with only requirements.txt installed.
+  with only the hashed lock requirements.txt installed (`pip install --require-hashes`).
 """
 
 from __future__ import annotations
@@ -737,6 +737,35 @@ def test_archive_holds_main_requirements_and_the_whole_package_and_nothing_else(
     assert ours and ours <= files, f"imported but not archived: {ours - files}"
 
 
+def _locked(path: Path) -> dict[str, tuple[str, frozenset[str]]]:
+    """name -> (version, hashes) of a pip requirements file, every requirement pinned with hashes."""
+    text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    pins: dict[str, tuple[str, frozenset[str]]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *options = line.split(" --hash=")
+        name, version = requirement.split(";")[0].strip().split("==")
+        hashes = frozenset(option.strip() for option in options)
+        assert hashes and all(h.startswith("sha256:") for h in hashes), f"{path.name}: {name} has no hash"
+        pins[name.lower().replace("_", "-")] = (version, hashes)
+    return pins
+
+
+def test_the_archive_ships_a_complete_hashed_lock_of_the_direct_pins_and_dev_installs_the_same():
+    deployed = _locked(ROOT / "requirements.txt")
+    for line in (ROOT / "requirements.in").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            assert deployed[name.lower().replace("_", "-")][0] == version, name
+    # Hash-checking mode needs every package, transitive ones included: spot-check a few the SDKs pull in.
+    assert {"google-auth", "protobuf", "pydantic", "requests"} <= deployed.keys()
+    dev = _locked(ROOT / "requirements-dev.txt")
+    assert {name: dev.get(name) for name in deployed} == deployed, "the dev lock must install what is deployed"
+
+
 def _third_party_imports(files: list[str]) -> list[list[str]]:
     """[module, name, ...] for every absolute import of a non-stdlib, non-local module in the archive,
     including the lazy ones inside functions."""
@@ -781,8 +810,8 @@ print("ok", main.on_object_finalized.__module__)
 
 
 def _clean_interpreter() -> Path:
-    """A virtualenv with only requirements.txt installed, cached under .venv-archive-check/ by the
-    hash of requirements.txt and the Python version (built once, then reused)."""
+    """A virtualenv with only the deployed lock (requirements.txt, hashed) installed, cached under
+    .venv-archive-check/ by the hash of requirements.txt and the Python version (built once, then reused)."""
     requirements = (ROOT / "requirements.txt").read_bytes()
     key = hashlib.sha256(requirements + sys.version.encode()).hexdigest()[:16]
     cache = ROOT / ".venv-archive-check"
@@ -799,7 +828,7 @@ def _clean_interpreter() -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(building)], check=True, timeout=300)
     install = subprocess.run(
         [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-r", str(ROOT / "requirements.txt")],
+         "--require-hashes", "-r", str(ROOT / "requirements.txt")],
         capture_output=True, text=True, timeout=900,
     )
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-4000:]

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
-import pytest
 
 from segmentation.schema import TABLES, load_schema
 
@@ -275,10 +274,3 @@ class FakeBigQuery:
         """Answer the next `n` requests 200 with every row in insertErrors (nothing stored)."""
         with self._state.lock:
             self._state.rejections.append([n, reason, message])
-
-
-@pytest.fixture
-def fake_bigquery() -> Iterator[FakeBigQuery]:
-    """A fresh, running `FakeBigQuery` per test."""
-    with FakeBigQuery() as server:
-        yield server

@@ -59,7 +59,6 @@ from http.server import HTTPServer
 from typing import Iterator, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import pytest
 from gcp_storage_emulator.exceptions import Conflict as EmulatorConflict
 from gcp_storage_emulator.handlers import buckets as emulator_buckets
 from gcp_storage_emulator.server import RequestHandler as EmulatorRequestHandler
@@ -409,10 +408,3 @@ def running_storage_emulator(
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
-
-
-@pytest.fixture
-def storage_emulator() -> Iterator[StorageEmulator]:
-    """A fresh emulator per test ("exact" generations); starting one in-process takes ~1 ms."""
-    with running_storage_emulator() as emulator:
-        yield emulator

@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN ?= $(VENV)/bin
 # `make check INSTALL= BIN=/path/to/venv/bin` runs the gate with an existing virtualenv, installing nothing.
 INSTALL ?= install
+RUFF ?= $(BIN)/ruff
+MYPY ?= $(BIN)/mypy
 # checkov (tests/test_terraform.py) pins libraries that conflict with requirements.txt, so it
 # lives in its own virtualenv.
 TOOLS := .venv-tools
@@ -37,19 +39,16 @@ local: install
 	$(BIN)/python -m devtools.local up --demo --once
 
 lint:
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	@status=0; $(RUFF) check . || status=1; $(RUFF) format --check . || status=1; $(MYPY) || status=1; exit $$status
 
 # For every edit: lint, types and the tests that need no server, subprocess or virtualenv.
 check: $(INSTALL)
-	$(MAKE) --no-print-directory lint BIN=$(BIN)
-	$(BIN)/python -m pytest -q -m "$(FAST)"
+	@status=0; $(MAKE) --no-print-directory lint || status=1; \
+		$(BIN)/python -m pytest -q -m "$(FAST)" || status=1; exit $$status
 
 # Everything, as CI runs it.
 test: install tools
-	$(MAKE) --no-print-directory lint BIN=$(BIN)
-	$(BIN)/python -m pytest
+	@status=0; $(MAKE) --no-print-directory lint || status=1; $(BIN)/python -m pytest || status=1; exit $$status
 
 bench: install
 	$(BIN)/python benchmarks/bench.py

@@ -84,8 +84,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from segmentation.detections import ObjectRef
@@ -168,7 +169,7 @@ def machine_info() -> str:
     cpu_model = _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "?"
     memory = _proc_field("/proc/meminfo", "MemTotal")
     rows = [
-        ("date (UTC)", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")),
+        ("date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")),
         ("CPUs", f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), {cpu_model}"),
         ("memory", memory or "?"),
         ("OS", platform.platform()),
@@ -228,7 +229,7 @@ class ImportNode:
     module: str
     self_us: int
     cumulative_us: int
-    children: list["ImportNode"] = dataclasses.field(default_factory=list)
+    children: list[ImportNode] = dataclasses.field(default_factory=list)
 
 
 def parse_importtime(stderr: str) -> list[ImportNode]:
@@ -466,7 +467,7 @@ def fake_gemini(objects: int) -> Iterator[Any]:
 @contextlib.contextmanager
 def storage_emulator() -> Iterator[Emulator]:
     """A fresh in-memory emulator with BUCKET; STORAGE_EMULATOR_HOST points at it while it runs."""
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # untyped package
 
     from devtools.standins.storage_emulator import running_storage_emulator
 
@@ -555,7 +556,7 @@ def first_event_section(runs: int) -> str:
           median_of(lambda r: r["events"][0]["wall_ms"] - r["events"][1]["wall_ms"]))],
     )
     rows = [(label, ms(event["wall_ms"]), *phase_cells(event["timings"], event["wall_ms"]), event["status"])
-            for label, event in zip(("1st event", "2nd event"), median_run["events"])]
+            for label, event in zip(("1st event", "2nd event"), median_run["events"], strict=False)]
     phases = markdown_table(("event", "wall", *PHASES, "other", "status"), rows, "l" + "r" * (len(PHASES) + 2) + "l")
     return (f"## 2. Time to first event (ms, median of {runs} fresh interpreter(s))\n\n"
             "1920x1080 JPEG, 10 objects, fake Gemini with no latency.\n\n"
@@ -653,7 +654,7 @@ def per_image_samples(size: tuple[int, int], objects: int, images: int, warmup: 
 def own_process_storage() -> Iterator[Emulator]:
     """The threaded in-memory storage stand-in in its own process, with BUCKET;
     STORAGE_EMULATOR_HOST points at it while it runs."""
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # untyped package
 
     with emulator_process("memory") as (_, url), environ({"STORAGE_EMULATOR_HOST": url}):
         client = storage.Client()
@@ -816,7 +817,7 @@ def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> It
     in_flight = InFlight()
 
     class Handler(gemini_server._Handler):
-        def do_POST(self) -> None:  # noqa: N802 - the base class's name
+        def do_POST(self) -> None:
             in_flight.change(+1)
             try:
                 super().do_POST()
@@ -837,7 +838,7 @@ def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> It
                     seconds *= draws.uniform(1 - spread, 1 + spread)
             super()._wait(seconds)
 
-        def start(self) -> "CountingGemini":
+        def start(self) -> CountingGemini:
             handler = type("Handler", (Handler,), {"fake": self})
             self._httpd = Server(("127.0.0.1", self._port), handler)
             self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -1348,7 +1349,7 @@ def throughput_plot(cells: Sequence[dict[str, Any]], path: Path) -> Path:
     series = []
     latencies = sorted({c["latency"] for c in cells})
     concurrencies = sorted({c["concurrency"] for c in cells})
-    for color, latency in zip(colors, latencies):
+    for color, latency in zip(colors, latencies, strict=False):
         row = sorted((c for c in cells if c["latency"] == latency and not c.get("variant")),
                      key=lambda c: c["concurrency"])
         series.append(Series(f"ideal, {latency:g} s latency", [(c, c / latency) for c in concurrencies], color,
@@ -1374,13 +1375,13 @@ TOKEN_MODELS = ("gemini-3.5-flash", "gemini-2.5-flash")
 
 def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequence[str] = TOKEN_RESOLUTIONS,
                    models: Sequence[str] = TOKEN_MODELS, size: tuple[int, int] = (4000, 3000)) -> str:
+    from devtools.standins.gemini_server import image_token_count
     from segmentation.config import Config
     from segmentation.gemini import GeminiDetector
     from segmentation.images import model_input_size
     from segmentation.pipeline import Pipeline
     from segmentation.sink import SqliteSink, sink_from_config
     from segmentation.storage import GcsStorage
-    from devtools.standins.gemini_server import image_token_count
 
     width, height = size
     data = synthetic_photo(width, height, seed=4000)
@@ -1486,7 +1487,7 @@ def downscale_section(sizes: Sequence[tuple[int, int, int]] = DOWNSCALE_SIZES, r
             psnr = "exact" if mse == 0 else f"{10 * math.log10(255 ** 2 / mse):.1f}"
             chosen = " (used)" if method == MODEL_RESAMPLING and gap == MODEL_REDUCING_GAP else ""
             rows.append((f"{width}x{height}", f"{size[0]}x{size[1]}", f"{name}{chosen}", gap or "none",
-                         ms(cpu_ms(lambda: image.resize(size, method, reducing_gap=gap))), psnr))
+                         ms(cpu_ms(lambda: image.resize(size, method, reducing_gap=gap))), psnr))  # noqa: B023 - run now
     return (
         "## 7. Downscaling the model's copy (CPU ms, best of 3 x " + str(repeats) + ")\n\n"
         "A photo longer than MODEL_INPUT_MAX_SIDE is resized to it before its model call (and then "

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     from devtools.standins.gcs_server import serve_until_sigterm
 
     server = memory_server() if args.impl == "memory" else emulator_server(args.no_meta_dump)
-    server.round_trip_s = args.round_trip_ms / 1000
+    server.round_trip_s = args.round_trip_ms / 1000  # type: ignore[attr-defined]
     serve_until_sigterm(server)
 
 

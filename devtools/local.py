@@ -36,13 +36,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
 
+from devtools.local_storage import EVENTS_PATH
 from segmentation.config import Config
 from segmentation.events import FINALIZED, IMAGE_EXTENSIONS
-from devtools.local_storage import EVENTS_PATH
 from segmentation.logs import redact
 from segmentation.sink import SqliteSink
 
@@ -57,7 +57,7 @@ def storage_client(emulator_url: str):
     """A google-cloud-storage client pointed at the emulator (as STORAGE_EMULATOR_HOST does)."""
     os.environ["STORAGE_EMULATOR_HOST"] = emulator_url
     from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # untyped package
 
     return storage.Client(project="local", credentials=AnonymousCredentials())
 
@@ -102,7 +102,7 @@ def finalize_event(bucket: str, data: dict) -> tuple[dict[str, str], bytes]:
         "ce-type": FINALIZED,
         "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
         "ce-subject": f"objects/{data['name']}",
-        "ce-time": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "ce-time": dt.datetime.now(dt.UTC).isoformat(),
     }
     return headers, json.dumps(data).encode()
 
@@ -129,7 +129,7 @@ class EventBridge:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eventarc")
         self._thread = threading.Thread(target=self._run, name="event-bridge", daemon=True)
 
-    def start(self) -> "EventBridge":
+    def start(self) -> EventBridge:
         self._thread.start()
         return self
 
@@ -221,7 +221,7 @@ class LocalStack:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         for port in (self.function_port,) if self.external_storage else (self.storage_port, self.function_port):
             _require_free_port(port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ class LocalStack:
                 bucket = client.bucket(name)
                 bucket.versioning_enabled = self.versioning
                 client.create_bucket(bucket)
-        log = open(self.function_log, "ab") if self.function_log else None  # noqa: SIM115 - closed below
+        log = open(self.function_log, "ab") if self.function_log else None
         try:
             self.function_process = subprocess.Popen(
                 [sys.executable, "-m", "functions_framework", "--target", self.target,
@@ -267,7 +267,7 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 process.kill()
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -308,9 +308,9 @@ def print_rows(sqlite_path: Path, table: str, limit: int, *, as_json: bool = Fal
         columns = SUMMARY_COLUMNS[table]
         cells = [[_cell(row[column]) for column in columns] for row in rows]
         widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
-        print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+        print("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)))
         for line in cells:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
     print(f"({len(rows)} {table} rows from {sqlite_path})")
 
 

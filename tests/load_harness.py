@@ -30,26 +30,27 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import requests
+from gcp_storage_emulator.storage import Storage as EmulatorStorage
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from PIL import Image, ImageDraw
 
 from devtools.local import LocalStack, finalize_event
-from segmentation.parse import parse_response
-from segmentation.sink import SqliteSink
 from devtools.standins import gemini_server
 from devtools.standins.bigquery_server import FakeBigQuery
 from devtools.standins.gemini_server import Answer, Behaviour, ErrorReply, FakeGeminiServer, RawReply, RecordedRequest
 from devtools.standins.storage_emulator import StorageEmulator, _Handler, _Server, _State
+from segmentation.parse import parse_response
+from segmentation.sink import SqliteSink
 from tests.harness import free_port
-from gcp_storage_emulator.storage import Storage as EmulatorStorage
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 BUCKET = "load-test"
@@ -188,7 +189,7 @@ class LoadGemini(FakeGeminiServer):
         self.in_flight = self.max_in_flight = 0  # model calls being answered at once
         self._count_lock = threading.Lock()
 
-    def start(self) -> "LoadGemini":
+    def start(self) -> LoadGemini:
         # As FakeGeminiServer.start, with a handler that remembers each request's client port
         # (to find the worker process behind it) and a deeper listen queue.
         handler = type("Handler", (_PeerHandler,), {"fake": self})
@@ -226,7 +227,7 @@ class LoadGemini(FakeGeminiServer):
 class _PeerHandler(gemini_server._Handler):
     fake: LoadGemini
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         _connection.port = self.client_address[1]
         fake = self.fake
         with fake._count_lock:
@@ -544,7 +545,7 @@ class EndState:
     objects: list[dict[str, Any]]
 
     @classmethod
-    def of(cls, stack: LoadStack) -> "EndState":
+    def of(cls, stack: LoadStack) -> EndState:
         return cls(stack.listing(), stack.rows("images"), stack.rows("objects"))
 
     def image_rows(self, name: str, generation: int | None = None) -> list[dict[str, Any]]:

@@ -20,9 +20,9 @@ from google.api_core.exceptions import NotFound, PreconditionFailed
 from PIL import Image
 
 from devtools import local
+from devtools.standins.gemini_server import Answer, FakeGeminiServer, RecordedRequest
 from segmentation.events import object_ref_from_event
 from segmentation.sink import SqliteSink
-from devtools.standins.gemini_server import Answer, FakeGeminiServer, RecordedRequest
 from tests.harness import free_port, wait_for
 
 BUCKET = "local-generations"

@@ -12,7 +12,6 @@ from segmentation.detections import ObjectRef
 from segmentation.errors import TransientError
 from segmentation.sessions import read_environment_once
 from segmentation.storage import GcsStorage
-from devtools.standins.storage_emulator import StorageEmulator
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                    "ALL_PROXY", "NO_PROXY", "NETRC", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
@@ -79,8 +78,8 @@ def test_the_storage_client_still_goes_through_a_configured_proxy(clean_environm
 
 
 def test_the_bigquery_client_skips_the_lookups_and_still_inserts(clean_environment, monkeypatch):
-    from segmentation.sink import BigQuerySink
     from devtools.standins.bigquery_server import FakeBigQuery
+    from segmentation.sink import BigQuerySink
     from tests.test_sink import schema_row
 
     with FakeBigQuery() as fake:

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.standins.bigquery_server import FakeBigQuery
 from segmentation.config import Config
 from segmentation.errors import PermanentError, TransientError
 from segmentation.retry import retry_call
 from segmentation.schema import TABLES, load_schema, validate_row
 from segmentation.sink import BigQuerySink, SqliteSink, sink_from_config
-from devtools.standins.bigquery_server import FakeBigQuery
 
 OBJECTS = "test-project.results.objects"
 IMAGES = "test-project.results.images"
@@ -31,7 +31,7 @@ _SAMPLE = {
     "INT64": lambda name, n: n,
     "FLOAT64": lambda name, n: n + 0.25,
     "BOOL": lambda name, n: n % 2 == 0,
-    "TIMESTAMP": lambda name, n: (dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=n)).isoformat(),
+    "TIMESTAMP": lambda name, n: (dt.datetime(2026, 1, 2, tzinfo=dt.UTC) + dt.timedelta(seconds=n)).isoformat(),
 }
 
 
@@ -70,7 +70,7 @@ def test_rows_arrive_with_row_id_as_insert_id(bq_sink: BigQuerySink, fake_bigque
 def test_reinsert_is_deduplicated(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:
     rows = [schema_row("objects", n) for n in range(3)]
     bq_sink.insert("objects", rows)
-    bq_sink.insert("objects", rows[1:] + [schema_row("objects", 3)])
+    bq_sink.insert("objects", [*rows[1:], schema_row("objects", 3)])
 
     assert fake_bigquery.request_count == 2
     assert [row["insertId"] for row in fake_bigquery.rows(OBJECTS)] == [f"objects-{n}" for n in range(4)]
@@ -245,7 +245,7 @@ _COLUMN_VALUES = {
     "INT64": st.integers(min_value=-(2**63), max_value=2**63 - 1),
     "FLOAT64": st.floats(allow_nan=False, allow_infinity=False),
     "BOOL": st.booleans(),
-    "TIMESTAMP": st.datetimes(timezones=st.just(dt.timezone.utc)).map(dt.datetime.isoformat),
+    "TIMESTAMP": st.datetimes(timezones=st.just(dt.UTC)).map(dt.datetime.isoformat),
 }
 
 

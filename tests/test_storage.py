@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.standins.storage_emulator import StorageEmulator, running_storage_emulator
 from segmentation.detections import ObjectRef
 from segmentation.errors import ImageTooLargeError, ObjectGoneError, PermanentError, TransientError
 from segmentation.retry import retry_call
 from segmentation.storage import GcsStorage
-from devtools.standins.storage_emulator import StorageEmulator, running_storage_emulator
 
 BUCKET = "conveyor-test"
 REPO = Path(__file__).resolve().parents[1]

@@ -392,7 +392,7 @@ def worker_memory_mib(overrides: dict[str, Any]) -> int:
     return int(config()["locals"]["memory_mib"][memory]) // max(1, int(cpu))
 
 
-@pytest.mark.parametrize("env", (None,) + ENVS)
+@pytest.mark.parametrize("env", (None, *ENVS))
 def test_the_code_accepts_the_deployed_configuration(env):
     deployed = _deployed_env(tfvars(env) if env else {})
     assert set(deployed) == set(DEPLOYED_SETTINGS)
@@ -641,9 +641,9 @@ def test_events_are_dead_lettered_before_the_trigger_subscription_would_drop_the
         resource("terraform_data", "trigger_dead_letter_policy"), "lifecycle")["precondition"])
     assert retained == f"{attempts} * (var.function_timeout_seconds + 600) < {retention} * 86400"
     assert give_up == (f"var.give_up_after_s < sum([for k in range({attempts} - 1) : min(600, 10 * pow(2, k))])")
-    for env in (None,) + ENVS:
+    for env in (None, *ENVS):
         values = tfvars(env) if env else {}
-        get = lambda name: values.get(name, default_of(name))  # noqa: E731
+        get = lambda name: values.get(name, default_of(name))  # noqa: B023 - used within the iteration
         worst_case_s = get("dead_letter_max_delivery_attempts") * (get("function_timeout_seconds") + 600)
         assert worst_case_s < get("dead_letter_retention_days") * 86400, env
         # The function records its failed row before Pub/Sub can have used up the attempts.
@@ -661,7 +661,7 @@ def _checkov() -> Path:
     return path
 
 
-@pytest.mark.parametrize("env", (None,) + ENVS)
+@pytest.mark.parametrize("env", (None, *ENVS))
 def test_checkov_reports_no_failed_check_and_every_skip_is_justified_inline(env):
     command = [str(_checkov()), "--directory", str(TF), "--framework", "terraform", "--compact",
                "--skip-download", "--output", "json"]

@@ -5,7 +5,7 @@ copy (its docstring says what it serves).
     python -m devtools.standins.gcs_server --port 9023  # same as python -m devtools.local_storage
 """
 
-from devtools.local_storage import *  # noqa: F401,F403
+from devtools.local_storage import *  # noqa: F403
 from devtools.local_storage import (  # noqa: F401 - the private names tests and benchmarks use
     EVENTS_PATH,
     STATS_PATH,

@@ -11,7 +11,7 @@ one full run, with interpretation, are in BENCHMARKS.md at the repository root; 
 section also draws benchmarks/throughput.png (Pillow, benchmarks/plot.py).
 
 Nothing here talks to Google: Cloud Storage is the in-process gcp-storage-emulator
-(`tests.fakes.storage_emulator`), Gemini is `tests.fakes.gemini_server` answering a fixed
+(`devtools.standins.storage_emulator`), Gemini is `devtools.standins.gemini_server` answering a fixed
 list of boxes with no added latency, rows go to SQLite in a temporary directory (section 5
 uses other stand-ins, see there). The
 pipeline is the production one (`default_pipeline()` in the fresh interpreters; the classes
@@ -45,9 +45,9 @@ Tables:
    VmHWM as in table 3.
 5. Throughput (`throughput_section`): the real function under functions-framework (gunicorn,
    WORKERS = this machine's cores as Terraform deploys it, THREADS = per-instance concurrency) as a
-   subprocess (`segmentation.local.LocalStack`),
+   subprocess (`devtools.local.LocalStack`),
    a fresh threaded in-memory Cloud Storage stand-in process per cell (`benchmarks/storage_server.py`,
-   `tests/fakes/gcs_server.py`), the BigQuery stand-in, and the fake Gemini server with 1 s and 5 s
+   `devtools/standins/gcs_server.py`), the BigQuery stand-in, and the fake Gemini server with 1 s and 5 s
    latency counting the calls it is answering at once. A client thread pool keeps exactly
    `concurrency` binary-mode CloudEvents in flight for max(10 x concurrency, 12) 1280x720 images
    with 5 objects; images/s against the ideal concurrency / latency (target >= 90 % up to 16 in
@@ -84,8 +84,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from segmentation.detections import ObjectRef
@@ -168,7 +169,7 @@ def machine_info() -> str:
     cpu_model = _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "?"
     memory = _proc_field("/proc/meminfo", "MemTotal")
     rows = [
-        ("date (UTC)", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")),
+        ("date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")),
         ("CPUs", f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), {cpu_model}"),
         ("memory", memory or "?"),
         ("OS", platform.platform()),
@@ -228,7 +229,7 @@ class ImportNode:
     module: str
     self_us: int
     cumulative_us: int
-    children: list["ImportNode"] = dataclasses.field(default_factory=list)
+    children: list[ImportNode] = dataclasses.field(default_factory=list)
 
 
 def parse_importtime(stderr: str) -> list[ImportNode]:
@@ -448,7 +449,7 @@ def environ(values: dict[str, str]) -> Iterator[None]:
 def fake_gemini(objects: int) -> Iterator[Any]:
     """Fake Gemini answering `objects` boxes with no latency, and a SQLite file; os.environ points at
     them. Yields the FakeGeminiServer."""
-    from tests.fakes.gemini_server import Answer, FakeGeminiServer
+    from devtools.standins.gemini_server import Answer, FakeGeminiServer
 
     answer = Answer(gemini_answer(objects))
     with FakeGeminiServer(lambda request: answer) as gemini, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -466,9 +467,9 @@ def fake_gemini(objects: int) -> Iterator[Any]:
 @contextlib.contextmanager
 def storage_emulator() -> Iterator[Emulator]:
     """A fresh in-memory emulator with BUCKET; STORAGE_EMULATOR_HOST points at it while it runs."""
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # untyped package
 
-    from tests.fakes.storage_emulator import running_storage_emulator
+    from devtools.standins.storage_emulator import running_storage_emulator
 
     with running_storage_emulator() as emulator, environ({"STORAGE_EMULATOR_HOST": emulator.url}):
         emulator.create_bucket(BUCKET)
@@ -555,7 +556,7 @@ def first_event_section(runs: int) -> str:
           median_of(lambda r: r["events"][0]["wall_ms"] - r["events"][1]["wall_ms"]))],
     )
     rows = [(label, ms(event["wall_ms"]), *phase_cells(event["timings"], event["wall_ms"]), event["status"])
-            for label, event in zip(("1st event", "2nd event"), median_run["events"])]
+            for label, event in zip(("1st event", "2nd event"), median_run["events"], strict=False)]
     phases = markdown_table(("event", "wall", *PHASES, "other", "status"), rows, "l" + "r" * (len(PHASES) + 2) + "l")
     return (f"## 2. Time to first event (ms, median of {runs} fresh interpreter(s))\n\n"
             "1920x1080 JPEG, 10 objects, fake Gemini with no latency.\n\n"
@@ -622,7 +623,7 @@ def per_image_samples(size: tuple[int, int], objects: int, images: int, warmup: 
     `storage` "in-process": each image gets a fresh gcp-storage-emulator in this process (it
     rewrites the JSON of all its objects' metadata on every write, so a long-lived one makes
     later writes slower and slower); "own-process": one threaded in-memory stand-in
-    (`tests.fakes.gcs_server`) in a process of its own for the whole cell, so its request
+    (`devtools.standins.gcs_server`) in a process of its own for the whole cell, so its request
     handling is not on the pipeline's GIL, as Cloud Storage's is not. The pipeline is
     `build_pipeline`'s, with the Gemini client and SQLite sink kept warm across images and a
     storage client whose HTTP session the upload has already opened.
@@ -653,7 +654,7 @@ def per_image_samples(size: tuple[int, int], objects: int, images: int, warmup: 
 def own_process_storage() -> Iterator[Emulator]:
     """The threaded in-memory storage stand-in in its own process, with BUCKET;
     STORAGE_EMULATOR_HOST points at it while it runs."""
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # untyped package
 
     with emulator_process("memory") as (_, url), environ({"STORAGE_EMULATOR_HOST": url}):
         client = storage.Client()
@@ -723,7 +724,7 @@ def per_image_section(configs: Sequence[tuple[tuple[int, int], int]], images: in
             f"{mib(memory['import_kib'])} MiB).\n\n"
             "Every phase column is with the storage emulator in this process (see the note below). The two "
             "\"storage apart\" columns repeat the row against the threaded in-memory Cloud Storage stand-in "
-            "(`tests/fakes/gcs_server.py`) in a process of its own, the throughput section's stand-in: its "
+            "(`devtools/standins/gcs_server.py`) in a process of its own, the throughput section's stand-in: its "
             "request handling then costs the pipeline no GIL time, as Cloud Storage's costs a function none, "
             "but a loopback round trip is far shorter than a real one.\n\n" + table)
     if target is not None:
@@ -805,18 +806,18 @@ class InFlight:
 
 @contextlib.contextmanager
 def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> Iterator[Any]:
-    """tests.fakes' FakeGeminiServer answering `answer_text` after `latency` s, with an `in_flight`
+    """devtools.standins' FakeGeminiServer answering `answer_text` after `latency` s, with an `in_flight`
     counter (InFlight) around each request, and a deep listen queue (64 clients connect at once).
     With `spread`, each answer waits a uniform random (1 - spread .. 1 + spread) x latency (the
     mean stays `latency`; seeded, so every run draws the same sequence)."""
     import threading
 
-    from tests.fakes import gemini_server
+    from devtools.standins import gemini_server
 
     in_flight = InFlight()
 
     class Handler(gemini_server._Handler):
-        def do_POST(self) -> None:  # noqa: N802 - the base class's name
+        def do_POST(self) -> None:
             in_flight.change(+1)
             try:
                 super().do_POST()
@@ -837,7 +838,7 @@ def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> It
                     seconds *= draws.uniform(1 - spread, 1 + spread)
             super()._wait(seconds)
 
-        def start(self) -> "CountingGemini":
+        def start(self) -> CountingGemini:
             handler = type("Handler", (Handler,), {"fake": self})
             self._httpd = Server(("127.0.0.1", self._port), handler)
             self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -854,16 +855,16 @@ def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> It
 
 @contextlib.contextmanager
 def bigquery_stand_in(round_trip_s: float = 0.0) -> Iterator[Any]:
-    """tests.fakes' BigQuery stand-in (insertAll over HTTP, threaded, TCP_NODELAY), each request
+    """devtools.standins' BigQuery stand-in (insertAll over HTTP, threaded, TCP_NODELAY), each request
     answered after `round_trip_s`."""
-    from tests.fakes import bigquery_server
+    from devtools.standins import bigquery_server
 
     with bigquery_server.FakeBigQuery(round_trip_s) as server:
         yield server
 
 
 STORAGE_STAND_INS = {
-    "memory": [],  # tests.fakes.gcs_server: threaded, in memory, keep-alive
+    "memory": [],  # devtools.standins.gcs_server: threaded, in memory, keep-alive
     "emulator": ["--impl", "emulator"],  # stock gcp-storage-emulator: one request at a time
     "emulator-no-dump": ["--impl", "emulator", "--no-meta-dump"],
 }
@@ -987,7 +988,7 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
     workers = workers or deployed_workers()
     from concurrent.futures import ThreadPoolExecutor
 
-    from segmentation.local import LocalStack, cloud_event_for, storage_client
+    from devtools.local import LocalStack, cloud_event_for, storage_client
 
     width, height = THROUGHPUT_SIZE
     result: dict[str, Any] = {"latency": latency, "concurrency": concurrency, "images": images,
@@ -1103,7 +1104,7 @@ def warm_up(stack: Any, bucket: Any, gemini: Any, workers: int, rounds: int = 10
     that they overlap and the workers share them. Returns the warm-up images' names."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from segmentation.local import cloud_event_for
+    from devtools.local import cloud_event_for
 
     width, height = THROUGHPUT_SIZE
     names: set[str] = set()
@@ -1239,9 +1240,9 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
         "thread per concurrent event); "
         f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE_CAMERAS empty "
         "(the gate's cost is in the second table). "
-        "Stand-ins, each fresh per row: Cloud Storage = `tests/fakes/gcs_server.py` in its own process (threaded, "
+        "Stand-ins, each fresh per row: Cloud Storage = `devtools/standins/gcs_server.py` in its own process (threaded, "
         "in memory, keep-alive; the real google-cloud-storage client reaches it through STORAGE_EMULATOR_HOST); "
-        "BigQuery = `tests/fakes/bigquery_server.py` (insertAll; the real google-cloud-bigquery client through "
+        "BigQuery = `devtools/standins/bigquery_server.py` (insertAll; the real google-cloud-bigquery client through "
         "BIGQUERY_EMULATOR_HOST; TCP_NODELAY set, see `bigquery_stand_in`); Gemini = the wire server answering each "
         "call after the stated latency. The stand-ins, the client and the function share this machine's "
         f"{cpus} cores. A client thread pool posts binary-mode finalize CloudEvents straight to the function, keeping "
@@ -1348,7 +1349,7 @@ def throughput_plot(cells: Sequence[dict[str, Any]], path: Path) -> Path:
     series = []
     latencies = sorted({c["latency"] for c in cells})
     concurrencies = sorted({c["concurrency"] for c in cells})
-    for color, latency in zip(colors, latencies):
+    for color, latency in zip(colors, latencies, strict=False):
         row = sorted((c for c in cells if c["latency"] == latency and not c.get("variant")),
                      key=lambda c: c["concurrency"])
         series.append(Series(f"ideal, {latency:g} s latency", [(c, c / latency) for c in concurrencies], color,
@@ -1374,13 +1375,13 @@ TOKEN_MODELS = ("gemini-3.5-flash", "gemini-2.5-flash")
 
 def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequence[str] = TOKEN_RESOLUTIONS,
                    models: Sequence[str] = TOKEN_MODELS, size: tuple[int, int] = (4000, 3000)) -> str:
+    from devtools.standins.gemini_server import image_token_count
     from segmentation.config import Config
     from segmentation.gemini import GeminiDetector
     from segmentation.images import model_input_size
     from segmentation.pipeline import Pipeline
     from segmentation.sink import SqliteSink, sink_from_config
     from segmentation.storage import GcsStorage
-    from tests.fakes.gemini_server import image_token_count
 
     width, height = size
     data = synthetic_photo(width, height, seed=4000)
@@ -1433,7 +1434,7 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
         f"## 6. Prompt tokens per image by downscale setting ({width}x{height} photo)\n\n"
         "`prompt_tokens` of the image row, one image through the real pipeline per cell (GEMINI_MODEL, "
         "MODEL_INPUT_MAX_SIDE and GEMINI_MEDIA_RESOLUTION as in the column; \"none\" = empty, no media "
-        "resolution sent). These numbers are what the local Gemini wire server (`tests/fakes/gemini_server.py`) "
+        "resolution sent). These numbers are what the local Gemini wire server (`devtools/standins/gemini_server.py`) "
         "returns in `usageMetadata`: its implementation of Google's documented counting rules, not a live "
         "measurement. Its rules, from Google's documentation (sources in the module): Gemini 3 and later "
         "bill a fixed budget per image by media resolution (low 280, medium 560, high 1120) and default to "
@@ -1486,7 +1487,7 @@ def downscale_section(sizes: Sequence[tuple[int, int, int]] = DOWNSCALE_SIZES, r
             psnr = "exact" if mse == 0 else f"{10 * math.log10(255 ** 2 / mse):.1f}"
             chosen = " (used)" if method == MODEL_RESAMPLING and gap == MODEL_REDUCING_GAP else ""
             rows.append((f"{width}x{height}", f"{size[0]}x{size[1]}", f"{name}{chosen}", gap or "none",
-                         ms(cpu_ms(lambda: image.resize(size, method, reducing_gap=gap))), psnr))
+                         ms(cpu_ms(lambda: image.resize(size, method, reducing_gap=gap))), psnr))  # noqa: B023 - run now
     return (
         "## 7. Downscaling the model's copy (CPU ms, best of 3 x " + str(repeats) + ")\n\n"
         "A photo longer than MODEL_INPUT_MAX_SIDE is resized to it before its model call (and then "

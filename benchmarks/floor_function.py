@@ -24,6 +24,7 @@ import io
 import os
 import threading
 import time
+
 import functions_framework
 from cloudevents.http import CloudEvent
 
@@ -87,7 +88,7 @@ def floor(cloud_event: CloudEvent) -> None:
     *crop_uris, overview_uri = uris
     pipeline.sink.insert("objects", [
         pipeline._object_row(ref, index, detection, crop_uri, overview_uri, result, size)
-        for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris), start=1)])
+        for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris, strict=True), start=1)])
     pipeline.sink.insert("images", [pipeline._image_row(
         ref, status="ok", started=started, result=result, objects_found=len(detections),
         overview_uri=overview_uri, size=size)])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -81,7 +82,7 @@ def log_log_plot(path: Path, series: Sequence[Series], *, title: str, x_label: s
 
     for i, s in enumerate(series):
         pixels = [at(x, y) for x, y in s.points]
-        for a, b in zip(pixels, pixels[1:]):
+        for a, b in itertools.pairwise(pixels):
             if s.dashed:
                 _dashed_line(draw, a, b, s.color, 2)
             else:
@@ -89,7 +90,7 @@ def log_log_plot(path: Path, series: Sequence[Series], *, title: str, x_label: s
         if s.markers:
             for px, py in pixels:
                 draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=s.color, outline="black")
-        for (px, py), text in zip(pixels, s.annotations):
+        for (px, py), text in zip(pixels, s.annotations, strict=False):
             draw.text((px + 8, py + 6), text, fill=s.color, font=small, anchor="lt")
         # legend
         ly = top + 10 + i * 26

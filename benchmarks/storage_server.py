@@ -6,7 +6,7 @@
 Both are stand-ins for Cloud Storage used only in tests and benchmarks; the function talks to
 either through the real google-cloud-storage client (STORAGE_EMULATOR_HOST).
 
-- `memory` (the default): `tests.fakes.gcs_server`, a threaded in-memory server of the JSON API
+- `memory` (the default): `devtools.standins.gcs_server`, a threaded in-memory server of the JSON API
   subset the client uses, with keep-alive connections. Like real Cloud Storage it serves requests
   in parallel and is never what a benchmark cell waits for. `--round-trip-ms`: each request
   waits that long before its answer, as a network round trip to Cloud Storage would.
@@ -74,7 +74,7 @@ def emulator_server(no_meta_dump: bool) -> HTTPServer:
 
 
 def memory_server() -> HTTPServer:
-    from tests.fakes import gcs_server
+    from devtools.standins import gcs_server
 
     class Handler(gcs_server._Handler):
         def _route(self, method, seg, query, body):
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.round_trip_ms and args.impl != "memory":
         parser.error("--round-trip-ms needs --impl memory")
-    from tests.fakes.gcs_server import serve_until_sigterm
+    from devtools.standins.gcs_server import serve_until_sigterm
 
     server = memory_server() if args.impl == "memory" else emulator_server(args.no_meta_dump)
-    server.round_trip_s = args.round_trip_ms / 1000
+    server.round_trip_s = args.round_trip_ms / 1000  # type: ignore[attr-defined]
     serve_until_sigterm(server)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from segmentation.config import Config
 from segmentation.detections import ObjectRef

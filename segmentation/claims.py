@@ -29,8 +29,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from segmentation.detections import ObjectRef
 from segmentation.errors import WriteConflictError

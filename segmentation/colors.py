@@ -17,7 +17,7 @@ the rules hold up under changing light:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 # Cloud Storage bucket names: lower-case letters, digits, "-", "_", ".", 3-222 characters.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
@@ -280,7 +281,7 @@ class Config:
     log_level: str
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Read every setting from `environ` (default `os.environ`), applying defaults.
 
         Raises `ConfigError` naming the variable when a value is unusable.

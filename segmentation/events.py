@@ -15,10 +15,10 @@ data (https://cloud.google.com/storage/docs/json_api/v1/objects): numbers such a
 from __future__ import annotations
 
 import datetime as dt
-
 import posixpath
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from segmentation.config import Config
 from segmentation.detections import ObjectRef
@@ -82,7 +82,7 @@ def _optional_time(value: Any) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
 
 

@@ -34,7 +34,7 @@ without a usable box, is asked for once more, then gives `ResponseParseError` (o
 `NoUsableBoxesError` / `BoxScaleError`).
 
 Endpoints follow the SDK's own environment variables ``GOOGLE_VERTEX_BASE_URL`` and
-``GOOGLE_GEMINI_BASE_URL``. Tests point these at `tests.fakes.gemini_server`.
+``GOOGLE_GEMINI_BASE_URL``. Tests point these at `devtools.standins.gemini_server`.
 
 Example (needs credentials, or GOOGLE_GEMINI_BASE_URL pointing at a server)::
 
@@ -53,7 +53,8 @@ import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from google import genai
 from google.auth import exceptions as auth_exceptions
@@ -177,7 +178,7 @@ class GeminiDetector:
         self,
         config: Config,
         *,
-        credentials: "google.auth.credentials.Credentials | None" = None,
+        credentials: google.auth.credentials.Credentials | None = None,
         today: Callable[[], dt.date] | None = None,
     ):
         self._config = config
@@ -203,7 +204,7 @@ class GeminiDetector:
             log_event("WARNING", "Gemini model settings need attention: " + "; ".join(problems),
                       model=config.gemini_model, location=config.location, backend=config.resolved_backend)
 
-    def detect(self, model_input: "ModelInput", image_size: tuple[int, int], *, deadline: float) -> DetectionResult:
+    def detect(self, model_input: ModelInput, image_size: tuple[int, int], *, deadline: float) -> DetectionResult:
         """Detect objects in `model_input`; boxes come back in pixels of `image_size` (the original).
 
         `deadline` is a `time.monotonic()` instant. Raises `TransientError` when it passes
@@ -308,7 +309,7 @@ class GeminiDetector:
         except ValueError as exc:  # the SDK's word for unusable settings
             raise DetectorNotConfiguredError(self._redact(f"cannot set up the Gemini client: {exc}")) from None
 
-    def _image_part(self, model_input: "ModelInput") -> types.Part:
+    def _image_part(self, model_input: ModelInput) -> types.Part:
         resolution = self._config.gemini_media_resolution
         per_part = resolution and self._spec.per_part_media
         return types.Part.from_bytes(
@@ -351,7 +352,7 @@ class GeminiDetector:
         client: genai.Client,
         contents: list[Any],
         deadline: float,
-        calls: "_CallLog",
+        calls: _CallLog,
     ) -> types.GenerateContentResponse:
         last_error: list[Exception] = []
 
@@ -374,7 +375,7 @@ class GeminiDetector:
                 )
                 _check_readable(response)
                 return response
-            except Exception as exc:  # noqa: BLE001 - classified, never swallowed
+            except Exception as exc:
                 mapped = self._classify(exc)
                 last_error.append(mapped)
                 if mapped is exc:
@@ -488,7 +489,7 @@ class _CallLog:
                 meta.thoughts_token_count,
                 meta.total_token_count,
             )
-            totals = [total + (count or 0) for total, count in zip(totals, counts)]
+            totals = [total + (count or 0) for total, count in zip(totals, counts, strict=True)]
         return Usage(*totals)
 
 
@@ -593,7 +594,7 @@ def _part_resolution(level: str) -> types.PartMediaResolutionLevel:
 
 
 def _utc_today() -> dt.date:
-    return dt.datetime.now(dt.timezone.utc).date()
+    return dt.datetime.now(dt.UTC).date()
 
 
 def _milliseconds(seconds: float) -> int:

@@ -32,6 +32,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 from PIL import Image
 
@@ -127,7 +128,7 @@ def load_image(data: bytes, *, max_pixels: int, memory: Reservation | None = Non
         raise ImageDecodeError("image is empty (0 bytes)")
     _register_accepted_plugins()
     bmff = _bmff_format(data)
-    formats = ACCEPTED_FORMATS
+    formats: tuple[str, ...] = ACCEPTED_FORMATS
     if bmff:
         _register_bmff_plugin(bmff)
         formats = (_BMFF_PLUGIN[bmff],)
@@ -409,7 +410,7 @@ def _stretch_to_l(image: Image.Image) -> Image.Image:
     if image.mode == "F":
         return _stretch_float_to_l(image)
     source = image if image.mode == "I" else image.convert("I")
-    low, high = source.getextrema()
+    low, high = cast("tuple[float, float]", source.getextrema())  # one band: (min, max)
     if high <= low:
         return Image.new("L", source.size, 0 if high <= 0 else 255)
     scale = 255.0 / (high - low)

@@ -13,7 +13,7 @@ import collections
 import contextlib
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from segmentation.errors import MemoryBudgetBusyError
 
@@ -57,7 +57,7 @@ class MemoryBudget:
 
     @classmethod
     def from_limits(cls, memory_limit_mib: int, fraction: float, *,
-                    clock: Callable[[], float] = time.monotonic) -> "MemoryBudget":
+                    clock: Callable[[], float] = time.monotonic) -> MemoryBudget:
         """The budget of MEMORY_LIMIT_MIB x DECODE_MEMORY_FRACTION; unbounded when either is 0."""
         if memory_limit_mib <= 0 or fraction <= 0:
             return cls(None, clock=clock)
@@ -101,7 +101,7 @@ class MemoryBudget:
             self._condition.notify_all()
 
     @contextlib.contextmanager
-    def reservation(self, deadline: float) -> Iterator["Reservation"]:
+    def reservation(self, deadline: float) -> Iterator[Reservation]:
         """A `Reservation` for one event; whatever it reserved is released when the block ends."""
         held = Reservation(self, deadline)
         try:

@@ -44,7 +44,7 @@ class OutputNames:
     def for_object(
         cls, name: str, *, source_prefix: str, crops_prefix: str, overview_prefix: str, markers_prefix: str,
         bucket: str = "",
-    ) -> "OutputNames":
+    ) -> OutputNames:
         relative = name[len(source_prefix):] if name.startswith(source_prefix) else name
         relative = _safe_path(relative)
         longest_prefix = max(len(p.encode()) for p in (crops_prefix, overview_prefix, markers_prefix))

@@ -330,7 +330,7 @@ def _normalized_box(
     if len(numbers) != 4 or any(number is None for number in numbers):
         notes.add("dropped entries without a valid box_2d", f"{_clip(label)!r}: {_clip(repr(value))}")
         return None
-    clamped = [_clamp(number) for number in numbers]
+    clamped = [_clamp(number) for number in numbers]  # type: ignore[arg-type]  # no None: checked above
     if clamped != numbers:
         notes.add("clamped coordinates to 0-1000", repr(_clip(label)))
     ymin, xmin, ymax, xmax = clamped
@@ -403,7 +403,7 @@ def _polygon_mask(points: list[Any], box: Box, image_size: tuple[int, int], poin
         coords = [_number(item) for item in point] if isinstance(point, list) and len(point) == 2 else []
         if len(coords) != 2 or coords[0] is None or coords[1] is None:
             raise _MaskError(_NOT_A_MASK)
-        y, x = (_clamp(coord) for coord in (coords if point_order == "yx" else coords[::-1]))
+        y, x = (_clamp(coord) for coord in (coords if point_order == "yx" else coords[::-1]))  # type: ignore[arg-type]
         vertices.append((x * width / 1000 - box.x_min, y * height / 1000 - box.y_min))
     if len(vertices) < 3:
         raise _MaskError("ignored polygon masks with fewer than 3 points")

@@ -16,8 +16,8 @@ Output JPEGs carry no EXIF (no GPS or camera data from the upload); an RGB ICC p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -134,7 +134,7 @@ def overview_jpeg(image: Image.Image, detections: Sequence[Detection], *, qualit
     style = overview_style(width, height)
 
     regions = [_clip(d.box, width, height) for d in detections]
-    for index, (detection, region) in enumerate(zip(detections, regions)):
+    for index, (detection, region) in enumerate(zip(detections, regions, strict=True)):
         if region is not None and detection.mask is not None:
             _tint_mask(canvas, detection, region, color_for(index))
 
@@ -146,7 +146,7 @@ def overview_jpeg(image: Image.Image, detections: Sequence[Detection], *, qualit
 
     if any(region is not None for region in regions):
         font = ImageFont.load_default(size=style.font_size)
-        for index, (detection, region) in enumerate(zip(detections, regions)):
+        for index, (detection, region) in enumerate(zip(detections, regions, strict=True)):
             if region is not None:
                 _draw_tag(draw, font, style, canvas.size, region, index, detection.label)
 
@@ -169,7 +169,7 @@ def _draw_tag(
     pad = style.padding
     text = _tag_text(font, index + 1, clean_label(label), width - 2 * pad)
     text_width = math.ceil(font.getlength(text))
-    ascent, descent = font.getmetrics()
+    ascent, descent = font.getmetrics()  # type: ignore[union-attr]  # load_default(size=) is a FreeTypeFont
     tag_width = text_width + 2 * pad
     tag_height = ascent + descent + 2 * pad
 

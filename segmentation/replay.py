@@ -22,8 +22,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Sequence, TextIO
+from typing import TextIO
 
 from segmentation.config import Config
 from segmentation.detections import ObjectRef

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from segmentation.errors import TransientError
 from segmentation.logs import log_event

@@ -13,8 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 TABLES = ("objects", "images")
@@ -59,4 +60,4 @@ def validate_row(table: str, row: Mapping[str, Any]) -> None:
         if not isinstance(value, expected):
             raise RowSchemaError(f"{table}.{name}: {type(value).__name__} given for {column['type']}")
         if column["type"] == "TIMESTAMP":
-            dt.datetime.fromisoformat(value)
+            dt.datetime.fromisoformat(value)  # type: ignore[arg-type]  # a str: checked above

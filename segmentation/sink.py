@@ -22,8 +22,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from segmentation.errors import PermanentError, TransientError
 from segmentation.schema import TABLES, RowSchemaError, load_schema, validate_row
@@ -64,13 +65,13 @@ def _validated(table: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, 
 class BigQuerySink:
     """Streams rows to two BigQuery tables ("project.dataset.table")."""
 
-    def __init__(self, objects_table: str, images_table: str, client: "bigquery.Client | None" = None):
+    def __init__(self, objects_table: str, images_table: str, client: bigquery.Client | None = None):
         self._tables = {"objects": objects_table, "images": images_table}
         self._client = client
         self._lock = threading.Lock()
 
     @property
-    def client(self) -> "bigquery.Client":
+    def client(self) -> bigquery.Client:
         """The client, created on first use, for the tables' project."""
         if self._client is None:
             with self._lock:
@@ -92,7 +93,7 @@ class BigQuerySink:
                     table_id,
                     payload,
                     row_ids=[row["row_id"] for row in chunk],
-                    retry=None,
+                    retry=None,  # type: ignore[arg-type]
                     timeout=INSERT_TIMEOUT_S,
                 )
             except Exception as exc:
@@ -123,7 +124,7 @@ def _insert_errors(table_id: str, chunk: list[dict[str, Any]], errors: Sequence[
     return PermanentError(message[:2000])
 
 
-def _default_bigquery_client(project: str) -> "bigquery.Client":
+def _default_bigquery_client(project: str) -> bigquery.Client:
     from google.cloud import bigquery
 
     from segmentation.sessions import read_environment_once
@@ -197,7 +198,7 @@ class SqliteSink:
         with self._connect() as conn:
             fetched = conn.execute(sql, params).fetchall()
         return [
-            {column["name"]: _from_sqlite(column["type"], value) for column, value in zip(columns, record)}
+            {column["name"]: _from_sqlite(column["type"], value) for column, value in zip(columns, record, strict=True)}
             for record in fetched
         ]
 
@@ -253,7 +254,7 @@ def _from_sqlite(column_type: str, value: Any) -> Any:
     return value
 
 
-def sink_from_config(config: "Config") -> RowSink:
+def sink_from_config(config: Config) -> RowSink:
     """BigQuerySink when BigQuery tables are configured, else SqliteSink(config.sqlite_path)."""
     if config.uses_bigquery:
         return BigQuerySink(config.bq_objects_table, config.bq_images_table)

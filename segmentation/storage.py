@@ -1,7 +1,7 @@
 """Cloud Storage access: read one object generation, write results, list, delete.
 
 `GcsStorage` is used in production and locally: locally the same google-cloud-storage client
-talks to the local Cloud Storage stand-in (`segmentation.local_storage`) because
+talks to the local Cloud Storage stand-in (`devtools.local_storage`) because
 `STORAGE_EMULATOR_HOST` is set (the client then uses anonymous credentials and no project).
 
 Every client error is turned into the pipeline's classes by `classify_google_error` (shared

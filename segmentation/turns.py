@@ -29,7 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class Turns:

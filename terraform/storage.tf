@@ -105,10 +105,9 @@ data "google_storage_bucket" "existing_images" {
 
 # --- Function source ---------------------------------------------------------------------------
 
-# The archive holds main.py, requirements.txt and the segmentation package (its modules, subpackages and
-# schema files) and nothing else: not tests/, not samples/, not the virtualenv. segmentation/local.py
-# (developer emulation) is part of the package and is included; it imports only the standard
-# library and segmentation at module level and the function never imports it.
+# The archive holds main.py, requirements.txt (the hashed lock) and the segmentation package (its
+# modules, subpackages and schema files) and nothing else: not tests/, not samples/, not devtools/
+# (local emulation and stand-ins, developer-only), not the virtualenv.
 # tests/test_terraform.py reads function_source_patterns from this file, builds the same archive
 # and imports the function from it in a clean interpreter.
 locals {

@@ -13,9 +13,9 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 from urllib.parse import quote
 
 import pytest
@@ -26,11 +26,11 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from werkzeug.serving import make_server
 
+from devtools.standins.gemini_server import Answer, FakeGeminiServer
+from devtools.standins.storage_emulator import running_storage_emulator
 from segmentation.events import FINALIZED
 from segmentation.function import reset_pipeline
 from segmentation.sink import SqliteSink
-from tests.fakes.gemini_server import Answer, FakeGeminiServer
-from tests.fakes.storage_emulator import running_storage_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "conveyor-test"
@@ -93,7 +93,7 @@ def running_stack(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, *, api_key
     """Start everything, configure the function through `monkeypatch`'d environment, yield a `Stack`.
 
     `gcs_names`: the emulator holds exactly the object names Cloud Storage holds (see
-    `tests.fakes.storage_emulator`).
+    `devtools.standins.storage_emulator`).
     """
     with running_storage_emulator(gcs_names=gcs_names) as emulator, FakeGeminiServer() as gemini:
         emulator.create_bucket(BUCKET)

@@ -27,8 +27,9 @@ import io
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
@@ -45,7 +46,7 @@ QUADRANT_BOXES = ([0, 0, 500, 500], [0, 500, 500, 1000], [500, 0, 1000, 500], [5
 FIXED_ANSWER = json.dumps([
     {"box_2d": box, "label": label, "color": label, "general_description": "quadrant",
      "detailed_description": f"the {label} quadrant"}
-    for box, label in zip(QUADRANT_BOXES, ("top left", "top right", "bottom left", "bottom right"))
+    for box, label in zip(QUADRANT_BOXES, ("top left", "top right", "bottom left", "bottom right"), strict=False)
 ])
 
 

@@ -2,13 +2,13 @@
 
 The pieces, all on 127.0.0.1:
 
-- the function: functions-framework under gunicorn (`segmentation.local.LocalStack`), several
+- the function: functions-framework under gunicorn (`devtools.local.LocalStack`), several
   worker processes (WORKERS) with several request threads each (THREADS), every worker
   writing to the same SQLite sink (WAL) or to the BigQuery stand-in;
 - Cloud Storage: `fast_storage_emulator()`, the in-process gcp-storage-emulator of
-  `tests.fakes.storage_emulator` (exact generations, `fail_next` fault injection) with one
+  `devtools.standins.storage_emulator` (exact generations, `fail_next` fault injection) with one
   TEST-ONLY change for speed, see `FastEmulatorStorage`;
-- Gemini: `LoadGemini`, the wire server of `tests.fakes.gemini_server` answering every image
+- Gemini: `LoadGemini`, the wire server of `devtools.standins.gemini_server` answering every image
   from what is drawn in it (`make_image` encodes an image id; the id decides the objects);
 - Eventarc: `Eventarc` posts binary-mode finalize CloudEvents from a thread pool, in any
   order and as many copies as asked, and redelivers an event whose delivery got no 2xx
@@ -30,26 +30,27 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import requests
+from gcp_storage_emulator.storage import Storage as EmulatorStorage
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from PIL import Image, ImageDraw
 
-from segmentation.local import LocalStack, finalize_event
+from devtools.local import LocalStack, finalize_event
+from devtools.standins import gemini_server
+from devtools.standins.bigquery_server import FakeBigQuery
+from devtools.standins.gemini_server import Answer, Behaviour, ErrorReply, FakeGeminiServer, RawReply, RecordedRequest
+from devtools.standins.storage_emulator import StorageEmulator, _Handler, _Server, _State
 from segmentation.parse import parse_response
 from segmentation.sink import SqliteSink
-from tests.fakes import gemini_server
-from tests.fakes.bigquery_server import FakeBigQuery
-from tests.fakes.gemini_server import Answer, Behaviour, ErrorReply, FakeGeminiServer, RawReply, RecordedRequest
-from tests.fakes.storage_emulator import StorageEmulator, _Handler, _Server, _State
 from tests.harness import free_port
-from gcp_storage_emulator.storage import Storage as EmulatorStorage
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 BUCKET = "load-test"
@@ -188,7 +189,7 @@ class LoadGemini(FakeGeminiServer):
         self.in_flight = self.max_in_flight = 0  # model calls being answered at once
         self._count_lock = threading.Lock()
 
-    def start(self) -> "LoadGemini":
+    def start(self) -> LoadGemini:
         # As FakeGeminiServer.start, with a handler that remembers each request's client port
         # (to find the worker process behind it) and a deeper listen queue.
         handler = type("Handler", (_PeerHandler,), {"fake": self})
@@ -226,7 +227,7 @@ class LoadGemini(FakeGeminiServer):
 class _PeerHandler(gemini_server._Handler):
     fake: LoadGemini
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         _connection.port = self.client_address[1]
         fake = self.fake
         with fake._count_lock:
@@ -254,7 +255,7 @@ class FastEmulatorStorage(EmulatorStorage):
     write therefore costs time proportional to the objects already stored. Measured on this
     machine (in-process, 8 uploading threads, 20 kB objects): 3.1 s for the first 500 uploads,
     19.4 s for the 1500th-2000th (45 s for 2000), while without the dump every 500 take 2.1 s
-    (21 s for 5000). The on-disk emulator `segmentation.local` starts is no better (subprocess,
+    (21 s for 5000). The on-disk emulator `devtools.local` starts is no better (subprocess,
     8 threads: 45 s for 1500 uploads, the last 250 taking 11.8 s). A 500-image scenario makes
     about 3,500 uploads, so only this store keeps it to seconds. The state is the in-memory
     dicts; only persistence across restarts, which an in-memory store never has, is lost.
@@ -272,7 +273,7 @@ class _FastServer(_Server):
 
 @contextlib.contextmanager
 def fast_storage_emulator() -> Iterator[StorageEmulator]:
-    """`tests.fakes.storage_emulator.running_storage_emulator()` ("exact" generations,
+    """`devtools.standins.storage_emulator.running_storage_emulator()` ("exact" generations,
     `fail_next`, request log) over `FastEmulatorStorage`."""
     store = FastEmulatorStorage(use_memory_fs=True)
     httpd = _FastServer(("127.0.0.1", 0), partial(_Handler, store))
@@ -544,7 +545,7 @@ class EndState:
     objects: list[dict[str, Any]]
 
     @classmethod
-    def of(cls, stack: LoadStack) -> "EndState":
+    def of(cls, stack: LoadStack) -> EndState:
         return cls(stack.listing(), stack.rows("images"), stack.rows("objects"))
 
     def image_rows(self, name: str, generation: int | None = None) -> list[dict[str, Any]]:

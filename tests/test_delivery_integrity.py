@@ -8,16 +8,16 @@ import datetime as dt
 import io
 import json
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import pytest
 from PIL import Image
 
+from devtools.standins.gemini_server import Answer, RecordedRequest, unavailable
 from segmentation import pipeline as pipeline_module
 from segmentation.errors import TransientError
 from segmentation.storage import GcsStorage
-from tests.fakes.gemini_server import Answer, RecordedRequest, unavailable
 from tests.harness import BUCKET, Stack, boxes_answer, gemini_only_stack
 
 
@@ -41,7 +41,7 @@ def request_image_size(request: RecordedRequest) -> tuple[int, int]:
 
 def old_time(seconds: float) -> str:
     """An RFC 3339 upload time `seconds` ago, as a redelivered event still carries it."""
-    return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 def assert_outputs_of(stack: Stack, name: str, size: tuple[int, int], objects: int) -> None:
@@ -138,7 +138,7 @@ def test_simultaneous_copies_of_one_event_make_one_model_call_and_one_consistent
 
 def claim_of(stack: Stack, blob, *, expires_in: float, owner: str = "dead-worker") -> None:
     """A claim on `blob`'s generation as a worker that was killed mid-event leaves it."""
-    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    now = dt.datetime.now(dt.UTC).timestamp()
     metadata = {"source-generation": str(blob.generation), "source-uri": f"gs://{BUCKET}/{blob.name}",
                 "owner": owner, "lease-expires-at": f"{now + expires_in:.3f}"}
     claim = stack.bucket.blob(f"processed-markers/{blob.name.removeprefix('raw/')}.claim")

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from cloudevents.http import CloudEvent
 from PIL import Image
 
-from segmentation.parse import parse_response
-from tests.fakes.bigquery_server import FakeBigQuery
-from tests.fakes.gemini_server import (
+from devtools.standins.bigquery_server import FakeBigQuery
+from devtools.standins.gemini_server import (
     Answer,
     ErrorReply,
     internal_error,
@@ -26,6 +25,7 @@ from tests.fakes.gemini_server import (
     truncated,
     unavailable,
 )
+from segmentation.parse import parse_response
 from tests.fixtures import shared_fixture
 from tests.harness import API_KEY, BUCKET, FINALIZED, ROOT, Stack, running_stack, use_bigquery
 
@@ -62,7 +62,7 @@ def test_an_image_in_raw_gives_crops_overview_and_rows(stack, mode):
 
     objects = sorted(stack.rows("objects"), key=lambda row: row["object_index"])
     assert [(r["box_x_min"], r["box_y_min"], r["box_x_max"], r["box_y_max"]) for r in objects] == boxes
-    for row, crop_name in zip(objects, crops):
+    for row, crop_name in zip(objects, crops, strict=False):
         assert row["output_uri"] == f"gs://{BUCKET}/{crop_name}"
         crop = Image.open(io.BytesIO(stack.bucket.blob(crop_name).download_as_bytes()))
         assert crop.size == (row["box_x_max"] - row["box_x_min"], row["box_y_max"] - row["box_y_min"])
@@ -109,7 +109,7 @@ def test_a_rotated_jpeg_reaches_the_model_upright(stack):
 
     sent = Image.open(io.BytesIO(stack.gemini.requests[0].image_bytes)).convert("RGB")
     assert sent.size == upright.size
-    difference = sum(abs(a - b) for a, b in zip(sent.resize((31, 31)).tobytes(), upright.resize((31, 31)).tobytes()))
+    difference = sum(abs(a - b) for a, b in zip(sent.resize((31, 31)).tobytes(), upright.resize((31, 31)).tobytes(), strict=False))
     assert difference / (31 * 31 * 3) < 12
 
 
@@ -540,7 +540,7 @@ def test_the_gate_never_skips_a_real_photo_of_bags_against_its_empty_scene(stack
     reference the same photo with the luggage painted out: the bags reach the model."""
     from tools.eval_gate import coco_photos
 
-    name, photo, empty = next(p for p in coco_photos() if p[0] == "000000520707.jpg")
+    _name, photo, empty = next(p for p in coco_photos() if p[0] == "000000520707.jpg")
     monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "*")
     stack.upload("backgrounds/cam1.jpg", _jpeg(empty), "image/jpeg")
     stack.gemini.enqueue(Answer(sample_text(5)))

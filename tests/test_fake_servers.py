@@ -1,5 +1,5 @@
 """The test stand-ins themselves: the Gemini wire server's token counts, and the threaded
-in-memory Cloud Storage server (`tests.fakes.gcs_server`) driven by the real clients."""
+in-memory Cloud Storage server (`devtools.standins.gcs_server`) driven by the real clients."""
 
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ import time
 import pytest
 from PIL import Image
 
-from segmentation.config import Config
-from segmentation.detections import ObjectRef
-from segmentation.errors import ObjectGoneError, PermanentError
-from segmentation.gemini import GeminiDetector
-from segmentation.images import ModelInput
-from segmentation.storage import GcsStorage
-from tests.fakes.gcs_server import running_gcs_server, select_fields
-from tests.fakes.gemini_server import (
+from devtools.standins.gcs_server import running_gcs_server, select_fields
+from devtools.standins.gemini_server import (
     Answer,
     FakeGeminiServer,
     estimate_text_tokens,
     image_token_count,
     model_generation,
 )
+from segmentation.config import Config
+from segmentation.detections import ObjectRef
+from segmentation.errors import ObjectGoneError, PermanentError
+from segmentation.gemini import GeminiDetector
+from segmentation.images import ModelInput
+from segmentation.storage import GcsStorage
 
 BUCKET = "stand-in-test"
 
@@ -155,7 +155,7 @@ def test_generations_are_exact_and_increase(gcs):
 
 
 def test_media_answers_carry_generation_and_hash_headers(gcs):
-    server, storage = gcs
+    _server, storage = gcs
     storage.write(BUCKET, "raw/a.jpg", b"abc", content_type="image/jpeg")
     blob = storage.client.bucket(BUCKET).blob("raw/a.jpg")
     assert blob.download_as_bytes(checksum="crc32c") == b"abc"  # checked against X-Goog-Hash
@@ -203,7 +203,7 @@ def test_one_slow_client_does_not_hold_up_the_others(gcs):
         def write(i: int) -> None:
             try:
                 storage.write(BUCKET, f"processed/{i}.jpg", b"x" * 1000, content_type="image/jpeg")
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]

@@ -10,18 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from google.oauth2.credentials import Credentials
 
-from segmentation import gemini, logs
-from segmentation.config import Config
-from segmentation.errors import (
-    DetectorNotConfiguredError,
-    ModelRequestError,
-    ResponseParseError,
-    TransientError,
-)
-from segmentation.gemini import REASK_INSTRUCTION, GeminiDetector, model_family
-from segmentation.images import ModelInput
-from tests.conftest import TWO_BAGS
-from tests.fakes.gemini_server import (
+from devtools.standins.gemini_server import (
     Answer,
     ErrorReply,
     estimate_text_tokens,
@@ -34,6 +23,17 @@ from tests.fakes.gemini_server import (
     truncated,
     unavailable,
 )
+from segmentation import gemini, logs
+from segmentation.config import Config
+from segmentation.errors import (
+    DetectorNotConfiguredError,
+    ModelRequestError,
+    ResponseParseError,
+    TransientError,
+)
+from segmentation.gemini import REASK_INSTRUCTION, GeminiDetector, model_family
+from segmentation.images import ModelInput
+from tests.conftest import TWO_BAGS
 
 API_KEY = "gemini-test-key-that-must-never-leak-0123456789"
 IMAGE_SIZE = (620, 620)

@@ -33,8 +33,9 @@ import re
 import secrets
 import sqlite3
 import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -43,12 +44,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from devtools.standins.bigquery_server import FakeBigQuery
+from devtools.standins.gemini_server import Answer, ErrorReply, unavailable
 from segmentation.events import EventError, object_ref_from_event
 from segmentation.function import reset_pipeline
 from segmentation.naming import MAX_OBJECT_NAME_BYTES, OutputNames
 from segmentation.sink import SqliteSink
-from tests.fakes.bigquery_server import FakeBigQuery
-from tests.fakes.gemini_server import Answer, ErrorReply, unavailable
 from tests.harness import BUCKET, FINALIZED, ROOT, Stack, running_stack, use_bigquery
 from tests.hostile_corpus import (
     CONTENT_CASES,
@@ -242,14 +243,14 @@ def assert_outcome(run: Run, seen: Observed, expect: Expect, *, name: str, gener
         assert all(crop.startswith(expect.crops_under) for crop in crops), crops
     overview = Image.open(io.BytesIO(run.stack.bucket.blob(overviews[0]).download_as_bytes()))
     assert overview.size == (width, height)
-    for row, colour in zip(seen.objects, expect.colours):
+    for row, colour in zip(seen.objects, expect.colours, strict=False):
         assert 0 <= row["box_x_min"] < row["box_x_max"] <= width and 0 <= row["box_y_min"] < row["box_y_max"] <= height
         crop_name = row["output_uri"].removeprefix(f"gs://{BUCKET}/")
         assert crop_name in crops
         crop = Image.open(io.BytesIO(run.stack.bucket.blob(crop_name).download_as_bytes()))
         assert crop.size == (row["box_x_max"] - row["box_x_min"], row["box_y_max"] - row["box_y_min"])
         centre = crop.convert("RGB").getpixel((crop.width // 2, crop.height // 2))
-        assert all(abs(a - b) <= COLOUR_TOLERANCE for a, b in zip(centre, colour)), (row["label"], centre, colour)
+        assert all(abs(a - b) <= COLOUR_TOLERANCE for a, b in zip(centre, colour, strict=False)), (row["label"], centre, colour)
 
 
 # --- the corpus: uploads ----------------------------------------------------------------------------
@@ -409,7 +410,7 @@ def test_valid_odd_images_survive_the_default_gate_and_fallback(run, capsys, mon
     try:
         for case in ODD_IMAGES:
             blob = run.stack.upload(case.name, case.data, case.content_type)  # a newer generation
-            seen = observe(run, capsys, lambda: run.stack.deliver(run.stack.event_for(blob)))
+            seen = observe(run, capsys, lambda: run.stack.deliver(run.stack.event_for(blob)))  # noqa: B023
             assert seen.status_code == 200, case.id
             (image,) = seen.images
             assert image["status"] in ("ok", "empty"), (case.id, image["error_message"])
@@ -442,7 +443,7 @@ def hostile_answer() -> tuple[str, list[tuple[str, ...]]]:
     n = len(HOSTILE_TEXT)
     expected = [tuple(HOSTILE_TEXT[(i + k) % n] for k in range(4)) for i in range(n)]
     answer = [{"box_2d": box, "label": a, "color": b, "general_description": c, "detailed_description": d}
-              for box, (a, b, c, d) in zip(HOSTILE_BOXES, expected)]
+              for box, (a, b, c, d) in zip(HOSTILE_BOXES, expected, strict=False)]
     return json.dumps(answer), expected
 
 

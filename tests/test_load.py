@@ -32,7 +32,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from tests.fakes.gemini_server import (
+from devtools.standins.gemini_server import (
     Answer,
     gzip_without_header,
     internal_error,
@@ -368,7 +368,7 @@ def test_row_sink_rejections_are_retried_or_recorded_and_replayable(tmp_path, mo
     n = min(N, 60)
     names = image_names(n)
     port = free_port()
-    with LoadGemini(port=port) as gemini, \
+    with LoadGemini(port=port), \
             load_stack(tmp_path, monkeypatch, gemini_port=port, bigquery=True) as stack:
         started = time.monotonic()
         bq = stack.bigquery
@@ -437,7 +437,7 @@ def test_a_worker_killed_mid_image_is_redelivered_to_the_exact_end_state(tmp_pat
         time.sleep(3.5)
 
     port = free_port()
-    with LoadGemini(port=port, before_answer=before_answer) as gemini, \
+    with LoadGemini(port=port, before_answer=before_answer), \
             load_stack(tmp_path, monkeypatch, gemini_port=port, eventarc={"max_attempts": 8},
                        env={"CLAIM_LEASE_S": "6"}) as stack:
         holder["stack"] = stack

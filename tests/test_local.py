@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-
-from segmentation import local
+from devtools import local
+from devtools.standins.gemini_server import Answer, FakeGeminiServer, sample_text
 from segmentation.sink import SqliteSink
-from tests.fakes.gemini_server import Answer, FakeGeminiServer, sample_text
 from tests.harness import free_port, wait_for
 
 API_KEY = "local-test-key"

@@ -1,5 +1,5 @@
-"""Local emulation with Cloud Storage's generation semantics (`segmentation.local` +
-`segmentation.local_storage`): every generation is delivered, each event reads exactly its own
+"""Local emulation with Cloud Storage's generation semantics (`devtools.local` +
+`devtools.local_storage`): every generation is delivered, each event reads exactly its own
 generation, and preconditions fail with 412 as on Cloud Storage.
 
 Everything goes through the local runner: the storage stand-in in its own process, the real
@@ -19,10 +19,10 @@ import pytest
 from google.api_core.exceptions import NotFound, PreconditionFailed
 from PIL import Image
 
-from segmentation import local
+from devtools import local
+from devtools.standins.gemini_server import Answer, FakeGeminiServer, RecordedRequest
 from segmentation.events import object_ref_from_event
 from segmentation.sink import SqliteSink
-from tests.fakes.gemini_server import Answer, FakeGeminiServer, RecordedRequest
 from tests.harness import free_port, wait_for
 
 BUCKET = "local-generations"

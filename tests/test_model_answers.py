@@ -7,16 +7,16 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from PIL import Image
 
+from devtools.standins.gemini_server import Answer, RawReply, gzip_without_header, not_json, rejected_by_sdk
 from segmentation import gemini as gemini_module
 from segmentation import pipeline as pipeline_module
 from segmentation.function import reset_pipeline
 from segmentation.gemini import BOX_REASK_INSTRUCTION
-from tests.fakes.gemini_server import Answer, RawReply, gzip_without_header, not_json, rejected_by_sdk
 from tests.harness import API_KEY, BUCKET, Stack, gemini_only_stack
 
 SIZE = (640, 480)
@@ -37,7 +37,7 @@ def photo() -> bytes:
 
 def old_time(seconds: float) -> str:
     """An RFC 3339 upload time `seconds` ago, as a redelivered event still carries it."""
-    return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 def log_entries(capfd) -> tuple[list[dict], list[str]]:

@@ -16,15 +16,15 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from google.oauth2.credentials import Credentials
 
+from devtools.standins.gemini_server import Answer, FakeGeminiServer, model_not_found
 from segmentation.config import Config
 from segmentation.errors import ModelRequestError, ModelRetiredError
 from segmentation.gemini import GeminiDetector
 from segmentation.images import ModelInput
 from segmentation.models import capabilities
 from segmentation.parse import parse_response
-from tests.fakes.gemini_server import Answer, FakeGeminiServer, model_not_found
-from tests.harness import gemini_only_stack
 from tests.conftest import TWO_BAGS
+from tests.harness import gemini_only_stack
 from tests.test_terraform import block, resource
 
 API_KEY = "gemini-test-key-that-must-never-leak-0123456789"

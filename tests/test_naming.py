@@ -1,6 +1,7 @@
 """Output names: deterministic, inside their prefixes, within Cloud Storage's name limit."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from segmentation.naming import MAX_OBJECT_NAME_BYTES, OutputNames, row_id
 

@@ -33,7 +33,7 @@ def heldout_scenes():
 @pytest.fixture(scope="module")
 def heldout_scores(heldout_scenes):
     gt, results, per_image = eval_offline.evaluate_scenes(heldout_scenes)
-    ap, ap50, ap75, recall50 = eval_offline.coco_scores(gt, results)
+    ap, ap50, _ap75, recall50 = eval_offline.coco_scores(gt, results)
     acc, n_color, _ = eval_offline.color_accuracy(gt, per_image)
     return {"ap": ap, "ap50": ap50, "recall50": recall50, "color": acc, "n_color": n_color,
             "items": len(gt["annotations"])}

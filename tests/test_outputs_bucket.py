@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image
@@ -242,9 +242,9 @@ def test_split_runtime_may_write_only_the_outputs_bucket_and_only_read_uploads_a
 
 
 def test_local_stack_runs_with_a_separate_outputs_bucket(tmp_path):
-    from segmentation import local
+    from devtools import local
+    from devtools.standins.gemini_server import FakeGeminiServer
     from segmentation.sink import SqliteSink
-    from tests.fakes.gemini_server import FakeGeminiServer
     from tests.harness import free_port, wait_for
 
     sample = sorted(local.SAMPLES_DIR.glob("*.jpg"))[0]

@@ -112,7 +112,7 @@ def test_real_answer_gives_exact_boxes_and_labels(n: int) -> None:
 
     parsed = parse_response(sample_text(n), size)
 
-    assert list(zip(boxes(parsed), labels(parsed))) == expected
+    assert list(zip(boxes(parsed), labels(parsed), strict=False)) == expected
     assert len(parsed.detections) == SAMPLE_COUNTS[n]
     assert parsed.partial is False
     if n != 3:
@@ -153,7 +153,7 @@ def test_real_masks_are_box_size_binary_and_match_the_source_png(n: int) -> None
     kept = _kept_entries(n)
     assert labels(parsed) == [entry["label"] for entry in kept]
 
-    for detection, entry in zip(parsed.detections, kept):
+    for detection, entry in zip(parsed.detections, kept, strict=False):
         assert 0.05 <= assert_binary_box_mask(detection) <= 1.0
         # Shrunk back to the PNG's 256x256 grid the mask must overlap the model's own mask.
         source = Image.open(io.BytesIO(base64.b64decode(entry["mask"].split(",", 1)[1]))).convert("L")

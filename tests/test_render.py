@@ -277,7 +277,7 @@ def test_boxes_past_the_edge_are_clipped_and_boxes_outside_are_skipped_without_r
 
 def expected_tint(base, colour):
     alpha = round(255 * MASK_OPACITY) / 255
-    return tuple(round(b * (1 - alpha) + c * alpha) for b, c in zip(base, colour))
+    return tuple(round(b * (1 - alpha) + c * alpha) for b, c in zip(base, colour, strict=False))
 
 
 def half_mask(size: tuple[int, int]) -> Image.Image:

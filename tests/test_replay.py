@@ -9,11 +9,11 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from PIL import Image
 
+from devtools.standins.gemini_server import Answer, FakeGeminiServer, sample_text, unavailable
+from devtools.standins.storage_emulator import running_storage_emulator
 from segmentation import replay
 from segmentation.config import Config
 from segmentation.function import build_pipeline
-from tests.fakes.gemini_server import Answer, FakeGeminiServer, sample_text, unavailable
-from tests.fakes.storage_emulator import running_storage_emulator
 from tests.fixtures import shared_fixture
 from tests.harness import ROOT
 
@@ -46,7 +46,7 @@ def run(argv, capsys):
 
 
 def test_backfill_processes_everything_once_and_a_second_run_adds_nothing(env, capsys):
-    gemini, pipeline, tmp_path = env
+    gemini, pipeline, _tmp_path = env
     code, err = run([f"gs://{BUCKET}/raw/", "--workers", "3"], capsys)
     assert code == 0
     assert "7 objects in" in err and "6 ok" in err and "1 ignored" in err

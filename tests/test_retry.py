@@ -35,7 +35,7 @@ def failing(times, error):
 
 def test_backoff_grows_and_stays_within_its_cap():
     clock = FakeClock()
-    func, calls = failing(6, TransientError("503"))
+    func, _calls = failing(6, TransientError("503"))
     assert retry_call(func, deadline=1000, base_delay=1, max_delay=8, sleep=clock.sleep, clock=clock) == 7
     assert len(clock.sleeps) == 6
     assert all(0 <= wait <= min(8, 2**attempt) for attempt, wait in enumerate(clock.sleeps))

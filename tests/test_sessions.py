@@ -12,7 +12,6 @@ from segmentation.detections import ObjectRef
 from segmentation.errors import TransientError
 from segmentation.sessions import read_environment_once
 from segmentation.storage import GcsStorage
-from tests.fakes.storage_emulator import StorageEmulator, storage_emulator  # noqa: F401
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                    "ALL_PROXY", "NO_PROXY", "NETRC", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
@@ -53,7 +52,7 @@ def test_a_netrc_file_leaves_the_session_alone(clean_environment):
 
 
 def test_the_storage_client_skips_the_lookups_and_still_works(clean_environment, monkeypatch,
-                                                              storage_emulator):  # noqa: F811
+                                                              storage_emulator):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", storage_emulator)
     storage_emulator.create_bucket("sessions-test")
     gcs = GcsStorage()
@@ -63,7 +62,7 @@ def test_the_storage_client_skips_the_lookups_and_still_works(clean_environment,
 
 
 def test_the_storage_client_still_goes_through_a_configured_proxy(clean_environment, monkeypatch,
-                                                                  storage_emulator):  # noqa: F811
+                                                                  storage_emulator):
     """A proxy that refuses connections: the request must fail, proving it was sent there and
     not straight to the (working) emulator."""
     with socket.socket() as closed:
@@ -79,8 +78,8 @@ def test_the_storage_client_still_goes_through_a_configured_proxy(clean_environm
 
 
 def test_the_bigquery_client_skips_the_lookups_and_still_inserts(clean_environment, monkeypatch):
+    from devtools.standins.bigquery_server import FakeBigQuery
     from segmentation.sink import BigQuerySink
-    from tests.fakes.bigquery_server import FakeBigQuery
     from tests.test_sink import schema_row
 
     with FakeBigQuery() as fake:

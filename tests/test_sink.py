@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.standins.bigquery_server import FakeBigQuery
 from segmentation.config import Config
 from segmentation.errors import PermanentError, TransientError
 from segmentation.retry import retry_call
 from segmentation.schema import TABLES, load_schema, validate_row
 from segmentation.sink import BigQuerySink, SqliteSink, sink_from_config
-from tests.fakes.bigquery_server import FakeBigQuery, fake_bigquery  # noqa: F401
 
 OBJECTS = "test-project.results.objects"
 IMAGES = "test-project.results.images"
@@ -31,7 +31,7 @@ _SAMPLE = {
     "INT64": lambda name, n: n,
     "FLOAT64": lambda name, n: n + 0.25,
     "BOOL": lambda name, n: n % 2 == 0,
-    "TIMESTAMP": lambda name, n: (dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=n)).isoformat(),
+    "TIMESTAMP": lambda name, n: (dt.datetime(2026, 1, 2, tzinfo=dt.UTC) + dt.timedelta(seconds=n)).isoformat(),
 }
 
 
@@ -49,14 +49,14 @@ def schema_row(table: str, n: int = 1, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def bq_sink(monkeypatch: pytest.MonkeyPatch, fake_bigquery: FakeBigQuery) -> BigQuerySink:  # noqa: F811
+def bq_sink(monkeypatch: pytest.MonkeyPatch, fake_bigquery: FakeBigQuery) -> BigQuerySink:
     """A sink with the default lazy client, aimed at the stand-in through BIGQUERY_EMULATOR_HOST."""
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", fake_bigquery.url)
     return BigQuerySink(OBJECTS, IMAGES)
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_rows_arrive_with_row_id_as_insert_id(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery, table: str) -> None:  # noqa: F811
+def test_rows_arrive_with_row_id_as_insert_id(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery, table: str) -> None:
     rows = [schema_row(table, n) for n in range(3)]
     rows[1]["label" if table == "objects" else "error_message"] = None  # nulls are simply left out
 
@@ -67,22 +67,22 @@ def test_rows_arrive_with_row_id_as_insert_id(bq_sink: BigQuerySink, fake_bigque
     assert [row["json"] for row in stored] == [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
-def test_reinsert_is_deduplicated(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:  # noqa: F811
+def test_reinsert_is_deduplicated(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:
     rows = [schema_row("objects", n) for n in range(3)]
     bq_sink.insert("objects", rows)
-    bq_sink.insert("objects", rows[1:] + [schema_row("objects", 3)])
+    bq_sink.insert("objects", [*rows[1:], schema_row("objects", 3)])
 
     assert fake_bigquery.request_count == 2
     assert [row["insertId"] for row in fake_bigquery.rows(OBJECTS)] == [f"objects-{n}" for n in range(4)]
 
 
-def test_empty_rows_make_no_call(fake_bigquery: FakeBigQuery) -> None:  # noqa: F811
+def test_empty_rows_make_no_call(fake_bigquery: FakeBigQuery) -> None:
     sink = BigQuerySink(OBJECTS, IMAGES)  # no endpoint configured: a call would go nowhere good
     sink.insert("images", [])
     assert fake_bigquery.request_count == 0
 
 
-def test_large_batches_are_split(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:  # noqa: F811
+def test_large_batches_are_split(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:
     bq_sink.insert("objects", [schema_row("objects", n) for n in range(1201)])
     assert [len(body["rows"]) for body in fake_bigquery.request_bodies()] == [500, 500, 201]
     assert len(fake_bigquery.rows(OBJECTS)) == 1201
@@ -92,7 +92,7 @@ def test_large_batches_are_split(bq_sink: BigQuerySink, fake_bigquery: FakeBigQu
     ("status", "reason"),
     [(503, None), (500, None), (502, None), (504, None), (429, None), (403, "rateLimitExceeded"), (403, "quotaExceeded")],
 )
-def test_transient_api_errors(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery, status: int, reason: str | None) -> None:  # noqa: F811
+def test_transient_api_errors(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery, status: int, reason: str | None) -> None:
     fake_bigquery.fail_next(1, status=status, reason=reason, retry_after=3)
     with pytest.raises(TransientError) as caught:
         bq_sink.insert("images", [schema_row("images")])
@@ -101,27 +101,27 @@ def test_transient_api_errors(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery
 
 
 @pytest.mark.parametrize(("status", "reason"), [(400, "invalid"), (403, "accessDenied"), (404, "notFound")])
-def test_permanent_api_errors(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery, status: int, reason: str) -> None:  # noqa: F811
+def test_permanent_api_errors(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery, status: int, reason: str) -> None:
     fake_bigquery.fail_next(1, status=status, reason=reason)
     with pytest.raises(PermanentError):
         bq_sink.insert("images", [schema_row("images")])
 
 
-def test_unknown_table_on_the_server_is_permanent(monkeypatch: pytest.MonkeyPatch, fake_bigquery: FakeBigQuery) -> None:  # noqa: F811
+def test_unknown_table_on_the_server_is_permanent(monkeypatch: pytest.MonkeyPatch, fake_bigquery: FakeBigQuery) -> None:
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", fake_bigquery.url)
     sink = BigQuerySink("test-project.results.objekts", IMAGES)
     with pytest.raises(PermanentError, match="404"):
         sink.insert("objects", [schema_row("objects")])
 
 
-def test_rejected_rows_are_permanent_and_name_the_first_errors(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:  # noqa: F811
+def test_rejected_rows_are_permanent_and_name_the_first_errors(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:
     fake_bigquery.reject_next(1, message="no such field: surprise.")
     with pytest.raises(PermanentError, match=r"row 0 \(objects-0\).*invalid: no such field: surprise\."):
         bq_sink.insert("objects", [schema_row("objects", n) for n in range(2)])
     assert fake_bigquery.rows(OBJECTS) == []
 
 
-def test_row_errors_the_server_finds_are_permanent(monkeypatch: pytest.MonkeyPatch, fake_bigquery: FakeBigQuery) -> None:  # noqa: F811
+def test_row_errors_the_server_finds_are_permanent(monkeypatch: pytest.MonkeyPatch, fake_bigquery: FakeBigQuery) -> None:
     """A row our schema check passes but BigQuery refuses (here: the table's schema has drifted)."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import bigquery
@@ -135,13 +135,13 @@ def test_row_errors_the_server_finds_are_permanent(monkeypatch: pytest.MonkeyPat
     assert fake_bigquery.rows(OBJECTS) == []
 
 
-def test_row_errors_with_a_transient_reason_are_transient(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:  # noqa: F811
+def test_row_errors_with_a_transient_reason_are_transient(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:
     fake_bigquery.reject_next(1, reason="timeout", message="timed out")
     with pytest.raises(TransientError):
         bq_sink.insert("objects", [schema_row("objects")])
 
 
-def test_schema_validation_runs_before_the_network(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:  # noqa: F811
+def test_schema_validation_runs_before_the_network(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:
     good = schema_row("objects", 1)
     for bad in (schema_row("objects", 2, source_generation="12"), schema_row("objects", 2, has_mask=1),
                 schema_row("objects", 2, processed_at="yesterday"), {**schema_row("objects", 2), "extra": 1},
@@ -151,7 +151,7 @@ def test_schema_validation_runs_before_the_network(bq_sink: BigQuerySink, fake_b
     assert fake_bigquery.request_count == 0
 
 
-def test_retry_call_recovers_and_rows_land_once(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:  # noqa: F811
+def test_retry_call_recovers_and_rows_land_once(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:
     rows = [schema_row("objects", n) for n in range(2)]
     fake_bigquery.fail_next(2, status=503)
     retry_call(lambda: bq_sink.insert("objects", rows), deadline=time.monotonic() + 10, base_delay=0.01)
@@ -245,7 +245,7 @@ _COLUMN_VALUES = {
     "INT64": st.integers(min_value=-(2**63), max_value=2**63 - 1),
     "FLOAT64": st.floats(allow_nan=False, allow_infinity=False),
     "BOOL": st.booleans(),
-    "TIMESTAMP": st.datetimes(timezones=st.just(dt.timezone.utc)).map(dt.datetime.isoformat),
+    "TIMESTAMP": st.datetimes(timezones=st.just(dt.UTC)).map(dt.datetime.isoformat),
 }
 
 

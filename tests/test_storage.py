@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.standins.storage_emulator import StorageEmulator, running_storage_emulator
 from segmentation.detections import ObjectRef
 from segmentation.errors import ImageTooLargeError, ObjectGoneError, PermanentError, TransientError
 from segmentation.retry import retry_call
 from segmentation.storage import GcsStorage
-from tests.fakes.storage_emulator import StorageEmulator, running_storage_emulator, storage_emulator  # noqa: F401
 
 BUCKET = "conveyor-test"
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def _use(monkeypatch: pytest.MonkeyPatch, emulator: StorageEmulator) -> GcsStora
 
 
 @pytest.fixture
-def gcs(monkeypatch: pytest.MonkeyPatch, storage_emulator: StorageEmulator) -> GcsStorage:  # noqa: F811
+def gcs(monkeypatch: pytest.MonkeyPatch, storage_emulator: StorageEmulator) -> GcsStorage:
     return _use(monkeypatch, storage_emulator)
 
 
@@ -64,7 +64,7 @@ def test_write_metadata_list_delete_round_trip(gcs: GcsStorage) -> None:
     assert gcs.metadata(BUCKET, "processed/z.jpg") is None
 
 
-def test_read_returns_the_event_generation_and_asks_for_it(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:  # noqa: F811
+def test_read_returns_the_event_generation_and_asks_for_it(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:
     ref = _put(gcs, storage_emulator, "raw/ünï cødé.jpg", b"\xff\xd8 image bytes")
     storage_emulator.clear_requests()
 
@@ -76,7 +76,7 @@ def test_read_returns_the_event_generation_and_asks_for_it(gcs: GcsStorage, stor
 
 
 def test_read_without_event_size_checks_metadata_then_downloads_that_generation(
-    gcs: GcsStorage, storage_emulator: StorageEmulator  # noqa: F811
+    gcs: GcsStorage, storage_emulator: StorageEmulator
 ) -> None:
     ref = _put(gcs, storage_emulator, "raw/a.jpg", b"abc")
     storage_emulator.clear_requests()
@@ -100,7 +100,7 @@ def test_read_works_against_the_stock_emulator_without_generation_headers(monkey
 # --- refusals ------------------------------------------------------------------------------
 
 
-def test_too_large_by_event_size_is_refused_without_any_request(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:  # noqa: F811
+def test_too_large_by_event_size_is_refused_without_any_request(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:
     ref = _put(gcs, storage_emulator, "raw/big.jpg", b"x" * 101)
     storage_emulator.clear_requests()
 
@@ -109,7 +109,7 @@ def test_too_large_by_event_size_is_refused_without_any_request(gcs: GcsStorage,
     assert storage_emulator.requests == []
 
 
-def test_too_large_by_metadata_is_refused_without_download(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:  # noqa: F811
+def test_too_large_by_metadata_is_refused_without_download(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:
     ref = _put(gcs, storage_emulator, "raw/big.jpg", b"x" * 101)
     storage_emulator.clear_requests()
 
@@ -127,7 +127,7 @@ def test_missing_object_is_gone(gcs: GcsStorage, size_known: bool) -> None:
 
 
 @pytest.mark.parametrize("size_known", [True, False])
-def test_superseded_generation_is_gone(gcs: GcsStorage, storage_emulator: StorageEmulator, size_known: bool) -> None:  # noqa: F811
+def test_superseded_generation_is_gone(gcs: GcsStorage, storage_emulator: StorageEmulator, size_known: bool) -> None:
     old = _put(gcs, storage_emulator, "raw/a.jpg", b"first")
     _put(gcs, storage_emulator, "raw/a.jpg", b"second")
     ref = old if size_known else ObjectRef(BUCKET, old.name, generation=old.generation)
@@ -206,7 +206,7 @@ OPERATIONS = {
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
-def test_server_errors_are_transient(gcs: GcsStorage, storage_emulator: StorageEmulator, operation: str, status: int) -> None:  # noqa: F811
+def test_server_errors_are_transient(gcs: GcsStorage, storage_emulator: StorageEmulator, operation: str, status: int) -> None:
     ref = _put(gcs, storage_emulator, "raw/a.jpg", b"abc")
     method, call = OPERATIONS[operation]
     storage_emulator.fail_next(1, method=method, status=status, retry_after=7)
@@ -218,7 +218,7 @@ def test_server_errors_are_transient(gcs: GcsStorage, storage_emulator: StorageE
 
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
-def test_other_client_errors_are_permanent(gcs: GcsStorage, storage_emulator: StorageEmulator, operation: str) -> None:  # noqa: F811
+def test_other_client_errors_are_permanent(gcs: GcsStorage, storage_emulator: StorageEmulator, operation: str) -> None:
     ref = _put(gcs, storage_emulator, "raw/a.jpg", b"abc")
     method, call = OPERATIONS[operation]
     storage_emulator.fail_next(1, method=method, status=403)
@@ -228,7 +228,7 @@ def test_other_client_errors_are_permanent(gcs: GcsStorage, storage_emulator: St
 
 
 def test_retry_call_recovers_from_503s_and_each_attempt_is_one_request(
-    gcs: GcsStorage, storage_emulator: StorageEmulator  # noqa: F811
+    gcs: GcsStorage, storage_emulator: StorageEmulator
 ) -> None:
     ref = _put(gcs, storage_emulator, "raw/a.jpg", b"abc")
     storage_emulator.clear_requests()
@@ -265,7 +265,7 @@ def test_lazy_client_is_created_once_across_threads(gcs: GcsStorage) -> None:
     assert len({id(client) for client in clients}) == 1
 
 
-def test_injected_client_is_used(monkeypatch: pytest.MonkeyPatch, storage_emulator: StorageEmulator) -> None:  # noqa: F811
+def test_injected_client_is_used(monkeypatch: pytest.MonkeyPatch, storage_emulator: StorageEmulator) -> None:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
@@ -289,7 +289,7 @@ def test_importing_storage_and_sink_loads_no_google_client_library() -> None:
     assert not {"requests", "email.utils"} & loaded
 
 
-def test_the_default_client_never_reads_bucket_metadata(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:  # noqa: F811
+def test_the_default_client_never_reads_bucket_metadata(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:
     """The function's service account has no storage.buckets.get: the client must not need it."""
     uri = gcs.write(BUCKET, "processed/a.jpg", b"x", content_type="image/jpeg")
     assert gcs.metadata(BUCKET, "processed/a.jpg") == {}

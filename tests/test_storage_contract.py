@@ -13,8 +13,8 @@ from segmentation.detections import ObjectRef
 from segmentation.errors import ImageTooLargeError, ObjectGoneError, PermanentError, WriteConflictError
 from segmentation.memory_storage import MemoryStorage
 from segmentation.storage import GcsStorage, ObjectState, Storage
-from tests.fakes.gcs_server import running_gcs_server
-from tests.fakes.storage_emulator import running_storage_emulator
+from devtools.standins.gcs_server import running_gcs_server
+from devtools.standins.storage_emulator import running_storage_emulator
 
 BUCKET = "contract-test"
 

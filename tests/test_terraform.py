@@ -8,7 +8,7 @@
   failed check; every skip is inline in the .tf file with its reason.
 - The function's source archive is built as `data.archive_file.function_source` builds it
   (patterns read from storage.tf) and the function is imported from it in a clean interpreter
-  with only requirements.txt installed.
+  with only the hashed lock requirements.txt installed (`pip install --require-hashes`).
 """
 
 from __future__ import annotations
@@ -392,7 +392,7 @@ def worker_memory_mib(overrides: dict[str, Any]) -> int:
     return int(config()["locals"]["memory_mib"][memory]) // max(1, int(cpu))
 
 
-@pytest.mark.parametrize("env", (None,) + ENVS)
+@pytest.mark.parametrize("env", (None, *ENVS))
 def test_the_code_accepts_the_deployed_configuration(env):
     deployed = _deployed_env(tfvars(env) if env else {})
     assert set(deployed) == set(DEPLOYED_SETTINGS)
@@ -641,9 +641,9 @@ def test_events_are_dead_lettered_before_the_trigger_subscription_would_drop_the
         resource("terraform_data", "trigger_dead_letter_policy"), "lifecycle")["precondition"])
     assert retained == f"{attempts} * (var.function_timeout_seconds + 600) < {retention} * 86400"
     assert give_up == (f"var.give_up_after_s < sum([for k in range({attempts} - 1) : min(600, 10 * pow(2, k))])")
-    for env in (None,) + ENVS:
+    for env in (None, *ENVS):
         values = tfvars(env) if env else {}
-        get = lambda name: values.get(name, default_of(name))  # noqa: E731
+        get = lambda name: values.get(name, default_of(name))  # noqa: B023 - used within the iteration
         worst_case_s = get("dead_letter_max_delivery_attempts") * (get("function_timeout_seconds") + 600)
         assert worst_case_s < get("dead_letter_retention_days") * 86400, env
         # The function records its failed row before Pub/Sub can have used up the attempts.
@@ -661,7 +661,7 @@ def _checkov() -> Path:
     return path
 
 
-@pytest.mark.parametrize("env", (None,) + ENVS)
+@pytest.mark.parametrize("env", (None, *ENVS))
 def test_checkov_reports_no_failed_check_and_every_skip_is_justified_inline(env):
     command = [str(_checkov()), "--directory", str(TF), "--framework", "terraform", "--compact",
                "--skip-download", "--output", "json"]
@@ -721,7 +721,10 @@ def test_archive_holds_main_requirements_and_the_whole_package_and_nothing_else(
     package = {path.relative_to(ROOT).as_posix() for path in (ROOT / "segmentation").rglob("*.py")}
     package |= {path.relative_to(ROOT).as_posix() for path in SCHEMA_DIR.glob("*.json")}
     assert {"main.py", "requirements.txt"} | package == files
-    assert not any("__pycache__" in name or name.startswith(("tests/", ".venv")) for name in files)
+    assert not any("__pycache__" in name or name.startswith(("tests/", "devtools/", ".venv")) for name in files)
+    # Developer-only code (local emulation, stand-ins) lives in devtools/, which is never shipped.
+    assert list((ROOT / "devtools").rglob("*.py")), "devtools/ holds the developer-only modules"
+    assert not any("local" in Path(name).stem for name in package), "local emulation is outside the package"
 
     # Every module of this repository that importing main loads is in the archive.
     probe = ("import json, sys, main; "
@@ -732,6 +735,35 @@ def test_archive_holds_main_requirements_and_the_whole_package_and_nothing_else(
     loaded = {Path(f).resolve() for f in json.loads(run.stdout.splitlines()[-1]) if f}
     ours = {p.relative_to(ROOT).as_posix() for p in loaded if ROOT in p.parents and ".venv" not in p.parts}
     assert ours and ours <= files, f"imported but not archived: {ours - files}"
+
+
+def _locked(path: Path) -> dict[str, tuple[str, frozenset[str]]]:
+    """name -> (version, hashes) of a pip requirements file, every requirement pinned with hashes."""
+    text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    pins: dict[str, tuple[str, frozenset[str]]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *options = line.split(" --hash=")
+        name, version = requirement.split(";")[0].strip().split("==")
+        hashes = frozenset(option.strip() for option in options)
+        assert hashes and all(h.startswith("sha256:") for h in hashes), f"{path.name}: {name} has no hash"
+        pins[name.lower().replace("_", "-")] = (version, hashes)
+    return pins
+
+
+def test_the_archive_ships_a_complete_hashed_lock_of_the_direct_pins_and_dev_installs_the_same():
+    deployed = _locked(ROOT / "requirements.txt")
+    for line in (ROOT / "requirements.in").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            assert deployed[name.lower().replace("_", "-")][0] == version, name
+    # Hash-checking mode needs every package, transitive ones included: spot-check a few the SDKs pull in.
+    assert {"google-auth", "protobuf", "pydantic", "requests"} <= deployed.keys()
+    dev = _locked(ROOT / "requirements-dev.txt")
+    assert {name: dev.get(name) for name in deployed} == deployed, "the dev lock must install what is deployed"
 
 
 def _third_party_imports(files: list[str]) -> list[list[str]]:
@@ -778,8 +810,8 @@ print("ok", main.on_object_finalized.__module__)
 
 
 def _clean_interpreter() -> Path:
-    """A virtualenv with only requirements.txt installed, cached under .venv-archive-check/ by the
-    hash of requirements.txt and the Python version (built once, then reused)."""
+    """A virtualenv with only the deployed lock (requirements.txt, hashed) installed, cached under
+    .venv-archive-check/ by the hash of requirements.txt and the Python version (built once, then reused)."""
     requirements = (ROOT / "requirements.txt").read_bytes()
     key = hashlib.sha256(requirements + sys.version.encode()).hexdigest()[:16]
     cache = ROOT / ".venv-archive-check"
@@ -796,7 +828,7 @@ def _clean_interpreter() -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(building)], check=True, timeout=300)
     install = subprocess.run(
         [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-r", str(ROOT / "requirements.txt")],
+         "--require-hashes", "-r", str(ROOT / "requirements.txt")],
         capture_output=True, text=True, timeout=900,
     )
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-4000:]

@@ -25,14 +25,14 @@ import pytest
 from google.oauth2.credentials import Credentials
 from PIL import Image
 
+from devtools.standins.bigquery_server import FakeBigQuery
+from devtools.standins.gemini_server import Answer, FakeGeminiServer, sample_text
 from segmentation.config import Config
 from segmentation.gemini import GeminiDetector
 from segmentation.images import ModelInput
-from tests.fakes.bigquery_server import FakeBigQuery
-from tests.fakes.gemini_server import Answer, FakeGeminiServer, sample_text
 from tests.fixtures import shared_fixture
 from tests.harness import running_stack, use_bigquery
-from tests.test_terraform import ENVS, TF, _HCL_OPTIONS, _load, block, config, default_of, ref, resource, tfvars
+from tests.test_terraform import _HCL_OPTIONS, ENVS, TF, _load, block, config, default_of, ref, resource, tfvars
 from tools import terraform_docs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_runtime_roles_hold_exactly_the_permissions_of_the_calls_the_function_ma
 
     assert bigquery_paths and all(re.fullmatch(r"/bigquery/v2/projects/[^/]+/datasets/[^/]+/tables/[^/]+/insertAll",
                                                path.split("?", 1)[0]) for path in bigquery_paths), bigquery_paths
-    gemini_methods = {_method(path) for path in gemini_paths + [vertex_request.path]}
+    gemini_methods = {_method(path) for path in [*gemini_paths, vertex_request.path]}
     bigquery_methods = {_method(path) for path in bigquery_paths}
     assert gemini_methods == {"generateContent"} and bigquery_methods == {"insertAll"}
 
@@ -214,7 +214,7 @@ def _readme_retention() -> dict[str, dict[str, int]]:
     for line in table.splitlines():
         cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[0] in (*ENVS, "default"):
-            rows[cells[0]] = {name: int(re.match(r"\d+", cell)[0]) for name, cell in zip(RETENTION, cells[1:])}
+            rows[cells[0]] = {name: int(re.match(r"\d+", cell)[0]) for name, cell in zip(RETENTION, cells[1:], strict=False)}
     return rows
 
 

@@ -3,6 +3,7 @@ that a stuck holder never stops the others for longer than the patience."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -136,8 +137,8 @@ def test_events_whose_answers_come_back_together_draw_in_turns_and_upload_withou
     from PIL import Image
 
     import segmentation.pipeline as pipeline_module
+    from devtools.standins.gemini_server import Answer
     from segmentation.function import default_pipeline
-    from tests.fakes.gemini_server import Answer
     from tests.harness import running_stack
     from tests.test_end_to_end import cupcakes
     from tests.test_parse import sample_text
@@ -201,7 +202,7 @@ def test_events_whose_answers_come_back_together_draw_in_turns_and_upload_withou
         assert [response.status_code for response in results] == [200] * 6
         assert sorted(drawing) == sorted(uploading) == [f"turn-{index}" for index in range(6)]
         order = sorted(drawing, key=lambda event: drawing[event])
-        pairs = list(zip(order, order[1:]))
+        pairs = list(itertools.pairwise(order))
         drew_together = sum(drawing[later][0] < drawing[earlier][1] for earlier, later in pairs)
         if output_turns:
             assert drew_together == 0, drawing

@@ -12,15 +12,15 @@ from __future__ import annotations
 import io
 import json
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from PIL import Image
 
+from devtools.standins.gemini_server import Answer, sample_text, unavailable
 from segmentation.errors import PermanentError, UnsupportedSceneError
 from segmentation.images import model_input
 from segmentation.offline import OfflineDetector
-from tests.fakes.gemini_server import Answer, sample_text, unavailable
 from tests.fixtures import shared_fixture
 from tests.harness import ROOT, Stack, running_stack
 from tools.belt_scenes import make_scene

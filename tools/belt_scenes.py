@@ -308,7 +308,6 @@ def _item_sprite(rng: np.random.Generator, kind: str, base: np.ndarray, second: 
     dark = tuple(int(v) for v in np.clip(base * 0.55, 0, 255))
     black = tuple(int(v) for v in rng.uniform(18, 35, 3))
     info = {"hard": False, "bevel": rng.uniform(0.25, 0.45), "dome": 0.12}
-    sec = tuple(int(v) for v in second)
 
     def both(fn, box, **kw):
         getattr(md, fn)(box, fill=255, **{k: v for k, v in kw.items() if k != "color"})
@@ -373,7 +372,7 @@ def _item_sprite(rng: np.random.Generator, kind: str, base: np.ndarray, second: 
             for k in (2, 3, 4):
                 rad += rng.uniform(0, 0.12 / (k - 1)) * np.cos(k * th + rng.uniform(0, 6))
         pts = [((x0 + x1) / 2 + L / 2 * r * math.cos(t) / rad.max(), (y0 + y1) / 2 + S / 2 * r * math.sin(t) / rad.max())
-               for r, t in zip(rad, th)]
+               for r, t in zip(rad, th, strict=False)]
         both("polygon", pts)
         if kind == "pouch" and rng.random() < 0.6:
             ad.line([(x0 + L * 0.2, y0 + S * 0.3), (x1 - L * 0.2, y0 + S * 0.3)], fill=dark, width=max(1, int(S * 0.04)))
@@ -405,7 +404,7 @@ def _item_sprite(rng: np.random.Generator, kind: str, base: np.ndarray, second: 
 def _rotate(a: np.ndarray, m: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
     h, w = m.shape
     c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
-    W, H = int(math.ceil(w * c + h * s)) + 2, int(math.ceil(w * s + h * c)) + 2
+    W, H = math.ceil(w * c + h * s) + 2, math.ceil(w * s + h * c) + 2
     M = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
     M[0, 2] += W / 2 - w / 2
     M[1, 2] += H / 2 - h / 2

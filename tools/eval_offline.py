@@ -39,6 +39,7 @@ import io  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -311,7 +312,7 @@ def realdata_rows(root: Path) -> list[tuple[str, str]]:
     for folder, items in sorted(by_folder.items()):
         rows.append(_row(f"real: {folder}, no reference", [refused(OfflineDetector(), root / e["relative_path"])
                                                           for e in items]))
-        references = {}
+        references: dict[str, Any] = {}
         for entry in items:
             if entry["kind"] == "empty":
                 references.setdefault(entry["camera_sequence_id"], entry["relative_path"])
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--realdata", type=Path, help="with --scenes: a folder of real photos with an index.tsv")
     args = parser.parse_args(argv)
     if args.scenes:
-        rows = [("scene check refusals (unsupported_scene)", "refused")] + scene_rows(args.n, args.realdata)
+        rows = [("scene check refusals (unsupported_scene)", "refused"), *scene_rows(args.n, args.realdata)]
         width = max(len(k) for k, _ in rows)
         print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
         return

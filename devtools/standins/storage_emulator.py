@@ -53,13 +53,13 @@ import io
 import json
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import HTTPServer
-from typing import Iterator, Literal
+from typing import Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import pytest
 from gcp_storage_emulator.exceptions import Conflict as EmulatorConflict
 from gcp_storage_emulator.handlers import buckets as emulator_buckets
 from gcp_storage_emulator.server import RequestHandler as EmulatorRequestHandler
@@ -193,7 +193,7 @@ class _Handler(EmulatorRequestHandler):
         upload = _UPLOAD_PATH.fullmatch(path)
         if upload is None:
             return False
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))  # type: ignore[has-type]
         self.rfile = io.BytesIO(body)
         name = query.get("name", [None])[0] or _upload_name(self.headers.get("Content-Type", ""), body)
         bucket = unquote(upload["bucket"])
@@ -275,7 +275,7 @@ class _Handler(EmulatorRequestHandler):
         if not self._intercept("DELETE"):
             super().do_DELETE()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         pass  # keep test output quiet; `requests` has the record
 
 
@@ -285,7 +285,7 @@ class StorageEmulator(str):
     _state: _State
     _storage: EmulatorStorage
 
-    def __new__(cls, url: str, state: _State, storage: EmulatorStorage) -> "StorageEmulator":
+    def __new__(cls, url: str, state: _State, storage: EmulatorStorage) -> StorageEmulator:
         self = super().__new__(cls, url)
         self._state = state
         self._storage = storage
@@ -404,15 +404,8 @@ def running_storage_emulator(
     thread.start()
     host, port = httpd.server_address[:2]
     try:
-        yield StorageEmulator(f"http://{host}:{port}", state, storage)
+        yield StorageEmulator(f"http://{host}:{port}", state, storage)  # type: ignore[str-bytes-safe]
     finally:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
-
-
-@pytest.fixture
-def storage_emulator() -> Iterator[StorageEmulator]:
-    """A fresh emulator per test ("exact" generations); starting one in-process takes ~1 ms."""
-    with running_storage_emulator() as emulator:
-        yield emulator

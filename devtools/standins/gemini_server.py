@@ -38,7 +38,7 @@ True
 
 Run one for local work or benchmarks (every image answered with a fixture, 0.8 s each)::
 
-    python -m tests.fakes.gemini_server --port 8089 --latency 0.8 --answer sample_5
+    python -m devtools.standins.gemini_server --port 8089 --latency 0.8 --answer sample_5
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Union
+from typing import Any
 
 from PIL import Image
 
@@ -186,7 +187,7 @@ class RawReply:
     delay: float = 0.0
 
 
-Behaviour = Union[Answer, ErrorReply, RawReply]
+Behaviour = Answer | ErrorReply | RawReply
 Responder = Callable[[RecordedRequest], Behaviour]
 
 
@@ -324,7 +325,7 @@ def image_tokens(request: RecordedRequest) -> int:
         try:
             with Image.open(io.BytesIO(request.image_bytes)) as image:
                 size = image.size
-        except Exception:  # noqa: BLE001 - counted as one tile
+        except Exception:
             size = None
     return image_token_count(request.model, level, size)
 
@@ -356,7 +357,7 @@ class FakeGeminiServer:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> "FakeGeminiServer":
+    def start(self) -> FakeGeminiServer:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
         self._httpd.daemon_threads = True
@@ -375,7 +376,7 @@ class FakeGeminiServer:
             self._thread.join(timeout=5)
         self._httpd = self._thread = None
 
-    def __enter__(self) -> "FakeGeminiServer":
+    def __enter__(self) -> FakeGeminiServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -437,10 +438,10 @@ class _Handler(BaseHTTPRequestHandler):
     # would wait for the client's delayed ACK of the headers on a kept-alive connection.
     disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output clean
 
-    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         request = _record(self.path, self.headers, raw)

@@ -1,14 +1,14 @@
 """Local emulation: the real function under functions-framework, a Cloud Storage stand-in,
 and a bridge that delivers object-finalize CloudEvents as Eventarc would.
 
-    python -m segmentation.local up                 # emulator + function + bridge, until Ctrl-C
-    python -m segmentation.local up --demo --once   # also upload samples/, wait, print rows, stop
-    python -m segmentation.local up --output-bucket local-outputs   # outputs in a second bucket
-    python -m segmentation.local upload a.jpg b.png --camera cam1   # as a camera would
-    python -m segmentation.local rows               # print the rows in the local SQLite sink
+    python -m devtools.local up                 # emulator + function + bridge, until Ctrl-C
+    python -m devtools.local up --demo --once   # also upload samples/, wait, print rows, stop
+    python -m devtools.local up --output-bucket local-outputs   # outputs in a second bucket
+    python -m devtools.local upload a.jpg b.png --camera cam1   # as a camera would
+    python -m devtools.local rows               # print the rows in the local SQLite sink
 
 The storage code path is the production one: google-cloud-storage follows
-STORAGE_EMULATOR_HOST to `segmentation.local_storage`, a stand-in with Cloud Storage's
+STORAGE_EMULATOR_HOST to `devtools.local_storage`, a stand-in with Cloud Storage's
 semantics (exact generations, preconditions answering 412, object versioning as prod.tfvars
 sets it), run as a process of its own. The bridge follows that server's write log, so every
 generation is delivered, even one overwritten a moment after its upload (as Eventarc does).
@@ -36,13 +36,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
 
+from devtools.local_storage import EVENTS_PATH
 from segmentation.config import Config
 from segmentation.events import FINALIZED, IMAGE_EXTENSIONS
-from segmentation.local_storage import EVENTS_PATH
 from segmentation.logs import redact
 from segmentation.sink import SqliteSink
 
@@ -57,7 +57,7 @@ def storage_client(emulator_url: str):
     """A google-cloud-storage client pointed at the emulator (as STORAGE_EMULATOR_HOST does)."""
     os.environ["STORAGE_EMULATOR_HOST"] = emulator_url
     from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # untyped package
 
     return storage.Client(project="local", credentials=AnonymousCredentials())
 
@@ -102,7 +102,7 @@ def finalize_event(bucket: str, data: dict) -> tuple[dict[str, str], bytes]:
         "ce-type": FINALIZED,
         "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
         "ce-subject": f"objects/{data['name']}",
-        "ce-time": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "ce-time": dt.datetime.now(dt.UTC).isoformat(),
     }
     return headers, json.dumps(data).encode()
 
@@ -129,7 +129,7 @@ class EventBridge:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eventarc")
         self._thread = threading.Thread(target=self._run, name="event-bridge", daemon=True)
 
-    def start(self) -> "EventBridge":
+    def start(self) -> EventBridge:
         self._thread.start()
         return self
 
@@ -183,7 +183,7 @@ class LocalStack:
                  source: Path = ROOT / "main.py", target: str = "on_object_finalized",
                  versioning: bool = True, output_bucket: str = ""):
         """`storage_url`: use a storage server that is already running there instead of starting
-        `segmentation.local_storage` (`storage_port` is then unused; the bridge needs that
+        `devtools.local_storage` (`storage_port` is then unused; the bridge needs that
         server's write log). `versioning`: the bucket keeps overwritten generations readable,
         as the prod bucket does (prod.tfvars); False is dev.tfvars' setting, where a replaced
         generation answers 404. `bridge=False`: deliver no events (the caller posts them itself).
@@ -221,13 +221,13 @@ class LocalStack:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         for port in (self.function_port,) if self.external_storage else (self.storage_port, self.function_port):
             _require_free_port(port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.external_storage:
             self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "segmentation.local_storage", "--port", str(self.storage_port),
+                [sys.executable, "-m", "devtools.local_storage", "--port", str(self.storage_port),
                  "--data-dir", str(self.data_dir / "gcs")],
                 cwd=ROOT, stdout=subprocess.DEVNULL,
             ))
@@ -238,7 +238,7 @@ class LocalStack:
                 bucket = client.bucket(name)
                 bucket.versioning_enabled = self.versioning
                 client.create_bucket(bucket)
-        log = open(self.function_log, "ab") if self.function_log else None  # noqa: SIM115 - closed below
+        log = open(self.function_log, "ab") if self.function_log else None
         try:
             self.function_process = subprocess.Popen(
                 [sys.executable, "-m", "functions_framework", "--target", self.target,
@@ -267,7 +267,7 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 process.kill()
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -308,9 +308,9 @@ def print_rows(sqlite_path: Path, table: str, limit: int, *, as_json: bool = Fal
         columns = SUMMARY_COLUMNS[table]
         cells = [[_cell(row[column]) for column in columns] for row in rows]
         widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
-        print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+        print("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)))
         for line in cells:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
     print(f"({len(rows)} {table} rows from {sqlite_path})")
 
 
@@ -350,7 +350,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segmentation.local", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.local", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the emulator, the function and the event bridge")
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_rows(args.data_dir / "results.sqlite", "objects", 100)
             if args.once:
                 return 0 if finished else 1
-        print("running; upload with `python -m segmentation.local upload FILE...`; Ctrl-C stops")
+        print("running; upload with `python -m devtools.local upload FILE...`; Ctrl-C stops")
         try:
             while True:
                 time.sleep(1)

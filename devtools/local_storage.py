@@ -2,9 +2,9 @@
 threaded, in-memory server of the JSON API subset the google-cloud-storage client uses, with
 Cloud Storage's generation semantics. The deployed function never imports it.
 
-`python -m segmentation.local up` runs it as a process of its own on 127.0.0.1, and its event
+`python -m devtools.local up` runs it as a process of its own on 127.0.0.1, and its event
 bridge follows the server's write log, so every generation is delivered as Eventarc delivers
-it. Tests and benchmarks use it too (`tests.fakes.gcs_server` re-exports this module).
+it. Tests and benchmarks use it too (`devtools.standins.gcs_server` re-exports this module).
 
 Why not gcp-storage-emulator: it ignores `?generation=` (an older event silently gets the newer
 bytes) and every precondition (`ifGenerationMatch` writes always succeed), and it offers no way
@@ -51,7 +51,7 @@ answered, as a network round trip to Cloud Storage would (the benchmark's produc
 
     with running_gcs_server() as server:         # in-process; server.url is the base URL
         server.create_bucket("b")
-    python -m segmentation.local_storage --port 9023 --bucket b [--versioning] [--data-dir DIR]
+    python -m devtools.local_storage --port 9023 --bucket b [--versioning] [--data-dir DIR]
                                                   # a process of its own ("READY <url>" on stdout);
                                                   # --data-dir: objects kept across restarts (`Store`)
 """
@@ -70,10 +70,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator, NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import google_crc32c
@@ -130,7 +131,7 @@ class Store:
             self._load()
 
     def _now(self) -> str:
-        return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def create_bucket(self, name: str, *, versioning: bool = False) -> dict[str, Any]:
         with self._lock:
@@ -229,7 +230,7 @@ class Store:
                     self._retire(bucket, stored)
             else:
                 _check_preconditions(stored, preconditions)
-                del self.noncurrent[bucket][name][generation]
+                del self.noncurrent[bucket][name][generation]  # type: ignore[arg-type]
 
     def events_after(self, after: int, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
         """The finalize events with a sequence number above `after` (at most `limit`), and the
@@ -244,7 +245,9 @@ class Store:
             if bucket not in self.objects:
                 raise GcsError(404, f"The specified bucket does not exist: {bucket}")
             names = sorted(n for n in self.objects[bucket] if n.startswith(prefix) and (not page_token or n > page_token))
-            items, prefixes, last = [], set(), None
+            items: list[dict] = []
+            prefixes: set[str] = set()
+            last: str | None = None
             for name in names:
                 if len(items) + len(prefixes) >= max_results:
                     return items, sorted(prefixes), last
@@ -383,24 +386,24 @@ def _select(value: Any, tree: dict[str, Any]) -> Any:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like Google's front ends
     disable_nagle_algorithm = True
-    server: "GcsServer"
+    server: GcsServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._handle("PUT")
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self._handle("PATCH")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._handle("DELETE")
 
     def _handle(self, method: str) -> None:
@@ -438,7 +441,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, seg: list[str], query: dict[str, list[str]], body: bytes):
         store = self.server.store
-        first = lambda key: query.get(key, [None])[0]  # noqa: E731
+        first = lambda key: query.get(key, [None])[0]
         if seg == ["__stats"] and method == "GET":
             return 200, {}, {"requests": self.server.requests, "handler_s": self.server.handler_s,
                              "objects": store.object_count()}
@@ -501,7 +504,7 @@ class _Handler(BaseHTTPRequestHandler):
             upload_id = uuid.uuid4().hex
             with self.server.uploads_lock:
                 self.server.uploads[upload_id] = _Upload(bucket, metadata, query)
-            host = self.headers.get("Host") or "%s:%s" % self.server.server_address[:2]
+            host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
             return 200, {"Location": f"http://{host}/upload/{upload_id}"}, b""
         else:
             raise GcsError(501, f"uploadType={kind} is not implemented by the local stand-in")
@@ -592,7 +595,7 @@ class GcsServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host}:{port}"  # type: ignore[str-bytes-safe]
 
     def create_bucket(self, name: str, *, versioning: bool = False) -> None:
         self.store.create_bucket(name, versioning=versioning)

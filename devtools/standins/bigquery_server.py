@@ -34,9 +34,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 from segmentation.schema import TABLES, load_schema
 
@@ -122,7 +120,7 @@ def row_errors(table: str, row: Any) -> list[dict[str, str]]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive, like the real endpoint
     # TCP_NODELAY: an answer's headers and body go out in two writes; with Nagle's algorithm the
     # body would wait for the client's delayed ACK on the kept-alive connection (~20 ms an insert).
@@ -202,7 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -223,7 +221,7 @@ class FakeBigQuery:
         self._thread: threading.Thread | None = None
         self.url = ""
 
-    def start(self) -> "FakeBigQuery":
+    def start(self) -> FakeBigQuery:
         httpd = _Server(("127.0.0.1", 0), _Handler)
         httpd.state = self._state
         httpd.round_trip_s = self.round_trip_s
@@ -232,7 +230,7 @@ class FakeBigQuery:
                                         name="fake-bigquery", daemon=True)
         self._thread.start()
         host, port = httpd.server_address[:2]
-        self.url = f"http://{host}:{port}"
+        self.url = f"http://{host}:{port}"  # type: ignore[str-bytes-safe]
         return self
 
     def stop(self) -> None:
@@ -244,7 +242,7 @@ class FakeBigQuery:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "FakeBigQuery":
+    def __enter__(self) -> FakeBigQuery:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -275,10 +273,3 @@ class FakeBigQuery:
         """Answer the next `n` requests 200 with every row in insertErrors (nothing stored)."""
         with self._state.lock:
             self._state.rejections.append([n, reason, message])
-
-
-@pytest.fixture
-def fake_bigquery() -> Iterator[FakeBigQuery]:
-    """A fresh, running `FakeBigQuery` per test."""
-    with FakeBigQuery() as server:
-        yield server

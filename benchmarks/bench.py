@@ -102,8 +102,16 @@ RESULT_PREFIX = "BENCH-RESULT "
 IMPORT_MARK = "--bench-import-starts--"
 PHASES = ("read", "decode", "model", "queue", "render", "write", "insert", "marker")
 # Reported in the import breakdown even when outside the top 12 (or said to be absent).
-WATCHED_PACKAGES = ("google.genai", "google.cloud.storage", "google.cloud.bigquery", "PIL", "functions_framework",
-                    "pydantic", "httpx2", "segmentation")
+WATCHED_PACKAGES = (
+    "google.genai",
+    "google.cloud.storage",
+    "google.cloud.bigquery",
+    "PIL",
+    "functions_framework",
+    "pydantic",
+    "httpx2",
+    "segmentation",
+)
 MEMORY_TARGET_MIB = 512
 LATENCY_TARGET_MS = 150
 
@@ -291,8 +299,9 @@ def cold_import_wall_ms(runs: int) -> tuple[list[float], list[float]]:
 def importtime_medians(runs: int) -> tuple[dict[str, tuple[float, float]], list[float]]:
     """package -> median (self ms, cumulative ms) over `runs` -X importtime runs; and each run's total."""
     code = f"import sys; sys.stderr.write({IMPORT_MARK!r} + '\\n'); import main"
-    per_run = [package_times(parse_importtime(run_python(["-X", "importtime", "-c", code]).stderr))
-               for _ in range(runs)]
+    per_run = [
+        package_times(parse_importtime(run_python(["-X", "importtime", "-c", code]).stderr)) for _ in range(runs)
+    ]
     packages = {package for times in per_run for package in times}
     medians = {
         package: tuple(statistics.median(times.get(package, (0.0, 0.0))[i] for times in per_run) for i in (0, 1))
@@ -323,17 +332,22 @@ def cold_import_section(runs: int) -> str:
     medians, totals = importtime_medians(runs)
     summary = markdown_table(
         ("measure", f"median of {runs}", "min", "max"),
-        [(label, ms(statistics.median(values)), ms(min(values)), ms(max(values))) for label, values in (
-            ("`import main` (perf_counter in the process)", imports),
-            ("whole `python -c 'import main'` run", processes),
-            ("sum of -X importtime (which adds its own overhead)", totals),
-        )],
+        [
+            (label, ms(statistics.median(values)), ms(min(values)), ms(max(values)))
+            for label, values in (
+                ("`import main` (perf_counter in the process)", imports),
+                ("whole `python -c 'import main'` run", processes),
+                ("sum of -X importtime (which adds its own overhead)", totals),
+            )
+        ],
         "l",
     )
-    return (f"## 1. Cold import of `main` (ms)\n\n{summary}\n\n"
-            f"Top 12 packages by cumulative import time, then any watched package below them (median of {runs} "
-            "runs of -X importtime; `main`, the root, left out):\n\n"
-            + import_breakdown_table(medians, statistics.median(totals)))
+    return (
+        f"## 1. Cold import of `main` (ms)\n\n{summary}\n\n"
+        f"Top 12 packages by cumulative import time, then any watched package below them (median of {runs} "
+        "runs of -X importtime; `main`, the root, left out):\n\n"
+        + import_breakdown_table(medians, statistics.median(totals))
+    )
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -345,15 +359,20 @@ def synthetic_photo(width: int, height: int, seed: int, quality: int = 90) -> by
 
     rng = random.Random(seed)
     gradient = Image.linear_gradient("L").resize((width, height))
-    image = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-                                gradient.point(lambda v: 255 - v // 2)))
+    image = Image.merge(
+        "RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT), gradient.point(lambda v: 255 - v // 2))
+    )
     draw = ImageDraw.Draw(image)
     for _ in range(60):
         w, h = rng.randint(width // 30, width // 5), rng.randint(height // 30, height // 5)
         x, y = rng.randint(0, width - w), rng.randint(0, height - h)
         shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape((x, y, x + w, y + h), fill=tuple(rng.randint(0, 255) for _ in range(3)), outline=(0, 0, 0),
-              width=max(1, width // 500))
+        shape(
+            (x, y, x + w, y + h),
+            fill=tuple(rng.randint(0, 255) for _ in range(3)),
+            outline=(0, 0, 0),
+            width=max(1, width // 500),
+        )
     noise = Image.effect_noise((width, height), 18)
     image = Image.merge("RGB", [ImageChops.add(band, noise, 1.0, -128) for band in image.split()])
     out = io.BytesIO()
@@ -381,14 +400,16 @@ def gemini_answer(count: int) -> str:
     for index in range(count):
         row, column = divmod(index, columns)
         y0, x0 = row * cell_h, column * cell_w
-        objects.append({
-            "box_2d": [y0 + cell_h // 10, x0 + cell_w // 10, y0 + cell_h * 9 // 10, x0 + cell_w * 9 // 10],
-            "label": f"suitcase {index + 1}",
-            "color": "dark blue",
-            "general_description": "A hard-shell suitcase lying flat on the belt.",
-            "detailed_description": "A dark blue polycarbonate suitcase with four spinner wheels, a "
-                                    "telescopic handle and a red ribbon tied to the top handle.",
-        })
+        objects.append(
+            {
+                "box_2d": [y0 + cell_h // 10, x0 + cell_w // 10, y0 + cell_h * 9 // 10, x0 + cell_w * 9 // 10],
+                "label": f"suitcase {index + 1}",
+                "color": "dark blue",
+                "general_description": "A hard-shell suitcase lying flat on the belt.",
+                "detailed_description": "A dark blue polycarbonate suitcase with four spinner wheels, a "
+                "telescopic handle and a red ribbon tied to the top handle.",
+            }
+        )
     return json.dumps(objects)
 
 
@@ -411,10 +432,20 @@ class Uploaded:
 
     def event(self) -> dict[str, Any]:
         """CloudEvent attributes and data, as Eventarc delivers them."""
-        attributes = {"id": f"bench-{self.name}", "type": FINALIZED, "subject": f"objects/{self.name}",
-                      "source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}"}
-        data = {"bucket": BUCKET, "name": self.name, "generation": str(self.generation),
-                "contentType": self.content_type, "size": str(self.size), "metageneration": "1"}
+        attributes = {
+            "id": f"bench-{self.name}",
+            "type": FINALIZED,
+            "subject": f"objects/{self.name}",
+            "source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}",
+        }
+        data = {
+            "bucket": BUCKET,
+            "name": self.name,
+            "generation": str(self.generation),
+            "contentType": self.content_type,
+            "size": str(self.size),
+            "metageneration": "1",
+        }
         return {"attributes": attributes, "data": data}
 
 
@@ -434,8 +465,14 @@ class Emulator:
 def environ(values: dict[str, str]) -> Iterator[None]:
     """os.environ with `values` set and Google-backend variables removed; restored on exit."""
     saved = dict(os.environ)
-    for name in ("GOOGLE_CLOUD_PROJECT", "GOOGLE_API_KEY", "BQ_OBJECTS_TABLE", "BQ_IMAGES_TABLE",
-                 "GEMINI_BACKEND", "GOOGLE_GENAI_USE_VERTEXAI"):
+    for name in (
+        "GOOGLE_CLOUD_PROJECT",
+        "GOOGLE_API_KEY",
+        "BQ_OBJECTS_TABLE",
+        "BQ_IMAGES_TABLE",
+        "GEMINI_BACKEND",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+    ):
         os.environ.pop(name, None)
     os.environ.update(values)
     try:
@@ -453,14 +490,16 @@ def fake_gemini(objects: int) -> Iterator[Any]:
 
     answer = Answer(gemini_answer(objects))
     with FakeGeminiServer(lambda request: answer) as gemini, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        with environ({
-            "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
-            "GEMINI_API_KEY": "bench-key",
-            "SQLITE_PATH": str(Path(tmp) / "results.sqlite"),
-            "GEMINI_MAX_OBJECTS": "25",
-            # As the deployment note in segmentation/storage.py recommends.
-            "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
-        }):
+        with environ(
+            {
+                "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
+                "GEMINI_API_KEY": "bench-key",
+                "SQLITE_PATH": str(Path(tmp) / "results.sqlite"),
+                "GEMINI_MAX_OBJECTS": "25",
+                # As the deployment note in segmentation/storage.py recommends.
+                "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
+            }
+        ):
             yield gemini
 
 
@@ -492,7 +531,7 @@ def run_child(uploads: Sequence[Uploaded]) -> dict[str, Any]:
     done = run_python(["-c", CHILD_BOOTSTRAP, events])
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     raise RuntimeError(f"the child printed no result:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
 
@@ -515,8 +554,11 @@ def child_main(import_s: float, status_at_start: str, status_after_import: str) 
     """
     from segmentation.function import default_pipeline, handle_cloud_event
 
-    result: dict[str, Any] = {"import_ms": import_s * 1000, "start_rss": peak_rss_kib(status_at_start),
-                              "import_rss": peak_rss_kib(status_after_import)}
+    result: dict[str, Any] = {
+        "import_ms": import_s * 1000,
+        "start_rss": peak_rss_kib(status_at_start),
+        "import_rss": peak_rss_kib(status_after_import),
+    }
     start = time.perf_counter()
     default_pipeline()
     result["build_ms"] = (time.perf_counter() - start) * 1000
@@ -526,8 +568,15 @@ def child_main(import_s: float, status_at_start: str, status_after_import: str) 
         start = time.perf_counter()
         outcome = handle_cloud_event(event["attributes"], event["data"])
         wall_ms = (time.perf_counter() - start) * 1000
-        result["events"].append({"wall_ms": wall_ms, "rss": peak_rss_kib(), "status": outcome.status,
-                                 "objects": outcome.objects_found, "timings": outcome.timings_ms})
+        result["events"].append(
+            {
+                "wall_ms": wall_ms,
+                "rss": peak_rss_kib(),
+                "status": outcome.status,
+                "objects": outcome.objects_found,
+                "timings": outcome.timings_ms,
+            }
+        )
     result["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
@@ -551,25 +600,37 @@ def first_event_section(runs: int) -> str:
 
     summary = markdown_table(
         ("import `main`", "build pipeline", "1st event", "2nd event", "1st - 2nd (lazy clients)"),
-        [(median_of(lambda r: r["import_ms"]), median_of(lambda r: r["build_ms"]),
-          median_of(lambda r: r["events"][0]["wall_ms"]), median_of(lambda r: r["events"][1]["wall_ms"]),
-          median_of(lambda r: r["events"][0]["wall_ms"] - r["events"][1]["wall_ms"]))],
+        [
+            (
+                median_of(lambda r: r["import_ms"]),
+                median_of(lambda r: r["build_ms"]),
+                median_of(lambda r: r["events"][0]["wall_ms"]),
+                median_of(lambda r: r["events"][1]["wall_ms"]),
+                median_of(lambda r: r["events"][0]["wall_ms"] - r["events"][1]["wall_ms"]),
+            )
+        ],
     )
-    rows = [(label, ms(event["wall_ms"]), *phase_cells(event["timings"], event["wall_ms"]), event["status"])
-            for label, event in zip(("1st event", "2nd event"), median_run["events"], strict=False)]
+    rows = [
+        (label, ms(event["wall_ms"]), *phase_cells(event["timings"], event["wall_ms"]), event["status"])
+        for label, event in zip(("1st event", "2nd event"), median_run["events"], strict=False)
+    ]
     phases = markdown_table(("event", "wall", *PHASES, "other", "status"), rows, "l" + "r" * (len(PHASES) + 2) + "l")
-    return (f"## 2. Time to first event (ms, median of {runs} fresh interpreter(s))\n\n"
-            "1920x1080 JPEG, 10 objects, fake Gemini with no latency.\n\n"
-            f"{summary}\n\nPhases of the median run (the storage client is built and google.cloud.storage "
-            "imported in \"other\", inside the completion-marker lookup; the Gemini client in \"model\"):\n\n"
-            f"{phases}")
+    return (
+        f"## 2. Time to first event (ms, median of {runs} fresh interpreter(s))\n\n"
+        "1920x1080 JPEG, 10 objects, fake Gemini with no latency.\n\n"
+        f"{summary}\n\nPhases of the median run (the storage client is built and google.cloud.storage "
+        'imported in "other", inside the completion-marker lookup; the Gemini client in "model"):\n\n'
+        f"{phases}"
+    )
 
 
 def peak_memory_section() -> str:
     big = synthetic_photo(6000, 4000, seed=24)
     with fake_gemini(objects=10), storage_emulator() as emulator:
-        uploads = [emulator.upload("raw/memory/warm-1080p.jpg", photo(1920, 1080, 0)),
-                   emulator.upload("raw/memory/photo-24mp.jpg", big)]
+        uploads = [
+            emulator.upload("raw/memory/warm-1080p.jpg", photo(1920, 1080, 0)),
+            emulator.upload("raw/memory/photo-24mp.jpg", big),
+        ]
         result = run_child(uploads)
     warm, large = result["events"]
     stages = [
@@ -585,14 +646,16 @@ def peak_memory_section() -> str:
         previous = rss
     peak_mib = large["rss"] / 1024
     verdict = "met" if peak_mib <= MEMORY_TARGET_MIB else "NOT met"
-    return ("## 3. Peak memory, 24-megapixel photo (fresh interpreter)\n\n"
-            f"6000x4000 JPEG, quality 90, {len(big) / 2**20:.1f} MiB; 10 objects; SQLite sink. "
-            f"Its event took {ms(large['wall_ms'])} ms.\n\n"
-            + markdown_table(("after stage", "peak RSS MiB (VmHWM)", "increment MiB"), rows, "l")
-            + f"\n\nPeak {peak_mib:.0f} MiB; target <= {MEMORY_TARGET_MIB} MiB: **{verdict}**.\n\n"
-            "Peak RSS is VmHWM from /proc/self/status, the high-water mark of the child's own process "
-            "image. ru_maxrss is not usable here: Linux carries the parent's high-water mark over fork "
-            f"and exec, and the child read {mib(result['ru_maxrss'])} MiB, this benchmark process's size.")
+    return (
+        "## 3. Peak memory, 24-megapixel photo (fresh interpreter)\n\n"
+        f"6000x4000 JPEG, quality 90, {len(big) / 2**20:.1f} MiB; 10 objects; SQLite sink. "
+        f"Its event took {ms(large['wall_ms'])} ms.\n\n"
+        + markdown_table(("after stage", "peak RSS MiB (VmHWM)", "increment MiB"), rows, "l")
+        + f"\n\nPeak {peak_mib:.0f} MiB; target <= {MEMORY_TARGET_MIB} MiB: **{verdict}**.\n\n"
+        "Peak RSS is VmHWM from /proc/self/status, the high-water mark of the child's own process "
+        "image. ru_maxrss is not usable here: Linux carries the parent's high-water mark over fork "
+        f"and exec, and the child read {mib(result['ru_maxrss'])} MiB, this benchmark process's size."
+    )
 
 
 # --- 4. per-image time, in process ---------------------------------------------------------------
@@ -616,8 +679,9 @@ class Sample:
         return self.wall_ms - sum(self.timings.values())
 
 
-def per_image_samples(size: tuple[int, int], objects: int, images: int, warmup: int = 2,
-                      storage: str = "in-process") -> tuple[list[Sample], int]:
+def per_image_samples(
+    size: tuple[int, int], objects: int, images: int, warmup: int = 2, storage: str = "in-process"
+) -> tuple[list[Sample], int]:
     """`warmup` then `images` distinct images through a warm pipeline; (samples after warm-up, JPEG bytes).
 
     `storage` "in-process": each image gets a fresh gcp-storage-emulator in this process (it
@@ -636,12 +700,14 @@ def per_image_samples(size: tuple[int, int], objects: int, images: int, warmup: 
 
     width, height = size
     samples = []
-    with fake_gemini(objects), (own_process_storage() if storage == "own-process"
-                                else contextlib.nullcontext()) as shared:
+    with (
+        fake_gemini(objects),
+        own_process_storage() if storage == "own-process" else contextlib.nullcontext() as shared,
+    ):
         config = Config.from_env()
         sink, detector = sink_from_config(config), GeminiDetector(config)
         for index in range(warmup + images):
-            with (contextlib.nullcontext(shared) if shared else storage_emulator()) as emulator:
+            with contextlib.nullcontext(shared) if shared else storage_emulator() as emulator:
                 data = photo(width, height, index)
                 upload = emulator.upload(f"raw/{width}x{height}/{objects}/img-{index:03d}.jpg", data)
                 pipeline = Pipeline(config, storage=GcsStorage(emulator.client), sink=sink, detector=detector)
@@ -677,12 +743,17 @@ def cell_peak_memory(size: tuple[int, int], objects: int, events: int = 2) -> di
     with `objects` objects each; with the child's result (statuses, import RSS)."""
     width, height = size
     with fake_gemini(objects), storage_emulator() as emulator:
-        uploads = [emulator.upload(f"raw/memory/{width}x{height}-{objects}-{i}.jpg", photo(width, height, i))
-                   for i in range(events)]
+        uploads = [
+            emulator.upload(f"raw/memory/{width}x{height}-{objects}-{i}.jpg", photo(width, height, i))
+            for i in range(events)
+        ]
         result = run_child(uploads)
-    return {"peak_kib": max(event["rss"] for event in result["events"]), "import_kib": result["import_rss"],
-            "statuses": sorted({event["status"] for event in result["events"]}),
-            "objects": [event["objects"] for event in result["events"]]}
+    return {
+        "peak_kib": max(event["rss"] for event in result["events"]),
+        "import_kib": result["import_rss"],
+        "statuses": sorted({event["status"] for event in result["events"]}),
+        "objects": [event["objects"] for event in result["events"]],
+    }
 
 
 def per_image_section(configs: Sequence[tuple[tuple[int, int], int]], images: int) -> str:
@@ -691,55 +762,83 @@ def per_image_section(configs: Sequence[tuple[tuple[int, int], int]], images: in
         samples, size_bytes = per_image_samples(size, objects, images)
         memory = cell_peak_memory(size, objects)
         if memory["statuses"] != ["ok"] or any(found != objects for found in memory["objects"]):
-            notes.append(f"{size[0]}x{size[1]}, {objects} objects, memory run: statuses {memory['statuses']}, "
-                         f"objects {memory['objects']}")
+            notes.append(
+                f"{size[0]}x{size[1]}, {objects} objects, memory run: statuses {memory['statuses']}, "
+                f"objects {memory['objects']}"
+            )
         wrong = [s for s in samples if s.status != "ok" or s.objects != objects]
         if wrong:
-            notes.append(f"{size[0]}x{size[1]}, {objects} objects: {len(wrong)} images ended "
-                         f"{wrong[0].status} with {wrong[0].objects} objects")
+            notes.append(
+                f"{size[0]}x{size[1]}, {objects} objects: {len(wrong)} images ended "
+                f"{wrong[0].status} with {wrong[0].objects} objects"
+            )
         outside = [s.outside_model_ms for s in samples]
         apart, _ = per_image_samples(size, objects, images, storage="own-process")
         outside_apart = [s.outside_model_ms for s in apart]
         if size == (1920, 1080) and objects == 10:
             target = statistics.median(outside), statistics.median(outside_apart)
-        rows.append((
-            f"{size[0]}x{size[1]}", objects, f"{size_bytes / 1024:.0f}",
-            *(med_p90([s.timings.get(phase, 0.0) for s in samples]) for phase in PHASES),
-            med_p90([s.other_ms for s in samples]),
-            f"**{med_p90(outside)}**",
-            med_p90([s.wall_ms for s in samples]),
-            f"**{med_p90(outside_apart)}**",
-            med_p90([s.timings.get("write", 0.0) for s in apart]),
-            mib(memory["peak_kib"]),
-        ))
-    table = markdown_table(("image", "objects", "JPEG KiB", *PHASES, "other", "wall - model", "wall",
-                            "wall - model, storage apart", "write, storage apart", "peak MiB"), rows, "l")
-    text = (f"## 4. Per-image time outside the model call (ms, median / p90 of {images} images) and peak memory\n\n"
-            "Warm in-process pipeline; fake Gemini with no latency, so \"model\" is the SDK request, the "
-            "local HTTP round trip and parsing.\n\n"
-            "\"peak MiB\" is measured separately for each row in a fresh interpreter: VmHWM (the process's own "
-            "peak RSS) after `import main`, building the production pipeline with the default configuration "
-            "(empty-belt gate on, as deployed) and handling two images of that row's size and object count; "
-            "it includes the interpreter and the imported libraries (`import main` alone peaks at about "
-            f"{mib(memory['import_kib'])} MiB).\n\n"
-            "Every phase column is with the storage emulator in this process (see the note below). The two "
-            "\"storage apart\" columns repeat the row against the threaded in-memory Cloud Storage stand-in "
-            "(`devtools/standins/gcs_server.py`) in a process of its own, the throughput section's stand-in: its "
-            "request handling then costs the pipeline no GIL time, as Cloud Storage's costs a function none, "
-            "but a loopback round trip is far shorter than a real one.\n\n" + table)
+        rows.append(
+            (
+                f"{size[0]}x{size[1]}",
+                objects,
+                f"{size_bytes / 1024:.0f}",
+                *(med_p90([s.timings.get(phase, 0.0) for s in samples]) for phase in PHASES),
+                med_p90([s.other_ms for s in samples]),
+                f"**{med_p90(outside)}**",
+                med_p90([s.wall_ms for s in samples]),
+                f"**{med_p90(outside_apart)}**",
+                med_p90([s.timings.get("write", 0.0) for s in apart]),
+                mib(memory["peak_kib"]),
+            )
+        )
+    table = markdown_table(
+        (
+            "image",
+            "objects",
+            "JPEG KiB",
+            *PHASES,
+            "other",
+            "wall - model",
+            "wall",
+            "wall - model, storage apart",
+            "write, storage apart",
+            "peak MiB",
+        ),
+        rows,
+        "l",
+    )
+    text = (
+        f"## 4. Per-image time outside the model call (ms, median / p90 of {images} images) and peak memory\n\n"
+        'Warm in-process pipeline; fake Gemini with no latency, so "model" is the SDK request, the '
+        "local HTTP round trip and parsing.\n\n"
+        '"peak MiB" is measured separately for each row in a fresh interpreter: VmHWM (the process\'s own '
+        "peak RSS) after `import main`, building the production pipeline with the default configuration "
+        "(empty-belt gate on, as deployed) and handling two images of that row's size and object count; "
+        "it includes the interpreter and the imported libraries (`import main` alone peaks at about "
+        f"{mib(memory['import_kib'])} MiB).\n\n"
+        "Every phase column is with the storage emulator in this process (see the note below). The two "
+        '"storage apart" columns repeat the row against the threaded in-memory Cloud Storage stand-in '
+        "(`devtools/standins/gcs_server.py`) in a process of its own, the throughput section's stand-in: its "
+        "request handling then costs the pipeline no GIL time, as Cloud Storage's costs a function none, "
+        "but a loopback round trip is far shorter than a real one.\n\n" + table
+    )
     if target is not None:
         verdicts = ["met" if value <= LATENCY_TARGET_MS else "NOT met" for value in target]
-        text += (f"\n\n1920x1080 with 10 objects: median wall - model {ms(target[0])} ms with the emulator in "
-                 f"process (**{verdicts[0]}**), {ms(target[1])} ms with the storage stand-in apart "
-                 f"(**{verdicts[1]}**); target <= {LATENCY_TARGET_MS} ms.")
-    text += ("\n\nNote: the storage emulator is a single-threaded pure-Python HTTP server in this same process "
-             "(a fresh one per image), so \"read\", \"write\" (one upload per crop, the overview, a crop "
-             "listing, the generation check; the crops go up while the overview is still being encoded, so "
-             "\"render\" is the crops and the rest of the overview is in \"write\"), \"marker\" and \"other\" "
-             "(the marker lookup) include its request handling, and it "
-             "shares the GIL with the pipeline. Against real Cloud Storage each of those requests is a "
-             "network round trip instead (typically tens of ms for an upload), so \"write\" grows with the "
-             "object count.")
+        text += (
+            f"\n\n1920x1080 with 10 objects: median wall - model {ms(target[0])} ms with the emulator in "
+            f"process (**{verdicts[0]}**), {ms(target[1])} ms with the storage stand-in apart "
+            f"(**{verdicts[1]}**); target <= {LATENCY_TARGET_MS} ms."
+        )
+    text += (
+        "\n\nNote: the storage emulator is a single-threaded pure-Python HTTP server in this same process "
+        '(a fresh one per image), so "read", "write" (one upload per crop, the overview, a crop '
+        "listing, the generation check; the crops go up while the overview is still being encoded, so "
+        '"render" is the crops and the rest of the overview is in "write"), "marker" and "other" '
+        "(the marker lookup) include its request handling, and it "
+        "shares the GIL with the pipeline. Against real Cloud Storage each of those requests is a "
+        'network round trip instead (typically tens of ms for an upload), so "write" grows with the '
+        "object count."
+    )
     for note in notes:
         text += f"\n\nWarning: {note}."
     return text
@@ -841,8 +940,9 @@ def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> It
         def start(self) -> CountingGemini:
             handler = type("Handler", (Handler,), {"fake": self})
             self._httpd = Server(("127.0.0.1", self._port), handler)
-            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="bench-gemini", daemon=True)
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="bench-gemini", daemon=True
+            )
             self._thread.start()
             return self
 
@@ -972,10 +1072,20 @@ def function_log_lines(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def throughput_cell(latency: float, concurrency: int, images: int, *, storage: str = "memory",
-                    workers: int | None = None, sink: str = "bigquery", gate: bool = False,
-                    spread: float = 0.0, settings: dict[str, str] | None = None,
-                    floor: str | None = None, round_trips_ms: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
+def throughput_cell(
+    latency: float,
+    concurrency: int,
+    images: int,
+    *,
+    storage: str = "memory",
+    workers: int | None = None,
+    sink: str = "bigquery",
+    gate: bool = False,
+    spread: float = 0.0,
+    settings: dict[str, str] | None = None,
+    floor: str | None = None,
+    round_trips_ms: tuple[float, float] = (0.0, 0.0),
+) -> dict[str, Any]:
     """One cell: the function under functions-framework (gunicorn, WORKERS=`workers`, by default
     what Terraform deploys for this machine's cores; THREADS=concurrency), a fresh storage stand-in
     process, the counting fake Gemini with `latency` (and `spread`), `settings` added to the
@@ -991,13 +1101,24 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
     from devtools.local import LocalStack, cloud_event_for, storage_client
 
     width, height = THROUGHPUT_SIZE
-    result: dict[str, Any] = {"latency": latency, "concurrency": concurrency, "images": images,
-                              "storage": storage, "workers": workers, "sink": sink, "gate": gate, "spread": spread,
-                              "floor": floor, "round_trips_ms": round_trips_ms}
-    with counting_gemini(gemini_answer(THROUGHPUT_OBJECTS), latency, spread) as gemini, \
-            emulator_process(storage, round_trips_ms[0]) as (emulator, storage_url), \
-            (bigquery_stand_in(round_trips_ms[1] / 1000) if sink == "bigquery" else contextlib.nullcontext()) as bigquery, \
-            tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+    result: dict[str, Any] = {
+        "latency": latency,
+        "concurrency": concurrency,
+        "images": images,
+        "storage": storage,
+        "workers": workers,
+        "sink": sink,
+        "gate": gate,
+        "spread": spread,
+        "floor": floor,
+        "round_trips_ms": round_trips_ms,
+    }
+    with (
+        counting_gemini(gemini_answer(THROUGHPUT_OBJECTS), latency, spread) as gemini,
+        emulator_process(storage, round_trips_ms[0]) as (emulator, storage_url),
+        bigquery_stand_in(round_trips_ms[1] / 1000) if sink == "bigquery" else contextlib.nullcontext() as bigquery,
+        tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp,
+    ):
         log_path = Path(tmp) / "function.log"
         env = {
             "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
@@ -1015,12 +1136,25 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
             **(settings or {}),
         }
         if bigquery is not None:
-            env.update({"BIGQUERY_EMULATOR_HOST": bigquery.url, "BQ_OBJECTS_TABLE": BENCH_OBJECTS_TABLE,
-                        "BQ_IMAGES_TABLE": BENCH_IMAGES_TABLE})
+            env.update(
+                {
+                    "BIGQUERY_EMULATOR_HOST": bigquery.url,
+                    "BQ_OBJECTS_TABLE": BENCH_OBJECTS_TABLE,
+                    "BQ_IMAGES_TABLE": BENCH_IMAGES_TABLE,
+                }
+            )
         with environ(env):
             served = {"source": ROOT / "benchmarks" / "floor_function.py", "target": "floor"} if floor else {}
-            stack = LocalStack(bucket=BUCKET, storage_port=0, function_port=free_port(), data_dir=Path(tmp),
-                               storage_url=storage_url, bridge=False, function_log=log_path, **served)
+            stack = LocalStack(
+                bucket=BUCKET,
+                storage_port=0,
+                function_port=free_port(),
+                data_dir=Path(tmp),
+                storage_url=storage_url,
+                bridge=False,
+                function_log=log_path,
+                **served,
+            )
             stack.start()
             try:
                 client = storage_client(storage_url)
@@ -1035,8 +1169,11 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
                 gemini_before = len(gemini.requests)
                 storage_before = emulator_stats(storage_url)
                 worker_pid = stack.function_process.pid
-                cpu_before = (process_cpu_s(worker_pid), process_cpu_s(emulator.pid, children=False),
-                              process_cpu_s(os.getpid(), children=False))
+                cpu_before = (
+                    process_cpu_s(worker_pid),
+                    process_cpu_s(emulator.pid, children=False),
+                    process_cpu_s(os.getpid(), children=False),
+                )
                 machine_before = machine_busy()
                 mark = gemini.in_flight.mark()
                 with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eventarc") as pool:
@@ -1044,17 +1181,24 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
                 window = time.perf_counter() - mark[0]
                 mean_in_flight, peak_in_flight = gemini.in_flight.since(mark)
                 machine_after = machine_busy()
-                cpu_after = (process_cpu_s(worker_pid), process_cpu_s(emulator.pid, children=False),
-                             process_cpu_s(os.getpid(), children=False))
+                cpu_after = (
+                    process_cpu_s(worker_pid),
+                    process_cpu_s(emulator.pid, children=False),
+                    process_cpu_s(os.getpid(), children=False),
+                )
                 storage_after = emulator_stats(storage_url)
                 gemini_calls = len(gemini.requests) - gemini_before
             finally:
                 stack.stop()
             warm_rows = len(warm_names) if floor in WRITES_ROWS else 0
-            result["sink_image_rows"] = (len(bigquery.rows(BENCH_IMAGES_TABLE)) - warm_rows
-                                         if bigquery is not None else None)  # less the warm-up images'
-        logged = [line for line in function_log_lines(log_path)
-                  if line.get("message") == "image processed" and line.get("object") not in warm_names]
+            result["sink_image_rows"] = (
+                len(bigquery.rows(BENCH_IMAGES_TABLE)) - warm_rows if bigquery is not None else None
+            )  # less the warm-up images'
+        logged = [
+            line
+            for line in function_log_lines(log_path)
+            if line.get("message") == "image processed" and line.get("object") not in warm_names
+        ]
     latencies = [(end - start) * 1000 for _, start, end in posted]
     statuses = [status for status, _, _ in posted]
     timings = [line.get("timings_ms") or {} for line in logged]
@@ -1062,39 +1206,41 @@ def throughput_cell(latency: float, concurrency: int, images: int, *, storage: s
     def mean_phase(names: Sequence[str]) -> float:
         return statistics.mean(sum(t.get(n, 0.0) for n in names) for t in timings) if timings else float("nan")
 
-    outside = [line.get("processing_ms", 0.0) - (line.get("timings_ms") or {}).get("model", 0.0)
-               for line in logged]
+    outside = [line.get("processing_ms", 0.0) - (line.get("timings_ms") or {}).get("model", 0.0) for line in logged]
     busy = machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]
-    result.update({
-        "window_s": window,
-        "images_per_s": images / window,
-        "ideal_per_s": concurrency / latency,
-        "ratio": (images / window) / (concurrency / latency),
-        "mean_in_flight": mean_in_flight,
-        "peak_in_flight": peak_in_flight,
-        "gemini_calls": gemini_calls,
-        "ok_2xx": sum(200 <= s < 300 for s in statuses),
-        "failed": [s for s in statuses if not 200 <= s < 300],
-        "rows_ok": sum(line.get("status") == "ok" for line in logged),
-        "objects_found": sum(line.get("objects_found", 0) for line in logged),
-        "event_ms_median": statistics.median(latencies),
-        "event_ms_max": max(latencies),
-        "event_ms_mean": statistics.mean(latencies),
-        "processing_ms_mean": (statistics.mean(line.get("processing_ms", 0.0) for line in logged)
-                               if logged else float("nan")),
-        "phases_ms_mean": {phase: mean_phase((phase,)) for phase in PHASES},
-        "model_ms_mean": mean_phase(("model",)),
-        "storage_ms_mean": mean_phase(STORAGE_PHASES),
-        "outside_ms_mean": statistics.mean(outside) if outside else float("nan"),
-        "emulator_busy": (storage_after["busy_s"] - storage_before["busy_s"]) / window,
-        # Less one: the stand-ins count a request once served, so `storage_before`'s own is in the after.
-        "emulator_requests": storage_after["requests"] - storage_before["requests"] - 1,
-        "emulator_objects": storage_after["objects"],
-        "function_cores": (cpu_after[0] - cpu_before[0]) / window,
-        "emulator_cores": (cpu_after[1] - cpu_before[1]) / window,
-        "bench_cores": (cpu_after[2] - cpu_before[2]) / window,
-        "machine_busy": busy[0] / busy[1] if busy[1] else float("nan"),
-    })
+    result.update(
+        {
+            "window_s": window,
+            "images_per_s": images / window,
+            "ideal_per_s": concurrency / latency,
+            "ratio": (images / window) / (concurrency / latency),
+            "mean_in_flight": mean_in_flight,
+            "peak_in_flight": peak_in_flight,
+            "gemini_calls": gemini_calls,
+            "ok_2xx": sum(200 <= s < 300 for s in statuses),
+            "failed": [s for s in statuses if not 200 <= s < 300],
+            "rows_ok": sum(line.get("status") == "ok" for line in logged),
+            "objects_found": sum(line.get("objects_found", 0) for line in logged),
+            "event_ms_median": statistics.median(latencies),
+            "event_ms_max": max(latencies),
+            "event_ms_mean": statistics.mean(latencies),
+            "processing_ms_mean": (
+                statistics.mean(line.get("processing_ms", 0.0) for line in logged) if logged else float("nan")
+            ),
+            "phases_ms_mean": {phase: mean_phase((phase,)) for phase in PHASES},
+            "model_ms_mean": mean_phase(("model",)),
+            "storage_ms_mean": mean_phase(STORAGE_PHASES),
+            "outside_ms_mean": statistics.mean(outside) if outside else float("nan"),
+            "emulator_busy": (storage_after["busy_s"] - storage_before["busy_s"]) / window,
+            # Less one: the stand-ins count a request once served, so `storage_before`'s own is in the after.
+            "emulator_requests": storage_after["requests"] - storage_before["requests"] - 1,
+            "emulator_objects": storage_after["objects"],
+            "function_cores": (cpu_after[0] - cpu_before[0]) / window,
+            "emulator_cores": (cpu_after[1] - cpu_before[1]) / window,
+            "bench_cores": (cpu_after[2] - cpu_before[2]) / window,
+            "machine_busy": busy[0] / busy[1] if busy[1] else float("nan"),
+        }
+    )
     return result
 
 
@@ -1179,21 +1325,41 @@ THROUGHPUT_VARIANTS = (  # (latency, in flight, variant) rows after the main tab
     (1.0, 4, Variant(ROUND_TRIPS, round_trips_ms=ROUND_TRIPS_MS)),
     (1.0, 16, Variant(ROUND_TRIPS, round_trips_ms=ROUND_TRIPS_MS)),
     (5.0, 16, Variant(ROUND_TRIPS, round_trips_ms=ROUND_TRIPS_MS)),
-    (1.0, 16, Variant(ROUND_TRIPS + ", OUTPUT_TURNS=0", round_trips_ms=ROUND_TRIPS_MS, settings=(("OUTPUT_TURNS", "0"),))),
+    (
+        1.0,
+        16,
+        Variant(ROUND_TRIPS + ", OUTPUT_TURNS=0", round_trips_ms=ROUND_TRIPS_MS, settings=(("OUTPUT_TURNS", "0"),)),
+    ),
 )
 
 
-def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
-                       variants: Sequence[tuple[float, int, Variant]] = (), images_for=throughput_images,
-                       plot_path: Path | None = THROUGHPUT_PLOT) -> str:
+def throughput_section(
+    latencies: Sequence[float],
+    concurrencies: Sequence[int],
+    variants: Sequence[tuple[float, int, Variant]] = (),
+    images_for=throughput_images,
+    plot_path: Path | None = THROUGHPUT_PLOT,
+) -> str:
     def cell(latency: float, concurrency: int, variant: Variant = DEFAULT_VARIANT) -> dict[str, Any]:
-        result = throughput_cell(latency, concurrency, images_for(concurrency), storage=variant.storage,
-                                 workers=variant.workers, sink=variant.sink, gate=variant.gate,
-                                 spread=variant.spread, settings=dict(variant.settings),
-                                 round_trips_ms=variant.round_trips_ms)
+        result = throughput_cell(
+            latency,
+            concurrency,
+            images_for(concurrency),
+            storage=variant.storage,
+            workers=variant.workers,
+            sink=variant.sink,
+            gate=variant.gate,
+            spread=variant.spread,
+            settings=dict(variant.settings),
+            round_trips_ms=variant.round_trips_ms,
+        )
         result["variant"] = variant.label
-        print(f"throughput {latency:g} s x {concurrency}{' (' + variant.label + ')' if variant.label else ''}: "
-              f"{result['images_per_s']:.2f} images/s, {100 * result['ratio']:.0f}% of ideal", file=sys.stderr, flush=True)
+        print(
+            f"throughput {latency:g} s x {concurrency}{' (' + variant.label + ')' if variant.label else ''}: "
+            f"{result['images_per_s']:.2f} images/s, {100 * result['ratio']:.0f}% of ideal",
+            file=sys.stderr,
+            flush=True,
+        )
         return result
 
     started_load = os.getloadavg()
@@ -1209,39 +1375,77 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
         function_cpu_ms = 1000 * cell["function_cores"] * cell["window_s"] / cell["images"]
         first = (cell["variant"],) if label else ()
         return (
-            *first, f"{cell['latency']:g} s", cell["concurrency"], cell["images"], f"{cell['window_s']:.1f}",
-            f"{cell['images_per_s']:.2f}", f"{cell['ideal_per_s']:.2f}", ratio,
+            *first,
+            f"{cell['latency']:g} s",
+            cell["concurrency"],
+            cell["images"],
+            f"{cell['window_s']:.1f}",
+            f"{cell['images_per_s']:.2f}",
+            f"{cell['ideal_per_s']:.2f}",
+            ratio,
             f"{cell['peak_in_flight']} / {cell['mean_in_flight']:.1f}",
-            ms(cell["event_ms_mean"]), ms(cell["model_ms_mean"]), ms(cell["event_ms_mean"] - cell["model_ms_mean"]),
-            ms(cell["phases_ms_mean"]["decode"]), ms(cell["phases_ms_mean"]["read"] + cell["phases_ms_mean"]["write"]),
-            f"{function_cpu_ms:.0f}", f"{cell['function_cores']:.2f}", f"{cell['emulator_cores']:.2f}",
+            ms(cell["event_ms_mean"]),
+            ms(cell["model_ms_mean"]),
+            ms(cell["event_ms_mean"] - cell["model_ms_mean"]),
+            ms(cell["phases_ms_mean"]["decode"]),
+            ms(cell["phases_ms_mean"]["read"] + cell["phases_ms_mean"]["write"]),
+            f"{function_cpu_ms:.0f}",
+            f"{cell['function_cores']:.2f}",
+            f"{cell['emulator_cores']:.2f}",
             f"{100 * cell['machine_busy']:.0f}%",
         )
 
-    headers = ("Gemini latency", "in flight", "images", "window s", "images/s", "ideal c/L", "ratio",
-               "Gemini calls max / mean", "event ms", "model ms", "outside model ms", "decode ms",
-               "read + write ms", "function CPU ms / image", "function CPU cores", "storage stand-in cores",
-               "machine CPU busy")
+    headers = (
+        "Gemini latency",
+        "in flight",
+        "images",
+        "window s",
+        "images/s",
+        "ideal c/L",
+        "ratio",
+        "Gemini calls max / mean",
+        "event ms",
+        "model ms",
+        "outside model ms",
+        "decode ms",
+        "read + write ms",
+        "function CPU ms / image",
+        "function CPU cores",
+        "storage stand-in cores",
+        "machine CPU busy",
+    )
     table = markdown_table(headers, [row(c, False) for c in cells], "ll")
-    problems = [f"{c['latency']:g} s x {c['concurrency']} {c['variant']}: {len(c['failed'])} events not acknowledged "
-                f"({sorted(set(c['failed']))}), {c['rows_ok']} ok rows of {c['images']}"
-                for c in cells + extra if c["failed"] or c["rows_ok"] != c["images"]]
-    problems += [f"{c['latency']:g} s x {c['concurrency']} {c['variant']}: {c['sink_image_rows']} image rows reached "
-                 f"the BigQuery stand-in for {c['images']} images" for c in cells + extra
-                 if c.get("sink_image_rows") is not None and c["sink_image_rows"] != c["images"]]
+    problems = [
+        f"{c['latency']:g} s x {c['concurrency']} {c['variant']}: {len(c['failed'])} events not acknowledged "
+        f"({sorted(set(c['failed']))}), {c['rows_ok']} ok rows of {c['images']}"
+        for c in cells + extra
+        if c["failed"] or c["rows_ok"] != c["images"]
+    ]
+    problems += [
+        f"{c['latency']:g} s x {c['concurrency']} {c['variant']}: {c['sink_image_rows']} image rows reached "
+        f"the BigQuery stand-in for {c['images']} images"
+        for c in cells + extra
+        if c.get("sink_image_rows") is not None and c["sink_image_rows"] != c["images"]
+    ]
     below = [c for c in cells if c["concurrency"] <= 16 and c["ratio"] < THROUGHPUT_TARGET]
-    verdict = "met" if not below else "NOT met (" + ", ".join(
-        f"{c['latency']:g} s x {c['concurrency']}: {100 * c['ratio']:.0f}%" for c in below) + ")"
+    verdict = (
+        "met"
+        if not below
+        else "NOT met ("
+        + ", ".join(f"{c['latency']:g} s x {c['concurrency']}: {100 * c['ratio']:.0f}%" for c in below)
+        + ")"
+    )
     text = (
         "## 5. Throughput against the local Gemini server (one function instance)\n\n"
         "**Configuration** (every row of the first table): the real function under functions-framework "
         f"(gunicorn gthread) with **WORKERS={deployed_workers()}** and **THREADS = in flight**, what "
         f"terraform/function.tf deploys for an instance with this machine's {cpus} vCPUs (a worker per vCPU, a "
         "thread per concurrent event); "
-        f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE_CAMERAS empty "
-        "(the gate's cost is in the second table). "
-        "Stand-ins, each fresh per row: Cloud Storage = `devtools/standins/gcs_server.py` in its own process (threaded, "
-        "in memory, keep-alive; the real google-cloud-storage client reaches it through STORAGE_EMULATOR_HOST); "
+        f"{THROUGHPUT_SIZE[0]}x{THROUGHPUT_SIZE[1]} JPEGs, {THROUGHPUT_OBJECTS} objects each, EMPTY_BELT_GATE_CAMERAS "
+        "empty (the gate's cost is in the second table). "
+        "Stand-ins, each fresh per row: Cloud Storage = `devtools/standins/gcs_server.py` in its own process "
+        "(threaded, in memory, keep-alive; the real google-cloud-storage client reaches it through "
+        "STORAGE_EMULATOR_HOST); "
         "BigQuery = `devtools/standins/bigquery_server.py` (insertAll; the real google-cloud-bigquery client through "
         "BIGQUERY_EMULATOR_HOST; TCP_NODELAY set, see `bigquery_stand_in`); Gemini = the wire server answering each "
         "call after the stated latency. The stand-ins, the client and the function share this machine's "
@@ -1249,38 +1453,41 @@ def throughput_section(latencies: Sequence[float], concurrencies: Sequence[int],
         "exactly `in flight` events outstanding (as Cloud Run's per-instance concurrency would), for max(10 x in "
         "flight, 12) images after warm-up events (not counted) that reached every worker process.\n\n"
         "window = first post to last answer; images/s = images / window; ideal = in flight / latency; ratio = "
-        "images/s / ideal. \"Gemini calls\" are counted at the wire server (requests being answered at once, peak "
-        "and time-weighted mean over the window). \"event ms\" is the mean time from post to answer at the client; "
-        "\"model ms\", \"decode ms\" (decode plus the model's downscaled JPEG) and \"read + write ms\" are means "
-        "of the function's own `timings_ms` log lines; \"outside model\" = event - model, everything an event "
+        'images/s / ideal. "Gemini calls" are counted at the wire server (requests being answered at once, peak '
+        'and time-weighted mean over the window). "event ms" is the mean time from post to answer at the client; '
+        '"model ms", "decode ms" (decode plus the model\'s downscaled JPEG) and "read + write ms" are means '
+        'of the function\'s own `timings_ms` log lines; "outside model" = event - model, everything an event '
         "spends besides waiting for Gemini, including the completion-marker calls and the HTTP hop the log line "
         "does not time. CPU: the function's processes (gunicorn arbiter and workers) and the storage stand-in's "
-        "process from /proc, per second of window (cores) and per image; \"machine CPU busy\" counts every "
+        'process from /proc, per second of window (cores) and per image; "machine CPU busy" counts every '
         f"process. Load average (1 min) when the section started: {started_load[0]:.2f}; speed probe "
-        f"(see Machine): {probe} at the start, {speed_probe()} at the end.\n\n" + table +
-        f"\n\nTarget: >= {100 * THROUGHPUT_TARGET:.0f}% of in flight / latency up to 16 in flight: **{verdict}**."
+        f"(see Machine): {probe} at the start, {speed_probe()} at the end.\n\n"
+        + table
+        + f"\n\nTarget: >= {100 * THROUGHPUT_TARGET:.0f}% of in flight / latency up to 16 in flight: **{verdict}**."
     )
     if extra:
-        text += ("\n\nThe same cells in other configurations (one change each from the table above): "
-                 f"\"latency +-{100 * LATENCY_SPREAD:.0f} %\": each Gemini answer takes a uniform random "
-                 f"{1 - LATENCY_SPREAD:g}-{1 + LATENCY_SPREAD:g} x the latency (same mean, so the same ideal), as "
-                 "real model calls vary, instead of exactly the latency; \"WORKERS=1\": one gunicorn worker "
-                 "process (functions-framework's default), THREADS = in flight; \"WORKERS=4\": two worker "
-                 "processes per vCPU; \"OUTPUT_TURNS=0 (no turns)\": every event draws, uploads and inserts as "
-                 "soon as its answer is back, all of them at once (the behaviour before turns); \"OUTPUT_TURNS=2\": "
-                 "two events of a worker at a time; \"MODEL_INPUT_MAX_SIDE=1024\": the previous default, every 1280x720 frame "
-                 "resized to 1024 px and re-encoded for the model instead of sent as uploaded; \"empty-belt gate on\": "
-                 "EMPTY_BELT_GATE_CAMERAS=* (the gate checks each frame before its "
-                 "Gemini call; every frame here holds items, so every event still calls Gemini); "
-                 "\"SQLite sink\": rows to the local SQLite file instead of the "
-                 "BigQuery stand-in (the previous report's setting); \"gcp-storage-emulator\": the previous "
-                 "report's storage stand-in, the stock emulator in its own process (one request at a time, a new "
-                 "connection per request, its metadata document rewritten after every write); "
-                 f"\"{ROUND_TRIPS}\": the storage stand-in answers every request {ROUND_TRIPS_MS[0]:g} ms late "
-                 f"and the BigQuery stand-in {ROUND_TRIPS_MS[1]:g} ms late, on their own threads, as the network "
-                 "round trips to the real services would make an event wait (they cost no CPU here, as they "
-                 "would not in production).\n\n"
-                 + markdown_table(("configuration", *headers), [row(c, True) for c in extra], "lll"))
+        text += (
+            "\n\nThe same cells in other configurations (one change each from the table above): "
+            f'"latency +-{100 * LATENCY_SPREAD:.0f} %": each Gemini answer takes a uniform random '
+            f"{1 - LATENCY_SPREAD:g}-{1 + LATENCY_SPREAD:g} x the latency (same mean, so the same ideal), as "
+            'real model calls vary, instead of exactly the latency; "WORKERS=1": one gunicorn worker '
+            'process (functions-framework\'s default), THREADS = in flight; "WORKERS=4": two worker '
+            'processes per vCPU; "OUTPUT_TURNS=0 (no turns)": every event draws, uploads and inserts as '
+            'soon as its answer is back, all of them at once (the behaviour before turns); "OUTPUT_TURNS=2": '
+            'two events of a worker at a time; "MODEL_INPUT_MAX_SIDE=1024": the previous default, every 1280x720 frame '
+            'resized to 1024 px and re-encoded for the model instead of sent as uploaded; "empty-belt gate on": '
+            "EMPTY_BELT_GATE_CAMERAS=* (the gate checks each frame before its "
+            "Gemini call; every frame here holds items, so every event still calls Gemini); "
+            '"SQLite sink": rows to the local SQLite file instead of the '
+            'BigQuery stand-in (the previous report\'s setting); "gcp-storage-emulator": the previous '
+            "report's storage stand-in, the stock emulator in its own process (one request at a time, a new "
+            "connection per request, its metadata document rewritten after every write); "
+            f'"{ROUND_TRIPS}": the storage stand-in answers every request {ROUND_TRIPS_MS[0]:g} ms late '
+            f"and the BigQuery stand-in {ROUND_TRIPS_MS[1]:g} ms late, on their own threads, as the network "
+            "round trips to the real services would make an event wait (they cost no CPU here, as they "
+            "would not in production).\n\n"
+            + markdown_table(("configuration", *headers), [row(c, True) for c in extra], "lll")
+        )
     for problem in problems:
         text += f"\n\nWarning: {problem}."
     if plot_path is not None:
@@ -1309,22 +1516,47 @@ def floors_section(cells: Sequence[tuple[float, int]] = FLOOR_CELLS, images_for=
     for latency, concurrency in cells:
         for floor, label in FLOOR_ROWS:
             cell = throughput_cell(latency, concurrency, images_for(concurrency), floor=floor)
-            print(f"floor {floor or 'function'} {latency:g} s x {concurrency}: {100 * cell['ratio']:.0f}% of ideal",
-                  file=sys.stderr, flush=True)
+            print(
+                f"floor {floor or 'function'} {latency:g} s x {concurrency}: {100 * cell['ratio']:.0f}% of ideal",
+                file=sys.stderr,
+                flush=True,
+            )
             expected_rows = cell["images"] if floor in WRITES_ROWS else 0
             if cell["failed"] or cell["ok_2xx"] != cell["images"] or (cell["sink_image_rows"] or 0) != expected_rows:
-                problems.append(f"{label} at {latency:g} s x {concurrency}: {cell['ok_2xx']} of {cell['images']} "
-                                f"events acknowledged, {cell['sink_image_rows']} image rows")
-            rows.append((
-                label, f"{latency:g} s", concurrency, cell["images"], f"{cell['window_s']:.1f}",
-                f"{cell['images_per_s']:.2f}", f"{100 * cell['ratio']:.0f}%", ms(cell["event_ms_mean"]),
-                ms(cell["event_ms_mean"] - 1000 * latency),
-                f"{1000 * cell['function_cores'] * cell['window_s'] / cell['images']:.0f}",
-                f"{cell['emulator_cores']:.2f}", f"{100 * cell['machine_busy']:.0f}%",
-            ))
-    headers = ("what the function does per event", "Gemini latency", "in flight", "images", "window s", "images/s",
-               "ratio", "event ms", "event - latency ms", "function CPU ms / image", "storage stand-in cores",
-               "machine CPU busy")
+                problems.append(
+                    f"{label} at {latency:g} s x {concurrency}: {cell['ok_2xx']} of {cell['images']} "
+                    f"events acknowledged, {cell['sink_image_rows']} image rows"
+                )
+            rows.append(
+                (
+                    label,
+                    f"{latency:g} s",
+                    concurrency,
+                    cell["images"],
+                    f"{cell['window_s']:.1f}",
+                    f"{cell['images_per_s']:.2f}",
+                    f"{100 * cell['ratio']:.0f}%",
+                    ms(cell["event_ms_mean"]),
+                    ms(cell["event_ms_mean"] - 1000 * latency),
+                    f"{1000 * cell['function_cores'] * cell['window_s'] / cell['images']:.0f}",
+                    f"{cell['emulator_cores']:.2f}",
+                    f"{100 * cell['machine_busy']:.0f}%",
+                )
+            )
+    headers = (
+        "what the function does per event",
+        "Gemini latency",
+        "in flight",
+        "images",
+        "window s",
+        "images/s",
+        "ratio",
+        "event ms",
+        "event - latency ms",
+        "function CPU ms / image",
+        "storage stand-in cores",
+        "machine CPU busy",
+    )
     text = (
         "## 5b. Floors: the same cells with less of the function's work\n\n"
         "Each row is a throughput cell as in section 5 (same stand-ins, client, WORKERS and THREADS, same "
@@ -1350,20 +1582,44 @@ def throughput_plot(cells: Sequence[dict[str, Any]], path: Path) -> Path:
     latencies = sorted({c["latency"] for c in cells})
     concurrencies = sorted({c["concurrency"] for c in cells})
     for color, latency in zip(colors, latencies, strict=False):
-        row = sorted((c for c in cells if c["latency"] == latency and not c.get("variant")),
-                     key=lambda c: c["concurrency"])
-        series.append(Series(f"ideal, {latency:g} s latency", [(c, c / latency) for c in concurrencies], color,
-                             dashed=True, markers=False))
-        series.append(Series(f"measured, {latency:g} s", [(c["concurrency"], c["images_per_s"]) for c in row], color,
-                             annotations=[f"{100 * c['ratio']:.0f}%" for c in row]))
+        row = sorted(
+            (c for c in cells if c["latency"] == latency and not c.get("variant")), key=lambda c: c["concurrency"]
+        )
+        series.append(
+            Series(
+                f"ideal, {latency:g} s latency",
+                [(c, c / latency) for c in concurrencies],
+                color,
+                dashed=True,
+                markers=False,
+            )
+        )
+        series.append(
+            Series(
+                f"measured, {latency:g} s",
+                [(c["concurrency"], c["images_per_s"]) for c in row],
+                color,
+                annotations=[f"{100 * c['ratio']:.0f}%" for c in row],
+            )
+        )
     values = [y for s in series for _, y in s.points]
     low = 10 ** math.floor(math.log10(min(values)))
     high = 10 ** math.ceil(math.log10(max(values)))
-    y_ticks = [v for e in range(round(math.log10(low)), round(math.log10(high)) + 1)
-               for v in (10 ** e, 2 * 10 ** e, 5 * 10 ** e) if low <= v <= high]
-    return log_log_plot(path, series, title="Images per second, one instance, vs. Gemini calls in flight",
-                        x_label="per-instance concurrency (events in flight, gunicorn THREADS)",
-                        y_label="images / s (log)", x_ticks=concurrencies, y_ticks=y_ticks)
+    y_ticks = [
+        v
+        for e in range(round(math.log10(low)), round(math.log10(high)) + 1)
+        for v in (10**e, 2 * 10**e, 5 * 10**e)
+        if low <= v <= high
+    ]
+    return log_log_plot(
+        path,
+        series,
+        title="Images per second, one instance, vs. Gemini calls in flight",
+        x_label="per-instance concurrency (events in flight, gunicorn THREADS)",
+        y_label="images / s (log)",
+        x_ticks=concurrencies,
+        y_ticks=y_ticks,
+    )
 
 
 # --- 6. tokens per downscale setting -------------------------------------------------------------
@@ -1373,8 +1629,12 @@ TOKEN_RESOLUTIONS = ("low", "medium", "high", "")
 TOKEN_MODELS = ("gemini-3.5-flash", "gemini-2.5-flash")
 
 
-def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequence[str] = TOKEN_RESOLUTIONS,
-                   models: Sequence[str] = TOKEN_MODELS, size: tuple[int, int] = (4000, 3000)) -> str:
+def tokens_section(
+    max_sides: Sequence[int] = TOKEN_MAX_SIDES,
+    resolutions: Sequence[str] = TOKEN_RESOLUTIONS,
+    models: Sequence[str] = TOKEN_MODELS,
+    size: tuple[int, int] = (4000, 3000),
+) -> str:
     from devtools.standins.gemini_server import image_token_count
     from segmentation.config import Config
     from segmentation.gemini import GeminiDetector
@@ -1392,8 +1652,12 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
         for model in models:
             for side in max_sides:
                 for resolution in resolutions:
-                    settings = {"GEMINI_MODEL": model, "MODEL_INPUT_MAX_SIDE": str(side),
-                                "GEMINI_MEDIA_RESOLUTION": resolution, "EMPTY_BELT_GATE_CAMERAS": ""}
+                    settings = {
+                        "GEMINI_MODEL": model,
+                        "MODEL_INPUT_MAX_SIDE": str(side),
+                        "GEMINI_MEDIA_RESOLUTION": resolution,
+                        "EMPTY_BELT_GATE_CAMERAS": "",
+                    }
                     with environ(settings), storage_emulator() as emulator:
                         config = Config.from_env()
                         name = f"raw/tokens/{model}-{side}-{resolution or 'none'}.jpg"
@@ -1410,39 +1674,59 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
                             raise RuntimeError(f"{name}: {outcome.status}, {len(rows)} image rows")
                         request = gemini.requests[before]
                         part = request.image_part or {}
-                        level = ((part.get("mediaResolution") or {}).get("level")
-                                 or request.generation_config.get("mediaResolution"))
-                        where = ("per part" if part.get("mediaResolution")
-                                 else "request" if request.generation_config.get("mediaResolution") else "none")
+                        level = (part.get("mediaResolution") or {}).get("level") or request.generation_config.get(
+                            "mediaResolution"
+                        )
+                        where = (
+                            "per part"
+                            if part.get("mediaResolution")
+                            else "request"
+                            if request.generation_config.get("mediaResolution")
+                            else "none"
+                        )
                         key = (model, side, resolution)
                         tokens[key] = rows[0]["prompt_tokens"]
                         sent[key] = f"{level or '-'} ({where})"
-                        text_tokens.add(tokens[key] - image_token_count(
-                            model, level, model_input_size(width, height, side)))
-    headers = ["max side", "image sent"] + [f"{model.removeprefix('gemini-')} {res or 'none'}"
-                                            for model in models for res in resolutions]
+                        text_tokens.add(
+                            tokens[key] - image_token_count(model, level, model_input_size(width, height, side))
+                        )
+    headers = ["max side", "image sent"] + [
+        f"{model.removeprefix('gemini-')} {res or 'none'}" for model in models for res in resolutions
+    ]
     rows = []
     for side in max_sides:
         w, h = model_input_size(width, height, side)
         rows.append((side, f"{w}x{h}", *(tokens[(model, side, res)] for model in models for res in resolutions)))
     table = markdown_table(headers, rows)
-    how = sorted({f"{model} / {res or 'none'}: {sent[(model, side, res)]}"
-                  for model in models for res in resolutions for side in max_sides[:1]})
-    text_part = (f"{min(text_tokens)}" if len(text_tokens) == 1 else
-                 f"{min(text_tokens)}-{max(text_tokens)}") if text_tokens else "?"
+    how = sorted(
+        {
+            f"{model} / {res or 'none'}: {sent[(model, side, res)]}"
+            for model in models
+            for res in resolutions
+            for side in max_sides[:1]
+        }
+    )
+    text_part = (
+        (f"{min(text_tokens)}" if len(text_tokens) == 1 else f"{min(text_tokens)}-{max(text_tokens)}")
+        if text_tokens
+        else "?"
+    )
     return (
         f"## 6. Prompt tokens per image by downscale setting ({width}x{height} photo)\n\n"
         "`prompt_tokens` of the image row, one image through the real pipeline per cell (GEMINI_MODEL, "
-        "MODEL_INPUT_MAX_SIDE and GEMINI_MEDIA_RESOLUTION as in the column; \"none\" = empty, no media "
+        'MODEL_INPUT_MAX_SIDE and GEMINI_MEDIA_RESOLUTION as in the column; "none" = empty, no media '
         "resolution sent). These numbers are what the local Gemini wire server (`devtools/standins/gemini_server.py`) "
         "returns in `usageMetadata`: its implementation of Google's documented counting rules, not a live "
         "measurement. Its rules, from Google's documentation (sources in the module): Gemini 3 and later "
         "bill a fixed budget per image by media resolution (low 280, medium 560, high 1120) and default to "
         "high (1120) when none is sent; Gemini 2.x with a media resolution bills low 64, medium 256, high 256 "
-        "(\"zoomed reframing with 256 tokens\"), and without one 258 tokens per 768x768 tile (one tile up to "
+        '("zoomed reframing with 256 tokens"), and without one 258 tokens per 768x768 tile (one tile up to '
         f"384x384). Every cell also includes {text_part} tokens of system instruction and prompt text (one "
-        "token per four characters).\n\n" + table +
-        "\n\nWhat the function sent (the fake records each request): " + "; ".join(how) + "."
+        "token per four characters).\n\n"
+        + table
+        + "\n\nWhat the function sent (the fake records each request): "
+        + "; ".join(how)
+        + "."
     )
 
 
@@ -1450,10 +1734,8 @@ def tokens_section(max_sides: Sequence[int] = TOKEN_MAX_SIDES, resolutions: Sequ
 
 # (width, height, MODEL_INPUT_MAX_SIDE): the default side (1920) sends frames up to 1920 px as
 # uploaded, so its resizes start above that; 1024 is the previous default.
-DOWNSCALE_SIZES = ((1280, 720, 1024), (1920, 1080, 1024), (2448, 2048, 1920), (4000, 3000, 1920),
-                   (4000, 3000, 1024))
-DOWNSCALE_FILTERS = (("LANCZOS", None), ("LANCZOS", 2.0), ("BICUBIC", 2.0), ("BICUBIC", 1.5),
-                     ("BILINEAR", 1.5))
+DOWNSCALE_SIZES = ((1280, 720, 1024), (1920, 1080, 1024), (2448, 2048, 1920), (4000, 3000, 1920), (4000, 3000, 1024))
+DOWNSCALE_FILTERS = (("LANCZOS", None), ("LANCZOS", 2.0), ("BICUBIC", 2.0), ("BICUBIC", 1.5), ("BILINEAR", 1.5))
 
 
 def downscale_section(sizes: Sequence[tuple[int, int, int]] = DOWNSCALE_SIZES, repeats: int = 5) -> str:
@@ -1484,10 +1766,18 @@ def downscale_section(sizes: Sequence[tuple[int, int, int]] = DOWNSCALE_SIZES, r
             method = Image.Resampling[name]
             out = np.asarray(image.resize(size, method, reducing_gap=gap), np.float64)
             mse = float(((out - fair) ** 2).mean())
-            psnr = "exact" if mse == 0 else f"{10 * math.log10(255 ** 2 / mse):.1f}"
+            psnr = "exact" if mse == 0 else f"{10 * math.log10(255**2 / mse):.1f}"
             chosen = " (used)" if method == MODEL_RESAMPLING and gap == MODEL_REDUCING_GAP else ""
-            rows.append((f"{width}x{height}", f"{size[0]}x{size[1]}", f"{name}{chosen}", gap or "none",
-                         ms(cpu_ms(lambda: image.resize(size, method, reducing_gap=gap))), psnr))  # noqa: B023 - run now
+            rows.append(
+                (
+                    f"{width}x{height}",
+                    f"{size[0]}x{size[1]}",
+                    f"{name}{chosen}",
+                    gap or "none",
+                    ms(cpu_ms(lambda: image.resize(size, method, reducing_gap=gap))),  # noqa: B023 - called now
+                    psnr,
+                )
+            )
     return (
         "## 7. Downscaling the model's copy (CPU ms, best of 3 x " + str(repeats) + ")\n\n"
         "A photo longer than MODEL_INPUT_MAX_SIDE is resized to it before its model call (and then "
@@ -1495,8 +1785,9 @@ def downscale_section(sizes: Sequence[tuple[int, int, int]] = DOWNSCALE_SIZES, r
         "1920x1080) is sent as uploaded, with no resize. The 1024 rows are `MODEL_INPUT_MAX_SIDE=1024`, "
         "the previous default. PSNR is against a fair Lanczos resampling (no reducing_gap); above 40 dB "
         "the two are the same picture to a viewer and to the model.\n\n"
-        + markdown_table(["photo", "sent", "filter", "reducing_gap", "CPU ms", "PSNR dB vs fair Lanczos"], rows,
-                         align="lllrrr")
+        + markdown_table(
+            ["photo", "sent", "filter", "reducing_gap", "CPU ms", "PSNR dB vs fair Lanczos"], rows, align="lllrrr"
+        )
     )
 
 
@@ -1508,13 +1799,23 @@ SECTIONS = ("machine", "import", "first-event", "memory", "per-image", "throughp
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer repetitions, no 4000x3000 rows, small throughput and token tables")
-    parser.add_argument("--section", action="append", choices=SECTIONS, metavar="NAME",
-                        help=f"run only this section (repeatable): {', '.join(SECTIONS)}; default: all")
-    parser.add_argument("--plot", type=Path, default=None,
-                        help=f"where the throughput plot goes (default: {THROUGHPUT_PLOT.relative_to(ROOT)}; "
-                             "with --quick: none unless given)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions, no 4000x3000 rows, small throughput and token tables"
+    )
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=SECTIONS,
+        metavar="NAME",
+        help=f"run only this section (repeatable): {', '.join(SECTIONS)}; default: all",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help=f"where the throughput plot goes (default: {THROUGHPUT_PLOT.relative_to(ROOT)}; "
+        "with --quick: none unless given)",
+    )
     args = parser.parse_args(argv)
     import_runs, first_runs, images = (3, 1, 5) if args.quick else (5, 3, 20)
     plot = args.plot if args.plot or args.quick else THROUGHPUT_PLOT
@@ -1522,8 +1823,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         throughput = lambda: throughput_section((0.5,), (1, 4), images_for=lambda c: max(2 * c, 4), plot_path=plot)
         tokens = lambda: tokens_section(max_sides=(512, 1024), resolutions=("high", ""))
     else:
-        throughput = lambda: throughput_section(THROUGHPUT_LATENCIES, THROUGHPUT_CONCURRENCY,
-                                                variants=THROUGHPUT_VARIANTS, plot_path=plot)
+        throughput = lambda: throughput_section(
+            THROUGHPUT_LATENCIES, THROUGHPUT_CONCURRENCY, variants=THROUGHPUT_VARIANTS, plot_path=plot
+        )
         tokens = tokens_section
     chosen = args.section or list(SECTIONS)
 
@@ -1542,10 +1844,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in SECTIONS:
         if name in chosen:
             section_started = time.perf_counter()
-            print(sections[name]() + f"\n\n_Section {name}: {time.perf_counter() - section_started:.0f} s._\n",
-                  flush=True)
-    print(f"_Whole run ({', '.join(n for n in SECTIONS if n in chosen)}): {time.perf_counter() - started:.0f} s; "
-          f"speed probe at the end: {speed_probe()}._")
+            print(
+                sections[name]() + f"\n\n_Section {name}: {time.perf_counter() - section_started:.0f} s._\n", flush=True
+            )
+    print(
+        f"_Whole run ({', '.join(n for n in SECTIONS if n in chosen)}): {time.perf_counter() - started:.0f} s; "
+        f"speed probe at the end: {speed_probe()}._"
+    )
 
 
 if __name__ == "__main__":

@@ -77,18 +77,43 @@ def floor(cloud_event: CloudEvent) -> None:
         return max(1, len(data) * (box.x_max - box.x_min) * (box.y_max - box.y_min) // (size[0] * size[1]))
 
     detections = result.detections
-    outputs = [(f"processed/floor/{ref.name}-{index:04d}.jpg", data[: share(detection)])
-               for index, detection in enumerate(detections, start=1)]
+    outputs = [
+        (f"processed/floor/{ref.name}-{index:04d}.jpg", data[: share(detection)])
+        for index, detection in enumerate(detections, start=1)
+    ]
     outputs.append((f"processed-overview/floor/{ref.name}.jpg", data))
-    uris = list(pipeline._uploads.map(  # the function's own upload threads
-        lambda output: pipeline.storage.write(ref.bucket, output[0], output[1], content_type="image/jpeg",
-                                              metadata={"source-generation": str(ref.generation)},
-                                              if_generation_match=0),
-        outputs))
+    uris = list(
+        pipeline._uploads.map(  # the function's own upload threads
+            lambda output: pipeline.storage.write(
+                ref.bucket,
+                output[0],
+                output[1],
+                content_type="image/jpeg",
+                metadata={"source-generation": str(ref.generation)},
+                if_generation_match=0,
+            ),
+            outputs,
+        )
+    )
     *crop_uris, overview_uri = uris
-    pipeline.sink.insert("objects", [
-        pipeline._object_row(ref, index, detection, crop_uri, overview_uri, result, size)
-        for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris, strict=True), start=1)])
-    pipeline.sink.insert("images", [pipeline._image_row(
-        ref, status="ok", started=started, result=result, objects_found=len(detections),
-        overview_uri=overview_uri, size=size)])
+    pipeline.sink.insert(
+        "objects",
+        [
+            pipeline._object_row(ref, index, detection, crop_uri, overview_uri, result, size)
+            for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris, strict=True), start=1)
+        ],
+    )
+    pipeline.sink.insert(
+        "images",
+        [
+            pipeline._image_row(
+                ref,
+                status="ok",
+                started=started,
+                result=result,
+                objects_found=len(detections),
+                overview_uri=overview_uri,
+                size=size,
+            )
+        ],
+    )

@@ -36,20 +36,35 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _dashed_line(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float],
-                 color, width: int, dash: float = 9.0) -> None:
+def _dashed_line(
+    draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float], color, width: int, dash: float = 9.0
+) -> None:
     length = math.dist(a, b)
     if length == 0:
         return
     steps = int(length // dash)
     for i in range(0, steps + 1, 2):
         t0, t1 = i * dash / length, min(1.0, (i + 1) * dash / length)
-        draw.line([(a[0] + (b[0] - a[0]) * t0, a[1] + (b[1] - a[1]) * t0),
-                   (a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1)], fill=color, width=width)
+        draw.line(
+            [
+                (a[0] + (b[0] - a[0]) * t0, a[1] + (b[1] - a[1]) * t0),
+                (a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1),
+            ],
+            fill=color,
+            width=width,
+        )
 
 
-def log_log_plot(path: Path, series: Sequence[Series], *, title: str, x_label: str, y_label: str,
-                 x_ticks: Sequence[float], y_ticks: Sequence[float]) -> Path:
+def log_log_plot(
+    path: Path,
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    x_ticks: Sequence[float],
+    y_ticks: Sequence[float],
+) -> Path:
     """A log-log line plot of `series` saved as PNG at `path`."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
@@ -61,15 +76,15 @@ def log_log_plot(path: Path, series: Sequence[Series], *, title: str, x_label: s
 
     def at(x: float, y: float) -> tuple[float, float]:
         px = left + (math.log10(x) - x_min) / (x_max - x_min) * (right - left)
-        py = bottom - (math.log10(max(y, 10 ** y_min)) - y_min) / (y_max - y_min) * (bottom - top)
+        py = bottom - (math.log10(max(y, 10**y_min)) - y_min) / (y_max - y_min) * (bottom - top)
         return px, py
 
     for x in x_ticks:
-        px, _ = at(x, 10 ** y_min)
+        px, _ = at(x, 10**y_min)
         draw.line([(px, top), (px, bottom)], fill=(225, 225, 225))
         draw.text((px, bottom + 8), f"{x:g}", fill="black", font=font, anchor="mt")
     for y in y_ticks:
-        _, py = at(10 ** x_min, y)
+        _, py = at(10**x_min, y)
         draw.line([(left, py), (right, py)], fill=(225, 225, 225))
         draw.text((left - 8, py), f"{y:g}", fill="black", font=font, anchor="rm")
     draw.rectangle([left, top, right, bottom], outline="black")

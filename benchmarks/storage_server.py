@@ -59,8 +59,9 @@ def emulator_server(no_meta_dump: bool) -> HTTPServer:
             if self.path == STATS_PATH:
                 server = self.server
                 objects = sum(len(names) for names in self.storage.objects.values())
-                body = json.dumps({"requests": server.requests_served, "busy_s": server.busy_s,
-                                   "objects": objects}).encode()
+                body = json.dumps(
+                    {"requests": server.requests_served, "busy_s": server.busy_s, "objects": objects}
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -80,8 +81,11 @@ def memory_server() -> HTTPServer:
         def _route(self, method, seg, query, body):
             if method == "GET" and seg == STATS_PATH.strip("/").split("/"):
                 server = self.server
-                return 200, {}, {"requests": server.requests, "busy_s": server.handler_s,
-                                 "objects": server.store.object_count()}
+                return (
+                    200,
+                    {},
+                    {"requests": server.requests, "busy_s": server.handler_s, "objects": server.store.object_count()},
+                )
             return super()._route(method, seg, query, body)
 
     server = gcs_server.GcsServer(("127.0.0.1", 0))
@@ -93,8 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", choices=("memory", "emulator"), default="memory")
     parser.add_argument("--no-meta-dump", action="store_true", help="emulator only: skip the metadata rewrite")
-    parser.add_argument("--round-trip-ms", type=float, default=0.0,
-                        help="memory only: each request waits this long before its answer (a network round trip)")
+    parser.add_argument(
+        "--round-trip-ms",
+        type=float,
+        default=0.0,
+        help="memory only: each request waits this long before its answer (a network round trip)",
+    )
     args = parser.parse_args(argv)
     if args.round_trip_ms and args.impl != "memory":
         parser.error("--round-trip-ms needs --impl memory")

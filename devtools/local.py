@@ -117,8 +117,16 @@ class EventBridge:
     side, so (as with Eventarc) their order of arrival is not guaranteed.
     """
 
-    def __init__(self, storage_url: str, bucket: str, prefix: str, function_url: str, *,
-                 interval: float = 0.3, max_attempts: int = 5):
+    def __init__(
+        self,
+        storage_url: str,
+        bucket: str,
+        prefix: str,
+        function_url: str,
+        *,
+        interval: float = 0.3,
+        max_attempts: int = 5,
+    ):
         self.storage_url = storage_url.rstrip("/")
         self.bucket, self.prefix = bucket, prefix
         self.function_url = function_url
@@ -144,8 +152,11 @@ class EventBridge:
         with urllib.request.urlopen(url, timeout=10) as response:
             page = json.load(response)
         self.after = page["next"]
-        return [event for event in page["events"]
-                if event["bucket"] == self.bucket and event["name"].startswith(self.prefix)]
+        return [
+            event
+            for event in page["events"]
+            if event["bucket"] == self.bucket and event["name"].startswith(self.prefix)
+        ]
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -168,8 +179,10 @@ class EventBridge:
                     return
             except (urllib.error.URLError, OSError) as exc:
                 status = getattr(exc, "code", None)
-                print(redact(f"bridge: delivery of {data['name']} failed ({status or exc}); attempt {attempt}"),
-                      file=sys.stderr)
+                print(
+                    redact(f"bridge: delivery of {data['name']} failed ({status or exc}); attempt {attempt}"),
+                    file=sys.stderr,
+                )
                 self._stop.wait(min(30.0, 0.5 * 2**attempt))
         self.delivered[key] = -1
 
@@ -177,11 +190,22 @@ class EventBridge:
 class LocalStack:
     """The emulator, the function and the bridge as child processes/threads of this one."""
 
-    def __init__(self, *, bucket: str, storage_port: int, function_port: int, data_dir: Path,
-                 extra_env: dict[str, str] | None = None, storage_url: str | None = None,
-                 bridge: bool = True, function_log: Path | None = None,
-                 source: Path = ROOT / "main.py", target: str = "on_object_finalized",
-                 versioning: bool = True, output_bucket: str = ""):
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        storage_port: int,
+        function_port: int,
+        data_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        storage_url: str | None = None,
+        bridge: bool = True,
+        function_log: Path | None = None,
+        source: Path = ROOT / "main.py",
+        target: str = "on_object_finalized",
+        versioning: bool = True,
+        output_bucket: str = "",
+    ):
         """`storage_url`: use a storage server that is already running there instead of starting
         `devtools.local_storage` (`storage_port` is then unused; the bridge needs that
         server's write log). `versioning`: the bucket keeps overwritten generations readable,
@@ -211,11 +235,13 @@ class LocalStack:
 
     def function_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "STORAGE_EMULATOR_HOST": self.storage_url,
-            "SQLITE_PATH": str(self.data_dir / "results.sqlite"),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "STORAGE_EMULATOR_HOST": self.storage_url,
+                "SQLITE_PATH": str(self.data_dir / "results.sqlite"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if self.output_bucket:
             env["OUTPUT_BUCKET"] = self.output_bucket
         env.update(self.extra_env)
@@ -226,11 +252,21 @@ class LocalStack:
             _require_free_port(port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.external_storage:
-            self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "devtools.local_storage", "--port", str(self.storage_port),
-                 "--data-dir", str(self.data_dir / "gcs")],
-                cwd=ROOT, stdout=subprocess.DEVNULL,
-            ))
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "devtools.local_storage",
+                        "--port",
+                        str(self.storage_port),
+                        "--data-dir",
+                        str(self.data_dir / "gcs"),
+                    ],
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                )
+            )
         wait_for_http(self.storage_url + "/storage/v1/b")
         client = storage_client(self.storage_url)
         for name in filter(None, (self.bucket, self.output_bucket)):
@@ -241,10 +277,25 @@ class LocalStack:
         log = open(self.function_log, "ab") if self.function_log else None
         try:
             self.function_process = subprocess.Popen(
-                [sys.executable, "-m", "functions_framework", "--target", self.target,
-                 "--signature-type", "cloudevent", "--source", str(self.source),
-                 "--host", "127.0.0.1", "--port", str(self.function_port)],
-                env=self.function_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log else None,
+                [
+                    sys.executable,
+                    "-m",
+                    "functions_framework",
+                    "--target",
+                    self.target,
+                    "--signature-type",
+                    "cloudevent",
+                    "--source",
+                    str(self.source),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.function_port),
+                ],
+                env=self.function_env(),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT if log else None,
             )
         finally:
             if log:
@@ -323,15 +374,24 @@ def _cell(value) -> str:
 def _require_free_port(port: int) -> None:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
-            raise SystemExit(f"port {port} on 127.0.0.1 is already in use (another `local up`?); "
-                             "stop it or choose --storage-port / --function-port")
+            raise SystemExit(
+                f"port {port} on 127.0.0.1 is already in use (another `local up`?); "
+                "stop it or choose --storage-port / --function-port"
+            )
 
 
 def _content_type(path: Path) -> str:
     suffix = path.suffix.lower()
-    return {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-            ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp", ".gif": "image/gif"}.get(
-        suffix, "application/octet-stream")
+    return {
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".png": "image/png",
+        ".webp": "image/webp",
+        ".tif": "image/tiff",
+        ".tiff": "image/tiff",
+        ".bmp": "image/bmp",
+        ".gif": "image/gif",
+    }.get(suffix, "application/octet-stream")
 
 
 def _wait_until_processed(stack: LocalStack, names: Sequence[str], timeout: float) -> bool:
@@ -358,11 +418,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--storage-port", type=int, default=DEFAULT_STORAGE_PORT)
     up.add_argument("--function-port", type=int, default=DEFAULT_FUNCTION_PORT)
     up.add_argument("--data-dir", type=Path, default=ROOT / "local-data")
-    up.add_argument("--no-versioning", dest="versioning", action="store_false",
-                    help="a bucket without object versioning (dev.tfvars): a replaced generation answers 404")
-    up.add_argument("--output-bucket", default="",
-                    help="write crops, overviews and markers to this second bucket (OUTPUT_BUCKET), "
-                         "as Terraform's default separate_outputs_bucket does")
+    up.add_argument(
+        "--no-versioning",
+        dest="versioning",
+        action="store_false",
+        help="a bucket without object versioning (dev.tfvars): a replaced generation answers 404",
+    )
+    up.add_argument(
+        "--output-bucket",
+        default="",
+        help="write crops, overviews and markers to this second bucket (OUTPUT_BUCKET), "
+        "as Terraform's default separate_outputs_bucket does",
+    )
     up.add_argument("--demo", action="store_true", help=f"upload the images in {SAMPLES_DIR.name}/ once started")
     up.add_argument("--once", action="store_true", help="with --demo: stop when the uploads are processed")
 
@@ -370,8 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_files.add_argument("paths", nargs="+", type=Path)
     up_files.add_argument("--camera", help="sub-folder under the source prefix, e.g. cam1")
     up_files.add_argument("--bucket", default=DEFAULT_BUCKET)
-    up_files.add_argument("--emulator", default=os.environ.get("STORAGE_EMULATOR_HOST",
-                                                               f"http://127.0.0.1:{DEFAULT_STORAGE_PORT}"))
+    up_files.add_argument(
+        "--emulator", default=os.environ.get("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{DEFAULT_STORAGE_PORT}")
+    )
 
     rows = sub.add_parser("rows", help="print rows from the local SQLite sink")
     rows.add_argument("--table", choices=("images", "objects"), default="objects")
@@ -382,17 +450,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = Config.from_env()
     if args.command == "upload":
-        upload(args.paths, bucket=args.bucket, emulator_url=args.emulator, prefix=config.source_prefix,
-               camera=args.camera)
+        upload(
+            args.paths, bucket=args.bucket, emulator_url=args.emulator, prefix=config.source_prefix, camera=args.camera
+        )
         return 0
     if args.command == "rows":
         print_rows(args.db, args.table, args.limit, as_json=args.json)
         return 0
 
     offline = config.resolved_backend is None and "DETECTOR" not in os.environ
-    stack = LocalStack(bucket=args.bucket, storage_port=args.storage_port, function_port=args.function_port,
-                       data_dir=args.data_dir, versioning=args.versioning, output_bucket=args.output_bucket,
-                       extra_env={"DETECTOR": "offline"} if offline else None)
+    stack = LocalStack(
+        bucket=args.bucket,
+        storage_port=args.storage_port,
+        function_port=args.function_port,
+        data_dir=args.data_dir,
+        versioning=args.versioning,
+        output_bucket=args.output_bucket,
+        extra_env={"DETECTOR": "offline"} if offline else None,
+    )
     signal.signal(signal.SIGTERM, _interrupt)
     with stack:
         print(f"storage:          {stack.storage_url}  (export STORAGE_EMULATOR_HOST={stack.storage_url})")
@@ -400,16 +475,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output_bucket:
             print(f"outputs:          gs://{args.output_bucket}/")
         if offline:
-            print("note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); the offline "
-                  "detector processes the images (DETECTOR=offline). It is made for plain belts seen by a fixed "
-                  "camera, like samples/; on other photos its rows are guesses.")
+            print(
+                "note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC); the offline "
+                "detector processes the images (DETECTOR=offline). It is made for plain belts seen by a fixed "
+                "camera, like samples/; on other photos its rows are guesses."
+            )
         elif config.resolved_backend is None and config.detector != "offline" and not config.offline_fallback:
-            print("note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC) and "
-                  "DETECTOR=gemini: images get failed rows saying so")
+            print(
+                "note: no Gemini credentials (GEMINI_API_KEY, or GOOGLE_CLOUD_PROJECT with ADC) and "
+                "DETECTOR=gemini: images get failed rows saying so"
+            )
         if args.demo:
             samples = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            names = upload(samples, bucket=args.bucket, emulator_url=stack.storage_url,
-                           prefix=config.source_prefix, camera="demo")
+            names = upload(
+                samples, bucket=args.bucket, emulator_url=stack.storage_url, prefix=config.source_prefix, camera="demo"
+            )
             finished = _wait_until_processed(stack, names, timeout=600)
             print_rows(args.data_dir / "results.sqlite", "images", len(names))
             print_rows(args.data_dir / "results.sqlite", "objects", 100)

@@ -82,8 +82,16 @@ import google_crc32c
 STATS_PATH = "/__stats"
 EVENTS_PATH = "/__events"
 _MEDIA_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Content-Disposition", "Content-Language")
-_WRITABLE = ("contentType", "contentEncoding", "contentDisposition", "contentLanguage", "cacheControl",
-             "metadata", "customTime", "storageClass")
+_WRITABLE = (
+    "contentType",
+    "contentEncoding",
+    "contentDisposition",
+    "contentLanguage",
+    "cacheControl",
+    "metadata",
+    "customTime",
+    "storageClass",
+)
 _REASONS = {400: "invalid", 404: "notFound", 409: "conflict", 412: "conditionNotMet", 501: "notImplemented"}
 
 
@@ -136,13 +144,24 @@ class Store:
     def create_bucket(self, name: str, *, versioning: bool = False) -> dict[str, Any]:
         with self._lock:
             if name in self.buckets:
-                raise GcsError(409, f"Your previous request to create the named bucket succeeded and you "
-                                    f"already own it: {name}")
+                raise GcsError(
+                    409, f"Your previous request to create the named bucket succeeded and you already own it: {name}"
+                )
             now = self._now()
-            self.buckets[name] = {"kind": "storage#bucket", "id": name, "name": name, "selfLink": f"/storage/v1/b/{name}",
-                                  "projectNumber": "0", "metageneration": "1", "location": "US",
-                                  "storageClass": "STANDARD", "timeCreated": now, "updated": now, "etag": "CAE=",
-                                  "versioning": {"enabled": bool(versioning)}}
+            self.buckets[name] = {
+                "kind": "storage#bucket",
+                "id": name,
+                "name": name,
+                "selfLink": f"/storage/v1/b/{name}",
+                "projectNumber": "0",
+                "metageneration": "1",
+                "location": "US",
+                "storageClass": "STANDARD",
+                "timeCreated": now,
+                "updated": now,
+                "etag": "CAE=",
+                "versioning": {"enabled": bool(versioning)},
+            }
             self.objects[name] = {}
             self.noncurrent[name] = {}
             self._journal({"op": "bucket", "resource": self.buckets[name]})
@@ -187,10 +206,11 @@ class Store:
         crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
         if metadata.get("crc32c") not in (None, crc):
-            raise GcsError(400, f"Provided CRC32C \"{metadata['crc32c']}\" doesn't match calculated CRC32C \"{crc}\".")
+            raise GcsError(400, f'Provided CRC32C "{metadata["crc32c"]}" doesn\'t match calculated CRC32C "{crc}".')
         if metadata.get("md5Hash") not in (None, md5):
-            raise GcsError(400, f"Provided MD5 hash \"{metadata['md5Hash']}\" doesn't match calculated MD5 hash "
-                                f"\"{md5}\".")
+            raise GcsError(
+                400, f'Provided MD5 hash "{metadata["md5Hash"]}" doesn\'t match calculated MD5 hash "{md5}".'
+            )
         with self._lock:
             if bucket not in self.objects:
                 raise GcsError(404, f"The specified bucket does not exist: {bucket}")
@@ -200,12 +220,24 @@ class Store:
             generation = str(self._last_generation)
             now = self._now()
             resource = {
-                "kind": "storage#object", "id": f"{bucket}/{name}/{generation}",
+                "kind": "storage#object",
+                "id": f"{bucket}/{name}/{generation}",
                 "selfLink": f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}",
-                "mediaLink": f"/download/storage/v1/b/{bucket}/o/{quote(name, safe='')}?generation={generation}&alt=media",
-                "name": name, "bucket": bucket, "generation": generation, "metageneration": "1",
-                "contentType": "application/octet-stream", "storageClass": "STANDARD", "size": str(len(data)),
-                "md5Hash": md5, "crc32c": crc, "etag": md5, "timeCreated": now, "updated": now,
+                "mediaLink": (
+                    f"/download/storage/v1/b/{bucket}/o/{quote(name, safe='')}?generation={generation}&alt=media"
+                ),
+                "name": name,
+                "bucket": bucket,
+                "generation": generation,
+                "metageneration": "1",
+                "contentType": "application/octet-stream",
+                "storageClass": "STANDARD",
+                "size": str(len(data)),
+                "md5Hash": md5,
+                "crc32c": crc,
+                "etag": md5,
+                "timeCreated": now,
+                "updated": now,
                 "timeStorageClassUpdated": now,
             }
             for key in _WRITABLE:
@@ -236,22 +268,25 @@ class Store:
         """The finalize events with a sequence number above `after` (at most `limit`), and the
         number to ask with next."""
         with self._lock:
-            events = [dict(event) for event in self.events[max(after, 0): max(after, 0) + limit]]
+            events = [dict(event) for event in self.events[max(after, 0) : max(after, 0) + limit]]
         return events, events[-1]["seq"] if events else max(after, 0)
 
-    def list(self, bucket: str, prefix: str, delimiter: str | None, max_results: int,
-             page_token: str | None) -> tuple[list[dict], list[str], str | None]:
+    def list(
+        self, bucket: str, prefix: str, delimiter: str | None, max_results: int, page_token: str | None
+    ) -> tuple[list[dict], list[str], str | None]:
         with self._lock:
             if bucket not in self.objects:
                 raise GcsError(404, f"The specified bucket does not exist: {bucket}")
-            names = sorted(n for n in self.objects[bucket] if n.startswith(prefix) and (not page_token or n > page_token))
+            names = sorted(
+                n for n in self.objects[bucket] if n.startswith(prefix) and (not page_token or n > page_token)
+            )
             items: list[dict] = []
             prefixes: set[str] = set()
             last: str | None = None
             for name in names:
                 if len(items) + len(prefixes) >= max_results:
                     return items, sorted(prefixes), last
-                if delimiter and delimiter in name[len(prefix):]:
+                if delimiter and delimiter in name[len(prefix) :]:
                     prefixes.add(name[: name.index(delimiter, len(prefix)) + len(delimiter)])
                 else:
                     items.append(self.objects[bucket][name].resource)
@@ -265,8 +300,10 @@ class Store:
         bucket's folder or is not a plain relative path."""
         assert self._persist is not None
         parts = name.split("/")
-        if all(part not in ("", ".", "..") and "\0" not in part and not part.startswith(".by-hash")
-               for part in parts) and len(name.encode("utf-8", "surrogatepass")) < 1024:
+        if (
+            all(part not in ("", ".", "..") and "\0" not in part and not part.startswith(".by-hash") for part in parts)
+            and len(name.encode("utf-8", "surrogatepass")) < 1024
+        ):
             return self._persist / bucket / Path(*parts)
         return self._hashed_file(bucket, name)
 
@@ -418,8 +455,15 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers, payload = self._route(method, segments, query, body)
         except GcsError as exc:
             status, headers = exc.code, {}
-            payload = {"error": {"code": exc.code, "message": exc.message, "errors": [
-                {"domain": "global", "reason": _REASONS.get(exc.code, "invalid"), "message": exc.message}]}}
+            payload = {
+                "error": {
+                    "code": exc.code,
+                    "message": exc.message,
+                    "errors": [
+                        {"domain": "global", "reason": _REASONS.get(exc.code, "invalid"), "message": exc.message}
+                    ],
+                }
+            }
         if isinstance(payload, (dict, list)):
             headers.setdefault("Content-Type", "application/json; charset=UTF-8")
             payload = json.dumps(payload).encode()
@@ -443,15 +487,24 @@ class _Handler(BaseHTTPRequestHandler):
         store = self.server.store
         first = lambda key: query.get(key, [None])[0]
         if seg == ["__stats"] and method == "GET":
-            return 200, {}, {"requests": self.server.requests, "handler_s": self.server.handler_s,
-                             "objects": store.object_count()}
+            return (
+                200,
+                {},
+                {"requests": self.server.requests, "handler_s": self.server.handler_s, "objects": store.object_count()},
+            )
         if seg == ["__events"] and method == "GET":
             events, after = store.events_after(int(first("after") or 0))
             return 200, {}, {"events": events, "next": after}
         download = seg[:1] == ["download"]
         if download:
             seg = seg[1:]
-        if seg[:3] == ["upload", "storage", "v1"] and len(seg) == 6 and seg[3] == "b" and seg[5] == "o" and method == "POST":
+        if (
+            seg[:3] == ["upload", "storage", "v1"]
+            and len(seg) == 6
+            and seg[3] == "b"
+            and seg[5] == "o"
+            and method == "POST"
+        ):
             return self._upload(seg[4], query, body)
         if seg[:1] == ["upload"] and len(seg) == 2 and method == "PUT":
             return self._resumable_chunk(seg[1], body)
@@ -459,14 +512,21 @@ class _Handler(BaseHTTPRequestHandler):
             raise GcsError(501, f"{method} {self.path} is not implemented by the local stand-in")
         if len(seg) == 3 and method == "POST":
             metadata = json.loads(body or b"{}")
-            return 200, {}, store.create_bucket(metadata.get("name") or first("name") or "",
-                                                versioning=bool((metadata.get("versioning") or {}).get("enabled")))
+            return (
+                200,
+                {},
+                store.create_bucket(
+                    metadata.get("name") or first("name") or "",
+                    versioning=bool((metadata.get("versioning") or {}).get("enabled")),
+                ),
+            )
         if len(seg) == 4 and method == "GET":
             return 200, {}, select_fields(store.bucket(seg[3]), first("fields"))
         if len(seg) == 5 and seg[4] == "o" and method == "GET":
             max_results = int(first("maxResults") or 1000)
-            items, prefixes, token = store.list(seg[3], first("prefix") or "", first("delimiter"),
-                                                min(max_results, 1000), first("pageToken"))
+            items, prefixes, token = store.list(
+                seg[3], first("prefix") or "", first("delimiter"), min(max_results, 1000), first("pageToken")
+            )
             listing: dict[str, Any] = {"kind": "storage#objects", "items": items}
             if prefixes:
                 listing["prefixes"] = prefixes
@@ -525,8 +585,11 @@ class _Handler(BaseHTTPRequestHandler):
             return 308, headers, b""
         with self.server.uploads_lock:
             self.server.uploads.pop(upload_id, None)
-        return 200, {}, self.server.store.put(upload.bucket, upload.resource, bytes(upload.received),
-                                              upload.preconditions)
+        return (
+            200,
+            {},
+            self.server.store.put(upload.bucket, upload.resource, bytes(upload.received), upload.preconditions),
+        )
 
 
 def _media_headers(stored: StoredObject) -> dict[str, str]:
@@ -605,8 +668,9 @@ class GcsServer(ThreadingHTTPServer):
 def running_gcs_server(port: int = 0) -> Iterator[GcsServer]:
     """Serve the stand-in on 127.0.0.1 in this process (a background thread); stop on exit."""
     server = GcsServer(("127.0.0.1", port))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="gcs-stand-in", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="gcs-stand-in", daemon=True
+    )
     thread.start()
     try:
         yield server

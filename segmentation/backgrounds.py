@@ -33,7 +33,7 @@ def camera_of(name: str, source_prefix: str) -> str | None:
     >>> camera_of("raw/cam1/2026/x.jpg", "raw/"), camera_of("raw/x.jpg", "raw/")
     ('cam1', None)
     """
-    relative = name[len(source_prefix):] if name.startswith(source_prefix) else name
+    relative = name[len(source_prefix) :] if name.startswith(source_prefix) else name
     head, slash, _ = relative.partition("/")
     return head if slash and head not in ("", ".", "..") else None
 
@@ -80,6 +80,11 @@ class OfflineDetectors:
         except PipelineError as exc:
             # Optional input: a missing or unusable reference means "model the belt from the image".
             if exc.error_type != "object_gone":
-                log_event("WARNING", f"background reference unusable; ignoring it: {exc}",
-                          bucket=bucket, object=name, error_type=exc.error_type)
+                log_event(
+                    "WARNING",
+                    f"background reference unusable; ignoring it: {exc}",
+                    bucket=bucket,
+                    object=name,
+                    error_type=exc.error_type,
+                )
             return None

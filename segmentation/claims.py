@@ -49,8 +49,16 @@ TAKE_ATTEMPTS = 5
 class ClaimStorage(Protocol):
     """The storage calls a claim needs (a subset of `segmentation.storage.Storage`)."""
 
-    def write(self, bucket: str, name: str, data: bytes, *, content_type: str,
-              metadata: dict[str, str] | None = None, if_generation_match: int | None = None) -> str: ...
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        if_generation_match: int | None = None,
+    ) -> str: ...
 
     def object_state(self, bucket: str, name: str) -> ObjectState | None: ...
 
@@ -87,8 +95,16 @@ def new_owner() -> str:
     return uuid.uuid4().hex
 
 
-def create(storage: ClaimStorage, ref: ObjectRef, name: str, *, lease_s: float, owner: str,
-           now: Callable[[], float] = time.time, bucket: str = "") -> Owned | None:
+def create(
+    storage: ClaimStorage,
+    ref: ObjectRef,
+    name: str,
+    *,
+    lease_s: float,
+    owner: str,
+    now: Callable[[], float] = time.time,
+    bucket: str = "",
+) -> Owned | None:
     """Create `ref`'s claim for `owner` if there is none (`ifGenerationMatch=0`); None when one
     exists (possibly `owner`'s own, when a retried create had landed: `claim` recognises it).
     `bucket`: where the claim lives (the outputs bucket); empty means `ref`'s own bucket, as in
@@ -103,8 +119,12 @@ def create(storage: ClaimStorage, ref: ObjectRef, name: str, *, lease_s: float, 
 
 def _claim_body(ref: ObjectRef, owner: str, expires_at: float) -> tuple[bytes, dict[str, Any]]:
     """The claim object's bytes and write options (content type, metadata)."""
-    metadata = {GENERATION_KEY: str(ref.generation), SOURCE_KEY: ref.uri, OWNER_KEY: owner,
-                EXPIRES_KEY: f"{expires_at:.3f}"}
+    metadata = {
+        GENERATION_KEY: str(ref.generation),
+        SOURCE_KEY: ref.uri,
+        OWNER_KEY: owner,
+        EXPIRES_KEY: f"{expires_at:.3f}",
+    }
     return json.dumps(metadata).encode(), {"content_type": "application/json", "metadata": metadata}
 
 
@@ -148,16 +168,18 @@ def claim(
     raise WriteConflictError(f"the claim gs://{bucket}/{name} changed under {TAKE_ATTEMPTS} takeovers in a row")
 
 
-def holder(storage: ClaimStorage, ref: ObjectRef, name: str, *, now: Callable[[], float] = time.time,
-           bucket: str = "") -> Decision | None:
+def holder(
+    storage: ClaimStorage, ref: ObjectRef, name: str, *, now: Callable[[], float] = time.time, bucket: str = ""
+) -> Decision | None:
     """Who holds `ref`'s claim now: `Busy`, `Newer`, or None when it is free to take (absent,
     expired, or an older generation's)."""
     state = storage.object_state(bucket or ref.bucket, name)
     return None if state is None else _held_by(state, ref, now())
 
 
-def release(storage: ClaimStorage, ref: ObjectRef, name: str, owner: str, *, expire_only: bool = False,
-            bucket: str = "") -> bool:
+def release(
+    storage: ClaimStorage, ref: ObjectRef, name: str, owner: str, *, expire_only: bool = False, bucket: str = ""
+) -> bool:
     """Give the claim back if `owner` still holds it: delete it, or with `expire_only` keep it
     with its lease run out (so the next delivery still looks at the completion marker).
     Returns whether it was given back."""

@@ -114,128 +114,295 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     # Where things are in the bucket.
-    Setting("SOURCE_PREFIX", "source_prefix", "raw/", _prefix,
-            "Only objects under this prefix are processed; everything else is ignored."),
-    Setting("CROPS_PREFIX", "crops_prefix", "processed/", _prefix,
-            "Where one JPEG crop per object is written: {prefix}{name}-output-{NNNN}.jpg ({name}: the "
-            "source's path under SOURCE_PREFIX, extension included)."),
-    Setting("OVERVIEW_PREFIX", "overview_prefix", "processed-overview/", _prefix,
-            "Where the annotated overview is written: {prefix}processed_{name}.jpg."),
-    Setting("MARKERS_PREFIX", "markers_prefix", "processed-markers/", _prefix,
-            "Where completion markers go; a redelivered event whose marker exists is a no-op."),
-    Setting("OUTPUT_BUCKET", "output_bucket", "", _bucket,
-            "Bucket for crops, overviews, completion markers and claims, under the prefixes above. "
-            "Empty: the bucket of the upload (one bucket; each output fires an event the function "
-            "ignores). Set, the upload's bucket is only read, and events from this bucket are ignored. "
-            "One source bucket per outputs bucket: names do not include the source bucket."),
-    Setting("BACKGROUNDS_PREFIX", "backgrounds_prefix", "backgrounds/", _prefix,
-            "Optional photos of each camera's empty scene, {prefix}{camera}.jpg, camera = first "
-            "folder under SOURCE_PREFIX; the offline detector and the gate compare against them."),
+    Setting(
+        "SOURCE_PREFIX",
+        "source_prefix",
+        "raw/",
+        _prefix,
+        "Only objects under this prefix are processed; everything else is ignored.",
+    ),
+    Setting(
+        "CROPS_PREFIX",
+        "crops_prefix",
+        "processed/",
+        _prefix,
+        "Where one JPEG crop per object is written: {prefix}{name}-output-{NNNN}.jpg ({name}: the "
+        "source's path under SOURCE_PREFIX, extension included).",
+    ),
+    Setting(
+        "OVERVIEW_PREFIX",
+        "overview_prefix",
+        "processed-overview/",
+        _prefix,
+        "Where the annotated overview is written: {prefix}processed_{name}.jpg.",
+    ),
+    Setting(
+        "MARKERS_PREFIX",
+        "markers_prefix",
+        "processed-markers/",
+        _prefix,
+        "Where completion markers go; a redelivered event whose marker exists is a no-op.",
+    ),
+    Setting(
+        "OUTPUT_BUCKET",
+        "output_bucket",
+        "",
+        _bucket,
+        "Bucket for crops, overviews, completion markers and claims, under the prefixes above. "
+        "Empty: the bucket of the upload (one bucket; each output fires an event the function "
+        "ignores). Set, the upload's bucket is only read, and events from this bucket are ignored. "
+        "One source bucket per outputs bucket: names do not include the source bucket.",
+    ),
+    Setting(
+        "BACKGROUNDS_PREFIX",
+        "backgrounds_prefix",
+        "backgrounds/",
+        _prefix,
+        "Optional photos of each camera's empty scene, {prefix}{camera}.jpg, camera = first "
+        "folder under SOURCE_PREFIX; the offline detector and the gate compare against them.",
+    ),
     # Detectors.
-    Setting("DETECTOR", "detector", "gemini", _choice("gemini", "offline"),
-            "gemini, or offline: the weight-free belt detector for every image (no model calls)."),
-    Setting("EMPTY_BELT_GATE_CAMERAS", "empty_belt_gate_cameras", "", _cameras,
-            "Cameras (folders under SOURCE_PREFIX, comma-separated; * = all) whose frames the "
-            "empty-belt gate compares with the camera's empty-scene reference "
-            "({BACKGROUNDS_PREFIX}{camera}.jpg) before a Gemini call: a frame that shows only the "
-            "empty scene (camera vibration, light and the belt's motion tolerated) is recorded as "
-            "empty without a model call. A camera without a reference is always sent to the model. "
-            "Empty: the gate is off."),
-    Setting("OFFLINE_FALLBACK", "offline_fallback", "false", _bool,
-            "When Gemini is not configured, or keeps failing past RETRY_DEADLINE_S, process the "
-            "image with the offline detector (rows say detector=offline and why) instead of "
-            "failing or waiting for redelivery. Off: the offline detector is made for plain belts "
-            "seen by a fixed camera, and on other real photos its rows are guesses; Eventarc "
-            "redelivers and `segmentation.replay` takes over after an outage."),
+    Setting(
+        "DETECTOR",
+        "detector",
+        "gemini",
+        _choice("gemini", "offline"),
+        "gemini, or offline: the weight-free belt detector for every image (no model calls).",
+    ),
+    Setting(
+        "EMPTY_BELT_GATE_CAMERAS",
+        "empty_belt_gate_cameras",
+        "",
+        _cameras,
+        "Cameras (folders under SOURCE_PREFIX, comma-separated; * = all) whose frames the "
+        "empty-belt gate compares with the camera's empty-scene reference "
+        "({BACKGROUNDS_PREFIX}{camera}.jpg) before a Gemini call: a frame that shows only the "
+        "empty scene (camera vibration, light and the belt's motion tolerated) is recorded as "
+        "empty without a model call. A camera without a reference is always sent to the model. "
+        "Empty: the gate is off.",
+    ),
+    Setting(
+        "OFFLINE_FALLBACK",
+        "offline_fallback",
+        "false",
+        _bool,
+        "When Gemini is not configured, or keeps failing past RETRY_DEADLINE_S, process the "
+        "image with the offline detector (rows say detector=offline and why) instead of "
+        "failing or waiting for redelivery. Off: the offline detector is made for plain belts "
+        "seen by a fixed camera, and on other real photos its rows are guesses; Eventarc "
+        "redelivers and `segmentation.replay` takes over after an outage.",
+    ),
     # Gemini.
-    Setting("GEMINI_BACKEND", "gemini_backend", "auto", _choice("auto", "vertex", "api-key"),
-            "vertex (Application Default Credentials, project and location below), api-key "
-            "(GEMINI_API_KEY or GOOGLE_API_KEY), or auto: api-key if a key is set, else vertex "
-            "if a project is set."),
-    Setting("GOOGLE_CLOUD_PROJECT", "project", "", _str,
-            "Project for Vertex AI calls (set by Terraform; also read by the Google clients)."),
-    Setting("GOOGLE_CLOUD_LOCATION", "location", "global", _str,
-            "Vertex AI location for Gemini calls: global, the eu or us multi-region (data "
-            "residency), or a single region such as europe-west4 (gemini-3.5-flash and older "
-            "only; 3.6 and later run only in global, eu and us)."),
-    Setting("GEMINI_API_KEY", "gemini_api_key", "", _str,
-            "API key for local development (api-key backend). Never logged. GOOGLE_API_KEY also works.",
-            secret=True, local_only=True),
-    Setting("GEMINI_MODEL", "gemini_model", "gemini-3.5-flash", _str,
-            "Model id. The default is the GA Flash model that runs in every location kind and "
-            "stays until at least May 2027 (2.5 models were retired on 2026-10-20); what each model "
-            "takes is in segmentation/models.py."),
-    Setting("GEMINI_PROMPT", "gemini_prompt", DEFAULT_PROMPT, _str,
-            "What to detect, sent with each image."),
-    Setting("GEMINI_SYSTEM_INSTRUCTION", "gemini_system_instruction", DEFAULT_SYSTEM_INSTRUCTION, _str,
-            "System instruction; {max_objects} is replaced by GEMINI_MAX_OBJECTS."),
-    Setting("GEMINI_TEMPERATURE", "gemini_temperature", "", _optional_float,
-            "Sampling temperature. Empty sends none, as Google advises for 3.x models "
-            "(below 1.0 they may loop); 2.x spatial examples used 0.5. Never sent to models "
-            "that ignore it (3.6 and later)."),
-    Setting("GEMINI_THINKING_LEVEL", "gemini_thinking_level", "minimal",
-            _choice("", "minimal", "low", "medium", "high"),
-            "Thinking level, sent to models that take one (3.x and later). Google advises no "
-            "thinking for detection; a model that rejects the level gets the nearest it takes "
-            "(minimal is sent as low to 3.7 and 3.8). Empty sends none."),
-    Setting("GEMINI_THINKING_BUDGET", "gemini_thinking_budget", "0", _optional_int,
-            "Thinking budget in tokens, sent to 2.x-family models only (0 = off, Google's advice "
-            "for object detection). Empty sends none."),
-    Setting("GEMINI_MEDIA_RESOLUTION", "gemini_media_resolution", "high",
-            _choice("", "low", "medium", "high"),
-            "Media resolution of the image (3.x: low 280, medium 560, high 1120 tokens). "
-            "Empty sends none."),
-    Setting("GEMINI_MAX_OBJECTS", "gemini_max_objects", "25", _int,
-            "Most objects asked for per image; extra objects in an answer are dropped."),
-    Setting("GEMINI_MAX_OUTPUT_TOKENS", "gemini_max_output_tokens", "8192", _int,
-            "Output-token limit per call; an answer cut at the limit keeps its complete objects "
-            "and the image is marked partial."),
-    Setting("GEMINI_TIMEOUT_S", "gemini_timeout_s", "60", _float,
-            "Timeout of one Gemini HTTP request, in seconds."),
-    Setting("MODEL_INPUT_MAX_SIDE", "model_input_max_side", "1920", _int,
-            "The image sent to the model is downscaled to this longest side (boxes still map to "
-            "the original); an upright colour JPEG within it is sent as uploaded."),
+    Setting(
+        "GEMINI_BACKEND",
+        "gemini_backend",
+        "auto",
+        _choice("auto", "vertex", "api-key"),
+        "vertex (Application Default Credentials, project and location below), api-key "
+        "(GEMINI_API_KEY or GOOGLE_API_KEY), or auto: api-key if a key is set, else vertex "
+        "if a project is set.",
+    ),
+    Setting(
+        "GOOGLE_CLOUD_PROJECT",
+        "project",
+        "",
+        _str,
+        "Project for Vertex AI calls (set by Terraform; also read by the Google clients).",
+    ),
+    Setting(
+        "GOOGLE_CLOUD_LOCATION",
+        "location",
+        "global",
+        _str,
+        "Vertex AI location for Gemini calls: global, the eu or us multi-region (data "
+        "residency), or a single region such as europe-west4 (gemini-3.5-flash and older "
+        "only; 3.6 and later run only in global, eu and us).",
+    ),
+    Setting(
+        "GEMINI_API_KEY",
+        "gemini_api_key",
+        "",
+        _str,
+        "API key for local development (api-key backend). Never logged. GOOGLE_API_KEY also works.",
+        secret=True,
+        local_only=True,
+    ),
+    Setting(
+        "GEMINI_MODEL",
+        "gemini_model",
+        "gemini-3.5-flash",
+        _str,
+        "Model id. The default is the GA Flash model that runs in every location kind and "
+        "stays until at least May 2027 (2.5 models were retired on 2026-10-20); what each model "
+        "takes is in segmentation/models.py.",
+    ),
+    Setting("GEMINI_PROMPT", "gemini_prompt", DEFAULT_PROMPT, _str, "What to detect, sent with each image."),
+    Setting(
+        "GEMINI_SYSTEM_INSTRUCTION",
+        "gemini_system_instruction",
+        DEFAULT_SYSTEM_INSTRUCTION,
+        _str,
+        "System instruction; {max_objects} is replaced by GEMINI_MAX_OBJECTS.",
+    ),
+    Setting(
+        "GEMINI_TEMPERATURE",
+        "gemini_temperature",
+        "",
+        _optional_float,
+        "Sampling temperature. Empty sends none, as Google advises for 3.x models "
+        "(below 1.0 they may loop); 2.x spatial examples used 0.5. Never sent to models "
+        "that ignore it (3.6 and later).",
+    ),
+    Setting(
+        "GEMINI_THINKING_LEVEL",
+        "gemini_thinking_level",
+        "minimal",
+        _choice("", "minimal", "low", "medium", "high"),
+        "Thinking level, sent to models that take one (3.x and later). Google advises no "
+        "thinking for detection; a model that rejects the level gets the nearest it takes "
+        "(minimal is sent as low to 3.7 and 3.8). Empty sends none.",
+    ),
+    Setting(
+        "GEMINI_THINKING_BUDGET",
+        "gemini_thinking_budget",
+        "0",
+        _optional_int,
+        "Thinking budget in tokens, sent to 2.x-family models only (0 = off, Google's advice "
+        "for object detection). Empty sends none.",
+    ),
+    Setting(
+        "GEMINI_MEDIA_RESOLUTION",
+        "gemini_media_resolution",
+        "high",
+        _choice("", "low", "medium", "high"),
+        "Media resolution of the image (3.x: low 280, medium 560, high 1120 tokens). Empty sends none.",
+    ),
+    Setting(
+        "GEMINI_MAX_OBJECTS",
+        "gemini_max_objects",
+        "25",
+        _int,
+        "Most objects asked for per image; extra objects in an answer are dropped.",
+    ),
+    Setting(
+        "GEMINI_MAX_OUTPUT_TOKENS",
+        "gemini_max_output_tokens",
+        "8192",
+        _int,
+        "Output-token limit per call; an answer cut at the limit keeps its complete objects "
+        "and the image is marked partial.",
+    ),
+    Setting("GEMINI_TIMEOUT_S", "gemini_timeout_s", "60", _float, "Timeout of one Gemini HTTP request, in seconds."),
+    Setting(
+        "MODEL_INPUT_MAX_SIDE",
+        "model_input_max_side",
+        "1920",
+        _int,
+        "The image sent to the model is downscaled to this longest side (boxes still map to "
+        "the original); an upright colour JPEG within it is sent as uploaded.",
+    ),
     # Limits and retries.
-    Setting("OUTPUT_TURNS", "output_turns", "1", _int,
-            "Events of one worker process that draw and send their outputs (crops, overview) at "
-            "once; the others wait their turn in arrival order (at most 2 s each, then go ahead). "
-            "A turn waits at most 30 ms for the uploads' answers; the rows take no turn. "
-            "0 = no turns."),
-    Setting("MAX_IMAGE_BYTES", "max_image_bytes", str(40 * 1024 * 1024), _int,
-            "Larger objects are refused without being downloaded."),
-    Setting("MAX_IMAGE_PIXELS", "max_image_pixels", str(100_000_000), _int,
-            "Decompression-bomb guard: images with more pixels are refused before decoding."),
-    Setting("MEMORY_LIMIT_MIB", "memory_limit_mib", "2048", _int,
-            "Memory one worker process may use, in MiB (Terraform: the function's memory divided "
-            "by its worker processes). 0: no decode memory budget."),
-    Setting("DECODE_MEMORY_FRACTION", "decode_memory_fraction", "0.6", _float,
-            "Share of MEMORY_LIMIT_MIB that the images of a worker's concurrent events may hold "
-            "together (decoded pixels and drawing copies, estimated from the header); the rest is "
-            "kept for the process itself and each event's downloads and outputs. An event waits "
-            "until its image fits; a JPEG too large alone is decoded at 1/2, 1/4 or 1/8 size, any "
-            "other image too large alone fails as image_too_large_for_memory."),
-    Setting("RETRY_DEADLINE_S", "retry_deadline_s", "300", _float,
-            "Transient errors are retried with backoff until this many seconds after the event "
-            "arrived; then the function raises so the platform redelivers. Keep it below the "
-            "function timeout."),
-    Setting("GIVE_UP_AFTER_S", "give_up_after_s", "43200", _float,
-            "An image whose errors are still transient (quota, 5xx, timeouts) on a delivery this "
-            "many seconds after its upload gets a failed row instead of another redelivery. Keep "
-            "it below the time the trigger's subscription takes to dead-letter an event (Terraform "
-            "checks). Malformed model answers and unexpected errors give up sooner: on the first "
-            "redelivery that fails again."),
-    Setting("CLAIM_LEASE_S", "claim_lease_s", "540", _float,
-            "Seconds a delivery owns an image's work before another copy of the event may take it "
-            "over (a killed worker). Set it to the function timeout (Terraform does)."),
+    Setting(
+        "OUTPUT_TURNS",
+        "output_turns",
+        "1",
+        _int,
+        "Events of one worker process that draw and send their outputs (crops, overview) at "
+        "once; the others wait their turn in arrival order (at most 2 s each, then go ahead). "
+        "A turn waits at most 30 ms for the uploads' answers; the rows take no turn. "
+        "0 = no turns.",
+    ),
+    Setting(
+        "MAX_IMAGE_BYTES",
+        "max_image_bytes",
+        str(40 * 1024 * 1024),
+        _int,
+        "Larger objects are refused without being downloaded.",
+    ),
+    Setting(
+        "MAX_IMAGE_PIXELS",
+        "max_image_pixels",
+        str(100_000_000),
+        _int,
+        "Decompression-bomb guard: images with more pixels are refused before decoding.",
+    ),
+    Setting(
+        "MEMORY_LIMIT_MIB",
+        "memory_limit_mib",
+        "2048",
+        _int,
+        "Memory one worker process may use, in MiB (Terraform: the function's memory divided "
+        "by its worker processes). 0: no decode memory budget.",
+    ),
+    Setting(
+        "DECODE_MEMORY_FRACTION",
+        "decode_memory_fraction",
+        "0.6",
+        _float,
+        "Share of MEMORY_LIMIT_MIB that the images of a worker's concurrent events may hold "
+        "together (decoded pixels and drawing copies, estimated from the header); the rest is "
+        "kept for the process itself and each event's downloads and outputs. An event waits "
+        "until its image fits; a JPEG too large alone is decoded at 1/2, 1/4 or 1/8 size, any "
+        "other image too large alone fails as image_too_large_for_memory.",
+    ),
+    Setting(
+        "RETRY_DEADLINE_S",
+        "retry_deadline_s",
+        "300",
+        _float,
+        "Transient errors are retried with backoff until this many seconds after the event "
+        "arrived; then the function raises so the platform redelivers. Keep it below the "
+        "function timeout.",
+    ),
+    Setting(
+        "GIVE_UP_AFTER_S",
+        "give_up_after_s",
+        "43200",
+        _float,
+        "An image whose errors are still transient (quota, 5xx, timeouts) on a delivery this "
+        "many seconds after its upload gets a failed row instead of another redelivery. Keep "
+        "it below the time the trigger's subscription takes to dead-letter an event (Terraform "
+        "checks). Malformed model answers and unexpected errors give up sooner: on the first "
+        "redelivery that fails again.",
+    ),
+    Setting(
+        "CLAIM_LEASE_S",
+        "claim_lease_s",
+        "540",
+        _float,
+        "Seconds a delivery owns an image's work before another copy of the event may take it "
+        "over (a killed worker). Set it to the function timeout (Terraform does).",
+    ),
     # Results.
-    Setting("BQ_OBJECTS_TABLE", "bq_objects_table", "", _str,
-            "BigQuery table for object rows, project.dataset.table. Empty: rows go to SQLITE_PATH."),
-    Setting("BQ_IMAGES_TABLE", "bq_images_table", "", _str,
-            "BigQuery table for image rows, project.dataset.table. Empty: rows go to SQLITE_PATH."),
-    Setting("SQLITE_PATH", "sqlite_path", "local-data/results.sqlite", _str,
-            "Local row sink used when no BigQuery tables are configured.", local_only=True),
-    Setting("LOG_LEVEL", "log_level", "INFO", _choice("debug", "info", "warning", "error"),
-            "Lowest severity written to the log."),
+    Setting(
+        "BQ_OBJECTS_TABLE",
+        "bq_objects_table",
+        "",
+        _str,
+        "BigQuery table for object rows, project.dataset.table. Empty: rows go to SQLITE_PATH.",
+    ),
+    Setting(
+        "BQ_IMAGES_TABLE",
+        "bq_images_table",
+        "",
+        _str,
+        "BigQuery table for image rows, project.dataset.table. Empty: rows go to SQLITE_PATH.",
+    ),
+    Setting(
+        "SQLITE_PATH",
+        "sqlite_path",
+        "local-data/results.sqlite",
+        _str,
+        "Local row sink used when no BigQuery tables are configured.",
+        local_only=True,
+    ),
+    Setting(
+        "LOG_LEVEL",
+        "log_level",
+        "INFO",
+        _choice("debug", "info", "warning", "error"),
+        "Lowest severity written to the log.",
+    ),
 )
 
 

@@ -26,8 +26,9 @@ from segmentation.detections import ObjectRef
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 
 # Extensions accepted when the uploader set no useful content type (application/octet-stream).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
-                              ".heic", ".heif", ".hif", ".avif"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif", ".hif", ".avif"}
+)
 _UNTYPED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 
 # What Cloud Storage allows in a bucket name (lower-case letters, digits, "-", "_", ".", starting

@@ -57,16 +57,26 @@ def handle_cloud_event(attributes: dict[str, Any], data: Any, pipeline: Pipeline
     try:
         ref = object_ref_from_event(attributes, data)
     except EventError as exc:
-        logs.log_event("WARNING", f"ignored event: {exc}", event_id=attributes.get("id"),
-                       event_type=attributes.get("type"), event_source=attributes.get("source"))
+        logs.log_event(
+            "WARNING",
+            f"ignored event: {exc}",
+            event_id=attributes.get("id"),
+            event_type=attributes.get("type"),
+            event_source=attributes.get("source"),
+        )
         return None
     if pipeline is None:
         try:
             pipeline = default_pipeline()
-        except Exception as exc:  # noqa: BLE001 - a bad setting or client: redeliver, never a raw traceback
+        except Exception as exc:
             error = UnexpectedError(f"cannot set up the function: {type(exc).__name__}: {exc}"[:2000])
-            logs.log_event("CRITICAL", str(error), error_type=error.error_type, event_id=attributes.get("id"),
-                           stack_trace="".join(traceback.format_exception(exc))[-8000:])
+            logs.log_event(
+                "CRITICAL",
+                str(error),
+                error_type=error.error_type,
+                event_id=attributes.get("id"),
+                stack_trace="".join(traceback.format_exception(exc))[-8000:],
+            )
             raise error from None
     return pipeline.process(ref)
 

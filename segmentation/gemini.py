@@ -99,9 +99,20 @@ _MIN_REQUEST_S = 0.05
 # Answers a blocked or failed generation ends with: their text, if any, is not a detection list.
 _FAILED_FINISH_REASONS = frozenset(
     {
-        "SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
-        "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "IMAGE_OTHER",
-        "MALFORMED_FUNCTION_CALL", "MALFORMED_RESPONSE", "UNEXPECTED_TOOL_CALL", "OTHER",
+        "SAFETY",
+        "RECITATION",
+        "LANGUAGE",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "IMAGE_OTHER",
+        "MALFORMED_FUNCTION_CALL",
+        "MALFORMED_RESPONSE",
+        "UNEXPECTED_TOOL_CALL",
+        "OTHER",
     }
 )
 
@@ -197,12 +208,19 @@ class GeminiDetector:
         config = self._config
         problems = startup_problems(config.gemini_model, config.resolved_backend, config.location, self._today())
         if config.gemini_temperature is not None and not self._spec.temperature:
-            problems.append(f"GEMINI_TEMPERATURE={config.gemini_temperature} is not sent: "
-                            f"{config.gemini_model} (table row {self._spec.family or 'unknown'}) ignores "
-                            "temperature; unset it")
+            problems.append(
+                f"GEMINI_TEMPERATURE={config.gemini_temperature} is not sent: "
+                f"{config.gemini_model} (table row {self._spec.family or 'unknown'}) ignores "
+                "temperature; unset it"
+            )
         if problems:
-            log_event("WARNING", "Gemini model settings need attention: " + "; ".join(problems),
-                      model=config.gemini_model, location=config.location, backend=config.resolved_backend)
+            log_event(
+                "WARNING",
+                "Gemini model settings need attention: " + "; ".join(problems),
+                model=config.gemini_model,
+                location=config.location,
+                backend=config.resolved_backend,
+            )
 
     def detect(self, model_input: ModelInput, image_size: tuple[int, int], *, deadline: float) -> DetectionResult:
         """Detect objects in `model_input`; boxes come back in pixels of `image_size` (the original).
@@ -236,8 +254,7 @@ class GeminiDetector:
             except ResponseParseError as second_error:
                 # The second answer's kind of failure names the image's error_type.
                 raise type(second_error)(
-                    f"both Gemini answers were unusable: first: {first_error}; "
-                    f"after asking again: {second_error}"
+                    f"both Gemini answers were unusable: first: {first_error}; after asking again: {second_error}"
                 ) from second_error
 
         if parsed.notes:
@@ -279,8 +296,7 @@ class GeminiDetector:
         if backend == "vertex":
             if not config.project:
                 raise DetectorNotConfiguredError(
-                    "GEMINI_BACKEND=vertex needs GOOGLE_CLOUD_PROJECT (and GOOGLE_CLOUD_LOCATION, "
-                    "default global)"
+                    "GEMINI_BACKEND=vertex needs GOOGLE_CLOUD_PROJECT (and GOOGLE_CLOUD_LOCATION, default global)"
                 )
             return self._new_client(
                 vertexai=True,
@@ -291,9 +307,7 @@ class GeminiDetector:
             )
         if backend == "api-key":
             if not config.gemini_api_key:
-                raise DetectorNotConfiguredError(
-                    "GEMINI_BACKEND=api-key needs GEMINI_API_KEY (or GOOGLE_API_KEY)"
-                )
+                raise DetectorNotConfiguredError("GEMINI_BACKEND=api-key needs GEMINI_API_KEY (or GOOGLE_API_KEY)")
             if not os.environ.get("GOOGLE_GENAI_API_VERSION"):
                 http_options.api_version = _DEVELOPER_API_VERSION
             return self._new_client(vertexai=False, api_key=config.gemini_api_key, http_options=http_options)
@@ -409,13 +423,15 @@ class GeminiDetector:
         text = response.text
         if text is None:
             raise ResponseParseError(f"Gemini's answer has no text (finish reason {finish or 'unknown'})")
-        return refuse_unusable_boxes(parse_response(
-            text,
-            image_size,
-            max_objects=self._config.gemini_max_objects,
-            truncated=finish in ("MAX_TOKENS", "CONTINUATION"),
-            point_order=self._spec.polygon_order,
-        ))
+        return refuse_unusable_boxes(
+            parse_response(
+                text,
+                image_size,
+                max_objects=self._config.gemini_max_objects,
+                truncated=finish in ("MAX_TOKENS", "CONTINUATION"),
+                point_order=self._spec.polygon_order,
+            )
+        )
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -440,12 +456,14 @@ class GeminiDetector:
             if exc.code in (400, 404) and self._spec.retired(self._today()):
                 return ModelRetiredError(f"{retirement_error(config.gemini_model, self._spec)} ({summary})"[:700])
             if config.resolved_backend == "vertex" and not self._spec.serves(config.location):
-                return ModelRequestError(f"{location_problem(config.gemini_model, config.location, self._spec)} "
-                                         f"({summary})"[:800])
+                return ModelRequestError(
+                    f"{location_problem(config.gemini_model, config.location, self._spec)} ({summary})"[:800]
+                )
             return ModelRequestError(summary)
         if isinstance(exc, _UNUSABLE_ENDPOINT_ERRORS):
             return DetectorNotConfiguredError(
-                self._redact(f"the Gemini endpoint is not usable: {type(exc).__name__}: {exc}")[:500])
+                self._redact(f"the Gemini endpoint is not usable: {type(exc).__name__}: {exc}")[:500]
+            )
         if isinstance(exc, _TRANSIENT_TRANSPORT_ERRORS):
             return TransientError(self._redact(f"Gemini request failed: {type(exc).__name__}: {exc}")[:500])
         if isinstance(exc, auth_exceptions.DefaultCredentialsError):
@@ -515,8 +533,10 @@ def _unreadable_answer(exc: Exception) -> str | None:
         # Locations and kinds only: the error's input values are pieces of the body.
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return (f"Gemini answered with JSON the SDK's {exc.title} rejects ({exc.error_count()} error(s); "
-                f"first at {where or 'the top'}: {first.get('msg', '')})")
+        return (
+            f"Gemini answered with JSON the SDK's {exc.title} rejects ({exc.error_count()} error(s); "
+            f"first at {where or 'the top'}: {first.get('msg', '')})"
+        )
     if isinstance(exc, RecursionError):
         return "Gemini answered with JSON nested too deeply to read"
     if isinstance(exc, UnicodeDecodeError):
@@ -599,4 +619,3 @@ def _utc_today() -> dt.date:
 
 def _milliseconds(seconds: float) -> int:
     return max(1, math.floor(seconds * 1000))
-

@@ -156,8 +156,7 @@ def load_image(data: bytes, *, max_pixels: int, memory: Reservation | None = Non
     pixels = width * height
     if pixels > max_pixels:
         raise ImageTooLargeError(
-            f"{source_format} image is {width}x{height} = {pixels} pixels, "
-            f"more than the limit of {max_pixels} pixels"
+            f"{source_format} image is {width}x{height} = {pixels} pixels, more than the limit of {max_pixels} pixels"
         )
     reduced = _reserve_memory(im, source_format, memory, decoder_buffer=bmff is not None)
 
@@ -169,16 +168,20 @@ def load_image(data: bytes, *, max_pixels: int, memory: Reservation | None = Non
     except MemoryError:
         out_of_memory = True
     except Exception as exc:
-        raise ImageDecodeError(
-            f"{source_format} image data is truncated or corrupt: {_describe(exc)}"
-        ) from None
+        raise ImageDecodeError(f"{source_format} image data is truncated or corrupt: {_describe(exc)}") from None
     if out_of_memory:  # raised here, after the except block, so the partial pixels are freed first
         del im
         raise ImageTooLargeForMemoryError(
-            f"{source_format} image {width}x{height}: ran out of memory while decoding it")
+            f"{source_format} image {width}x{height}: ran out of memory while decoding it"
+        )
 
-    plain_jpeg = (im.format == "JPEG" and im.mode == "RGB" and getattr(im, "bits", 8) == 8
-                  and _orientation(im) == 1 and reduced == 1)
+    plain_jpeg = (
+        im.format == "JPEG"
+        and im.mode == "RGB"
+        and getattr(im, "bits", 8) == 8
+        and _orientation(im) == 1
+        and reduced == 1
+    )
     _apply_exif_orientation(im, source_format)
 
     icc_profile = im.info.get("icc_profile")
@@ -193,7 +196,8 @@ def load_image(data: bytes, *, max_pixels: int, memory: Reservation | None = Non
     if out_of_memory:
         del im
         raise ImageTooLargeForMemoryError(
-            f"{source_format} image {width}x{height}: ran out of memory converting it to RGB")
+            f"{source_format} image {width}x{height}: ran out of memory converting it to RGB"
+        )
     if _is_rgb_icc_profile(icc_profile):
         rgb.info["icc_profile"] = icc_profile
     else:
@@ -201,8 +205,7 @@ def load_image(data: bytes, *, max_pixels: int, memory: Reservation | None = Non
     return LoadedImage(image=rgb, source_format=source_format, plain_jpeg=plain_jpeg, reduced=reduced)
 
 
-def _reserve_memory(im: Image.Image, source_format: str, memory: Reservation | None, *,
-                    decoder_buffer: bool) -> int:
+def _reserve_memory(im: Image.Image, source_format: str, memory: Reservation | None, *, decoder_buffer: bool) -> int:
     """Reserve `im`'s estimated peak in `memory`; returns the factor a JPEG that does not fit
     the budget alone is drafted down by (1: none). Waits while other events hold the budget."""
     if memory is None:
@@ -222,13 +225,19 @@ def _reserve_memory(im: Image.Image, source_format: str, memory: Reservation | N
         raise ImageTooLargeForMemoryError(
             f"{source_format} image {width}x{height} needs about {needed // MIB} MiB to decode and draw, "
             f"more than this worker's decode memory budget of {(memory.capacity or 0) // MIB} MiB "
-            "(MEMORY_LIMIT_MIB x DECODE_MEMORY_FRACTION)")
+            "(MEMORY_LIMIT_MIB x DECODE_MEMORY_FRACTION)"
+        )
     if factor > 1:
         from segmentation.logs import log_event
 
-        log_event("WARNING", "image decoded at reduced size to fit the decode memory budget",
-                  source_format=source_format, size=f"{width}x{height}", reduced_by=factor,
-                  decoded_size=f"{im.width}x{im.height}")
+        log_event(
+            "WARNING",
+            "image decoded at reduced size to fit the decode memory budget",
+            source_format=source_format,
+            size=f"{width}x{height}",
+            reduced_by=factor,
+            decoded_size=f"{im.width}x{im.height}",
+        )
     memory.reserve(needed)
     return factor
 
@@ -254,8 +263,9 @@ def model_input(image: Image.Image, *, max_side: int, jpeg: bytes | None = None)
         # Bicubic after a box reduction that leaves at least 1.5x for the filter (reducing_gap):
         # the same picture to the model as Lanczos (PSNR > 40 dB) for less CPU (BENCHMARKS.md, 7).
         rgb = rgb.resize((width, height), MODEL_RESAMPLING, reducing_gap=MODEL_REDUCING_GAP)
-    return ModelInput(data=encode_jpeg(rgb, quality=MODEL_JPEG_QUALITY), mime_type="image/jpeg",
-                      width=width, height=height)
+    return ModelInput(
+        data=encode_jpeg(rgb, quality=MODEL_JPEG_QUALITY), mime_type="image/jpeg", width=width, height=height
+    )
 
 
 def encode_jpeg(image: Image.Image, **options: object) -> bytes:
@@ -330,7 +340,7 @@ _bmff_lock = threading.Lock()
 
 
 def _bmff_format(data: bytes) -> str | None:
-    """"AVIF", "HEIC" or "HEIF" when `data` starts with an ISO-BMFF `ftyp` box naming one of
+    """ "AVIF", "HEIC" or "HEIF" when `data` starts with an ISO-BMFF `ftyp` box naming one of
     them (major or compatible brand), else None.
 
     >>> _bmff_format(b"\\x00\\x00\\x00\\x18ftypheic\\x00\\x00\\x00\\x00mif1heic")
@@ -339,7 +349,7 @@ def _bmff_format(data: bytes) -> str | None:
     if len(data) < 16 or data[4:8] != b"ftyp":
         return None
     box_size = min(int.from_bytes(data[:4], "big"), len(data), 4096)
-    brands = {data[8:12]} | {data[offset:offset + 4] for offset in range(16, box_size - 3, 4)}
+    brands = {data[8:12]} | {data[offset : offset + 4] for offset in range(16, box_size - 3, 4)}
     if brands & _AVIF_BRANDS:
         return "AVIF"
     if brands & _HEIC_BRANDS:
@@ -366,8 +376,8 @@ def _register_bmff_plugin(name: str) -> None:
         except ImportError as exc:
             accepted = ", ".join(ACCEPTED_FORMATS)
             raise UnsupportedFormatError(
-                f"{name} image: no decoder for it is installed ({_describe(exc)}); "
-                f"accepted formats: {accepted}") from None
+                f"{name} image: no decoder for it is installed ({_describe(exc)}); accepted formats: {accepted}"
+            ) from None
 
 
 def _apply_exif_orientation(im: Image.Image, source_format: str) -> None:

@@ -35,8 +35,10 @@ _CREDENTIAL_NAMES = (
 _REDACTIONS = (
     # A named credential with its value: `Authorization: Bearer ...`, `"x-goog-api-key": "..."`,
     # `access_token=...`, also inside a repr or JSON text (quotes optionally backslash-escaped).
-    (re.compile(rf"(?i)\b({_CREDENTIAL_NAMES})(\\?[\"']?\s*[:=]\s*\\?[\"']?)(?:bearer\s+)?[^\s\"'\\&,;}}\]<>]+"),
-     r"\1\2***"),
+    (
+        re.compile(rf"(?i)\b({_CREDENTIAL_NAMES})(\\?[\"']?\s*[:=]\s*\\?[\"']?)(?:bearer\s+)?[^\s\"'\\&,;}}\]<>]+"),
+        r"\1\2***",
+    ),
     # `key=...` (and signed-URL signatures) as query parameters.
     (re.compile(r"(?i)(?<![\w-])(key|sig|signature|x-goog-signature|token)=[^\s\"'\\&,;#<>]+"), r"\1=***"),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer ***"),

@@ -56,8 +56,9 @@ class MemoryBudget:
         self.waits = 0
 
     @classmethod
-    def from_limits(cls, memory_limit_mib: int, fraction: float, *,
-                    clock: Callable[[], float] = time.monotonic) -> MemoryBudget:
+    def from_limits(
+        cls, memory_limit_mib: int, fraction: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> MemoryBudget:
         """The budget of MEMORY_LIMIT_MIB x DECODE_MEMORY_FRACTION; unbounded when either is 0."""
         if memory_limit_mib <= 0 or fraction <= 0:
             return cls(None, clock=clock)
@@ -85,7 +86,8 @@ class MemoryBudget:
                         raise MemoryBudgetBusyError(
                             f"waited until the retry deadline for {nbytes // MIB} MiB of the decode memory "
                             f"budget ({self._mib(self.capacity)} MiB, {self._mib(self.in_use)} MiB held by "
-                            "other events of this worker)")
+                            "other events of this worker)"
+                        )
                     waited = True
                     self._condition.wait(remaining)
                 self.in_use += nbytes

@@ -11,8 +11,8 @@ deployed function always uses `GcsStorage`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from segmentation.detections import ObjectRef
 from segmentation.errors import ImageTooLargeError, ObjectGoneError, PermanentError, WriteConflictError
@@ -60,8 +60,16 @@ class MemoryStorage:
             raise ImageTooLargeError(f"{ref.uri} is {len(stored.data)} bytes; the limit is {max_bytes}")
         return stored.data
 
-    def write(self, bucket: str, name: str, data: bytes, *, content_type: str,
-              metadata: Mapping[str, str] | None = None, if_generation_match: int | None = None) -> str:
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+        if_generation_match: int | None = None,
+    ) -> str:
         uri = f"gs://{bucket}/{name}"
         with self._lock:
             objects = self._bucket(bucket, f"write {uri}")
@@ -91,8 +99,11 @@ class MemoryStorage:
     def list_objects(self, bucket: str, prefix: str) -> list[ObjectRef]:
         with self._lock:
             objects = self._bucket(bucket, f"list gs://{bucket}/{prefix}")
-            return [ObjectRef(bucket, name, stored.generation, stored.content_type, len(stored.data))
-                    for name, stored in sorted(objects.items()) if name.startswith(prefix)]
+            return [
+                ObjectRef(bucket, name, stored.generation, stored.content_type, len(stored.data))
+                for name, stored in sorted(objects.items())
+                if name.startswith(prefix)
+            ]
 
     def delete(self, bucket: str, name: str, *, if_generation_match: int | None = None) -> None:
         with self._lock:
@@ -101,6 +112,7 @@ class MemoryStorage:
             if live is None:
                 return
             if if_generation_match is not None and if_generation_match != live.generation:
-                raise WriteConflictError(f"delete gs://{bucket}/{name}: generation {if_generation_match} "
-                                         "is no longer live")
+                raise WriteConflictError(
+                    f"delete gs://{bucket}/{name}: generation {if_generation_match} is no longer live"
+                )
             del objects[name]

@@ -57,8 +57,9 @@ class ModelSpec:
         if self.thinking != "level" or not configured or not self.levels:
             return None
         wanted = THINKING_LEVELS.index(configured.upper())
-        return min(self.levels, key=lambda level: (abs(THINKING_LEVELS.index(level) - wanted),
-                                                   THINKING_LEVELS.index(level)))
+        return min(
+            self.levels, key=lambda level: (abs(THINKING_LEVELS.index(level) - wanted), THINKING_LEVELS.index(level))
+        )
 
     def serves(self, location: str) -> bool:
         """Whether Vertex AI serves this model in `location` (global, eu/us, or a region)."""
@@ -93,26 +94,33 @@ _REGIONAL = frozenset({"global", "region"})
 _GLOBAL_OR_MULTI = frozenset({"global", "multi-region"})
 
 TABLE: tuple[ModelSpec, ...] = (
-    ModelSpec("gemini-2.5", "budget", (), True, _REGIONAL, "png", "yx", False, False,
-              retires=dt.date(2026, 10, 20)),
-    ModelSpec("gemini-3.5", "level", _ALL_LEVELS, True, _REGIONAL, "polygon", "xy", False, True,
-              retires=None),  # stays until at least May 2027; no date announced
-    ModelSpec("gemini-3.6", "level", _ALL_LEVELS, False, _GLOBAL_OR_MULTI, "polygon", "xy", True, True,
-              retires=None),
-    ModelSpec("gemini-3.7", "level", _NO_MINIMAL, False, _GLOBAL_OR_MULTI, "polygon", "xy", True, True,
-              retires=None),
-    ModelSpec("gemini-3.8", "level", _NO_MINIMAL, False, _GLOBAL_OR_MULTI, "none", "yx", True, True,
-              retires=None),
+    ModelSpec("gemini-2.5", "budget", (), True, _REGIONAL, "png", "yx", False, False, retires=dt.date(2026, 10, 20)),
+    ModelSpec(
+        "gemini-3.5", "level", _ALL_LEVELS, True, _REGIONAL, "polygon", "xy", False, True, retires=None
+    ),  # stays until at least May 2027; no date announced
+    ModelSpec("gemini-3.6", "level", _ALL_LEVELS, False, _GLOBAL_OR_MULTI, "polygon", "xy", True, True, retires=None),
+    ModelSpec("gemini-3.7", "level", _NO_MINIMAL, False, _GLOBAL_OR_MULTI, "polygon", "xy", True, True, retires=None),
+    ModelSpec("gemini-3.8", "level", _NO_MINIMAL, False, _GLOBAL_OR_MULTI, "none", "yx", True, True, retires=None),
     # Only its date and its 3.6+ location rule are published: LOW is the lowest level every
     # later 3.x takes, so MINIMAL is not risked.
-    ModelSpec("gemini-4", "level", _NO_MINIMAL, False, _GLOBAL_OR_MULTI, "none", "yx", True, True,
-              retires=None),
+    ModelSpec("gemini-4", "level", _NO_MINIMAL, False, _GLOBAL_OR_MULTI, "none", "yx", True, True, retires=None),
 )
 
 # Unknown models: no thinking field and no temperature (either may be refused), request-level
 # media resolution, any location (the service decides), both answer shapes accepted.
-UNKNOWN = ModelSpec("", "", (), False, frozenset({"global", "multi-region", "region"}), "none", "yx",
-                    True, False, retires=None, known=False)
+UNKNOWN = ModelSpec(
+    "",
+    "",
+    (),
+    False,
+    frozenset({"global", "multi-region", "region"}),
+    "none",
+    "yx",
+    True,
+    False,
+    retires=None,
+    known=False,
+)
 
 # Model ids the Gemini Developer API serves with another model.
 DEVELOPER_API_ROUTES = {"gemini-3.5-flash": "gemini-3.6-flash"}
@@ -142,17 +150,20 @@ def startup_problems(model: str, backend: str | None, location: str, today: dt.d
         problems.append(
             f"GEMINI_MODEL={model} is not in the model table (segmentation/models.py): requests "
             f"carry no thinking field and no temperature; set GEMINI_MODEL={RECOMMENDED_MODEL} or "
-            f"{RECOMMENDED_CURRENT_MODEL}, or add the model to the table")
+            f"{RECOMMENDED_CURRENT_MODEL}, or add the model to the table"
+        )
     if spec.retires is not None:
         days = (spec.retires - today).days
         if days <= 0:
             problems.append(
                 f"GEMINI_MODEL={model} was retired on {spec.retires.isoformat()}: every image will "
-                f"fail as model_retired; set GEMINI_MODEL={RECOMMENDED_MODEL} or {RECOMMENDED_CURRENT_MODEL}")
+                f"fail as model_retired; set GEMINI_MODEL={RECOMMENDED_MODEL} or {RECOMMENDED_CURRENT_MODEL}"
+            )
         elif days <= RETIREMENT_WARNING_DAYS:
             problems.append(
                 f"GEMINI_MODEL={model} retires on {spec.retires.isoformat()} (in {days} days): set "
-                f"GEMINI_MODEL={RECOMMENDED_MODEL} or {RECOMMENDED_CURRENT_MODEL} before then")
+                f"GEMINI_MODEL={RECOMMENDED_MODEL} or {RECOMMENDED_CURRENT_MODEL} before then"
+            )
     if backend == "vertex" and not spec.serves(location):
         problems.append(location_problem(model, location, spec))
     return problems
@@ -160,13 +171,17 @@ def startup_problems(model: str, backend: str | None, location: str, today: dt.d
 
 def location_problem(model: str, location: str, spec: ModelSpec) -> str:
     """Why `location` cannot serve `model`, and what to set instead."""
-    return (f"GOOGLE_CLOUD_LOCATION={location} does not serve GEMINI_MODEL={model}: it runs in "
-            f"{spec.location_names}; set GOOGLE_CLOUD_LOCATION to one of those, or, to stay in a "
-            f"single region, GEMINI_MODEL={RECOMMENDED_MODEL}")
+    return (
+        f"GOOGLE_CLOUD_LOCATION={location} does not serve GEMINI_MODEL={model}: it runs in "
+        f"{spec.location_names}; set GOOGLE_CLOUD_LOCATION to one of those, or, to stay in a "
+        f"single region, GEMINI_MODEL={RECOMMENDED_MODEL}"
+    )
 
 
 def retirement_error(model: str, spec: ModelSpec) -> str:
     """The per-image error of a model the service refused after its retirement date."""
     assert spec.retires is not None
-    return (f"GEMINI_MODEL={model} was retired on {spec.retires.isoformat()} and the service refused "
-            f"it: set GEMINI_MODEL={RECOMMENDED_MODEL} or {RECOMMENDED_CURRENT_MODEL}")
+    return (
+        f"GEMINI_MODEL={model} was retired on {spec.retires.isoformat()} and the service refused "
+        f"it: set GEMINI_MODEL={RECOMMENDED_MODEL} or {RECOMMENDED_CURRENT_MODEL}"
+    )

@@ -42,10 +42,16 @@ class OutputNames:
 
     @classmethod
     def for_object(
-        cls, name: str, *, source_prefix: str, crops_prefix: str, overview_prefix: str, markers_prefix: str,
+        cls,
+        name: str,
+        *,
+        source_prefix: str,
+        crops_prefix: str,
+        overview_prefix: str,
+        markers_prefix: str,
         bucket: str = "",
     ) -> OutputNames:
-        relative = name[len(source_prefix):] if name.startswith(source_prefix) else name
+        relative = name[len(source_prefix) :] if name.startswith(source_prefix) else name
         relative = _safe_path(relative)
         longest_prefix = max(len(p.encode()) for p in (crops_prefix, overview_prefix, markers_prefix))
         budget = MAX_OBJECT_NAME_BYTES - longest_prefix - _SUFFIX_ROOM

@@ -38,8 +38,15 @@ class Outputs:
         self._executor = executor
 
     def write_unless_newer(
-        self, ref: ObjectRef, name: str, data: bytes, *, content_type: str, metadata: dict[str, str],
-        deadline: float, what: str,
+        self,
+        ref: ObjectRef,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        deadline: float,
+        what: str,
     ) -> str | None:
         """Write `name` (an output or the marker of `ref`) unless a newer generation of `ref`
         wrote it; returns its URI, or None when the newer one's is there and stays.
@@ -48,15 +55,27 @@ class Outputs:
         """
         bucket = self.config.outputs_bucket_for(ref.bucket)
         if ref.generation is None:  # nothing to order by: last writer wins
-            return retry_call(lambda: self.storage.write(bucket, name, data, content_type=content_type,
-                                                         metadata=metadata), deadline=deadline, what=what)
+            return retry_call(
+                lambda: self.storage.write(bucket, name, data, content_type=content_type, metadata=metadata),
+                deadline=deadline,
+                what=what,
+            )
         expected = 0
         for _ in range(WRITE_ATTEMPTS):
             try:
+                # The lambda runs within this iteration, so it sees this attempt's `expected`.
                 return retry_call(
-                    lambda: self.storage.write(bucket, name, data, content_type=content_type, metadata=metadata,
-                                               if_generation_match=expected),
-                    deadline=deadline, what=what)
+                    lambda: self.storage.write(
+                        bucket,
+                        name,
+                        data,
+                        content_type=content_type,
+                        metadata=metadata,
+                        if_generation_match=expected,  # noqa: B023
+                    ),
+                    deadline=deadline,
+                    what=what,
+                )
             except WriteConflictError:
                 # There is one (a redelivery's, an older or a newer generation's): decide on it.
                 current = self.state(bucket, name, deadline)
@@ -64,12 +83,14 @@ class Outputs:
                 if owner is not None and owner > ref.generation:
                     return None
                 expected = current.generation if current else 0
-        raise TransientError(f"gs://{bucket}/{name} changed under {WRITE_ATTEMPTS} writes in a row; "
-                             "the redelivery will try again")
+        raise TransientError(
+            f"gs://{bucket}/{name} changed under {WRITE_ATTEMPTS} writes in a row; the redelivery will try again"
+        )
 
     def state(self, bucket: str, name: str, deadline: float) -> ObjectState | None:
-        return retry_call(lambda: self.storage.object_state(bucket, name), deadline=deadline,
-                          what=f"state of gs://{bucket}/{name}")
+        return retry_call(
+            lambda: self.storage.object_state(bucket, name), deadline=deadline, what=f"state of gs://{bucket}/{name}"
+        )
 
     def delete_if_owned(self, ref: ObjectRef, name: str, deadline: float, *, older_too: bool) -> None:
         """Delete `name` if `ref`'s generation wrote it (`older_too`: or an older one), never one a
@@ -85,8 +106,11 @@ class Outputs:
         elif owner is None or owner != ref.generation:
             return
         try:
-            retry_call(lambda: self.storage.delete(bucket, name, if_generation_match=current.generation),
-                       deadline=deadline, what="output delete")
+            retry_call(
+                lambda: self.storage.delete(bucket, name, if_generation_match=current.generation),
+                deadline=deadline,
+                what="output delete",
+            )
         except WriteConflictError:
             pass  # rewritten since: by a newer generation (it stays) or an older one (its own check removes it)
 
@@ -98,17 +122,29 @@ class Outputs:
         """Whether a newer generation of `ref`'s name is live now."""
         if ref.generation is None:
             return False
-        live = retry_call(lambda: self.storage.live_generation(ref.bucket, ref.name), deadline=deadline,
-                          what="generation check")
+        live = retry_call(
+            lambda: self.storage.live_generation(ref.bucket, ref.name), deadline=deadline, what="generation check"
+        )
         return live is not None and live > ref.generation
 
     def read_marker(self, names: OutputNames, deadline: float) -> dict[str, str] | None:
         """The completion marker's metadata, or None if no generation of the name was completed."""
-        return retry_call(lambda: self.storage.metadata(names.bucket, names.marker), deadline=deadline,
-                          what="marker read")
+        return retry_call(
+            lambda: self.storage.metadata(names.bucket, names.marker), deadline=deadline, what="marker read"
+        )
 
-    def write_marker(self, ref: ObjectRef, names: OutputNames, *, status: str, objects_found: int,
-                     reason: str | None, detector: str | None, fallback: bool, deadline: float) -> None:
+    def write_marker(
+        self,
+        ref: ObjectRef,
+        names: OutputNames,
+        *,
+        status: str,
+        objects_found: int,
+        reason: str | None,
+        detector: str | None,
+        fallback: bool,
+        deadline: float,
+    ) -> None:
         """Record an outcome as this name's completion marker unless a newer generation's is there.
 
         Like the outputs, markers never go backwards: whichever of two finishing events writes
@@ -116,26 +152,45 @@ class Outputs:
         """
         if ref.generation is None:
             return
-        summary: dict[str, Any] = {"source_uri": ref.uri, "generation": ref.generation, "status": status,
-                                   "objects_found": objects_found, "reason": reason}
-        metadata = {GENERATION_KEY: str(ref.generation), SOURCE_KEY: ref.uri, "status": status,
-                    "detector": detector or "", "fallback": str(fallback).lower()}
+        summary: dict[str, Any] = {
+            "source_uri": ref.uri,
+            "generation": ref.generation,
+            "status": status,
+            "objects_found": objects_found,
+            "reason": reason,
+        }
+        metadata = {
+            GENERATION_KEY: str(ref.generation),
+            SOURCE_KEY: ref.uri,
+            "status": status,
+            "detector": detector or "",
+            "fallback": str(fallback).lower(),
+        }
         # None: a newer generation finished first, and its marker stays.
-        self.write_unless_newer(ref, names.marker, json.dumps(summary).encode(), content_type="application/json",
-                                metadata=metadata, deadline=deadline, what="marker write")
+        self.write_unless_newer(
+            ref,
+            names.marker,
+            json.dumps(summary).encode(),
+            content_type="application/json",
+            metadata=metadata,
+            deadline=deadline,
+            what="marker write",
+        )
 
     def crop_names(self, names: OutputNames, deadline: float) -> list[str]:
         """The names under this object's crop prefix now (this and older generations' crops)."""
-        return retry_call(lambda: self.storage.list_names(names.bucket, names.crops_glob_prefix),
-                          deadline=deadline, what="crop list")
+        return retry_call(
+            lambda: self.storage.list_names(names.bucket, names.crops_glob_prefix), deadline=deadline, what="crop list"
+        )
 
-    def delete_stale_crops(self, ref: ObjectRef, names: OutputNames, count: int, existing: list[str],
-                           deadline: float) -> None:
+    def delete_stale_crops(
+        self, ref: ObjectRef, names: OutputNames, count: int, existing: list[str], deadline: float
+    ) -> None:
         """Remove crops an older generation of the same object left beyond this one's `count`
         (`existing`: the names under the crop prefix, from `crop_names`)."""
         current = {names.crop(index) for index in range(1, count + 1)}
         for name in existing:
-            suffix = name[len(names.crops_glob_prefix):]
+            suffix = name[len(names.crops_glob_prefix) :]
             if name not in current and suffix[:4].isdigit() and suffix[4:] == ".jpg":
                 self.delete_if_owned(ref, name, deadline, older_too=True)
 

@@ -153,13 +153,11 @@ def parse_response(
     if entries and not any(isinstance(entry, dict) and "box_2d" in entry for entry in entries):
         # A list of things without coordinates is a malformed answer, not an empty belt:
         # raising lets the caller ask again instead of recording "nothing found".
-        raise ResponseParseError(f"the answer lists {len(entries)} entries but none has a box_2d: "
-                                 f"{_excerpt(text)!r}")
+        raise ResponseParseError(f"the answer lists {len(entries)} entries but none has a box_2d: {_excerpt(text)!r}")
     notes = _Notes()
     if not complete:
         notes.lines.append(
-            f"answer breaks off (cut off or invalid JSON); kept the {len(entries)} complete"
-            " object(s) before the break"
+            f"answer breaks off (cut off or invalid JSON); kept the {len(entries)} complete object(s) before the break"
         )
     elif truncated:
         notes.lines.append("answer was reported truncated although its JSON list is complete")
@@ -197,8 +195,13 @@ def parse_response(
                 mask=_entry_mask(entry, box, image_size, label, notes, point_order),
             )
         )
-    return ParsedResponse(detections=detections, partial=truncated or not complete, notes=notes.render(),
-                          unusable=unusable, scale_0_1=_reads_as_0_1(kept_normalized))
+    return ParsedResponse(
+        detections=detections,
+        partial=truncated or not complete,
+        notes=notes.render(),
+        unusable=unusable,
+        scale_0_1=_reads_as_0_1(kept_normalized),
+    )
 
 
 def refuse_unusable_boxes(parsed: ParsedResponse) -> ParsedResponse:
@@ -215,8 +218,10 @@ def refuse_unusable_boxes(parsed: ParsedResponse) -> ParsedResponse:
     if parsed.scale_0_1:
         raise BoxScaleError(f"every box of the answer is on a 0-1 scale, not 0-1000: {len(parsed.detections)} box(es)")
     if parsed.unusable and not parsed.detections:
-        raise NoUsableBoxesError(f"the answer lists {parsed.unusable} object(s) but none has a usable box: "
-                                 + "; ".join(parsed.notes)[:_EXCERPT_CHARS * 2])
+        raise NoUsableBoxesError(
+            f"the answer lists {parsed.unusable} object(s) but none has a usable box: "
+            + "; ".join(parsed.notes)[: _EXCERPT_CHARS * 2]
+        )
     return parsed
 
 
@@ -225,8 +230,11 @@ def _reads_as_0_1(boxes: list[tuple[float, float, float, float]]) -> bool:
     integers 0-1000, so such boxes were given on a 0-1 scale. Integer boxes inside 0-1 (one
     genuinely tiny box in a corner) are not, and one box beyond 1 clears the whole answer."""
     coordinates = [value for box in boxes for value in box]
-    return (bool(coordinates) and all(value <= 1.0 for value in coordinates)
-            and any(value != int(value) for value in coordinates))
+    return (
+        bool(coordinates)
+        and all(value <= 1.0 for value in coordinates)
+        and any(value != int(value) for value in coordinates)
+    )
 
 
 def _find_entries(text: str) -> tuple[list[Any], bool]:
@@ -322,9 +330,7 @@ def _clamp(value: float) -> float:
     return min(max(value, 0.0), 1000.0)
 
 
-def _normalized_box(
-    value: Any, label: str, notes: _Notes
-) -> tuple[float, float, float, float] | None:
+def _normalized_box(value: Any, label: str, notes: _Notes) -> tuple[float, float, float, float] | None:
     """A valid `box_2d` as clamped, ordered (ymin, xmin, ymax, xmax); None (with a note) if unusable."""
     numbers = [_number(item) for item in value] if isinstance(value, list) and len(value) == 4 else []
     if len(numbers) != 4 or any(number is None for number in numbers):
@@ -357,7 +363,11 @@ def _to_pixels(normalized: tuple[float, float, float, float], image_size: tuple[
 
 
 def _entry_mask(
-    entry: dict[str, Any], box: Box, image_size: tuple[int, int], label: str, notes: _Notes,
+    entry: dict[str, Any],
+    box: Box,
+    image_size: tuple[int, int],
+    label: str,
+    notes: _Notes,
     point_order: str = "yx",
 ) -> Image.Image | None:
     """The entry's mask as a box-size mode-"L" 0/255 image; None (with a note) when unusable."""
@@ -366,7 +376,7 @@ def _entry_mask(
         return None
     try:
         if isinstance(raw, str) and raw.strip().startswith(_PNG_PREFIX):
-            mask = _png_mask(raw.strip()[len(_PNG_PREFIX):], box)
+            mask = _png_mask(raw.strip()[len(_PNG_PREFIX) :], box)
         elif isinstance(raw, list):
             mask = _polygon_mask(raw, box, image_size, point_order)
         else:

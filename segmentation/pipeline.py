@@ -34,14 +34,15 @@ import dataclasses
 import datetime as dt
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from segmentation import claims, rows
+from segmentation.backgrounds import OfflineDetectors, camera_of
 from segmentation.config import Config
 from segmentation.detections import Detection, DetectionResult, ObjectRef
-from segmentation.backgrounds import OfflineDetectors, camera_of
 from segmentation.errors import (
     DetectorNotConfiguredError,
     ImageTooLargeForMemoryError,
@@ -58,8 +59,8 @@ from segmentation.images import LoadedImage, ModelInput, load_image, model_input
 from segmentation.logs import log_event
 from segmentation.memory import MemoryBudget, Reservation
 from segmentation.naming import OutputNames
-from segmentation.offline.gate import MODEL as GATE_MODEL
 from segmentation.offline import OfflineDetector
+from segmentation.offline.gate import MODEL as GATE_MODEL
 from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
@@ -171,8 +172,7 @@ class Pipeline:
         self.outputs = Outputs(storage, config, self._uploads)
         self._turns = Turns(config.output_turns, TURN_PATIENCE_S)
         # Shared by this process's concurrent events: each holds its image's peak until it is done.
-        self.memory = MemoryBudget.from_limits(config.memory_limit_mib, config.decode_memory_fraction,
-                                               clock=clock)
+        self.memory = MemoryBudget.from_limits(config.memory_limit_mib, config.decode_memory_fraction, clock=clock)
 
     def process(self, ref: ObjectRef, *, force: bool = False) -> Outcome:
         """Process one object-finalize event's object. Raises only `TransientError` (redeliver me).
@@ -201,8 +201,9 @@ class Pipeline:
             owner = decision.owner
             outcome, image_row = self._run(ref, names, deadline, started, timer)
         except _Superseded:
-            log_event("INFO", "superseded while processing: a newer generation owns the outputs; "
-                      "results dropped", **fields)
+            log_event(
+                "INFO", "superseded while processing: a newer generation owns the outputs; results dropped", **fields
+            )
             return Outcome("superseded", reason="a newer generation arrived while processing")
         except PermanentError as exc:
             outcome = self._record_failure(ref, exc, started, deadline, fields)
@@ -216,7 +217,7 @@ class Pipeline:
                 self._give_back(ref, names, owner, exc, fields)
                 raise
             outcome = self._record_failure(ref, exc, started, deadline, fields, gave_up=True)
-        except Exception as exc:  # noqa: BLE001 - nothing escapes unclassified
+        except Exception as exc:
             unexpected = UnexpectedError(f"{type(exc).__name__}: {exc}"[:2000])
             trace = {"error": str(unexpected), "stack_trace": "".join(traceback.format_exception(exc))[-8000:]}
             if not self._gives_up(ref, unexpected, arrived):
@@ -257,7 +258,9 @@ class Pipeline:
         done_generation = generation_of(self._marker(ref, names, deadline), ref)
         if done_generation is None or ref.generation is None or done_generation < ref.generation:
             return None
-        why = "already processed" if done_generation == ref.generation else f"superseded by generation {done_generation}"
+        why = (
+            "already processed" if done_generation == ref.generation else f"superseded by generation {done_generation}"
+        )
         return Outcome("duplicate", reason=why)
 
     def _start(self, ref: ObjectRef, names: OutputNames, deadline: float, *, force: bool) -> claims.Owned | Outcome:
@@ -267,8 +270,13 @@ class Pipeline:
         claim's holder decides the rest (`_own`)."""
         owner = claims.new_owner()
         if not force and ref.generation is not None:
-            fresh = retry_call(lambda: claims.create(self.storage, ref, names.claim, lease_s=self.config.claim_lease_s,
-                                                     owner=owner, bucket=names.bucket), deadline=deadline, what="claim")
+            fresh = retry_call(
+                lambda: claims.create(
+                    self.storage, ref, names.claim, lease_s=self.config.claim_lease_s, owner=owner, bucket=names.bucket
+                ),
+                deadline=deadline,
+                what="claim",
+            )
             if fresh is not None:
                 return fresh
             done = self._done_already(ref, names, deadline)
@@ -276,8 +284,9 @@ class Pipeline:
                 return done
         return self._own(ref, names, deadline, owner, force=force)
 
-    def _own(self, ref: ObjectRef, names: OutputNames, deadline: float, owner: str, *,
-             force: bool) -> claims.Owned | Outcome:
+    def _own(
+        self, ref: ObjectRef, names: OutputNames, deadline: float, owner: str, *, force: bool
+    ) -> claims.Owned | Outcome:
         """Take this generation's claim (`segmentation.claims`), or the outcome of not needing it.
 
         While another delivery of the same generation holds a live lease, wait for its
@@ -288,49 +297,78 @@ class Pipeline:
             return claims.Owned("")
         wait_until = min(deadline, self._clock() + DUPLICATE_WAIT_S)
         lease_s = self.config.claim_lease_s
-        decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s, owner=owner,
-                                                   force=force, bucket=names.bucket), deadline=deadline, what="claim")
+        decision = retry_call(
+            lambda: claims.claim(
+                self.storage, ref, names.claim, lease_s=lease_s, owner=owner, force=force, bucket=names.bucket
+            ),
+            deadline=deadline,
+            what="claim",
+        )
         while isinstance(decision, claims.Busy):
             if self._clock() + DUPLICATE_POLL_S > wait_until:
                 raise InProgressElsewhereError(
                     "another delivery of this event holds the image's claim and has not finished; "
-                    "this copy will be redelivered")
+                    "this copy will be redelivered"
+                )
             time.sleep(DUPLICATE_POLL_S)
             done = self._done_already(ref, names, deadline)
             if done is not None:
                 return dataclasses.replace(done, reason=f"{done.reason} by another delivery")
-            held = retry_call(lambda: claims.holder(self.storage, ref, names.claim, bucket=names.bucket), deadline=deadline,
-                              what="claim read")
+            held = retry_call(
+                lambda: claims.holder(self.storage, ref, names.claim, bucket=names.bucket),
+                deadline=deadline,
+                what="claim read",
+            )
             if held is None:
-                decision = retry_call(lambda: claims.claim(self.storage, ref, names.claim, lease_s=lease_s,
-                                                           owner=owner, bucket=names.bucket), deadline=deadline, what="claim")
+                decision = retry_call(
+                    lambda: claims.claim(
+                        self.storage, ref, names.claim, lease_s=lease_s, owner=owner, bucket=names.bucket
+                    ),
+                    deadline=deadline,
+                    what="claim",
+                )
             else:
                 decision = held
         if isinstance(decision, claims.Newer):
             return Outcome("superseded", reason=f"generation {decision.generation} has claimed the outputs")
         return decision
 
-    def _give_back(self, ref: ObjectRef, names: OutputNames, owner: str | None, exc: TransientError,
-                   fields: dict[str, Any]) -> None:
+    def _give_back(
+        self, ref: ObjectRef, names: OutputNames, owner: str | None, exc: TransientError, fields: dict[str, Any]
+    ) -> None:
         """Log a failure the platform will redeliver, and release the claim so the redelivery
         need not wait for the lease to expire."""
         if isinstance(exc, InProgressElsewhereError):
             log_event("WARNING", str(exc), error_type=exc.error_type, **fields)
             return
-        log_event("ERROR", f"giving up for now after retries; the event will be redelivered: {exc}",
-                  error_type=exc.error_type, **fields)
+        log_event(
+            "ERROR",
+            f"giving up for now after retries; the event will be redelivered: {exc}",
+            error_type=exc.error_type,
+            **fields,
+        )
         self._release(ref, names, owner, fields)
 
-    def _release(self, ref: ObjectRef, names: OutputNames, owner: str | None, fields: dict[str, Any], *,
-                 expire_only: bool = False) -> None:
+    def _release(
+        self,
+        ref: ObjectRef,
+        names: OutputNames,
+        owner: str | None,
+        fields: dict[str, Any],
+        *,
+        expire_only: bool = False,
+    ) -> None:
         """Give this delivery's claim back (best effort: else it expires after CLAIM_LEASE_S)."""
         if owner:
             try:
-                claims.release(self.storage, ref, names.claim, owner, expire_only=expire_only,
-                               bucket=names.bucket)
+                claims.release(self.storage, ref, names.claim, owner, expire_only=expire_only, bucket=names.bucket)
             except PipelineError as release_error:
-                log_event("WARNING", f"claim not released; it expires after CLAIM_LEASE_S: {release_error}",
-                          error_type=release_error.error_type, **fields)
+                log_event(
+                    "WARNING",
+                    f"claim not released; it expires after CLAIM_LEASE_S: {release_error}",
+                    error_type=release_error.error_type,
+                    **fields,
+                )
 
     def _gives_up(self, ref: ObjectRef, exc: TransientError, arrived: float) -> bool:
         """Whether a transient failure should be recorded as failed instead of redelivered: the
@@ -344,14 +382,25 @@ class Pipeline:
         limit = self.config.retry_deadline_s if isinstance(exc, SuspectError) else self.config.give_up_after_s
         return age >= limit
 
-    def _record_failure(self, ref: ObjectRef, exc: PipelineError, started: float, deadline: float,
-                        fields: dict[str, Any], *, gave_up: bool = False) -> Outcome:
+    def _record_failure(
+        self,
+        ref: ObjectRef,
+        exc: PipelineError,
+        started: float,
+        deadline: float,
+        fields: dict[str, Any],
+        *,
+        gave_up: bool = False,
+    ) -> Outcome:
         """Write the `failed` image row of `exc` and log it; the marker follows in `process`."""
         image_row = self._image_row(ref, status="failed", started=started, error=exc)
         # A row after giving up gets its own write budget: the failure may have used the deadline.
         self._insert("images", [image_row], max(deadline, self._clock() + FALLBACK_WRITE_BUDGET_S))
-        message = (f"image failed: still failing on a redelivery, not retried again: {exc}" if gave_up
-                   else f"image failed: {exc}")
+        message = (
+            f"image failed: still failing on a redelivery, not retried again: {exc}"
+            if gave_up
+            else f"image failed: {exc}"
+        )
         log_event("ERROR", message, error_type=exc.error_type, **fields)
         return Outcome("failed", reason=f"{exc.error_type}: {exc}")
 
@@ -362,7 +411,12 @@ class Pipeline:
             return self._run_reserved(ref, names, deadline, started, timer, memory)
 
     def _run_reserved(
-        self, ref: ObjectRef, names: OutputNames, deadline: float, started: float, timer: PhaseTimer,
+        self,
+        ref: ObjectRef,
+        names: OutputNames,
+        deadline: float,
+        started: float,
+        timer: PhaseTimer,
         memory: Reservation,
     ) -> tuple[Outcome, dict]:
         with timer("read"):
@@ -374,8 +428,9 @@ class Pipeline:
         with timer("decode"):
             loaded = load_image(data, max_pixels=self.config.max_image_pixels, memory=memory)
             image = loaded.image
-            prepared = model_input(image, max_side=self.config.model_input_max_side,
-                                   jpeg=data if loaded.plain_jpeg else None)
+            prepared = model_input(
+                image, max_side=self.config.model_input_max_side, jpeg=data if loaded.plain_jpeg else None
+            )
             del data
         with timer("model"):
             result = self._detect(ref, image, prepared, (loaded.width, loaded.height), deadline)
@@ -388,8 +443,15 @@ class Pipeline:
             return self._write_outputs(ref, names, deadline, started, timer, loaded, result, turn)
 
     def _write_outputs(
-        self, ref: ObjectRef, names: OutputNames, deadline: float, started: float, timer: PhaseTimer,
-        loaded: LoadedImage, result: DetectionResult, turn: contextlib.ExitStack,
+        self,
+        ref: ObjectRef,
+        names: OutputNames,
+        deadline: float,
+        started: float,
+        timer: PhaseTimer,
+        loaded: LoadedImage,
+        result: DetectionResult,
+        turn: contextlib.ExitStack,
     ) -> tuple[Outcome, dict]:
         """Draw, upload and record `result`'s outputs; `turn` (the event's turn) is closed once
         every output is drawn and uploaded, or TURN_UPLOAD_WAIT_S after the last upload started."""
@@ -405,13 +467,22 @@ class Pipeline:
             # while this one cuts the crops; Pillow releases the GIL while it encodes.
             overview = self._uploads.submit(overview_jpeg, image, detections)
             with _settled_on_error(overview):
-                crops = [(names.crop(index), crop_jpeg(image, detection))
-                         for index, detection in enumerate(detections, start=1)]
+                crops = [
+                    (names.crop(index), crop_jpeg(image, detection))
+                    for index, detection in enumerate(detections, start=1)
+                ]
         metadata = {GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri}
 
         def write(output: tuple[str, bytes]) -> str | None:
-            return self.outputs.write_unless_newer(ref, output[0], output[1], content_type="image/jpeg",
-                                                   metadata=metadata, deadline=deadline, what="storage write")
+            return self.outputs.write_unless_newer(
+                ref,
+                output[0],
+                output[1],
+                content_type="image/jpeg",
+                metadata=metadata,
+                deadline=deadline,
+                what="storage write",
+            )
 
         with timer("write"):
             # Uploads are network round trips: run them side by side, not one after another, and
@@ -435,8 +506,9 @@ class Pipeline:
             with _settled_on_error(superseded):
                 self.outputs.delete_stale_crops(ref, names, len(detections), existing.result(), deadline)
             if None in uris or superseded.result():
-                self.outputs.withdraw(ref, [name for (name, _), uri in zip(outputs, uris) if uri is not None],
-                                      deadline)
+                self.outputs.withdraw(
+                    ref, [name for (name, _), uri in zip(outputs, uris, strict=False) if uri is not None], deadline
+                )
                 raise _Superseded()
         *crop_uris, overview_uri = uris
 
@@ -452,13 +524,19 @@ class Pipeline:
         )
         object_rows = [
             self._object_row(ref, index, detection, crop_uri, overview_uri, result, (loaded.width, loaded.height))
-            for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris), start=1)
+            for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris, strict=False), start=1)
         ]
         with timer("insert"):
             self._insert("objects", object_rows, deadline)
             self._insert("images", [image_row], deadline)
-        outcome = Outcome(status, len(detections), crop_uris=tuple(crop_uris), overview_uri=overview_uri,
-                          detector=result.detector, fallback=result.fallback_reason is not None)
+        outcome = Outcome(
+            status,
+            len(detections),
+            crop_uris=tuple(crop_uris),
+            overview_uri=overview_uri,
+            detector=result.detector,
+            fallback=result.fallback_reason is not None,
+        )
         return outcome, image_row
 
     def _detect(
@@ -470,13 +548,22 @@ class Pipeline:
             return offline.detect(prepared, size, deadline=deadline)
         # The gate may skip the model only where it was calibrated: a camera switched on for it,
         # with an empty-scene reference to compare with.
-        gate = offline.gate if offline and self.config.gate_checks(camera_of(ref.name, self.config.source_prefix)) else None
+        gate = (
+            offline.gate
+            if offline and self.config.gate_checks(camera_of(ref.name, self.config.source_prefix))
+            else None
+        )
         if gate is not None:
             check = gate.check(image)
             if check.camera_moved and gate.first_move():
-                log_event("WARNING", "the camera has moved since its empty-scene reference was taken; the gate "
-                          "sends every frame to the model until the reference is replaced",
-                          bucket=ref.bucket, object=ref.name, shift_px=[round(v, 1) for v in check.camera_shift])
+                log_event(
+                    "WARNING",
+                    "the camera has moved since its empty-scene reference was taken; the gate "
+                    "sends every frame to the model until the reference is replaced",
+                    bucket=ref.bucket,
+                    object=ref.name,
+                    shift_px=[round(v, 1) for v in check.camera_shift],
+                )
             if check.empty:
                 return DetectionResult(detections=[], detector=EMPTY_BELT_GATE, model=GATE_MODEL)
         try:
@@ -484,17 +571,32 @@ class Pipeline:
         except (DetectorNotConfiguredError, TransientError) as exc:
             if not (offline and self.config.offline_fallback):
                 raise
-            reason = (f"Gemini is not configured: {exc}" if isinstance(exc, DetectorNotConfiguredError)
-                      else f"Gemini kept failing past the retry deadline: {exc}")
-            log_event("WARNING", "using the offline detector instead of Gemini", reason=reason[:500],
-                      bucket=ref.bucket, object=ref.name, generation=ref.generation)
+            reason = (
+                f"Gemini is not configured: {exc}"
+                if isinstance(exc, DetectorNotConfiguredError)
+                else f"Gemini kept failing past the retry deadline: {exc}"
+            )
+            log_event(
+                "WARNING",
+                "using the offline detector instead of Gemini",
+                reason=reason[:500],
+                bucket=ref.bucket,
+                object=ref.name,
+                generation=ref.generation,
+            )
             try:
                 result = offline.detect(prepared, size, deadline=deadline)
             except UnsupportedSceneError as refused:
                 # Not a scene the offline detector can analyse: Gemini's failure stands (a transient
                 # one is redelivered, nothing is recorded as failed for good).
-                log_event("WARNING", "the offline fallback refused the scene; Gemini's failure stands",
-                          refused=str(refused)[:500], bucket=ref.bucket, object=ref.name, generation=ref.generation)
+                log_event(
+                    "WARNING",
+                    "the offline fallback refused the scene; Gemini's failure stands",
+                    refused=str(refused)[:500],
+                    bucket=ref.bucket,
+                    object=ref.name,
+                    generation=ref.generation,
+                )
                 raise exc from None
             return dataclasses.replace(result, fallback_reason=reason[:2000])
 
@@ -524,9 +626,16 @@ class Pipeline:
 
     def _write_marker(self, ref: ObjectRef, names: OutputNames, outcome: Outcome, deadline: float) -> None:
         """Record `outcome` as this name's completion marker unless a newer generation's is there."""
-        self.outputs.write_marker(ref, names, status=outcome.status, objects_found=outcome.objects_found,
-                                  reason=outcome.reason, detector=outcome.detector, fallback=outcome.fallback,
-                                  deadline=deadline)
+        self.outputs.write_marker(
+            ref,
+            names,
+            status=outcome.status,
+            objects_found=outcome.objects_found,
+            reason=outcome.reason,
+            detector=outcome.detector,
+            fallback=outcome.fallback,
+            deadline=deadline,
+        )
 
     # --- rows ------------------------------------------------------------------------------
 
@@ -549,9 +658,18 @@ class Pipeline:
         error: PipelineError | None = None,
     ) -> dict[str, Any]:
         return rows.image_row(
-            ref, status=status, configured=self._configured_detector(), prompt=self.config.gemini_prompt,
-            processed_at=_now_iso(), processing_ms=round((self._clock() - started) * 1000, 3), result=result,
-            objects_found=objects_found, overview_uri=overview_uri, size=size, error=error)
+            ref,
+            status=status,
+            configured=self._configured_detector(),
+            prompt=self.config.gemini_prompt,
+            processed_at=_now_iso(),
+            processing_ms=round((self._clock() - started) * 1000, 3),
+            result=result,
+            objects_found=objects_found,
+            overview_uri=overview_uri,
+            size=size,
+            error=error,
+        )
 
     def _object_row(
         self,
@@ -563,12 +681,21 @@ class Pipeline:
         result: DetectionResult,
         size: tuple[int, int],
     ) -> dict[str, Any]:
-        return rows.object_row(ref, index, detection, crop_uri, overview_uri, result, size,
-                               prompt=self.config.gemini_prompt, processed_at=_now_iso())
+        return rows.object_row(
+            ref,
+            index,
+            detection,
+            crop_uri,
+            overview_uri,
+            result,
+            size,
+            prompt=self.config.gemini_prompt,
+            processed_at=_now_iso(),
+        )
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def _settled_on_error(future: Future) -> contextlib.AbstractContextManager[None]:

@@ -120,9 +120,7 @@ def crop_jpeg(image: Image.Image, detection: Detection, *, quality: int = 90) ->
     """
     region = _clip(detection.box, image.width, image.height)
     if region is None:
-        raise ValueError(
-            f"box {detection.box.as_tuple()} has no pixels inside the {image.width}x{image.height} image"
-        )
+        raise ValueError(f"box {detection.box.as_tuple()} has no pixels inside the {image.width}x{image.height} image")
     crop = to_rgb(image.crop(region))
     return _encode_jpeg(crop, quality=quality, icc_profile=_rgb_icc_profile(image))
 
@@ -183,7 +181,7 @@ def _draw_tag(
 
 
 def _tag_text(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, number: int, label: str, max_width: int) -> str:
-    """"number label", the label shortened with "…" until the tag fits `max_width` pixels.
+    """ "number label", the label shortened with "…" until the tag fits `max_width` pixels.
 
     Only matters on very narrow images; the number is always kept (clipped if even it is too wide).
     """

@@ -59,8 +59,11 @@ def should_force(marker: dict[str, str] | None, ref: ObjectRef, redo: frozenset[
     """
     if not marker or marker.get("source-generation") != str(ref.generation):
         return False  # not done yet (or an older generation): processed anyway, no force needed
-    return ("all" in redo or ("failed" in redo and marker.get("status") == "failed")
-            or ("fallback" in redo and marker.get("fallback") == "true"))
+    return (
+        "all" in redo
+        or ("failed" in redo and marker.get("status") == "failed")
+        or ("fallback" in redo and marker.get("fallback") == "true")
+    )
 
 
 class Progress:
@@ -79,8 +82,9 @@ class Progress:
             self.done += 1
             self.counts[status] += 1
             filled = self.width * self.done // max(self.total, 1)
-            line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-                    + " ".join(f"{key}={value}" for key, value in sorted(self.counts.items())))
+            line = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} " + " ".join(
+                f"{key}={value}" for key, value in sorted(self.counts.items())
+            )
             if self.stream.isatty():
                 self.stream.write("\r" + line)
             elif (decile := 10 * self.done // max(self.total, 1)) != self._last_decile:
@@ -94,8 +98,14 @@ class Progress:
         return f"{self.done} objects in {elapsed:.1f}s: {parts or 'nothing to do'}"
 
 
-def replay(pipeline: Pipeline, refs: Iterable[ObjectRef], *, redo: frozenset[str] = frozenset(),
-           workers: int = 4, progress: Progress | None = None) -> Counter[str]:
+def replay(
+    pipeline: Pipeline,
+    refs: Iterable[ObjectRef],
+    *,
+    redo: frozenset[str] = frozenset(),
+    workers: int = 4,
+    progress: Progress | None = None,
+) -> Counter[str]:
     """Process `refs` through `pipeline`; returns how many ended in each status.
 
     "retry-later" counts objects that still failed transiently: nothing was recorded for them
@@ -137,8 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = Config.from_env()
     pipeline = build_pipeline(config)
     if not prefix.startswith(config.source_prefix):
-        print(f"note: {prefix!r} is not under SOURCE_PREFIX {config.source_prefix!r}; "
-              "objects outside it are ignored, as the function would", file=sys.stderr)
+        print(
+            f"note: {prefix!r} is not under SOURCE_PREFIX {config.source_prefix!r}; "
+            "objects outside it are ignored, as the function would",
+            file=sys.stderr,
+        )
     refs = pipeline.storage.list_objects(bucket, prefix)
     print(f"{len(refs)} objects under gs://{bucket}/{prefix}", file=sys.stderr)
     if args.dry_run:

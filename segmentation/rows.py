@@ -15,8 +15,9 @@ from segmentation.logs import redact
 from segmentation.naming import row_id
 
 
-def common_fields(ref: ObjectRef, result: DetectionResult | None, *, configured: tuple[str, str], prompt: str,
-                  processed_at: str) -> dict[str, Any]:
+def common_fields(
+    ref: ObjectRef, result: DetectionResult | None, *, configured: tuple[str, str], prompt: str, processed_at: str
+) -> dict[str, Any]:
     """The columns both tables share. `configured`: the (detector, model) named when no detector
     answered; `prompt`: the Gemini prompt, recorded only on Gemini's rows."""
     usage = result.usage if result else None
@@ -90,8 +91,9 @@ def object_row(
     box = detection.box
     return {
         "row_id": row_id(ref.bucket, ref.name, ref.generation, "object", result.detector, index),
-        **common_fields(ref, result, configured=(result.detector, result.model), prompt=prompt,
-                        processed_at=processed_at),
+        **common_fields(
+            ref, result, configured=(result.detector, result.model), prompt=prompt, processed_at=processed_at
+        ),
         "object_index": index,
         "label": detection.label,
         "output_uri": crop_uri,

@@ -26,8 +26,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from segmentation.detections import ObjectRef
 from segmentation.errors import (
@@ -178,8 +179,16 @@ class Storage(Protocol):
         when the size is known)."""
         ...
 
-    def write(self, bucket: str, name: str, data: bytes, *, content_type: str,
-              metadata: Mapping[str, str] | None = None, if_generation_match: int | None = None) -> str:
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+        if_generation_match: int | None = None,
+    ) -> str:
         """Create or replace gs://bucket/name and return that URI; with `if_generation_match`
         only if the live generation is that one (0: no live object), else `WriteConflictError`."""
         ...
@@ -214,12 +223,12 @@ class GcsStorage:
     """Cloud Storage through google-cloud-storage (implements `Storage`); every method raises
     only pipeline errors for service failures (plus ValueError-style bugs)."""
 
-    def __init__(self, client: "storage.Client | None" = None):
+    def __init__(self, client: storage.Client | None = None):
         self._client = client
         self._lock = threading.Lock()
 
     @property
-    def client(self) -> "storage.Client":
+    def client(self) -> storage.Client:
         """The client, created on first use (honours STORAGE_EMULATOR_HOST)."""
         if self._client is None:
             with self._lock:
@@ -297,8 +306,13 @@ class GcsStorage:
             blob.metadata = dict(metadata)
         uri = f"gs://{bucket}/{name}"
         try:
-            blob.upload_from_string(data, content_type=content_type, if_generation_match=if_generation_match,
-                                    retry=None, timeout=REQUEST_TIMEOUT)
+            blob.upload_from_string(
+                data,
+                content_type=content_type,
+                if_generation_match=if_generation_match,
+                retry=None,
+                timeout=REQUEST_TIMEOUT,
+            )
         except PreconditionFailed as exc:
             raise WriteConflictError(f"write {uri}: generation {if_generation_match} is no longer live") from exc
         except Exception as exc:
@@ -333,12 +347,19 @@ class GcsStorage:
         """The live objects under `prefix` (name, generation, content type, size), in listing order."""
         try:
             blobs = self.client.list_blobs(
-                bucket, prefix=prefix, fields="items(name,generation,contentType,size),nextPageToken",
-                retry=None, timeout=REQUEST_TIMEOUT,
+                bucket,
+                prefix=prefix,
+                fields="items(name,generation,contentType,size),nextPageToken",
+                retry=None,
+                timeout=REQUEST_TIMEOUT,
             )
             # Pages are fetched while iterating, so errors surface inside the try.
-            return [ObjectRef(bucket, blob.name, int(blob.generation) if blob.generation else None,
-                              blob.content_type, blob.size) for blob in blobs]
+            return [
+                ObjectRef(
+                    bucket, blob.name, int(blob.generation) if blob.generation else None, blob.content_type, blob.size
+                )
+                for blob in blobs
+            ]
         except Exception as exc:
             _raise_classified(exc, f"list gs://{bucket}/{prefix}")
 
@@ -351,13 +372,15 @@ class GcsStorage:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         try:
-            self.client.bucket(bucket).delete_blob(name, if_generation_match=if_generation_match, retry=None,
-                                                   timeout=REQUEST_TIMEOUT)
+            self.client.bucket(bucket).delete_blob(
+                name, if_generation_match=if_generation_match, retry=None, timeout=REQUEST_TIMEOUT
+            )
         except NotFound:
             return
         except PreconditionFailed as exc:
-            raise WriteConflictError(f"delete gs://{bucket}/{name}: generation {if_generation_match} "
-                                     "is no longer live") from exc
+            raise WriteConflictError(
+                f"delete gs://{bucket}/{name}: generation {if_generation_match} is no longer live"
+            ) from exc
         except Exception as exc:
             _raise_classified(exc, f"delete gs://{bucket}/{name}")
 

@@ -168,18 +168,34 @@ def _fast_tier_starts_nothing(request: pytest.FixtureRequest) -> Iterator[None]:
 # A two-object answer, the stand-in's default in `fake`.
 TWO_BAGS = json.dumps(
     [
-        {"box_2d": [100, 100, 400, 300], "label": "suitcase", "color": "black",
-         "general_description": "A hard-shell suitcase.", "detailed_description": "Four wheels."},
-        {"box_2d": [500, 600, 900, 950], "label": "backpack", "color": "red",
-         "general_description": "A backpack.", "detailed_description": "Two straps."},
+        {
+            "box_2d": [100, 100, 400, 300],
+            "label": "suitcase",
+            "color": "black",
+            "general_description": "A hard-shell suitcase.",
+            "detailed_description": "Four wheels.",
+        },
+        {
+            "box_2d": [500, 600, 900, 950],
+            "label": "backpack",
+            "color": "red",
+            "general_description": "A backpack.",
+            "detailed_description": "Two straps.",
+        },
     ]
 )
 
 # Environment variables google-genai reads; cleared so only what a test sets counts.
 SDK_ENV = (
-    "GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION",
-    "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE", "GOOGLE_GENAI_API_VERSION",
-    "GOOGLE_GEMINI_BASE_URL", "GOOGLE_VERTEX_BASE_URL",
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_CLOUD_LOCATION",
+    "GOOGLE_GENAI_USE_VERTEXAI",
+    "GOOGLE_GENAI_USE_ENTERPRISE",
+    "GOOGLE_GENAI_API_VERSION",
+    "GOOGLE_GEMINI_BASE_URL",
+    "GOOGLE_VERTEX_BASE_URL",
 )
 
 

@@ -59,14 +59,22 @@ class Stack:
 
     def event_for(self, blob: storage.Blob, **overrides) -> CloudEvent:
         """The finalize event Eventarc sends for `blob`; an override of None leaves that field out."""
-        data = {"bucket": BUCKET, "name": blob.name, "generation": str(blob.generation),
-                "contentType": blob.content_type, "size": str(blob.size), "metageneration": "1"}
+        data = {
+            "bucket": BUCKET,
+            "name": blob.name,
+            "generation": str(blob.generation),
+            "contentType": blob.content_type,
+            "size": str(blob.size),
+            "metageneration": "1",
+        }
         data.update(overrides)
         data = {key: value for key, value in data.items() if value is not None}
         # The CloudEvents HTTP binding percent-encodes attribute values outside printable ASCII.
         subject = quote(f"objects/{blob.name}", safe=_PRINTABLE_ASCII)
-        return CloudEvent({"type": FINALIZED, "source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}",
-                           "subject": subject}, data)
+        return CloudEvent(
+            {"type": FINALIZED, "source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}", "subject": subject},
+            data,
+        )
 
     def deliver(self, event: CloudEvent, mode: str = "binary") -> requests.Response:
         headers, body = (to_binary if mode == "binary" else to_structured)(event)
@@ -88,8 +96,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, *, api_key: str = API_KEY,
-                  gcs_names: bool = False) -> Iterator[Stack]:
+def running_stack(
+    sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, *, api_key: str = API_KEY, gcs_names: bool = False
+) -> Iterator[Stack]:
     """Start everything, configure the function through `monkeypatch`'d environment, yield a `Stack`.
 
     `gcs_names`: the emulator holds exactly the object names Cloud Storage holds (see
@@ -106,8 +115,9 @@ def running_stack(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, *, api_key
         monkeypatch.setenv("RETRY_DEADLINE_S", "20")
         import functions_framework
 
-        app = functions_framework.create_app(target="on_object_finalized", source=str(ROOT / "main.py"),
-                                             signature_type="cloudevent")
+        app = functions_framework.create_app(
+            target="on_object_finalized", source=str(ROOT / "main.py"), signature_type="cloudevent"
+        )
         server = make_server("127.0.0.1", 0, app, threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -132,9 +142,16 @@ def gemini_only_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 def boxes_answer(count: int) -> Answer:
     """`count` objects side by side, each 90 units wide on Gemini's 0-1000 scale."""
-    objects = [{"box_2d": [100, 100 * i, 500, 100 * i + 90], "label": f"bag {i + 1}", "color": "black",
-                "general_description": "a bag", "detailed_description": f"bag number {i + 1}"}
-               for i in range(count)]
+    objects = [
+        {
+            "box_2d": [100, 100 * i, 500, 100 * i + 90],
+            "label": f"bag {i + 1}",
+            "color": "black",
+            "general_description": "a bag",
+            "detailed_description": f"bag number {i + 1}",
+        }
+        for i in range(count)
+    ]
     return Answer(json.dumps(objects))
 
 

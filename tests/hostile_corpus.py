@@ -43,14 +43,22 @@ QUADRANTS: tuple[RGB, RGB, RGB, RGB] = (RED, GREEN, BLUE, YELLOW)  # top left, t
 
 # box_2d = [ymin, xmin, ymax, xmax], normalized to 0-1000: the four quadrants, in QUADRANTS order.
 QUADRANT_BOXES = ([0, 0, 500, 500], [0, 500, 500, 1000], [500, 0, 1000, 500], [500, 500, 1000, 1000])
-FIXED_ANSWER = json.dumps([
-    {"box_2d": box, "label": label, "color": label, "general_description": "quadrant",
-     "detailed_description": f"the {label} quadrant"}
-    for box, label in zip(QUADRANT_BOXES, ("top left", "top right", "bottom left", "bottom right"), strict=False)
-])
+FIXED_ANSWER = json.dumps(
+    [
+        {
+            "box_2d": box,
+            "label": label,
+            "color": label,
+            "general_description": "quadrant",
+            "detailed_description": f"the {label} quadrant",
+        }
+        for box, label in zip(QUADRANT_BOXES, ("top left", "top right", "bottom left", "bottom right"), strict=False)
+    ]
+)
 
 
 # --- expected outcomes -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Expect:
@@ -94,12 +102,18 @@ def layout(relative: str, crops: int = 4) -> frozenset[str]:
     stem = relative
     head, _, tail = stem.rpartition("/")
     overview = f"processed-overview/{head + '/' if head else ''}processed_{tail}.jpg"
-    return frozenset({*(f"processed/{stem}-output-{n:04d}.jpg" for n in range(1, crops + 1)),
-                      overview, f"processed-markers/{relative}.json",
-                      f"processed-markers/{relative}.claim"})
+    return frozenset(
+        {
+            *(f"processed/{stem}-output-{n:04d}.jpg" for n in range(1, crops + 1)),
+            overview,
+            f"processed-markers/{relative}.json",
+            f"processed-markers/{relative}.claim",
+        }
+    )
 
 
 # --- cases -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class UploadCase:
@@ -146,7 +160,10 @@ class EventCase:
 
 # --- image builders ----------------------------------------------------------------------------
 
-def quadrant_image(size: tuple[int, int] = SIZE, colours: tuple[RGB, ...] = QUADRANTS, mode: str = "RGB") -> Image.Image:
+
+def quadrant_image(
+    size: tuple[int, int] = SIZE, colours: tuple[RGB, ...] = QUADRANTS, mode: str = "RGB"
+) -> Image.Image:
     width, height = size
     image = Image.new("RGB", size)
     half_w, half_h = width / 2, height / 2
@@ -176,8 +193,14 @@ def _display_position(orientation: int, sx: int, sy: int, sw: int, sh: int) -> t
     """Where stored pixel (sx, sy) of an sw x sh JPEG shows for EXIF `orientation` (TIFF 6.0 / EXIF 2.3:
     the value names the visual position of the stored 0th row and 0th column)."""
     return {
-        1: (sx, sy), 2: (sw - 1 - sx, sy), 3: (sw - 1 - sx, sh - 1 - sy), 4: (sx, sh - 1 - sy),
-        5: (sy, sx), 6: (sh - 1 - sy, sx), 7: (sh - 1 - sy, sw - 1 - sx), 8: (sy, sw - 1 - sx),
+        1: (sx, sy),
+        2: (sw - 1 - sx, sy),
+        3: (sw - 1 - sx, sh - 1 - sy),
+        4: (sx, sh - 1 - sy),
+        5: (sy, sx),
+        6: (sh - 1 - sy, sx),
+        7: (sh - 1 - sy, sw - 1 - sx),
+        8: (sy, sw - 1 - sx),
     }[orientation]
 
 
@@ -244,19 +267,29 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
-def _png(size: tuple[int, int], depth: int, colour_type: int, pixel: Callable[[int, int], bytes],
-         extra_chunks: bytes = b"") -> bytes:
+def _png(
+    size: tuple[int, int], depth: int, colour_type: int, pixel: Callable[[int, int], bytes], extra_chunks: bytes = b""
+) -> bytes:
     width, height = size
     raw = b"".join(b"\x00" + b"".join(pixel(x, y) for x in range(width)) for y in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0))
-            + extra_chunks + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0))
+        + extra_chunks
+        + _chunk(b"IDAT", zlib.compress(raw))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height, followed by one tiny IDAT (a decompression bomb
     is refused from the header, before a byte of pixel data is inflated)."""
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def png_text_bomb() -> bytes:
@@ -269,8 +302,15 @@ def tiff_bomb(width: int = 200_000, height: int = 200_000) -> bytes:
     """A 300-byte bilevel deflate TIFF claiming width x height (40 gigapixels)."""
     strip = zlib.compress(b"\x00" * 4096, 9)
     entries = [  # (tag, type, count, value): type 3 SHORT, 4 LONG
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 1), (259, 3, 1, 8), (262, 3, 1, 0),
-        (273, 4, 1, 0), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(strip)),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 1),
+        (259, 3, 1, 8),
+        (262, 3, 1, 0),
+        (273, 4, 1, 0),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, len(strip)),
     ]
     ifd_size = 2 + 12 * len(entries) + 4
     strip_offset = 8 + ifd_size
@@ -287,9 +327,9 @@ def tiff_ifd_loop() -> bytes:
     """A valid 64x48 TIFF whose next-IFD pointer points back at its own IFD (an endless page chain)."""
     data = bytearray(encode(quadrant_image(), "TIFF"))
     ifd_offset = struct.unpack("<I", data[4:8])[0]
-    count = struct.unpack("<H", data[ifd_offset:ifd_offset + 2])[0]
+    count = struct.unpack("<H", data[ifd_offset : ifd_offset + 2])[0]
     next_pointer = ifd_offset + 2 + 12 * count
-    data[next_pointer:next_pointer + 4] = struct.pack("<I", ifd_offset)
+    data[next_pointer : next_pointer + 4] = struct.pack("<I", ifd_offset)
     return bytes(data)
 
 
@@ -304,7 +344,7 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     """The quadrant JPEG with its frame header (SOF0) rewritten to claim width x height."""
     data = bytearray(quadrant_jpeg())
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -316,19 +356,21 @@ def jpeg_with_garbage_scan() -> bytes:
     """Valid JPEG headers, then the entropy-coded scan replaced by 0xFF 0xD0-style marker soup."""
     data = quadrant_jpeg()
     sos = data.index(b"\xff\xda")
-    header_length = struct.unpack(">H", data[sos + 2:sos + 4])[0]
+    header_length = struct.unpack(">H", data[sos + 2 : sos + 4])[0]
     scan_start = sos + 2 + header_length
     return data[:scan_start] + b"\xff\xd3\xff\x00\xff\xc8" * 200 + b"\xff\xd9"
 
 
 def png_bad_crc(chunk: bytes) -> Callable[[], bytes]:
     """The quadrant PNG with the CRC of its first `chunk` (b"IHDR", b"IDAT") broken."""
+
     def build() -> bytes:
         data = bytearray(quadrant_png())
         start = data.index(chunk)
-        length = struct.unpack(">I", data[start - 4:start])[0]
+        length = struct.unpack(">I", data[start - 4 : start])[0]
         data[start + 4 + length] ^= 0xFF  # first byte of the chunk's CRC
         return bytes(data)
+
     return build
 
 
@@ -343,9 +385,9 @@ def png_bad_zlib() -> bytes:
     """Correct chunk CRCs around an IDAT whose zlib stream is garbage."""
     good = quadrant_png()
     idat = good.index(b"IDAT")
-    length = struct.unpack(">I", good[idat - 4:idat])[0]
+    length = struct.unpack(">I", good[idat - 4 : idat])[0]
     garbage = bytes((i * 37 + 11) % 256 for i in range(length))
-    return good[:idat - 4] + _chunk(b"IDAT", garbage) + good[idat + 8 + length:]
+    return good[: idat - 4] + _chunk(b"IDAT", garbage) + good[idat + 8 + length :]
 
 
 def ico_file() -> bytes:
@@ -358,6 +400,7 @@ TEXT = b"this is a text file named .jpg\n"
 
 # --- the corpus ------------------------------------------------------------------------------------
 
+
 def _const(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
@@ -365,115 +408,280 @@ def _const(data: bytes) -> Callable[[], bytes]:
 CONTENT_CASES: list[UploadCase] = [
     # Not images, or broken ones: a failed row naming the problem.
     UploadCase("zero-bytes", "raw/hostile/zero.jpg", _const(b""), "image/jpeg", ignored("zero-byte object")),
-    UploadCase("zero-bytes-event-without-size", "raw/hostile/zero-nosize.jpg", _const(b""), "image/jpeg",
-               failed("image_decode_error"), event={"size": None}),
+    UploadCase(
+        "zero-bytes-event-without-size",
+        "raw/hostile/zero-nosize.jpg",
+        _const(b""),
+        "image/jpeg",
+        failed("image_decode_error"),
+        event={"size": None},
+    ),
     UploadCase("text-named-jpg", "raw/hostile/text.jpg", _const(TEXT), "image/jpeg", failed("image_decode_error")),
-    UploadCase("text-named-jpg-untyped", "raw/hostile/text-untyped.jpg", _const(TEXT), "application/octet-stream",
-               failed("image_decode_error")),
-    UploadCase("text-named-jpg-text-plain", "raw/hostile/text-plain.jpg", _const(TEXT), "text/plain",
-               ignored("not an image (content type text/plain)")),
-    UploadCase("svg-with-script", "raw/hostile/evil.svg", _const(SVG_WITH_SCRIPT), "image/svg+xml",
-               failed("image_decode_error")),
-    UploadCase("ico-unsupported-format", "raw/hostile/icon.ico", ico_file, "image/x-icon", failed("image_decode_error")),
-    UploadCase("truncated-jpeg-half", "raw/hostile/truncated-half.jpg", truncated(quadrant_jpeg, 0.5), "image/jpeg",
-               failed("image_decode_error")),
-    UploadCase("truncated-jpeg-headers-only", "raw/hostile/truncated-head.jpg", truncated(quadrant_jpeg, 0.2),
-               "image/jpeg", failed("image_decode_error")),
-    UploadCase("jpeg-soi-then-garbage", "raw/hostile/garbage.jpg", _const(b"\xff\xd8\xff" + bytes(range(256)) * 4),
-               "image/jpeg", failed("image_decode_error")),
-    UploadCase("jpeg-garbage-scan-data", "raw/hostile/garbage-scan.jpg", jpeg_with_garbage_scan, "image/jpeg",
-               failed("image_decode_error")),
-    UploadCase("truncated-png", "raw/hostile/truncated.png", truncated(quadrant_png, 0.6), "image/png",
-               failed("image_decode_error")),
-    UploadCase("png-bad-ihdr-crc", "raw/hostile/bad-ihdr-crc.png", png_bad_crc(b"IHDR"), "image/png",
-               failed("image_decode_error")),
+    UploadCase(
+        "text-named-jpg-untyped",
+        "raw/hostile/text-untyped.jpg",
+        _const(TEXT),
+        "application/octet-stream",
+        failed("image_decode_error"),
+    ),
+    UploadCase(
+        "text-named-jpg-text-plain",
+        "raw/hostile/text-plain.jpg",
+        _const(TEXT),
+        "text/plain",
+        ignored("not an image (content type text/plain)"),
+    ),
+    UploadCase(
+        "svg-with-script",
+        "raw/hostile/evil.svg",
+        _const(SVG_WITH_SCRIPT),
+        "image/svg+xml",
+        failed("image_decode_error"),
+    ),
+    UploadCase(
+        "ico-unsupported-format", "raw/hostile/icon.ico", ico_file, "image/x-icon", failed("image_decode_error")
+    ),
+    UploadCase(
+        "truncated-jpeg-half",
+        "raw/hostile/truncated-half.jpg",
+        truncated(quadrant_jpeg, 0.5),
+        "image/jpeg",
+        failed("image_decode_error"),
+    ),
+    UploadCase(
+        "truncated-jpeg-headers-only",
+        "raw/hostile/truncated-head.jpg",
+        truncated(quadrant_jpeg, 0.2),
+        "image/jpeg",
+        failed("image_decode_error"),
+    ),
+    UploadCase(
+        "jpeg-soi-then-garbage",
+        "raw/hostile/garbage.jpg",
+        _const(b"\xff\xd8\xff" + bytes(range(256)) * 4),
+        "image/jpeg",
+        failed("image_decode_error"),
+    ),
+    UploadCase(
+        "jpeg-garbage-scan-data",
+        "raw/hostile/garbage-scan.jpg",
+        jpeg_with_garbage_scan,
+        "image/jpeg",
+        failed("image_decode_error"),
+    ),
+    UploadCase(
+        "truncated-png",
+        "raw/hostile/truncated.png",
+        truncated(quadrant_png, 0.6),
+        "image/png",
+        failed("image_decode_error"),
+    ),
+    UploadCase(
+        "png-bad-ihdr-crc",
+        "raw/hostile/bad-ihdr-crc.png",
+        png_bad_crc(b"IHDR"),
+        "image/png",
+        failed("image_decode_error"),
+    ),
     UploadCase("png-bad-zlib", "raw/hostile/bad-zlib.png", png_bad_zlib, "image/png", failed("image_decode_error")),
     # Decompression bombs: refused from the header, before any pixel data is inflated.
-    UploadCase("png-header-100000x100000", "raw/hostile/bomb.png", lambda: png_claiming(100_000, 100_000),
-               "image/png", failed("image_too_large")),
-    UploadCase("jpeg-header-65500x65500", "raw/hostile/bomb.jpg", lambda: jpeg_claiming(65_500, 65_500),
-               "image/jpeg", failed("image_too_large")),
+    UploadCase(
+        "png-header-100000x100000",
+        "raw/hostile/bomb.png",
+        lambda: png_claiming(100_000, 100_000),
+        "image/png",
+        failed("image_too_large"),
+    ),
+    UploadCase(
+        "jpeg-header-65500x65500",
+        "raw/hostile/bomb.jpg",
+        lambda: jpeg_claiming(65_500, 65_500),
+        "image/jpeg",
+        failed("image_too_large"),
+    ),
     UploadCase("tiff-bomb-200000x200000", "raw/hostile/bomb.tif", tiff_bomb, "image/tiff", failed("image_too_large")),
-    UploadCase("gif-screen-65535x65535", "raw/hostile/bomb.gif", gif_screen_bomb, "image/gif",
-               failed("image_too_large")),
-    UploadCase("png-ztxt-text-bomb", "raw/hostile/text-bomb.png", png_text_bomb, "image/png",
-               failed("image_decode_error")),
+    UploadCase(
+        "gif-screen-65535x65535", "raw/hostile/bomb.gif", gif_screen_bomb, "image/gif", failed("image_too_large")
+    ),
+    UploadCase(
+        "png-ztxt-text-bomb", "raw/hostile/text-bomb.png", png_text_bomb, "image/png", failed("image_decode_error")
+    ),
     # Valid but odd: processed, and the crops hold the right pixels.
     UploadCase("tiff-ifd-loop", "raw/hostile/ifd-loop.tif", tiff_ifd_loop, "image/tiff", ok()),
     # Pillow does not check IDAT checksums; the pixel data itself is intact.
-    UploadCase("png-bad-idat-crc-intact-pixels", "raw/hostile/bad-idat-crc.png", png_bad_crc(b"IDAT"), "image/png",
-               ok()),
+    UploadCase(
+        "png-bad-idat-crc-intact-pixels", "raw/hostile/bad-idat-crc.png", png_bad_crc(b"IDAT"), "image/png", ok()
+    ),
     UploadCase("cmyk-jpeg", "raw/odd/cmyk.jpg", cmyk_jpeg, "image/jpeg", ok()),
     UploadCase("grey-16-bit-png", "raw/odd/grey16.png", grey16_png, "image/png", ok(GREY16_AS_RGB)),
     UploadCase("rgb-48-bit-png", "raw/odd/rgb48.png", rgb48_png, "image/png", ok()),
     UploadCase("animated-gif", "raw/odd/animated.gif", animated_gif, "image/gif", ok()),
     # 1 x 20000: the left and right quadrant boxes map to the same 1-pixel column, so the parser
     # keeps one box per half (duplicates dropped); likewise 20000 x 1 and 1 x 1.
-    UploadCase("aspect-1x20000", "raw/odd/tall.png", lambda: halves_png((1, 20_000)), "image/png",
-               ok((RED, BLUE), size=(1, 20_000))),
-    UploadCase("aspect-20000x1", "raw/odd/wide.png", lambda: halves_png((20_000, 1)), "image/png",
-               ok((RED, BLUE), size=(20_000, 1))),
+    UploadCase(
+        "aspect-1x20000",
+        "raw/odd/tall.png",
+        lambda: halves_png((1, 20_000)),
+        "image/png",
+        ok((RED, BLUE), size=(1, 20_000)),
+    ),
+    UploadCase(
+        "aspect-20000x1",
+        "raw/odd/wide.png",
+        lambda: halves_png((20_000, 1)),
+        "image/png",
+        ok((RED, BLUE), size=(20_000, 1)),
+    ),
     UploadCase("one-pixel", "raw/odd/one.png", one_pixel_png, "image/png", ok((GREEN,), size=(1, 1))),
     UploadCase("png-bytes-named-jpg", "raw/odd/really-a-png.jpg", quadrant_png, "image/jpeg", ok()),
-    *(UploadCase(f"exif-orientation-{o}", f"raw/exif/orientation-{o}.jpg", (lambda o=o: exif_jpeg(o)),
-                 "image/jpeg", ok()) for o in range(2, 9)),
-    *(UploadCase(f"exif-orientation-invalid-{v}", f"raw/exif/invalid-{v}.jpg", (lambda v=v: exif_tag_jpeg(v)),
-                 "image/jpeg", ok()) for v in (0, 9, 65535)),
+    *(
+        UploadCase(
+            f"exif-orientation-{o}", f"raw/exif/orientation-{o}.jpg", (lambda o=o: exif_jpeg(o)), "image/jpeg", ok()
+        )
+        for o in range(2, 9)
+    ),
+    *(
+        UploadCase(
+            f"exif-orientation-invalid-{v}",
+            f"raw/exif/invalid-{v}.jpg",
+            (lambda v=v: exif_tag_jpeg(v)),
+            "image/jpeg",
+            ok(),
+        )
+        for v in (0, 9, 65535)
+    ),
 ]
 
 # Hostile names, each holding the quadrant PNG. `outputs` is what the README's layout says.
 NAME_CASES: list[UploadCase] = [
-    UploadCase("spaces", "raw/cam 1/belt photo.png", quadrant_png, "image/png",
-               ok(outputs=layout("cam 1/belt photo.png"))),
-    UploadCase("unicode-nfc", "raw/caf\u00e9/\u00fcber.png", quadrant_png, "image/png",
-               ok(outputs=layout("caf\u00e9/\u00fcber.png"))),
-    UploadCase("unicode-nfd", "raw/cafe\u0301/u\u0308ber.png", quadrant_png, "image/png",
-               ok(outputs=layout("cafe\u0301/u\u0308ber.png"))),
-    UploadCase("emoji", "raw/\U0001f4f7/\U0001f9f3 bag.png", quadrant_png, "image/png",
-               ok(outputs=layout("\U0001f4f7/\U0001f9f3 bag.png"))),
-    UploadCase("rtl", "raw/\u05de\u05e6\u05dc\u05de\u05d4/\u0635\u0648\u0631\u0629.png", quadrant_png, "image/png",
-               ok(outputs=layout("\u05de\u05e6\u05dc\u05de\u05d4/\u0635\u0648\u0631\u0629.png"))),
-    UploadCase("rtl-override", "raw/invoice\u202egnp.exe.png", quadrant_png, "image/png",
-               ok(outputs=layout("invoice\u202egnp.exe.png"))),
-    UploadCase("control-chars", "raw/tab\there\x07bell\x1b[31m.png", quadrant_png, "image/png",
-               ok(outputs=layout("tab\there\x07bell\x1b[31m.png"))),
-    UploadCase("unicode-line-separators", "raw/line\u2028sep\u0085nel.png", quadrant_png, "image/png",
-               ok(outputs=layout("line\u2028sep\u0085nel.png"))),
-    UploadCase("url-characters", "raw/q?x=1&y=%2F#frag.png", quadrant_png, "image/png",
-               ok(outputs=layout("q?x=1&y=%2F#frag.png"))),
-    UploadCase("percent-encoded-dots", "raw/%2e%2e/%2E%2E/x.png", quadrant_png, "image/png",
-               ok(outputs=layout("%2e%2e/%2E%2E/x.png"))),
+    UploadCase(
+        "spaces", "raw/cam 1/belt photo.png", quadrant_png, "image/png", ok(outputs=layout("cam 1/belt photo.png"))
+    ),
+    UploadCase(
+        "unicode-nfc",
+        "raw/caf\u00e9/\u00fcber.png",
+        quadrant_png,
+        "image/png",
+        ok(outputs=layout("caf\u00e9/\u00fcber.png")),
+    ),
+    UploadCase(
+        "unicode-nfd",
+        "raw/cafe\u0301/u\u0308ber.png",
+        quadrant_png,
+        "image/png",
+        ok(outputs=layout("cafe\u0301/u\u0308ber.png")),
+    ),
+    UploadCase(
+        "emoji",
+        "raw/\U0001f4f7/\U0001f9f3 bag.png",
+        quadrant_png,
+        "image/png",
+        ok(outputs=layout("\U0001f4f7/\U0001f9f3 bag.png")),
+    ),
+    UploadCase(
+        "rtl",
+        "raw/\u05de\u05e6\u05dc\u05de\u05d4/\u0635\u0648\u0631\u0629.png",
+        quadrant_png,
+        "image/png",
+        ok(outputs=layout("\u05de\u05e6\u05dc\u05de\u05d4/\u0635\u0648\u0631\u0629.png")),
+    ),
+    UploadCase(
+        "rtl-override",
+        "raw/invoice\u202egnp.exe.png",
+        quadrant_png,
+        "image/png",
+        ok(outputs=layout("invoice\u202egnp.exe.png")),
+    ),
+    UploadCase(
+        "control-chars",
+        "raw/tab\there\x07bell\x1b[31m.png",
+        quadrant_png,
+        "image/png",
+        ok(outputs=layout("tab\there\x07bell\x1b[31m.png")),
+    ),
+    UploadCase(
+        "unicode-line-separators",
+        "raw/line\u2028sep\u0085nel.png",
+        quadrant_png,
+        "image/png",
+        ok(outputs=layout("line\u2028sep\u0085nel.png")),
+    ),
+    UploadCase(
+        "url-characters",
+        "raw/q?x=1&y=%2F#frag.png",
+        quadrant_png,
+        "image/png",
+        ok(outputs=layout("q?x=1&y=%2F#frag.png")),
+    ),
+    UploadCase(
+        "percent-encoded-dots",
+        "raw/%2e%2e/%2E%2E/x.png",
+        quadrant_png,
+        "image/png",
+        ok(outputs=layout("%2e%2e/%2E%2E/x.png")),
+    ),
     UploadCase("only-extension", "raw/.jpg", quadrant_png, "image/jpeg", ok(outputs=layout(".jpg"))),
     UploadCase("many-dots", "raw/a.b.c.jpeg", quadrant_png, "image/jpeg", ok(outputs=layout("a.b.c.jpeg"))),
     UploadCase("no-extension-typed", "raw/noext", quadrant_png, "image/png", ok(outputs=layout("noext"))),
-    UploadCase("no-extension-untyped", "raw/noext-untyped", quadrant_png, "application/octet-stream",
-               ignored("not an image (content type application/octet-stream)")),
-    UploadCase("upper-case-extension-untyped", "raw/UPPER.PNG", quadrant_png, "application/octet-stream",
-               ok(outputs=layout("UPPER.PNG"))),
+    UploadCase(
+        "no-extension-untyped",
+        "raw/noext-untyped",
+        quadrant_png,
+        "application/octet-stream",
+        ignored("not an image (content type application/octet-stream)"),
+    ),
+    UploadCase(
+        "upper-case-extension-untyped",
+        "raw/UPPER.PNG",
+        quadrant_png,
+        "application/octet-stream",
+        ok(outputs=layout("UPPER.PNG")),
+    ),
     UploadCase("prefix-case", "Raw/x.png", quadrant_png, "image/png", ignored("outside source prefix raw/")),
     # Dot segments. Names are flat in Cloud Storage: raw/../processed/x.jpg is under raw/ (so it
     # is processed, not mistaken for an output), and none of these may share outputs with
     # raw/dup.png or climb out of the output prefixes.
-    UploadCase("dot-dot-into-processed", "raw/../processed/x.jpg", quadrant_png, "image/jpeg",
-               ok(crops_under="processed/processed/x~")),
-    UploadCase("processed-dot-dot-into-raw", "processed/../raw/x.png", quadrant_png, "image/png",
-               ignored("outside source prefix raw/")),
+    UploadCase(
+        "dot-dot-into-processed",
+        "raw/../processed/x.jpg",
+        quadrant_png,
+        "image/jpeg",
+        ok(crops_under="processed/processed/x~"),
+    ),
+    UploadCase(
+        "processed-dot-dot-into-raw",
+        "processed/../raw/x.png",
+        quadrant_png,
+        "image/png",
+        ignored("outside source prefix raw/"),
+    ),
     UploadCase("plain-dup", "raw/dup.png", quadrant_png, "image/png", ok(outputs=layout("dup.png"))),
     UploadCase("double-slash-dup", "raw//dup.png", quadrant_png, "image/png", ok(crops_under="processed/dup~")),
     UploadCase("dot-segment-dup", "raw/./dup.png", quadrant_png, "image/png", ok(crops_under="processed/dup~")),
-    UploadCase("dot-dot-segment-dup", "raw/sub/../dup.png", quadrant_png, "image/png",
-               ok(crops_under="processed/sub/dup~")),
+    UploadCase(
+        "dot-dot-segment-dup", "raw/sub/../dup.png", quadrant_png, "image/png", ok(crops_under="processed/sub/dup~")
+    ),
     UploadCase("only-dot-dot", "raw/..", quadrant_png, "image/png", ok(crops_under="processed/_~")),
-    UploadCase("name-1024-bytes", "raw/" + "n" * 1016 + ".png", quadrant_png, "image/png",
-               ok(crops_under="processed/" + "n" * 900)),
-    UploadCase("name-1024-bytes-multibyte", "raw/" + "\u00e9" * 508 + ".png", quadrant_png, "image/png",
-               ok(crops_under="processed/" + "\u00e9" * 450)),
+    UploadCase(
+        "name-1024-bytes",
+        "raw/" + "n" * 1016 + ".png",
+        quadrant_png,
+        "image/png",
+        ok(crops_under="processed/" + "n" * 900),
+    ),
+    UploadCase(
+        "name-1024-bytes-multibyte",
+        "raw/" + "\u00e9" * 508 + ".png",
+        quadrant_png,
+        "image/png",
+        ok(crops_under="processed/" + "\u00e9" * 450),
+    ),
 ]
 
 # Names Cloud Storage refuses (https://cloud.google.com/storage/docs/objects#naming): the
 # uploads fail, so only a forged event can name them. The event is refused with a warning.
 FORGED_NAMES: list[ForgedObjectEvent] = [
-    ForgedObjectEvent("line-feed", "raw/evil\n{\"severity\": \"CRITICAL\"}.png", WARNING),
+    ForgedObjectEvent("line-feed", 'raw/evil\n{"severity": "CRITICAL"}.png', WARNING),
     ForgedObjectEvent("carriage-return", "raw/evil\rname.png", WARNING),
     ForgedObjectEvent("name-1025-bytes", "raw/" + "n" * 1017 + ".png", WARNING),
     ForgedObjectEvent("name-5000-bytes", "raw/" + "\u00e9" * 2500 + ".png", WARNING),
@@ -497,13 +705,19 @@ EVENT_CASES: list[EventCase] = [
     EventCase("size-not-a-number", lambda: {"bucket": BUCKET, **_OBJECT, "size": {"bytes": 1}}),
     # The storage client puts the bucket into request URLs unescaped: this one would re-aim the
     # marker upload at raw/evil.jpg (the query's name= wins).
-    EventCase("bucket-url-injection",
-              lambda: {**_OBJECT, "bucket": f"{BUCKET}/o?uploadType=multipart&name=raw%2Fevil.jpg&z=z"}),
+    EventCase(
+        "bucket-url-injection",
+        lambda: {**_OBJECT, "bucket": f"{BUCKET}/o?uploadType=multipart&name=raw%2Fevil.jpg&z=z"},
+    ),
     EventCase("bucket-upper-case", lambda: {**_OBJECT, "bucket": "Conveyor-Test"}),
-    EventCase("wrong-type-deleted", lambda: {"bucket": BUCKET, **_OBJECT},
-              type="google.cloud.storage.object.v1.deleted"),
-    EventCase("wrong-type-pubsub", lambda: {"message": {"data": base64.b64encode(b"{}").decode()}},
-              type="google.cloud.pubsub.topic.v1.messagePublished"),
+    EventCase(
+        "wrong-type-deleted", lambda: {"bucket": BUCKET, **_OBJECT}, type="google.cloud.storage.object.v1.deleted"
+    ),
+    EventCase(
+        "wrong-type-pubsub",
+        lambda: {"message": {"data": base64.b64encode(b"{}").decode()}},
+        type="google.cloud.pubsub.topic.v1.messagePublished",
+    ),
     EventCase("data-not-json", lambda: RawBody(b"not json{\x00\xff")),
     EventCase("data-null", lambda: None),
     EventCase("data-list", lambda: [{"bucket": BUCKET, **_OBJECT}]),

@@ -62,13 +62,20 @@ BQ_OBJECTS = f"{BQ_PROJECT}.conveyor.objects"
 BQ_IMAGES = f"{BQ_PROJECT}.conveyor.images"
 
 
-
 # --- images that say what is in them ------------------------------------------------------------
 
 _ID_BITS, _CHECK_BITS, _CELL = 12, 4, 16
-_COLORS = [("red", (200, 40, 40)), ("blue", (40, 60, 200)), ("green", (40, 160, 60)), ("yellow", (220, 200, 40)),
-           ("black", (20, 20, 20)), ("orange", (230, 130, 30)), ("purple", (120, 50, 160)), ("white", (240, 240, 240)),
-           ("brown", (120, 80, 40))]
+_COLORS = [
+    ("red", (200, 40, 40)),
+    ("blue", (40, 60, 200)),
+    ("green", (40, 160, 60)),
+    ("yellow", (220, 200, 40)),
+    ("black", (20, 20, 20)),
+    ("orange", (230, 130, 30)),
+    ("purple", (120, 50, 160)),
+    ("white", (240, 240, 240)),
+    ("brown", (120, 80, 40)),
+]
 
 
 def object_count(image_id: int) -> int:
@@ -130,9 +137,15 @@ def answer_text(image_id: int) -> str:
     entries = []
     for k, box in enumerate(boxes_norm(image_id)):
         color = _COLORS[k % len(_COLORS)][0]
-        entries.append({"box_2d": box, "label": f"bag {image_id}-{k + 1}", "color": color,
-                        "general_description": f"a {color} bag",
-                        "detailed_description": f"image {image_id} object {k + 1}"})
+        entries.append(
+            {
+                "box_2d": box,
+                "label": f"bag {image_id}-{k + 1}",
+                "color": color,
+                "general_description": f"a {color} bag",
+                "detailed_description": f"image {image_id} object {k + 1}",
+            }
+        )
     return json.dumps(entries)
 
 
@@ -177,8 +190,14 @@ class LoadGemini(FakeGeminiServer):
     answer). `attempts` counts model calls per image; `faults` counts what `plan` injected.
     """
 
-    def __init__(self, *, port: int = 0, plan: Callable[[int, int], Behaviour | None] | None = None,
-                 before_answer: Callable[[int, int, int], None] | None = None, latency: tuple[float, float] = (0.2, 0.5)):
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        plan: Callable[[int, int], Behaviour | None] | None = None,
+        before_answer: Callable[[int, int, int], None] | None = None,
+        latency: tuple[float, float] = (0.2, 0.5),
+    ):
         super().__init__(self._respond, port=port)
         self.plan = plan
         self.before_answer = before_answer
@@ -196,8 +215,9 @@ class LoadGemini(FakeGeminiServer):
         httpd = _DeepQueueThreadingServer(("127.0.0.1", self._port), handler)
         httpd.daemon_threads = True
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="load-gemini", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="load-gemini", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -217,9 +237,15 @@ class LoadGemini(FakeGeminiServer):
         if behaviour is None:
             return Answer(answer_text(image_id), delay=delay)
         with self._count_lock:
-            kind = (f"http {behaviour.code}" if isinstance(behaviour, ErrorReply)
-                    else f"unreadable {behaviour.status}" if isinstance(behaviour, RawReply)
-                    else "truncated" if behaviour.finish_reason == "MAX_TOKENS" else "slow answer")
+            kind = (
+                f"http {behaviour.code}"
+                if isinstance(behaviour, ErrorReply)
+                else f"unreadable {behaviour.status}"
+                if isinstance(behaviour, RawReply)
+                else "truncated"
+                if behaviour.finish_reason == "MAX_TOKENS"
+                else "slow answer"
+            )
             self.faults[kind] += 1
         return dataclasses.replace(behaviour, delay=behaviour.delay or delay)
 
@@ -278,8 +304,9 @@ def fast_storage_emulator() -> Iterator[StorageEmulator]:
     store = FastEmulatorStorage(use_memory_fs=True)
     httpd = _FastServer(("127.0.0.1", 0), partial(_Handler, store))
     httpd.state = _State(generations="exact")
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="storage-emulator", daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="storage-emulator", daemon=True
+    )
     thread.start()
     host, port = httpd.server_address[:2]
     try:
@@ -315,8 +342,16 @@ class Delivery:
 class Eventarc:
     """Posts finalize events to the function and redelivers those that got no 2xx."""
 
-    def __init__(self, function_url: str, *, max_attempts: int = 6, backoff_s: float = 0.3,
-                 max_backoff_s: float = 3.0, concurrency: int = 48, timeout_s: float = 120.0):
+    def __init__(
+        self,
+        function_url: str,
+        *,
+        max_attempts: int = 6,
+        backoff_s: float = 0.3,
+        max_backoff_s: float = 3.0,
+        concurrency: int = 48,
+        timeout_s: float = 120.0,
+    ):
         self.function_url = function_url
         self.max_attempts, self.backoff_s, self.max_backoff_s = max_attempts, backoff_s, max_backoff_s
         self.timeout_s = timeout_s
@@ -356,7 +391,9 @@ class Eventarc:
             except requests.RequestException as exc:
                 delivery.attempts.append(type(exc).__name__)
             if attempt < self.max_attempts:
-                self._closing.wait(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+                self._closing.wait(
+                    min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                )
         return delivery
 
     def submit(self, blob_info: dict[str, Any]):
@@ -424,7 +461,7 @@ class LoadStack:
                     stat = Path(f"/proc/{entry}/stat").read_text()
                 except OSError:
                     continue
-                fields = stat[stat.rindex(")") + 2:].split()
+                fields = stat[stat.rindex(")") + 2 :].split()
                 if int(fields[1]) == master and fields[0] != "Z":
                     pids.append(int(entry))
         return sorted(pids)
@@ -477,9 +514,17 @@ class LoadStack:
 
 
 @contextlib.contextmanager
-def load_stack(tmp_path: Path, monkeypatch, *, gemini_port: int, env: dict[str, str] | None = None,
-               workers: int = 3, threads: int = 12, bigquery: bool = False,
-               eventarc: dict[str, Any] | None = None) -> Iterator[LoadStack]:
+def load_stack(
+    tmp_path: Path,
+    monkeypatch,
+    *,
+    gemini_port: int,
+    env: dict[str, str] | None = None,
+    workers: int = 3,
+    threads: int = 12,
+    bigquery: bool = False,
+    eventarc: dict[str, Any] | None = None,
+) -> Iterator[LoadStack]:
     """Storage emulator, functions-framework (`workers` x `threads`) and an Eventarc stand-in;
     the function's Gemini endpoint is http://127.0.0.1:`gemini_port`/ (start `LoadGemini` on
     it, or leave it down)."""
@@ -490,12 +535,20 @@ def load_stack(tmp_path: Path, monkeypatch, *, gemini_port: int, env: dict[str, 
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
         gemini_url = f"http://127.0.0.1:{gemini_port}/"
         function_env = {
-            "GOOGLE_GEMINI_BASE_URL": gemini_url, "GEMINI_API_KEY": API_KEY, "GOOGLE_API_KEY": "",
-            "GOOGLE_CLOUD_PROJECT": "", "GEMINI_BACKEND": "api-key",
-            "EMPTY_BELT_GATE_CAMERAS": "", "OFFLINE_FALLBACK": "false",
-            "RETRY_DEADLINE_S": "60", "GEMINI_TIMEOUT_S": "10", "LOG_LEVEL": "WARNING",
-            "WORKERS": str(workers), "THREADS": str(threads),
-            "BQ_OBJECTS_TABLE": BQ_OBJECTS if bigquery else "", "BQ_IMAGES_TABLE": BQ_IMAGES if bigquery else "",
+            "GOOGLE_GEMINI_BASE_URL": gemini_url,
+            "GEMINI_API_KEY": API_KEY,
+            "GOOGLE_API_KEY": "",
+            "GOOGLE_CLOUD_PROJECT": "",
+            "GEMINI_BACKEND": "api-key",
+            "EMPTY_BELT_GATE_CAMERAS": "",
+            "OFFLINE_FALLBACK": "false",
+            "RETRY_DEADLINE_S": "60",
+            "GEMINI_TIMEOUT_S": "10",
+            "LOG_LEVEL": "WARNING",
+            "WORKERS": str(workers),
+            "THREADS": str(threads),
+            "BQ_OBJECTS_TABLE": BQ_OBJECTS if bigquery else "",
+            "BQ_IMAGES_TABLE": BQ_IMAGES if bigquery else "",
             "BIGQUERY_EMULATOR_HOST": fake_bq.url if fake_bq else "",
             # No bucket-metadata background GETs, as in production (segmentation.storage).
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
@@ -505,16 +558,25 @@ def load_stack(tmp_path: Path, monkeypatch, *, gemini_port: int, env: dict[str, 
             del function_env["BIGQUERY_EMULATOR_HOST"]
             monkeypatch.delenv("BIGQUERY_EMULATOR_HOST", raising=False)
         log_path = tmp_path / "function.log"
-        local = LocalStack(bucket=BUCKET, storage_port=0, function_port=free_port(), data_dir=tmp_path,
-                           extra_env=function_env, storage_url=emulator.url, bridge=False, function_log=log_path)
+        local = LocalStack(
+            bucket=BUCKET,
+            storage_port=0,
+            function_port=free_port(),
+            data_dir=tmp_path,
+            extra_env=function_env,
+            storage_url=emulator.url,
+            bridge=False,
+            function_log=log_path,
+        )
         arc = Eventarc(local.function_url, **(eventarc or {}))
         # Teardown order: stop redelivering, stop the function (ends requests in flight), join.
         stack.callback(arc.join)
         local.start()
         stack.callback(local.stop)
         stack.callback(arc.close)
-        client = storage.Client(project="load", credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": emulator.url})
+        client = storage.Client(
+            project="load", credentials=AnonymousCredentials(), client_options={"api_endpoint": emulator.url}
+        )
         yield LoadStack(emulator, local, gemini_url, arc, client, tmp_path / "results.sqlite", log_path, fake_bq)
 
 
@@ -549,13 +611,20 @@ class EndState:
         return cls(stack.listing(), stack.rows("images"), stack.rows("objects"))
 
     def image_rows(self, name: str, generation: int | None = None) -> list[dict[str, Any]]:
-        return [r for r in self.images if r["source_name"] == name
-                and (generation is None or r["source_generation"] == generation)]
+        return [
+            r
+            for r in self.images
+            if r["source_name"] == name and (generation is None or r["source_generation"] == generation)
+        ]
 
     def object_rows(self, name: str, generation: int | None = None, detector: str | None = None) -> list[dict]:
-        return [r for r in self.objects if r["source_name"] == name
-                and (generation is None or r["source_generation"] == generation)
-                and (detector is None or r["detector"] == detector)]
+        return [
+            r
+            for r in self.objects
+            if r["source_name"] == name
+            and (generation is None or r["source_generation"] == generation)
+            and (detector is None or r["detector"] == detector)
+        ]
 
 
 def check_end_state(
@@ -630,16 +699,29 @@ def check_end_state(
         row = rows[-1]
         got = (row["status"], row["objects_found"], row["detector"])
         if got != (e.status, len(e.objects), e.detector):
-            problems.append(f"image row of {e.name}#{e.generation} is {got} ({row['error_type']}: "
-                            f"{(row['error_message'] or '')[:120]}), expected {(e.status, len(e.objects), e.detector)}")
+            problems.append(
+                f"image row of {e.name}#{e.generation} is {got} ({row['error_type']}: "
+                f"{(row['error_message'] or '')[:120]}), expected {(e.status, len(e.objects), e.detector)}"
+            )
         objects = state.object_rows(e.name, e.generation, e.detector)
-        got_objects = sorted((r["object_index"], r["label"], (r["box_x_min"], r["box_y_min"], r["box_x_max"],
-                                                               r["box_y_max"]), r["output_uri"]) for r in objects)
-        want_objects = [(i, label, box, f"gs://{BUCKET}/{crop_name(e.name, i)}")
-                        for i, (label, box) in enumerate(e.objects, start=1)]
+        got_objects = sorted(
+            (
+                r["object_index"],
+                r["label"],
+                (r["box_x_min"], r["box_y_min"], r["box_x_max"], r["box_y_max"]),
+                r["output_uri"],
+            )
+            for r in objects
+        )
+        want_objects = [
+            (i, label, box, f"gs://{BUCKET}/{crop_name(e.name, i)}")
+            for i, (label, box) in enumerate(e.objects, start=1)
+        ]
         if got_objects != want_objects:
-            problems.append(f"object rows of {e.name}#{e.generation}: got {len(got_objects)} "
-                            f"{got_objects[:2]}..., expected {len(want_objects)} {want_objects[:2]}...")
+            problems.append(
+                f"object rows of {e.name}#{e.generation}: got {len(got_objects)} "
+                f"{got_objects[:2]}..., expected {len(want_objects)} {want_objects[:2]}..."
+            )
         others = [r for r in state.object_rows(e.name, e.generation) if r["detector"] != e.detector]
         if others and not history:
             problems.append(f"{len(others)} object rows of {e.name}#{e.generation} from another detector")
@@ -650,8 +732,9 @@ def check_end_state(
             if len(rows) > 1:
                 problems.append(f"{len(rows)} image rows for superseded {name}#{generation}")
             if rows and rows[0]["status"] in ("ok", "partial", "empty") and len(objects) != rows[0]["objects_found"]:
-                problems.append(f"superseded {name}#{generation}: {rows[0]['objects_found']} found, "
-                                f"{len(objects)} object rows")
+                problems.append(
+                    f"superseded {name}#{generation}: {rows[0]['objects_found']} found, {len(objects)} object rows"
+                )
             if objects and not rows:
                 problems.append(f"superseded {name}#{generation}: object rows without an image row")
 

@@ -52,11 +52,14 @@ def test_round_trips_make_every_event_wait_for_the_stand_ins():
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("floor, model_calls, storage_requests, image_rows", [
-    ("wait", 0, 0, 0),
-    ("model", 1, 1, 0),  # the read
-    ("io", 1, 1 + bench.THROUGHPUT_OBJECTS + 1, 1),  # the read, a crop per object, the overview
-])
+@pytest.mark.parametrize(
+    "floor, model_calls, storage_requests, image_rows",
+    [
+        ("wait", 0, 0, 0),
+        ("model", 1, 1, 0),  # the read
+        ("io", 1, 1 + bench.THROUGHPUT_OBJECTS + 1, 1),  # the read, a crop per object, the overview
+    ],
+)
 def test_a_floor_does_only_its_part_of_the_work(floor, model_calls, storage_requests, image_rows):
     images = 4
     cell = bench.throughput_cell(0.1, 2, images, floor=floor)

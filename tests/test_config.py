@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_defaults_follow_the_design():
     config = Config.from_env({})
     assert (config.source_prefix, config.crops_prefix, config.overview_prefix) == (
-        "raw/", "processed/", "processed-overview/")
+        "raw/",
+        "processed/",
+        "processed-overview/",
+    )
     assert config.gemini_model == "gemini-3.5-flash"
     assert config.gemini_temperature is None
     assert config.gemini_thinking_level == "minimal"
@@ -48,8 +51,12 @@ def test_backend_resolution():
     assert Config.from_env({"GEMINI_API_KEY": "k"}).resolved_backend == "api-key"
     assert Config.from_env({"GOOGLE_API_KEY": "k"}).resolved_backend == "api-key"
     assert Config.from_env({"GOOGLE_CLOUD_PROJECT": "p"}).resolved_backend == "vertex"
-    assert Config.from_env({"GOOGLE_CLOUD_PROJECT": "p", "GEMINI_BACKEND": "vertex",
-                            "GEMINI_API_KEY": "k"}).resolved_backend == "vertex"
+    assert (
+        Config.from_env(
+            {"GOOGLE_CLOUD_PROJECT": "p", "GEMINI_BACKEND": "vertex", "GEMINI_API_KEY": "k"}
+        ).resolved_backend
+        == "vertex"
+    )
 
 
 def test_api_key_never_shows_in_repr_or_errors():

@@ -33,7 +33,6 @@ def photo(size: tuple[int, int], fmt: str, colour=(90, 120, 160)) -> bytes:
     return buffer.getvalue()
 
 
-
 def request_image_size(request: RecordedRequest) -> tuple[int, int]:
     assert request.image_bytes is not None
     return Image.open(io.BytesIO(request.image_bytes)).size
@@ -50,8 +49,9 @@ def assert_outputs_of(stack: Stack, name: str, size: tuple[int, int], objects: i
     uri = f"gs://{BUCKET}/{name}"
     (image_row,) = [row for row in stack.rows("images") if row["source_uri"] == uri]
     assert (image_row["status"], image_row["objects_found"]) == ("ok", objects)
-    rows = sorted((row for row in stack.rows("objects") if row["source_uri"] == uri),
-                  key=lambda row: row["object_index"])
+    rows = sorted(
+        (row for row in stack.rows("objects") if row["source_uri"] == uri), key=lambda row: row["object_index"]
+    )
     assert [row["object_index"] for row in rows] == list(range(1, objects + 1))
     relative = name.removeprefix("raw/")
     crops = [name for name in stack.names("processed/") if name.startswith(f"processed/{relative}-output-")]
@@ -139,8 +139,12 @@ def test_simultaneous_copies_of_one_event_make_one_model_call_and_one_consistent
 def claim_of(stack: Stack, blob, *, expires_in: float, owner: str = "dead-worker") -> None:
     """A claim on `blob`'s generation as a worker that was killed mid-event leaves it."""
     now = dt.datetime.now(dt.UTC).timestamp()
-    metadata = {"source-generation": str(blob.generation), "source-uri": f"gs://{BUCKET}/{blob.name}",
-                "owner": owner, "lease-expires-at": f"{now + expires_in:.3f}"}
+    metadata = {
+        "source-generation": str(blob.generation),
+        "source-uri": f"gs://{BUCKET}/{blob.name}",
+        "owner": owner,
+        "lease-expires-at": f"{now + expires_in:.3f}",
+    }
     claim = stack.bucket.blob(f"processed-markers/{blob.name.removeprefix('raw/')}.claim")
     claim.metadata = metadata
     claim.upload_from_string(json.dumps(metadata), content_type="application/json")

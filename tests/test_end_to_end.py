@@ -56,8 +56,9 @@ def test_an_image_in_raw_gives_crops_overview_and_rows(stack, mode):
     crops = stack.names("processed/")
     assert crops == [f"processed/cam1/cupcakes.png-output-{i:04d}.jpg" for i in range(1, len(boxes) + 1)]
     assert stack.names("processed-overview/") == ["processed-overview/cam1/processed_cupcakes.png.jpg"]
-    overview = Image.open(io.BytesIO(stack.bucket.blob("processed-overview/cam1/processed_cupcakes.png.jpg")
-                                     .download_as_bytes()))
+    overview = Image.open(
+        io.BytesIO(stack.bucket.blob("processed-overview/cam1/processed_cupcakes.png.jpg").download_as_bytes())
+    )
     assert overview.size == (620, 620)
 
     objects = sorted(stack.rows("objects"), key=lambda row: row["object_index"])
@@ -109,7 +110,9 @@ def test_a_rotated_jpeg_reaches_the_model_upright(stack):
 
     sent = Image.open(io.BytesIO(stack.gemini.requests[0].image_bytes)).convert("RGB")
     assert sent.size == upright.size
-    difference = sum(abs(a - b) for a, b in zip(sent.resize((31, 31)).tobytes(), upright.resize((31, 31)).tobytes(), strict=False))
+    difference = sum(
+        abs(a - b) for a, b in zip(sent.resize((31, 31)).tobytes(), upright.resize((31, 31)).tobytes(), strict=False)
+    )
     assert difference / (31 * 31 * 3) < 12
 
 
@@ -281,7 +284,8 @@ def test_an_older_generation_writing_after_a_newer_one_finished_leaves_the_newer
     processed to the end. The older one's writes are conditional on there being no output yet,
     so where the newer one wrote (its crops and overview) they are refused and the newer outputs
     stay; the crops the newer one does not have are written, then withdrawn when the older event
-    sees it was superseded, and it records no rows. (Unconditional writes overwrote the newer crops and overview and left 14 stray crops.)"""
+    sees it was superseded, and it records no rows. (Unconditional writes overwrote the newer crops and
+    overview and left 14 stray crops.)"""
     _, new = _older_event_with_newer_upload_before_its_writes(stack, monkeypatch, deliver_newer=True)
     assert len(stack.gemini.requests) == 2
     _assert_only_the_newer_outputs(stack, new)
@@ -321,8 +325,9 @@ def test_objects_that_are_not_ours_are_ignored(stack, name, content_type, data, 
 
 def test_a_wrong_event_is_acknowledged_and_logged(stack, capsys):
     blob = stack.upload("raw/cupcakes.png", cupcakes())
-    deleted = CloudEvent({"type": "google.cloud.storage.object.v1.deleted", "source": "//storage"},
-                         {"bucket": BUCKET, "name": blob.name})
+    deleted = CloudEvent(
+        {"type": "google.cloud.storage.object.v1.deleted", "source": "//storage"}, {"bucket": BUCKET, "name": blob.name}
+    )
     no_name = CloudEvent({"type": FINALIZED, "source": "//storage"}, {"bucket": BUCKET})
 
     assert stack.deliver(deleted).status_code == 200
@@ -527,8 +532,11 @@ def test_the_empty_belt_gate_skips_the_model_call_only_for_a_camera_switched_on(
         assert stack.deliver(stack.event_for(blob)).status_code == 200
 
     rows = {row["source_uri"].split("/")[-2]: row for row in stack.rows("images")}
-    assert (rows["cam1"]["status"], rows["cam1"]["detector"], rows["cam1"]["objects_found"]) == \
-        ("empty", "empty-belt-gate", 0)
+    assert (rows["cam1"]["status"], rows["cam1"]["detector"], rows["cam1"]["objects_found"]) == (
+        "empty",
+        "empty-belt-gate",
+        0,
+    )
     assert rows["cam2"]["detector"] == "gemini"  # a reference, but the camera is not switched on
     assert len(stack.gemini.requests) == 1
     assert "processed-overview/cam1/processed_empty.jpg.jpg" in stack.names("processed-overview/")
@@ -601,8 +609,9 @@ def test_the_api_key_never_reaches_logs_rows_or_outputs(stack, capsys):
         assert API_KEY.encode() not in stack.bucket.blob(name).download_as_bytes()
 
 
-def test_an_endpoint_echoing_our_headers_cannot_leak_the_key_through_the_500_or_its_log(stack, monkeypatch, capsys,
-                                                                                        caplog):
+def test_an_endpoint_echoing_our_headers_cannot_leak_the_key_through_the_500_or_its_log(
+    stack, monkeypatch, capsys, caplog
+):
     monkeypatch.setenv("RETRY_DEADLINE_S", "1")
     monkeypatch.setenv("OFFLINE_FALLBACK", "false")
     stack.gemini.reset(lambda request: ErrorReply(503, "UNAVAILABLE", "overloaded; you sent:", echo_headers=True))

@@ -12,8 +12,14 @@ CONFIG = Config.from_env({})
 def test_object_resource_fields_are_read_and_numbers_converted():
     ref = object_ref_from_event(
         {"type": FINALIZED, "id": "1"},
-        {"bucket": "b", "name": "raw/x y/ü.png", "generation": "1700000000000001",
-         "contentType": "image/png", "size": "1234", "metageneration": "1"},
+        {
+            "bucket": "b",
+            "name": "raw/x y/ü.png",
+            "generation": "1700000000000001",
+            "contentType": "image/png",
+            "size": "1234",
+            "metageneration": "1",
+        },
     )
     assert ref == ObjectRef("b", "raw/x y/ü.png", 1700000000000001, "image/png", 1234)
 

@@ -33,27 +33,30 @@ BUCKET = "stand-in-test"
 # --- Gemini: tokens per image, as Google documents them ------------------------------------------
 
 
-@pytest.mark.parametrize(("model", "level", "size", "tokens"), [
-    # Gemini 3 and later: fixed budgets; no media resolution = high (1120) for images.
-    ("gemini-3.5-flash", "MEDIA_RESOLUTION_LOW", (4000, 3000), 280),
-    ("gemini-3.5-flash", "MEDIA_RESOLUTION_MEDIUM", (4000, 3000), 560),
-    ("gemini-3.5-flash", "MEDIA_RESOLUTION_HIGH", (4000, 3000), 1120),
-    ("gemini-3.5-flash", "MEDIA_RESOLUTION_ULTRA_HIGH", (4000, 3000), 2240),
-    ("gemini-3.5-flash", None, (4000, 3000), 1120),
-    ("gemini-3.5-flash", None, (100, 100), 1120),
-    ("publishers/google/models/gemini-3-pro-preview", None, (2048, 1536), 1120),
-    # Gemini 2.x with a media resolution: 64 / 256 / 256.
-    ("gemini-2.5-flash", "MEDIA_RESOLUTION_LOW", (4000, 3000), 64),
-    ("gemini-2.5-flash", "MEDIA_RESOLUTION_MEDIUM", (4000, 3000), 256),
-    ("gemini-2.5-flash", "MEDIA_RESOLUTION_HIGH", (4000, 3000), 256),
-    # Gemini 2.x without one: 258 per 768x768 tile, one tile up to 384x384.
-    ("gemini-2.5-flash", None, (384, 384), 258),
-    ("gemini-2.5-flash", None, (385, 200), 258),
-    ("gemini-2.5-flash", None, (768, 576), 258),
-    ("gemini-2.5-flash", None, (1024, 768), 2 * 258),
-    ("gemini-2.5-flash", None, (2048, 1536), 6 * 258),
-    ("gemini-2.0-flash", None, None, 258),  # undecodable: one tile
-])
+@pytest.mark.parametrize(
+    ("model", "level", "size", "tokens"),
+    [
+        # Gemini 3 and later: fixed budgets; no media resolution = high (1120) for images.
+        ("gemini-3.5-flash", "MEDIA_RESOLUTION_LOW", (4000, 3000), 280),
+        ("gemini-3.5-flash", "MEDIA_RESOLUTION_MEDIUM", (4000, 3000), 560),
+        ("gemini-3.5-flash", "MEDIA_RESOLUTION_HIGH", (4000, 3000), 1120),
+        ("gemini-3.5-flash", "MEDIA_RESOLUTION_ULTRA_HIGH", (4000, 3000), 2240),
+        ("gemini-3.5-flash", None, (4000, 3000), 1120),
+        ("gemini-3.5-flash", None, (100, 100), 1120),
+        ("publishers/google/models/gemini-3-pro-preview", None, (2048, 1536), 1120),
+        # Gemini 2.x with a media resolution: 64 / 256 / 256.
+        ("gemini-2.5-flash", "MEDIA_RESOLUTION_LOW", (4000, 3000), 64),
+        ("gemini-2.5-flash", "MEDIA_RESOLUTION_MEDIUM", (4000, 3000), 256),
+        ("gemini-2.5-flash", "MEDIA_RESOLUTION_HIGH", (4000, 3000), 256),
+        # Gemini 2.x without one: 258 per 768x768 tile, one tile up to 384x384.
+        ("gemini-2.5-flash", None, (384, 384), 258),
+        ("gemini-2.5-flash", None, (385, 200), 258),
+        ("gemini-2.5-flash", None, (768, 576), 258),
+        ("gemini-2.5-flash", None, (1024, 768), 2 * 258),
+        ("gemini-2.5-flash", None, (2048, 1536), 6 * 258),
+        ("gemini-2.0-flash", None, None, 258),  # undecodable: one tile
+    ],
+)
 def test_image_token_count_follows_the_documented_rules(model, level, size, tokens):
     assert image_token_count(model, level, size) == tokens
 
@@ -67,8 +70,13 @@ def test_model_generation():
 
 @pytest.fixture
 def gemini(monkeypatch):
-    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_CLOUD_PROJECT", "GOOGLE_GENAI_USE_VERTEXAI",
-                 "GOOGLE_VERTEX_BASE_URL"):
+    for name in (
+        "GOOGLE_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_CLOUD_PROJECT",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+        "GOOGLE_VERTEX_BASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     with FakeGeminiServer(lambda request: Answer("[]")) as server:
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
@@ -81,15 +89,18 @@ def _model_input(width: int, height: int) -> ModelInput:
     return ModelInput(buffer.getvalue(), "image/jpeg", width, height)
 
 
-@pytest.mark.parametrize(("model", "resolution", "size", "image"), [
-    ("gemini-3.5-flash", "high", (1024, 768), 1120),  # sent per part
-    ("gemini-3.5-flash", "", (1024, 768), 1120),  # nothing sent: Gemini 3's default
-    ("gemini-3.5-flash", "low", (1024, 768), 280),
-    ("gemini-2.5-flash", "low", (1024, 768), 64),  # sent in generationConfig
-    ("gemini-2.5-flash", "high", (1024, 768), 256),
-    ("gemini-2.5-flash", "", (1024, 768), 2 * 258),
-    ("gemini-2.5-flash", "", (300, 200), 258),
-])
+@pytest.mark.parametrize(
+    ("model", "resolution", "size", "image"),
+    [
+        ("gemini-3.5-flash", "high", (1024, 768), 1120),  # sent per part
+        ("gemini-3.5-flash", "", (1024, 768), 1120),  # nothing sent: Gemini 3's default
+        ("gemini-3.5-flash", "low", (1024, 768), 280),
+        ("gemini-2.5-flash", "low", (1024, 768), 64),  # sent in generationConfig
+        ("gemini-2.5-flash", "high", (1024, 768), 256),
+        ("gemini-2.5-flash", "", (1024, 768), 2 * 258),
+        ("gemini-2.5-flash", "", (300, 200), 258),
+    ],
+)
 def test_usage_metadata_counts_what_the_real_client_sent(gemini, model, resolution, size, image):
     config = Config.from_env({"GEMINI_API_KEY": "k", "GEMINI_MODEL": model, "GEMINI_MEDIA_RESOLUTION": resolution})
     detector = GeminiDetector(config)
@@ -121,8 +132,10 @@ def _ref(storage: GcsStorage, name: str, size: int | None) -> ObjectRef:
 def test_write_read_metadata_list_delete_through_the_real_client(gcs):
     server, storage = gcs
     name = "raw/ünï cødé/a b.jpg"
-    assert storage.write(BUCKET, name, b"\xff\xd8 bytes", content_type="image/jpeg",
-                         metadata={"source-generation": "7"}) == f"gs://{BUCKET}/{name}"
+    assert (
+        storage.write(BUCKET, name, b"\xff\xd8 bytes", content_type="image/jpeg", metadata={"source-generation": "7"})
+        == f"gs://{BUCKET}/{name}"
+    )
     storage.write(BUCKET, "processed/z.jpg", b"z", content_type="image/jpeg")
     storage.write(BUCKET, "processed/a.jpg", b"a", content_type="image/jpeg")
 
@@ -196,8 +209,10 @@ def test_one_slow_client_does_not_hold_up_the_others(gcs):
     host, port = server.server_address[:2]
     with socket.create_connection((host, port)) as slow:
         # A request whose body never comes: its thread waits for it, the others go on.
-        slow.sendall(f"POST /upload/storage/v1/b/{BUCKET}/o?uploadType=media&name=x HTTP/1.1\r\n"
-                     f"Host: {host}\r\nContent-Length: 10\r\n\r\n".encode())
+        slow.sendall(
+            f"POST /upload/storage/v1/b/{BUCKET}/o?uploadType=media&name=x HTTP/1.1\r\n"
+            f"Host: {host}\r\nContent-Length: 10\r\n\r\n".encode()
+        )
         errors: list[BaseException] = []
 
         def write(i: int) -> None:
@@ -218,5 +233,7 @@ def test_one_slow_client_does_not_hold_up_the_others(gcs):
 def test_partial_responses():
     listing = {"kind": "storage#objects", "items": [{"name": "a", "size": "1", "crc32c": "x"}], "nextPageToken": "t"}
     assert select_fields(listing, "items(name,size),nextPageToken") == {
-        "items": [{"name": "a", "size": "1"}], "nextPageToken": "t"}
+        "items": [{"name": "a", "size": "1"}],
+        "nextPageToken": "t",
+    }
     assert select_fields(listing, None) == listing

@@ -43,7 +43,6 @@ IMAGE_SIZE = (620, 620)
 EXPECTED_COUNTS = {1: 13, 2: 20, 3: 13, 4: 15, 5: 13, 6: 6}
 
 
-
 def api_key_config(**env: str) -> Config:
     return Config.from_env({"GEMINI_API_KEY": API_KEY, **env})
 
@@ -83,8 +82,7 @@ def test_vertex_backend_calls_the_vertex_path_with_a_bearer_token(fake, model_in
 
     [request] = fake.requests
     assert request.path == (
-        "/v1beta1/projects/test-project/locations/us-central1/publishers/google/models/"
-        "gemini-3.5-pro:generateContent"
+        "/v1beta1/projects/test-project/locations/us-central1/publishers/google/models/gemini-3.5-pro:generateContent"
     )
     assert request.api == "vertex" and request.bearer_present and not request.api_key_present
     assert len(result.detections) == 2
@@ -104,7 +102,11 @@ def test_request_carries_image_prompt_instruction_schema_and_json_mode(fake, mod
     assert schema["type"] == "array" and schema["maxItems"] == 7
     assert schema["items"]["propertyOrdering"][0] == "box_2d"
     assert set(schema["items"]["required"]) == {
-        "box_2d", "label", "color", "general_description", "detailed_description"
+        "box_2d",
+        "label",
+        "color",
+        "general_description",
+        "detailed_description",
     }
     assert schema["items"]["properties"]["box_2d"]["items"]["type"] == "integer"
     assert generation["maxOutputTokens"] == 8192

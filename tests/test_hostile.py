@@ -76,6 +76,7 @@ COLOUR_TOLERANCE = 40  # per channel, JPEG crops
 
 # --- the shared stack ---------------------------------------------------------------------------
 
+
 @dataclass
 class Run:
     """The module's stack, plus everything it logged (for the secret scan)."""
@@ -110,6 +111,7 @@ def run(hostile: Run, capsys) -> Iterator[Run]:
 
 
 # --- observing one delivery ------------------------------------------------------------------------
+
 
 @dataclass
 class Observed:
@@ -164,8 +166,10 @@ def observe(run: Run, capsys, send: Callable[[], requests.Response]) -> Observed
         before=before,
         after=stack.listing(),
         images=[row for row in stack.rows("images") if row["row_id"] not in image_ids],
-        objects=sorted((row for row in stack.rows("objects") if row["row_id"] not in object_ids),
-                       key=lambda row: row["object_index"]),
+        objects=sorted(
+            (row for row in stack.rows("objects") if row["row_id"] not in object_ids),
+            key=lambda row: row["object_index"],
+        ),
         out=[json.loads(line) for line in out_lines],
         err=[line for line in err.split("\n") if line],
         gemini_calls=len(stack.gemini.requests) - calls,
@@ -191,8 +195,11 @@ def assert_worker_survived(run: Run, capsys) -> None:
     blob = stack.upload(name, quadrant_png())
     assert stack.deliver(stack.event_for(blob)).status_code == 200
     run.take_logs(capsys)
-    rows = [row for row in SqliteSink(stack.sqlite_path).rows("images", where_name_prefix=name)
-            if row["source_name"] == name]
+    rows = [
+        row
+        for row in SqliteSink(stack.sqlite_path).rows("images", where_name_prefix=name)
+        if row["source_name"] == name
+    ]
     assert [(row["status"], row["objects_found"]) for row in rows] == [("ok", 4)]
 
 
@@ -217,13 +224,15 @@ def assert_outcome(run: Run, seen: Observed, expect: Expect, *, name: str, gener
     assert image["source_name"] == name and image["source_bucket"] == BUCKET
     assert generation is None or image["source_generation"] == generation
     markers = {written for written in seen.written if written.startswith("processed-markers/")}
-    assert {posixpath.splitext(m)[1] for m in markers} == {".json", ".claim"} and len(markers) == 2, \
+    assert {posixpath.splitext(m)[1] for m in markers} == {".json", ".claim"} and len(markers) == 2, (
         "one completion marker and one claim"
+    )
     if expect.status == "failed":
         assert image["error_message"] and seen.objects == [] and image["objects_found"] == 0
         assert seen.written == markers, "a failed image writes only its marker and its claim"
         assert [(e["severity"], e["error_type"], e["object"]) for e in seen.lines("image failed")] == [
-            ("ERROR", expect.error_type, name)]
+            ("ERROR", expect.error_type, name)
+        ]
         if expect.error_type in ("image_decode_error", "image_too_large"):
             assert seen.gemini_calls == 0, "a broken image never reaches the model"
         return
@@ -250,10 +259,15 @@ def assert_outcome(run: Run, seen: Observed, expect: Expect, *, name: str, gener
         crop = Image.open(io.BytesIO(run.stack.bucket.blob(crop_name).download_as_bytes()))
         assert crop.size == (row["box_x_max"] - row["box_x_min"], row["box_y_max"] - row["box_y_min"])
         centre = crop.convert("RGB").getpixel((crop.width // 2, crop.height // 2))
-        assert all(abs(a - b) <= COLOUR_TOLERANCE for a, b in zip(centre, colour, strict=False)), (row["label"], centre, colour)
+        assert all(abs(a - b) <= COLOUR_TOLERANCE for a, b in zip(centre, colour, strict=False)), (
+            row["label"],
+            centre,
+            colour,
+        )
 
 
 # --- the corpus: uploads ----------------------------------------------------------------------------
+
 
 def upload_and_deliver(run: Run, capsys, case: UploadCase) -> tuple[Observed, int]:
     stack = run.stack
@@ -295,10 +309,15 @@ def test_names_cloud_storage_refuses_can_only_be_forged_and_are_refused(run, cap
 
 # --- the corpus: events --------------------------------------------------------------------------------
 
+
 def event_request(case: EventCase, mode: str) -> tuple[dict[str, str], bytes]:
     """The HTTP request carrying `case` as a CloudEvent, in binary or structured content mode."""
-    attributes = {"specversion": "1.0", "id": f"hostile-{case.id}", "type": case.type,
-                  "source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}"}
+    attributes = {
+        "specversion": "1.0",
+        "id": f"hostile-{case.id}",
+        "type": case.type,
+        "source": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}",
+    }
     data = case.data
     if mode == "binary":
         headers = {f"ce-{key}": value for key, value in attributes.items()}
@@ -325,10 +344,14 @@ def test_wrong_events_are_acknowledged_with_a_warning(run, capsys, case: EventCa
 
 
 NOT_CLOUDEVENTS = {
-    "json-without-cloudevent-headers": ({"content-type": "application/json"},
-                                        json.dumps({"bucket": BUCKET, "name": "raw/a.png"}).encode()),
-    "binary-without-type": ({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "//storage",
-                             "content-type": "application/json"}, b"{}"),
+    "json-without-cloudevent-headers": (
+        {"content-type": "application/json"},
+        json.dumps({"bucket": BUCKET, "name": "raw/a.png"}).encode(),
+    ),
+    "binary-without-type": (
+        {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "//storage", "content-type": "application/json"},
+        b"{}",
+    ),
     "structured-envelope-not-json": ({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0", '),
 }
 
@@ -356,8 +379,9 @@ JSON_VALUES = st.recursive(
 )
 EVENT_DATA = st.one_of(
     JSON_VALUES,
-    st.fixed_dictionaries({}, optional={key: JSON_VALUES | st.text() for key in
-                                        ("bucket", "name", "generation", "size", "contentType")}),
+    st.fixed_dictionaries(
+        {}, optional={key: JSON_VALUES | st.text() for key in ("bucket", "name", "generation", "size", "contentType")}
+    ),
 )
 
 
@@ -374,10 +398,15 @@ def test_any_event_data_gives_an_object_ref_or_an_event_error(data, event_type):
     assert ref.size is None or ref.size >= 0
 
 
-PREFIXES = dict(source_prefix="raw/", crops_prefix="processed/", overview_prefix="processed-overview/",
-                markers_prefix="processed-markers/")
-NAME_TAILS = st.lists(st.sampled_from(["a", "b", ".", "/", "..", "~", " ", "\u00e9", "-output-0001", ".png"]),
-                      max_size=8).map("".join)
+PREFIXES = dict(
+    source_prefix="raw/",
+    crops_prefix="processed/",
+    overview_prefix="processed-overview/",
+    markers_prefix="processed-markers/",
+)
+NAME_TAILS = st.lists(
+    st.sampled_from(["a", "b", ".", "/", "..", "~", " ", "\u00e9", "-output-0001", ".png"]), max_size=8
+).map("".join)
 
 
 @settings(max_examples=300, deadline=None)
@@ -433,8 +462,14 @@ HOSTILE_TEXT = [
     'x"}\n{"severity": "CRITICAL", "message": "forged log entry"}',
     "0123456789abcdef" * 640,  # 10 kB
 ]
-HOSTILE_BOXES = [[0, 0, 500, 500], [0, 500, 500, 1000], [500, 0, 1000, 500], [500, 500, 1000, 1000],
-                 [100, 100, 400, 400], [600, 600, 900, 900]]
+HOSTILE_BOXES = [
+    [0, 0, 500, 500],
+    [0, 500, 500, 1000],
+    [500, 0, 1000, 500],
+    [500, 500, 1000, 1000],
+    [100, 100, 400, 400],
+    [600, 600, 900, 900],
+]
 COLUMNS = ("label", "item_color", "item_gen_desc", "item_det_desc")
 
 
@@ -442,8 +477,10 @@ def hostile_answer() -> tuple[str, list[tuple[str, ...]]]:
     """Six objects; every hostile string appears once in each text column."""
     n = len(HOSTILE_TEXT)
     expected = [tuple(HOSTILE_TEXT[(i + k) % n] for k in range(4)) for i in range(n)]
-    answer = [{"box_2d": box, "label": a, "color": b, "general_description": c, "detailed_description": d}
-              for box, (a, b, c, d) in zip(HOSTILE_BOXES, expected, strict=False)]
+    answer = [
+        {"box_2d": box, "label": a, "color": b, "general_description": c, "detailed_description": d}
+        for box, (a, b, c, d) in zip(HOSTILE_BOXES, expected, strict=False)
+    ]
     return json.dumps(answer), expected
 
 
@@ -479,15 +516,18 @@ def test_model_text_reaches_bigquery_as_json_values(run, capsys, monkeypatch):
             monkeypatch.undo()
             reset_pipeline()
         assert seen.status_code == 200 and seen.images == []  # rows went to BigQuery, not SQLite
-        objects = sorted((row["json"] for row in bigquery.rows("test-project.conveyor.objects")),
-                         key=lambda row: row["object_index"])
+        objects = sorted(
+            (row["json"] for row in bigquery.rows("test-project.conveyor.objects")), key=lambda row: row["object_index"]
+        )
         assert [tuple(row[column] for column in COLUMNS) for row in objects] == expected
         (image,) = [row["json"] for row in bigquery.rows("test-project.conveyor.images")]
         assert (image["status"], image["objects_found"]) == ("ok", len(expected))
         # insertAll carries them as JSON string values (no SQL text is ever built).
         bodies = bigquery.request_bodies()
-        assert all(set(body) <= {"rows", "skipInvalidRows", "ignoreUnknownValues", "kind", "templateSuffix",
-                                 "traceId"} for body in bodies)
+        assert all(
+            set(body) <= {"rows", "skipInvalidRows", "ignoreUnknownValues", "kind", "templateSuffix", "traceId"}
+            for body in bodies
+        )
         sent = [row["json"] for body in bodies for row in body["rows"] if "label" in row["json"]]
         assert sorted(tuple(row[column] for column in COLUMNS) for row in sent) == sorted(expected)
     assert_confined(seen)
@@ -504,8 +544,12 @@ SERVICE_ACCOUNT_KEY = re.compile(rb'"private_key"\s*:\s*"[^"]')
 
 def repository_files() -> list[str]:
     """Every file git tracks, plus new files not ignored (they are about to be committed)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     return sorted({path for path in listed.decode().split("\0") if path})
 
 
@@ -525,6 +569,7 @@ def test_no_credentials_in_the_repository():
 
 
 # --- security: the API key never leaks (last: it scans the whole module's run) -------------------------------
+
 
 def echo(code: int, status: str, details: tuple[dict, ...] = ()) -> ErrorReply:
     return ErrorReply(code, status, f"{status} from a server that reflects the request.", details, echo_headers=True)

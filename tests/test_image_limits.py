@@ -35,7 +35,6 @@ def encoded(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-
 def image_row(stack: Stack, name: str) -> dict:
     (row,) = [row for row in stack.rows("images") if row["source_uri"] == f"gs://{BUCKET}/{name}"]
     return row
@@ -97,12 +96,15 @@ def test_concurrent_bombs_at_the_pixel_limit_end_with_rows_within_the_memory_bud
     assert peak_bytes(BOMB_SIDE, BOMB_SIDE, "RGB") > BUDGET  # each one alone is too large
     stack.gemini.reset(lambda request: boxes_answer(2), latency=0.3)
     bomb = Image.new("RGB", (BOMB_SIDE, BOMB_SIDE), (90, 120, 160))
-    uploads = {f"raw/bombs/{i}.{ext}": encoded(bomb, fmt)
-               for i, (ext, fmt) in enumerate([("png", "PNG"), ("jpg", "JPEG")] * 2)}
+    uploads = {
+        f"raw/bombs/{i}.{ext}": encoded(bomb, fmt) for i, (ext, fmt) in enumerate([("png", "PNG"), ("jpg", "JPEG")] * 2)
+    }
     del bomb
     assert all(len(data) < 2 * MIB for data in uploads.values())
-    blobs = [stack.upload(name, data, "image/png" if name.endswith("png") else "image/jpeg")
-             for name, data in uploads.items()]
+    blobs = [
+        stack.upload(name, data, "image/png" if name.endswith("png") else "image/jpeg")
+        for name, data in uploads.items()
+    ]
     events = [stack.event_for(blob) for blob in blobs]
 
     baseline = reset_peak_rss()

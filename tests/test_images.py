@@ -454,7 +454,6 @@ def test_model_input_keeps_the_picture():
     assert_color(decoded, (96, 16), GREEN, 20)
 
 
-
 @pytest.mark.parametrize("size", [(1280, 720), (4000, 3000)])
 def test_model_input_resampling_is_as_sharp_as_a_fair_lanczos(size):
     """The cheaper downscale `model_input` uses (MODEL_RESAMPLING after an integer box reduction,
@@ -473,14 +472,16 @@ def test_model_input_resampling_is_as_sharp_as_a_fair_lanczos(size):
     target = model_input_size(width, height, 1024)
     fair = np.asarray(source.resize(target, Image.Resampling.LANCZOS), np.float64)
     ours = np.asarray(source.resize(target, MODEL_RESAMPLING, reducing_gap=MODEL_REDUCING_GAP), np.float64)
-    psnr = 10 * np.log10(255 ** 2 / ((ours - fair) ** 2).mean())
+    psnr = 10 * np.log10(255**2 / ((ours - fair) ** 2).mean())
     assert psnr >= 38, psnr
     # ... and it is what model_input sends (the same JPEG bytes as encoding that resampling)
     from segmentation.images import MODEL_JPEG_QUALITY, encode_jpeg
 
-    expected = encode_jpeg(source.resize(target, MODEL_RESAMPLING, reducing_gap=MODEL_REDUCING_GAP),
-                           quality=MODEL_JPEG_QUALITY)
+    expected = encode_jpeg(
+        source.resize(target, MODEL_RESAMPLING, reducing_gap=MODEL_REDUCING_GAP), quality=MODEL_JPEG_QUALITY
+    )
     assert model_input(source, max_side=1024).data == expected
+
 
 def test_model_input_of_a_transparent_image_is_white_not_black():
     result = model_input(Image.new("RGBA", (300, 200), (0, 0, 0, 0)), max_side=150)
@@ -528,13 +529,18 @@ def test_a_rotated_jpeg_is_sent_upright_not_as_uploaded(orientation):
     assert_color(decoded, quadrant_centre(red_corner, decoded.size), RED, 30)
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda: encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG"), id="cmyk-jpeg"),
-    pytest.param(lambda: encode(Image.new("L", (32, 32), 90), "JPEG"), id="greyscale-jpeg"),
-    pytest.param(lambda: encode(noise_rgb((32, 32)), "PNG"), id="png"),
-    pytest.param(lambda: encode(noise_rgb((32, 32)), "MPO", save_all=True,
-                                append_images=[noise_rgb((32, 32))]), id="multi-picture-jpeg"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG"), id="cmyk-jpeg"),
+        pytest.param(lambda: encode(Image.new("L", (32, 32), 90), "JPEG"), id="greyscale-jpeg"),
+        pytest.param(lambda: encode(noise_rgb((32, 32)), "PNG"), id="png"),
+        pytest.param(
+            lambda: encode(noise_rgb((32, 32)), "MPO", save_all=True, append_images=[noise_rgb((32, 32))]),
+            id="multi-picture-jpeg",
+        ),
+    ],
+)
 def test_only_a_plain_colour_jpeg_is_sent_as_uploaded(make):
     data = make()
     loaded, sent = loaded_and_sent(data)

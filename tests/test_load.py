@@ -80,15 +80,23 @@ def newer_id(image_id: int) -> int:
 
 def replay_cli(stack, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """`python -m segmentation.replay gs://BUCKET/raw/ ARGS` with the function's environment."""
-    return subprocess.run([sys.executable, "-m", "segmentation.replay", f"gs://{BUCKET}/raw/", *args],
-                          env=stack.function_env(), cwd=ROOT_DIR, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "segmentation.replay", f"gs://{BUCKET}/raw/", *args],
+        env=stack.function_env(),
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def report(label: str, started: float, stack, images: int = N, **extra) -> None:
     """One line per scenario in the test output (-s or on failure), and appended to the file
     LOAD_TEST_REPORT names, if any: images, wall time, how the deliveries went."""
-    line = (f"[load] {label}: {images} images, {time.monotonic() - started:.1f}s wall, deliveries "
-            f"{dict(delivery_summary(stack.eventarc.deliveries))} {extra}")
+    line = (
+        f"[load] {label}: {images} images, {time.monotonic() - started:.1f}s wall, deliveries "
+        f"{dict(delivery_summary(stack.eventarc.deliveries))} {extra}"
+    )
     print("\n" + line)
     if os.environ.get("LOAD_TEST_REPORT"):
         with open(os.environ["LOAD_TEST_REPORT"], "a", encoding="utf-8") as out:
@@ -132,9 +140,11 @@ def generations_run(tmp_path_factory):
 
     holder: dict[str, object] = {}
     gemini_port = free_port()
-    with pytest.MonkeyPatch.context() as monkeypatch, \
-            LoadGemini(port=gemini_port, before_answer=before_answer) as gemini, \
-            load_stack(tmp_path, monkeypatch, gemini_port=gemini_port, threads=16) as stack:
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        LoadGemini(port=gemini_port, before_answer=before_answer) as gemini,
+        load_stack(tmp_path, monkeypatch, gemini_port=gemini_port, threads=16) as stack,
+    ):
         holder["stack"] = stack
         started = time.monotonic()
         first = stack.upload_images(names)
@@ -157,8 +167,9 @@ def generations_run(tmp_path_factory):
             finally:
                 release[image_id].set()
 
-        drivers = [threading.Thread(target=newer_while_older_in_flight, args=(i, rng.randint(1, 2)))
-                   for i in in_flight_ids]
+        drivers = [
+            threading.Thread(target=newer_while_older_in_flight, args=(i, rng.randint(1, 2))) for i in in_flight_ids
+        ]
         for driver in drivers:
             driver.start()
         events = shuffled_copies(list(first.values()) + [second[name] for name in early], rng)
@@ -181,15 +192,33 @@ def generations_run(tmp_path_factory):
                 expected.append(expected_for(name, int(first[name]["generation"]), image_id))
         state = EndState.of(stack)
         problems = check_end_state(stack, expected, superseded=superseded, state=state)
-        report("duplicates + reordering + newer generations", started, stack,
-               events=len(events), gemini_calls=sum(gemini.attempts.values()),
-               model_calls_at_once=gemini.max_in_flight, worker_pids_calling=len(callers - {None}))
+        report(
+            "duplicates + reordering + newer generations",
+            started,
+            stack,
+            events=len(events),
+            gemini_calls=sum(gemini.attempts.values()),
+            model_calls_at_once=gemini.max_in_flight,
+            worker_pids_calling=len(callers - {None}),
+        )
         result = {
-            "names": names, "late": late, "early": early, "in_flight": in_flight, "first": first,
-            "second": second, "problems": problems, "state": state, "stack_deliveries": list(stack.eventarc.deliveries),
-            "first_wave": first_wave, "stale": stale, "gemini_attempts": Counter(gemini.attempts),
-            "unreadable": gemini.unreadable, "driver_errors": driver_errors,
-            "max_in_flight": gemini.max_in_flight, "callers": callers - {None}, "workers": stack.worker_pids(),
+            "names": names,
+            "late": late,
+            "early": early,
+            "in_flight": in_flight,
+            "first": first,
+            "second": second,
+            "problems": problems,
+            "state": state,
+            "stack_deliveries": list(stack.eventarc.deliveries),
+            "first_wave": first_wave,
+            "stale": stale,
+            "gemini_attempts": Counter(gemini.attempts),
+            "unreadable": gemini.unreadable,
+            "driver_errors": driver_errors,
+            "max_in_flight": gemini.max_in_flight,
+            "callers": callers - {None},
+            "workers": stack.worker_pids(),
             "journal_mode": sqlite3.connect(stack.sqlite_path).execute("PRAGMA journal_mode").fetchone()[0],
         }
     yield result  # the stack is stopped by now
@@ -280,8 +309,10 @@ def test_model_and_storage_faults_are_retried_to_the_exact_end_state(tmp_path, m
 
     port = free_port()
     env = {"GEMINI_TIMEOUT_S": "2", "RETRY_DEADLINE_S": "90"}
-    with LoadGemini(port=port, plan=plan) as gemini, \
-            load_stack(tmp_path, monkeypatch, gemini_port=port, env=env) as stack:
+    with (
+        LoadGemini(port=port, plan=plan) as gemini,
+        load_stack(tmp_path, monkeypatch, gemini_port=port, env=env) as stack,
+    ):
         started = time.monotonic()
         infos = stack.upload_images(names)
         rng = random.Random(7)
@@ -332,12 +363,18 @@ def test_model_and_storage_faults_are_retried_to_the_exact_end_state(tmp_path, m
             for fault in stack.emulator._state.faults:
                 fault.remaining = 0  # the checks below read the bucket: no faults there
 
-        expected = [expected_for(name, int(infos[name]["generation"]), i, truncated=truncates(i))
-                    for name, i in names.items()]
+        expected = [
+            expected_for(name, int(infos[name]["generation"]), i, truncated=truncates(i)) for name, i in names.items()
+        ]
         problems = check_end_state(stack, expected)
         retried = retry_log_counts(stack)
-        report("model + storage faults", started, stack, gemini_faults=dict(gemini.faults),
-               storage_faults_served=sum(injected.values()) - unserved)
+        report(
+            "model + storage faults",
+            started,
+            stack,
+            gemini_faults=dict(gemini.faults),
+            storage_faults_served=sum(injected.values()) - unserved,
+        )
 
     assert not problems, summarize(problems)
     assert all(d.acknowledged for d in stack.eventarc.deliveries), delivery_summary(stack.eventarc.deliveries)
@@ -368,8 +405,7 @@ def test_row_sink_rejections_are_retried_or_recorded_and_replayable(tmp_path, mo
     n = min(N, 60)
     names = image_names(n)
     port = free_port()
-    with LoadGemini(port=port), \
-            load_stack(tmp_path, monkeypatch, gemini_port=port, bigquery=True) as stack:
+    with LoadGemini(port=port), load_stack(tmp_path, monkeypatch, gemini_port=port, bigquery=True) as stack:
         started = time.monotonic()
         bq = stack.bigquery
         infos = stack.upload_images(names)
@@ -380,9 +416,9 @@ def test_row_sink_rejections_are_retried_or_recorded_and_replayable(tmp_path, mo
         stack.eventarc.deliver_all(order[: n // 3])
         bq.reject_next(2, reason="backendError", message="backend error (load test)")
         bq.reject_next(1, reason="timeout", message="timeout (load test)")
-        stack.eventarc.deliver_all(order[n // 3: 2 * n // 3])
+        stack.eventarc.deliver_all(order[n // 3 : 2 * n // 3])
         bq.reject_next(1, reason="invalid", message="batch rejected (load test)")
-        stack.eventarc.deliver_all(order[2 * n // 3:])
+        stack.eventarc.deliver_all(order[2 * n // 3 :])
         assert all(d.acknowledged for d in stack.eventarc.deliveries), delivery_summary(stack.eventarc.deliveries)
 
         failed = [row for row in stack.rows("images") if row["status"] == "failed"]
@@ -437,9 +473,12 @@ def test_a_worker_killed_mid_image_is_redelivered_to_the_exact_end_state(tmp_pat
         time.sleep(3.5)
 
     port = free_port()
-    with LoadGemini(port=port, before_answer=before_answer), \
-            load_stack(tmp_path, monkeypatch, gemini_port=port, eventarc={"max_attempts": 8},
-                       env={"CLAIM_LEASE_S": "6"}) as stack:
+    with (
+        LoadGemini(port=port, before_answer=before_answer),
+        load_stack(
+            tmp_path, monkeypatch, gemini_port=port, eventarc={"max_attempts": 8}, env={"CLAIM_LEASE_S": "6"}
+        ) as stack,
+    ):
         holder["stack"] = stack
         started = time.monotonic()
         stack.wait_for_workers(3)
@@ -454,8 +493,13 @@ def test_a_worker_killed_mid_image_is_redelivered_to_the_exact_end_state(tmp_pat
         expected = [expected_for(name, int(infos[name]["generation"]), i) for name, i in names.items()]
         problems = check_end_state(stack, expected)
         killed = {pid for pid in kills.values() if pid is not None}
-        report("worker killed mid-image", started, stack, workers_killed=len(killed),
-               images_redelivered=len({d.name for d in deliveries if len(d.attempts) > 1}))
+        report(
+            "worker killed mid-image",
+            started,
+            stack,
+            workers_killed=len(killed),
+            images_redelivered=len({d.name for d in deliveries if len(d.attempts) > 1}),
+        )
 
     assert set(kills) == victims, (kills, victims)
     assert len(killed) >= (len(victims) + 1) // 2, kills  # most kills found a live worker
@@ -522,8 +566,13 @@ def test_gemini_down_with_offline_fallback_then_replayed_with_gemini(tmp_path, m
         expected = [expected_for(name, int(infos[name]["generation"]), i) for name, i in names.items()]
         state = EndState.of(stack)
         problems = check_end_state(stack, expected, history=True, state=state)
-        report("Gemini down, offline fallback, then replay", started, stack, outage_phase_s=round(down_s, 1),
-               replay_tail=result.stderr.strip().splitlines()[-1])
+        report(
+            "Gemini down, offline fallback, then replay",
+            started,
+            stack,
+            outage_phase_s=round(down_s, 1),
+            replay_tail=result.stderr.strip().splitlines()[-1],
+        )
     assert not problems, summarize(problems)
     assert len([r for r in state.objects if r["detector"] == "offline"]) == offline_rows
     assert Counter(r["source_name"] for r in state.images) == Counter({name: 2 for name in names})
@@ -538,8 +587,9 @@ def test_gemini_down_without_fallback_fails_events_then_replay_processes_everyth
     names = image_names(N)
     port = free_port()
     env = {"OFFLINE_FALLBACK": "false", "RETRY_DEADLINE_S": "1.5", "GEMINI_TIMEOUT_S": "1"}
-    with load_stack(tmp_path, monkeypatch, gemini_port=port, env=env, threads=16,
-                    eventarc={"max_attempts": 2, "backoff_s": 0.2}) as stack:
+    with load_stack(
+        tmp_path, monkeypatch, gemini_port=port, env=env, threads=16, eventarc={"max_attempts": 2, "backoff_s": 0.2}
+    ) as stack:
         started = time.monotonic()
         infos = stack.upload_images(names)
         deliveries = stack.eventarc.deliver_all(list(infos.values()))
@@ -554,8 +604,13 @@ def test_gemini_down_without_fallback_fails_events_then_replay_processes_everyth
         assert result.returncode == 0, result.stderr[-2000:]
         expected = [expected_for(name, int(infos[name]["generation"]), i) for name, i in names.items()]
         problems = check_end_state(stack, expected)
-        report("Gemini down, no fallback, redelivery exhausted, then replay", started, stack,
-               outage_phase_s=round(down_s, 1), replay_tail=result.stderr.strip().splitlines()[-1])
+        report(
+            "Gemini down, no fallback, redelivery exhausted, then replay",
+            started,
+            stack,
+            outage_phase_s=round(down_s, 1),
+            replay_tail=result.stderr.strip().splitlines()[-1],
+        )
     assert not problems, summarize(problems)
     assert sum(gemini.attempts.values()) == N
 
@@ -570,12 +625,15 @@ def test_an_older_generation_failing_late_does_not_replace_the_newer_marker(tmp_
     then finds its generation gone (a failed row, as the README says)."""
     names = {f"raw/cam9/late{i}.jpg": i + 1 for i in range(5)}
     port = free_port()
-    with LoadGemini(port=port) as gemini, \
-            load_stack(tmp_path, monkeypatch, gemini_port=port, workers=2, threads=8) as stack:
+    with (
+        LoadGemini(port=port) as gemini,
+        load_stack(tmp_path, monkeypatch, gemini_port=port, workers=2, threads=8) as stack,
+    ):
         older = stack.upload_images(names)
         for name in names:
-            stack.emulator.fail_next(1, method="GET", path=f"^/download/.*/o/{re.escape(name)}$", status=503,
-                                     retry_after=2)
+            stack.emulator.fail_next(
+                1, method="GET", path=f"^/download/.*/o/{re.escape(name)}$", status=503, retry_after=2
+            )
         pending = [stack.eventarc.submit(older[name]) for name in names]
         deadline = time.monotonic() + 10
         while pending_faults(stack.emulator) and time.monotonic() < deadline:
@@ -590,14 +648,17 @@ def test_an_older_generation_failing_late_does_not_replace_the_newer_marker(tmp_
             (row,) = state.image_rows(name, int(older[name]["generation"]))
             assert (row["status"], row["error_type"]) == ("failed", "object_gone")
         expected = [expected_for(name, int(newer[name]["generation"]), newer_id(i)) for name, i in names.items()]
-        problems = check_end_state(stack, expected, state=state,
-                                   superseded={name: {int(older[name]["generation"])} for name in names})
+        problems = check_end_state(
+            stack, expected, state=state, superseded={name: {int(older[name]["generation"])} for name in names}
+        )
         # Eventarc may redeliver the newer generation's event: that must be a no-op.
         calls = sum(gemini.attempts.values())
         stack.eventarc.deliver_all(newer.values())
         if sum(gemini.attempts.values()) != calls:
-            problems.append(f"redelivering the newer events called the model {sum(gemini.attempts.values()) - calls} "
-                            f"more times (the marker no longer named their generation)")
+            problems.append(
+                f"redelivering the newer events called the model {sum(gemini.attempts.values()) - calls} "
+                f"more times (the marker no longer named their generation)"
+            )
     assert not problems, summarize(problems)
 
 
@@ -642,15 +703,21 @@ def test_same_stem_pairs_simultaneous_copies_and_unreadable_answers_end_exactly(
             time.sleep(1.0)
 
     port = free_port()
-    with LoadGemini(port=port, plan=plan, before_answer=before_answer) as gemini, \
-            load_stack(tmp_path, monkeypatch, gemini_port=port) as stack:
+    with (
+        LoadGemini(port=port, plan=plan, before_answer=before_answer) as gemini,
+        load_stack(tmp_path, monkeypatch, gemini_port=port) as stack,
+    ):
         started = time.monotonic()
         infos = stack.upload_images(names)
         for name, image_id in twins.items():
             blob = stack.bucket.blob(name)
             blob.upload_from_string(_png(image_id), content_type="image/png")
-            infos[name] = {"name": name, "generation": str(blob.generation), "contentType": "image/png",
-                           "size": str(blob.size)}
+            infos[name] = {
+                "name": name,
+                "generation": str(blob.generation),
+                "contentType": "image/png",
+                "size": str(blob.size),
+            }
         rng = random.Random(17)
         groups = []
         for name, image_id in names.items():
@@ -665,12 +732,21 @@ def test_same_stem_pairs_simultaneous_copies_and_unreadable_answers_end_exactly(
         ids = {**names, **twins}
         expected = [expected_for(name, int(infos[name]["generation"]), image_id) for name, image_id in ids.items()]
         problems = check_end_state(stack, expected)
-        report("same-stem pairs + simultaneous copies + unreadable answers", started, stack, images=len(ids),
-               events=len(deliveries), gemini_calls=sum(gemini.attempts.values()), gemini_faults=dict(gemini.faults))
+        report(
+            "same-stem pairs + simultaneous copies + unreadable answers",
+            started,
+            stack,
+            images=len(ids),
+            events=len(deliveries),
+            gemini_calls=sum(gemini.attempts.values()),
+            gemini_faults=dict(gemini.faults),
+        )
 
     assert all(d.acknowledged for d in deliveries), delivery_summary(deliveries)
     assert not problems, summarize(problems)
     assert len(deliveries) > len(ids) + len(copied)  # copies really were sent
     assert gemini.unreadable == 0 and gemini.faults["unreadable 200"] == len(unreadable)
     calls = {image_id: 1 + (image_id in unreadable) for image_id in ids.values()}
-    assert dict(gemini.attempts) == calls, {i: (gemini.attempts[i], n) for i, n in calls.items() if gemini.attempts[i] != n}
+    assert dict(gemini.attempts) == calls, {
+        i: (gemini.attempts[i], n) for i, n in calls.items() if gemini.attempts[i] != n
+    }

@@ -31,8 +31,6 @@ API_KEY = "local-generations-key"
 OLD_SIZE, NEW_SIZE = (640, 480), (800, 600)
 
 
-
-
 def jpeg(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, "JPEG", quality=90)
@@ -40,16 +38,28 @@ def jpeg(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
 
 
 def boxes(n: int) -> str:
-    return json.dumps([{"box_2d": [100 + 150 * i, 100, 200 + 150 * i, 400], "label": f"item {i + 1}"}
-                       for i in range(n)])
+    return json.dumps(
+        [{"box_2d": [100 + 150 * i, 100, 200 + 150 * i, 400], "label": f"item {i + 1}"} for i in range(n)]
+    )
 
 
 def stack_for(tmp_path, gemini: FakeGeminiServer, **kwargs) -> local.LocalStack:
     return local.LocalStack(
-        bucket=BUCKET, storage_port=free_port(), function_port=free_port(), data_dir=tmp_path,
-        extra_env={"GOOGLE_GEMINI_BASE_URL": gemini.base_url, "GEMINI_API_KEY": API_KEY, "GOOGLE_API_KEY": "",
-                   "GOOGLE_CLOUD_PROJECT": "", "BQ_OBJECTS_TABLE": "", "BQ_IMAGES_TABLE": "",
-                   "EMPTY_BELT_GATE_CAMERAS": "", "OFFLINE_FALLBACK": "false", "RETRY_DEADLINE_S": "30"},
+        bucket=BUCKET,
+        storage_port=free_port(),
+        function_port=free_port(),
+        data_dir=tmp_path,
+        extra_env={
+            "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
+            "GEMINI_API_KEY": API_KEY,
+            "GOOGLE_API_KEY": "",
+            "GOOGLE_CLOUD_PROJECT": "",
+            "BQ_OBJECTS_TABLE": "",
+            "BQ_IMAGES_TABLE": "",
+            "EMPTY_BELT_GATE_CAMERAS": "",
+            "OFFLINE_FALLBACK": "false",
+            "RETRY_DEADLINE_S": "30",
+        },
         **kwargs,
     )
 
@@ -73,8 +83,9 @@ def test_two_generations_within_one_poll_are_both_delivered_and_the_newer_one_ke
     old_asked = threading.Event()
 
     def new_row_written() -> bool:
-        return sink_path.exists() and any(row["source_generation"] == new_generation
-                                          for row in SqliteSink(sink_path).rows("images"))
+        return sink_path.exists() and any(
+            row["source_generation"] == new_generation for row in SqliteSink(sink_path).rows("images")
+        )
 
     def answer(request: RecordedRequest) -> Answer:
         size = Image.open(io.BytesIO(request.image_bytes)).size
@@ -97,8 +108,9 @@ def test_two_generations_within_one_poll_are_both_delivered_and_the_newer_one_ke
         new_generation = blob.generation
         assert new_generation > old_generation
 
-        bridge = HeldBridge(stack.storage_url, BUCKET, "raw/", stack.function_url,
-                            hold_generation=new_generation, until=old_asked).start()
+        bridge = HeldBridge(
+            stack.storage_url, BUCKET, "raw/", stack.function_url, hold_generation=new_generation, until=old_asked
+        ).start()
         try:
             wait_for(lambda: len(bridge.delivered) == 2)
         finally:
@@ -114,7 +126,8 @@ def test_two_generations_within_one_poll_are_both_delivered_and_the_newer_one_ke
     # End state: the newer generation's rows, crops, overview and marker, nothing of the older.
     images = SqliteSink(sink_path).rows("images")
     assert [(row["source_generation"], row["status"], row["objects_found"]) for row in images] == [
-        (new_generation, "ok", 5)]
+        (new_generation, "ok", 5)
+    ]
     objects = SqliteSink(sink_path).rows("objects")
     assert sorted(row["object_index"] for row in objects) == [1, 2, 3, 4, 5]
     assert {row["source_generation"] for row in objects} == {new_generation}
@@ -145,7 +158,11 @@ def test_every_finalized_generation_is_in_the_write_log_in_order(tmp_path):
     assert [(event["name"], int(event["generation"])) for event in events] == [(NAME, g) for g in generations]
     second = events[1]
     assert (second["bucket"], second["contentType"], second["size"], second["metageneration"]) == (
-        BUCKET, "image/jpeg", str(len(b"second generation")), "1")
+        BUCKET,
+        "image/jpeg",
+        str(len(b"second generation")),
+        "1",
+    )
     # What the bridge posts is an object-finalize event the function reads as that generation.
     headers, body = local.finalize_event(BUCKET, {k: v for k, v in second.items() if k != "seq"})
     ref = object_ref_from_event({"type": headers["ce-type"]}, json.loads(body))
@@ -174,7 +191,10 @@ def test_generations_and_preconditions_behave_like_cloud_storage(tmp_path, versi
         # The raw JSON API answers the same 412 in Cloud Storage's error shape.
         request = urllib.request.Request(
             f"{stack.storage_url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name=raw/x.jpg&ifGenerationMatch=5",
-            data=b"x", headers={"Content-Type": "image/jpeg"}, method="POST")
+            data=b"x",
+            headers={"Content-Type": "image/jpeg"},
+            method="POST",
+        )
         with pytest.raises(urllib.error.HTTPError) as raw:
             urllib.request.urlopen(request, timeout=10)
         assert raw.value.code == 412
@@ -208,7 +228,9 @@ def test_objects_persist_under_the_data_dir_across_restarts(tmp_path):
             bucket.delete_blob("raw/gone.jpg")
         # A person finds the bytes under the object's own name; no name escapes the bucket's folder.
         assert (tmp_path / "gcs" / BUCKET / NAME).read_bytes() == b"camera bytes"
-        assert not (tmp_path / "gcs" / "escape.jpg").exists() and not (tmp_path / "gcs" / BUCKET / "escape.jpg").exists()
+        assert (
+            not (tmp_path / "gcs" / "escape.jpg").exists() and not (tmp_path / "gcs" / BUCKET / "escape.jpg").exists()
+        )
 
         with stack_for(tmp_path, gemini, bridge=False) as stack:
             bucket = local.storage_client(stack.storage_url).bucket(BUCKET)

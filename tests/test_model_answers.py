@@ -53,8 +53,13 @@ def log_entries(capfd) -> tuple[list[dict], list[str]]:
 
 
 def obj(box, label: str) -> dict:
-    return {"box_2d": box, "label": label, "color": "black", "general_description": "a bag",
-            "detailed_description": f"{label}, seen from above"}
+    return {
+        "box_2d": box,
+        "label": label,
+        "color": "black",
+        "general_description": "a bag",
+        "detailed_description": f"{label}, seen from above",
+    }
 
 
 GOOD = json.dumps([obj([100, 100, 500, 400], "suitcase"), obj([200, 500, 600, 900], "backpack")])
@@ -76,8 +81,9 @@ def assert_failed_image(stack: Stack, name: str, error_type: str) -> dict:
 UNREADABLE = {
     "not JSON": lambda: not_json(f"<html>bad gateway for https://proxy.example/v1?alt=json&key={SECRET}</html>"),
     "gzip without its header": lambda: gzip_without_header(GOOD),
-    "gzip header, body not gzip": lambda: RawReply(b'{"candidates": []}', headers=(
-        ("Content-Type", "application/json"), ("Content-Encoding", "gzip"))),
+    "gzip header, body not gzip": lambda: RawReply(
+        b'{"candidates": []}', headers=(("Content-Type", "application/json"), ("Content-Encoding", "gzip"))
+    ),
     "candidates as a string": lambda: rejected_by_sdk(),
     "parts as a string": lambda: rejected_by_sdk({"candidates": [{"content": {"parts": f"key={SECRET}"}}]}),
 }
@@ -153,14 +159,15 @@ def test_a_base_url_the_client_cannot_use_is_a_failed_row_at_once(stack, monkeyp
 # --- redaction on every path that logs -----------------------------------------------------------
 
 
-def test_an_unexpected_error_carrying_credentials_is_logged_redacted_with_its_stack_trace(stack, monkeypatch,
-                                                                                         capfd):
+def test_an_unexpected_error_carrying_credentials_is_logged_redacted_with_its_stack_trace(stack, monkeypatch, capfd):
     monkeypatch.setenv("RETRY_DEADLINE_S", "5")
     stack.gemini.reset(lambda request: Answer(GOOD))
 
     def leaky_overview(image, detections):
-        raise RuntimeError(f"GET https://proxy.example/v1/x?alt=json&key={SECRET} failed: "
-                           f"{{'x-goog-api-key': '{API_KEY}', 'Authorization': 'Bearer ya29.{SECRET}'}}")
+        raise RuntimeError(
+            f"GET https://proxy.example/v1/x?alt=json&key={SECRET} failed: "
+            f"{{'x-goog-api-key': '{API_KEY}', 'Authorization': 'Bearer ya29.{SECRET}'}}"
+        )
 
     monkeypatch.setattr(pipeline_module, "overview_jpeg", leaky_overview)
     blob = stack.upload("raw/belt.jpg", photo(), "image/jpeg")
@@ -197,9 +204,11 @@ def test_a_setup_failure_carrying_a_key_is_logged_redacted(stack, monkeypatch, c
 
 # --- item 5: answers without usable boxes ----------------------------------------------------------
 
-NO_USABLE_BOX = ('[{"box_2d": [NaN, 100, 500, 400], "label": "suitcase"},'
-                 ' {"box_2d": [[200, 500], [600, 900]], "label": "backpack"},'
-                 ' {"box_2d": ["a", "b", "c", "d"], "label": "bag"}]')
+NO_USABLE_BOX = (
+    '[{"box_2d": [NaN, 100, 500, 400], "label": "suitcase"},'
+    ' {"box_2d": [[200, 500], [600, 900]], "label": "backpack"},'
+    ' {"box_2d": ["a", "b", "c", "d"], "label": "bag"}]'
+)
 ZERO_TO_ONE = json.dumps([obj([0.1, 0.1, 0.5, 0.4], "suitcase"), obj([0.2, 0.5, 0.6, 0.9], "backpack")])
 
 
@@ -212,8 +221,11 @@ def deliver_answered(stack: Stack, name: str, answer: str) -> dict:
     return row
 
 
-@pytest.mark.parametrize("answer, error_type", [(NO_USABLE_BOX, "no_usable_boxes"),
-                                                (ZERO_TO_ONE, "box_scale_0_1")], ids=["NaN, nested", "0-1 scale"])
+@pytest.mark.parametrize(
+    "answer, error_type",
+    [(NO_USABLE_BOX, "no_usable_boxes"), (ZERO_TO_ONE, "box_scale_0_1")],
+    ids=["NaN, nested", "0-1 scale"],
+)
 def test_an_answer_without_usable_boxes_is_asked_again_then_fails(stack, capfd, answer, error_type):
     stack.gemini.reset(lambda request: Answer(answer))
     blob = stack.upload("raw/belt.jpg", photo(), "image/jpeg")
@@ -246,8 +258,10 @@ def test_a_good_answer_after_the_re_ask_is_recorded(stack, first):
     assert len(stack.gemini.requests) == 2
     (row,) = stack.rows("images")
     assert (row["status"], row["objects_found"], row["error_type"]) == ("ok", 2, None)
-    assert [r["label"] for r in sorted(stack.rows("objects"), key=lambda r: r["object_index"])] == \
-        ["suitcase", "backpack"]
+    assert [r["label"] for r in sorted(stack.rows("objects"), key=lambda r: r["object_index"])] == [
+        "suitcase",
+        "backpack",
+    ]
     assert len(stack.names("processed/")) == 2
 
 
@@ -258,9 +272,11 @@ def test_only_a_whole_answer_on_a_0_1_scale_is_refused_not_a_tiny_box_near_the_o
 
     # Gemini's boxes are integers 0-1000: [0, 0, 1, 1] is a genuinely tiny box in the corner,
     # beside a normal box or on its own, and a 0-1 box beside a 0-1000 one is no 0-1 answer.
-    for name, boxes in (("raw/beside.jpg", [[0, 0, 1, 1], [100, 100, 500, 400]]),
-                        ("raw/alone.jpg", [[0, 0, 1, 1]]),
-                        ("raw/mixed.jpg", [[0, 0, 0.5, 0.5], [100, 100, 500, 400]])):
+    for name, boxes in (
+        ("raw/beside.jpg", [[0, 0, 1, 1], [100, 100, 500, 400]]),
+        ("raw/alone.jpg", [[0, 0, 1, 1]]),
+        ("raw/mixed.jpg", [[0, 0, 0.5, 0.5], [100, 100, 500, 400]]),
+    ):
         answer = json.dumps([obj(box, f"bag {i}") for i, box in enumerate(boxes)])
         row = deliver_answered(stack, name, answer)
         assert (row["status"], row["objects_found"]) == ("ok", len(boxes)), name
@@ -286,8 +302,9 @@ def test_a_5000_digit_number_costs_only_its_own_object(stack, capfd):
     assert [r["label"] for r in rows] == ["bag 1", "bag 2", "bag 4"]
     assert stack.names("processed/") == [f"processed/belt.jpg-output-{i:04d}.jpg" for i in (1, 2, 3)]
     for r in rows:
-        crop = Image.open(io.BytesIO(stack.bucket.blob(r["output_uri"].removeprefix(f"gs://{BUCKET}/"))
-                                     .download_as_bytes()))
+        crop = Image.open(
+            io.BytesIO(stack.bucket.blob(r["output_uri"].removeprefix(f"gs://{BUCKET}/")).download_as_bytes())
+        )
         assert crop.size == (r["box_x_max"] - r["box_x_min"], r["box_y_max"] - r["box_y_min"])
     entries, _ = log_entries(capfd)
     (repaired,) = [entry for entry in entries if entry["message"] == "Gemini answer repaired while parsing"]

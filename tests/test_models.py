@@ -31,6 +31,8 @@ API_KEY = "gemini-test-key-that-must-never-leak-0123456789"
 IMAGE_SIZE = (620, 620)
 TODAY = dt.date(2026, 12, 5)
 LISTED_MODELS = ("gemini-3.5-flash", "gemini-3.6-flash", "gemini-3.7-flash", "gemini-3.8-flash", "gemini-4-argon")
+
+
 def config(backend: str, **env: str) -> Config:
     if backend == "api-key":
         return Config.from_env({"GEMINI_API_KEY": API_KEY, **env})
@@ -55,6 +57,7 @@ def warnings(capsys) -> list[dict]:
 
 # -- every listed model with the defaults ----------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["api-key", "vertex"])
 @pytest.mark.parametrize("model", LISTED_MODELS)
 def test_every_listed_model_answers_with_the_default_settings(fake, model_input, capsys, backend, model):
@@ -74,8 +77,7 @@ def test_every_listed_model_answers_with_the_default_settings(fake, model_input,
 
 
 @pytest.mark.parametrize("model", ["gemini-3.6-flash", "gemini-3.8-flash", "gemini-4-argon"])
-def test_models_that_ignore_temperature_never_get_it_and_the_setting_is_warned_about(
-        fake, model_input, capsys, model):
+def test_models_that_ignore_temperature_never_get_it_and_the_setting_is_warned_about(fake, model_input, capsys, model):
     detect(detector("vertex", GEMINI_MODEL=model, GEMINI_TEMPERATURE="0.5"), model_input)
 
     assert "temperature" not in fake.requests[0].generation_config
@@ -93,8 +95,9 @@ def test_gemini_3_5_flash_on_the_developer_api_gets_the_request_of_3_6_which_ser
     assert capabilities("gemini-3.5-flash", "api-key").family == "gemini-3.6"
 
 
-@pytest.mark.parametrize(("configured", "expected"), [
-    ("minimal", "LOW"), ("low", "LOW"), ("medium", "MEDIUM"), ("high", "HIGH"), ("", None)])
+@pytest.mark.parametrize(
+    ("configured", "expected"), [("minimal", "LOW"), ("low", "LOW"), ("medium", "MEDIUM"), ("high", "HIGH"), ("", None)]
+)
 def test_the_nearest_accepted_thinking_level_is_sent(fake, model_input, configured, expected):
     detect(detector("vertex", GEMINI_MODEL="gemini-3.8-flash", GEMINI_THINKING_LEVEL=configured), model_input)
 
@@ -115,6 +118,7 @@ def test_an_unknown_model_gets_the_most_conservative_request_and_one_warning(fak
 
 # -- locations -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("location", ["eu", "us", "global"])
 def test_gemini_3_8_runs_in_global_and_the_multi_regions(fake, model_input, capsys, location):
     detect(detector("vertex", GEMINI_MODEL="gemini-3.8-flash", GOOGLE_CLOUD_LOCATION=location), model_input)
@@ -131,7 +135,8 @@ def test_gemini_3_5_runs_in_a_single_region(fake, model_input, capsys):
 
 
 def test_a_single_region_for_a_3_6_model_warns_at_start_up_and_each_image_error_names_the_fix(
-        fake, model_input, capsys):
+    fake, model_input, capsys
+):
     built = detector("vertex", GEMINI_MODEL="gemini-3.8-flash", GOOGLE_CLOUD_LOCATION="europe-west4")
     [warning] = warnings(capsys)
     assert "GOOGLE_CLOUD_LOCATION=europe-west4 does not serve GEMINI_MODEL=gemini-3.8-flash" in warning["message"]
@@ -148,11 +153,13 @@ def test_a_single_region_for_a_3_6_model_warns_at_start_up_and_each_image_error_
 
 # -- the stand-in refuses what the service refuses ----------------------------------------------
 
+
 def _client(fake: FakeGeminiServer, vertex: bool, location: str = "global") -> genai.Client:
     options = types.HttpOptions(base_url=fake.base_url, retry_options=types.HttpRetryOptions(attempts=1))
     if vertex:
-        return genai.Client(vertexai=True, project="p", location=location,
-                            credentials=Credentials(token="t"), http_options=options)
+        return genai.Client(
+            vertexai=True, project="p", location=location, credentials=Credentials(token="t"), http_options=options
+        )
     return genai.Client(api_key=API_KEY, http_options=options)
 
 
@@ -160,7 +167,9 @@ def _client(fake: FakeGeminiServer, vertex: bool, location: str = "global") -> g
 @pytest.mark.parametrize("model", ["gemini-3.7-flash", "gemini-3.8-flash"])
 def test_the_stand_in_refuses_minimal_thinking_on_3_7_and_3_8(fake, vertex, model):
     client = _client(fake, vertex)
-    minimal = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel.MINIMAL))
+    minimal = types.GenerateContentConfig(
+        thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel.MINIMAL)
+    )
 
     with pytest.raises(genai_errors.ClientError) as raised:
         client.models.generate_content(model=model, contents="hi", config=minimal)
@@ -183,7 +192,8 @@ def test_the_stand_in_refuses_a_single_region_for_3_6_and_later(fake, model):
 
 
 def test_the_stand_in_refusal_has_google_error_shape(fake):
-    url = f"{fake.base_url}v1beta1/projects/p/locations/europe-west1/publishers/google/models/gemini-3.8-flash:generateContent"
+    model = "publishers/google/models/gemini-3.8-flash"
+    url = f"{fake.base_url}v1beta1/projects/p/locations/europe-west1/{model}:generateContent"
     answer = requests.post(url, json={"contents": []}, headers={"Authorization": "Bearer t"}, timeout=10)
 
     assert answer.status_code == 400
@@ -195,12 +205,16 @@ def test_the_stand_in_refusal_has_google_error_shape(fake):
 
 # -- retirement -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("today", "expected"), [
-    (dt.date(2026, 8, 1), None),  # 80 days before: nothing yet
-    (dt.date(2026, 9, 1), "retires on 2026-10-20 (in 49 days)"),
-    (dt.date(2026, 10, 20), "was retired on 2026-10-20"),
-    (TODAY, "was retired on 2026-10-20"),
-])
+
+@pytest.mark.parametrize(
+    ("today", "expected"),
+    [
+        (dt.date(2026, 8, 1), None),  # 80 days before: nothing yet
+        (dt.date(2026, 9, 1), "retires on 2026-10-20 (in 49 days)"),
+        (dt.date(2026, 10, 20), "was retired on 2026-10-20"),
+        (TODAY, "was retired on 2026-10-20"),
+    ],
+)
 def test_start_up_warns_once_from_60_days_before_retirement(fake, capsys, today, expected):
     detector("vertex", today, GEMINI_MODEL="gemini-2.5-flash").close()
 
@@ -257,8 +271,18 @@ def test_the_parser_reads_the_boxes_wrapper_and_xy_polygons():
 
 @pytest.mark.parametrize(("model", "left_half"), [("gemini-3.6-flash", True), ("gemini-3.7-flash", True)])
 def test_a_wrapped_answer_with_a_polygon_mask_from_3_6_and_3_7(fake, model_input, model, left_half):
-    answer = {"boxes": [{"box_2d": [0, 0, 1000, 1000], "label": "bag", "color": "black",
-                         "general_description": "", "detailed_description": "", "mask": LEFT_HALF_XY}]}
+    answer = {
+        "boxes": [
+            {
+                "box_2d": [0, 0, 1000, 1000],
+                "label": "bag",
+                "color": "black",
+                "general_description": "",
+                "detailed_description": "",
+                "mask": LEFT_HALF_XY,
+            }
+        ]
+    }
     fake.enqueue(Answer(json.dumps(answer)))
 
     [detection] = detect(detector("vertex", GEMINI_MODEL=model), model_input).detections
@@ -270,17 +294,27 @@ def test_a_wrapped_answer_with_a_polygon_mask_from_3_6_and_3_7(fake, model_input
 
 # -- Terraform ------------------------------------------------------------------------------
 
+
 def _location_precondition() -> dict:
     preconditions = block(resource("google_cloudfunctions2_function", "segmentation"), "lifecycle")["precondition"]
     [found] = [p for p in preconditions if "var.vertex_location" in json.dumps(p)]
     return found
 
 
-@pytest.mark.parametrize(("model", "needs_multi_region"), [
-    ("gemini-2.5-flash", False), ("gemini-3.5-flash", False), ("gemini-3-flash-preview", False),
-    ("gemini-3.6-flash", True), ("gemini-3.7-flash", True), ("gemini-3.8-flash", True),
-    ("gemini-4-argon", True), ("gemini-4.1-pro", True), ("gemini-10-x", True),
-])
+@pytest.mark.parametrize(
+    ("model", "needs_multi_region"),
+    [
+        ("gemini-2.5-flash", False),
+        ("gemini-3.5-flash", False),
+        ("gemini-3-flash-preview", False),
+        ("gemini-3.6-flash", True),
+        ("gemini-3.7-flash", True),
+        ("gemini-3.8-flash", True),
+        ("gemini-4-argon", True),
+        ("gemini-4.1-pro", True),
+        ("gemini-10-x", True),
+    ],
+)
 def test_terraform_refuses_a_single_region_for_3_6_and_later(model, needs_multi_region):
     precondition = _location_precondition()
     condition = precondition["condition"]

@@ -5,8 +5,12 @@ from hypothesis import strategies as st
 
 from segmentation.naming import MAX_OBJECT_NAME_BYTES, OutputNames, row_id
 
-PREFIXES = dict(source_prefix="raw/", crops_prefix="processed/", overview_prefix="processed-overview/",
-                markers_prefix="processed-markers/")
+PREFIXES = dict(
+    source_prefix="raw/",
+    crops_prefix="processed/",
+    overview_prefix="processed-overview/",
+    markers_prefix="processed-markers/",
+)
 
 
 def names_for(name):
@@ -23,8 +27,13 @@ def test_layout_matches_the_notebook_and_keeps_camera_folders():
 
 def test_same_stem_different_extension_shares_no_output_name():
     jpg, png = names_for("raw/cam1/a.jpg"), names_for("raw/cam1/a.png")
-    for pick in (lambda n: n.crop(1), lambda n: n.overview, lambda n: n.marker, lambda n: n.claim,
-                 lambda n: n.crops_glob_prefix):
+    for pick in (
+        lambda n: n.crop(1),
+        lambda n: n.overview,
+        lambda n: n.marker,
+        lambda n: n.claim,
+        lambda n: n.crops_glob_prefix,
+    ):
         assert pick(jpg) != pick(png)
     assert not jpg.crops_glob_prefix.startswith(png.crops_glob_prefix)
 
@@ -38,13 +47,21 @@ def test_dot_segments_cannot_climb_out_of_a_prefix():
 
 def test_names_that_clean_to_the_same_path_keep_separate_outputs():
     # Cloud Storage names are flat: each of these is a different object from raw/cam1/a.jpg.
-    variants = ["raw/cam1/a.jpg", "raw//cam1/a.jpg", "raw/cam1//a.jpg", "raw/./cam1/a.jpg",
-                "raw/x/../cam1/a.jpg", "raw/../cam1/a.jpg", "raw/cam1/a.jpg/"]
+    variants = [
+        "raw/cam1/a.jpg",
+        "raw//cam1/a.jpg",
+        "raw/cam1//a.jpg",
+        "raw/./cam1/a.jpg",
+        "raw/x/../cam1/a.jpg",
+        "raw/../cam1/a.jpg",
+        "raw/cam1/a.jpg/",
+    ]
     all_names = [names_for(name) for name in variants]
     for pick in (lambda n: n.crop(1), lambda n: n.overview, lambda n: n.marker, lambda n: n.crops_glob_prefix):
         assert len({pick(names) for names in all_names}) == len(variants)
-    assert all(not a.crops_glob_prefix.startswith(b.crops_glob_prefix)
-               for a in all_names for b in all_names if a is not b)
+    assert all(
+        not a.crops_glob_prefix.startswith(b.crops_glob_prefix) for a in all_names for b in all_names if a is not b
+    )
 
 
 def test_very_long_names_are_shortened_uniquely():
@@ -59,10 +76,14 @@ def test_very_long_names_are_shortened_uniquely():
 @given(st.text(min_size=1, max_size=1200))
 def test_any_name_gives_outputs_under_their_prefixes(tail):
     names = names_for("raw/" + tail)
-    for name, prefix in ((names.crop(1), "processed/"), (names.overview, "processed-overview/"),
-                         (names.marker, "processed-markers/"), (names.claim, "processed-markers/")):
+    for name, prefix in (
+        (names.crop(1), "processed/"),
+        (names.overview, "processed-overview/"),
+        (names.marker, "processed-markers/"),
+        (names.claim, "processed-markers/"),
+    ):
         assert name.startswith(prefix)
-        assert "/../" not in "/" + name[len(prefix):] and not name[len(prefix):].startswith("/")
+        assert "/../" not in "/" + name[len(prefix) :] and not name[len(prefix) :].startswith("/")
         assert len(name.encode("utf-8", errors="surrogatepass")) <= MAX_OBJECT_NAME_BYTES
 
 

@@ -35,8 +35,14 @@ def heldout_scores(heldout_scenes):
     gt, results, per_image = eval_offline.evaluate_scenes(heldout_scenes)
     ap, ap50, _ap75, recall50 = eval_offline.coco_scores(gt, results)
     acc, n_color, _ = eval_offline.color_accuracy(gt, per_image)
-    return {"ap": ap, "ap50": ap50, "recall50": recall50, "color": acc, "n_color": n_color,
-            "items": len(gt["annotations"])}
+    return {
+        "ap": ap,
+        "ap50": ap50,
+        "recall50": recall50,
+        "color": acc,
+        "n_color": n_color,
+        "items": len(gt["annotations"]),
+    }
 
 
 def test_heldout_mask_ap_floors(heldout_scores):
@@ -71,9 +77,20 @@ def test_colour_names_under_light_and_cast(light, cast):
 
 @pytest.mark.parametrize(
     "rgb, name",
-    [((220, 20, 60), "red"), ((255, 140, 0), "orange"), ((255, 215, 0), "yellow"), ((34, 139, 34), "green"),
-     ((65, 105, 225), "blue"), ((0, 0, 128), "blue"), ((75, 0, 130), "purple"), ((255, 105, 180), "pink"),
-     ((139, 69, 19), "brown"), ((112, 128, 144), "gray"), ((15, 15, 15), "black"), ((250, 250, 250), "white")],
+    [
+        ((220, 20, 60), "red"),
+        ((255, 140, 0), "orange"),
+        ((255, 215, 0), "yellow"),
+        ((34, 139, 34), "green"),
+        ((65, 105, 225), "blue"),
+        ((0, 0, 128), "blue"),
+        ((75, 0, 130), "purple"),
+        ((255, 105, 180), "pink"),
+        ((139, 69, 19), "brown"),
+        ((112, 128, 144), "gray"),
+        ((15, 15, 15), "black"),
+        ((250, 250, 250), "white"),
+    ],
 )
 def test_css_colours_independent_of_the_generator(rgb, name):
     assert basic_color_name(rgb) == name
@@ -92,12 +109,28 @@ def _vibrated(image, seed: int):
 def test_gate_never_skips_frames_with_items():
     """Against the camera's empty reference, with the belt run on since and the camera shaken
     (+-2 px, +-10 % exposure): no frame holding an item is called empty."""
-    frames = [make_scene(HELDOUT, i, kind="belt", count=1, item_kinds=("pouch",), item_colors=("black",),
-                         salt="small-dark", reference=True, belt_moved=True) for i in range(8)]
-    frames += [s for s in (make_scene(HELDOUT, i, salt="gate", reference=True, belt_moved=True) for i in range(12))
-               if s.items]
-    skipped = [(s.index, [(it.kind, it.color) for it in s.items]) for s in frames
-               if OfflineDetector(background=s.background).belt_is_empty(_vibrated(s.image, s.index))]
+    frames = [
+        make_scene(
+            HELDOUT,
+            i,
+            kind="belt",
+            count=1,
+            item_kinds=("pouch",),
+            item_colors=("black",),
+            salt="small-dark",
+            reference=True,
+            belt_moved=True,
+        )
+        for i in range(8)
+    ]
+    frames += [
+        s for s in (make_scene(HELDOUT, i, salt="gate", reference=True, belt_moved=True) for i in range(12)) if s.items
+    ]
+    skipped = [
+        (s.index, [(it.kind, it.color) for it in s.items])
+        for s in frames
+        if OfflineDetector(background=s.background).belt_is_empty(_vibrated(s.image, s.index))
+    ]
     assert skipped == []
 
 
@@ -106,10 +139,21 @@ def test_gate_sees_a_single_item_of_any_kind(kind):
     """A frame holding one item of any kind, in the colours hardest to tell from a belt, is never
     called empty (the belt run on since the reference, the camera shaken)."""
     for index, colour in enumerate(("black", "gray", "white")):
-        scene = make_scene(HELDOUT, index, kind="belt", count=1, item_kinds=(kind,), item_colors=(colour,),
-                           salt="agree", reference=True, belt_moved=True)
-        assert not OfflineDetector(background=scene.background).belt_is_empty(_vibrated(scene.image, index)), \
-            (kind, colour)
+        scene = make_scene(
+            HELDOUT,
+            index,
+            kind="belt",
+            count=1,
+            item_kinds=(kind,),
+            item_colors=(colour,),
+            salt="agree",
+            reference=True,
+            belt_moved=True,
+        )
+        assert not OfflineDetector(background=scene.background).belt_is_empty(_vibrated(scene.image, index)), (
+            kind,
+            colour,
+        )
 
 
 def test_without_a_reference_the_gate_never_calls_a_frame_empty():
@@ -120,10 +164,12 @@ def test_without_a_reference_the_gate_never_calls_a_frame_empty():
 
 @pytest.mark.parametrize("kind", ["belt", "carousel"])
 def test_gate_skips_most_empty_frames_of_a_shaken_camera_and_a_running_belt(kind):
-    scenes = [make_scene(HELDOUT, i, kind=kind, count=0, salt="empty", reference=True, belt_moved=True)
-              for i in range(8)]
-    skipped = sum(OfflineDetector(background=s.background).belt_is_empty(_vibrated(s.image, i))
-                  for i, s in enumerate(scenes))
+    scenes = [
+        make_scene(HELDOUT, i, kind=kind, count=0, salt="empty", reference=True, belt_moved=True) for i in range(8)
+    ]
+    skipped = sum(
+        OfflineDetector(background=s.background).belt_is_empty(_vibrated(s.image, i)) for i, s in enumerate(scenes)
+    )
     assert skipped >= 0.5 * len(scenes)
 
 
@@ -147,8 +193,9 @@ def test_gate_registers_camera_vibration_and_never_skips_for_a_moved_camera():
 
 
 def test_background_reference_on_a_carousel_scene():
-    scene = next(s for s in (make_scene(HELDOUT, i, kind="carousel", salt="carousel") for i in range(10))
-                 if len(s.items) >= 2)
+    scene = next(
+        s for s in (make_scene(HELDOUT, i, kind="carousel", salt="carousel") for i in range(10)) if len(s.items) >= 2
+    )
     assert scene.background is not None
     detections = OfflineDetector(background=scene.background).detect_image(scene.image)
     found = 0
@@ -157,7 +204,7 @@ def test_background_reference_on_a_carousel_scene():
         for det in detections:
             full = np.zeros(item.mask.shape, bool)
             b = det.box
-            full[b.y_min:b.y_max, b.x_min:b.x_max] = np.asarray(det.mask) > 127
+            full[b.y_min : b.y_max, b.x_min : b.x_max] = np.asarray(det.mask) > 127
             best = max(best, (full & item.mask).sum() / (full | item.mask).sum())
         found += best >= 0.5
     assert found >= len(scene.items) - 1
@@ -210,8 +257,7 @@ def test_extreme_strips_are_analysed_without_error(size):
 def test_generator_is_deterministic_and_splits_differ():
     a, b = make_scene("tuning", 5), make_scene("tuning", 5)
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
-    assert not np.array_equal(np.asarray(make_scene(HELDOUT, 5).image)[:10, :10],
-                              np.asarray(a.image)[:10, :10])
+    assert not np.array_equal(np.asarray(make_scene(HELDOUT, 5).image)[:10, :10], np.asarray(a.image)[:10, :10])
 
 
 def test_generator_items_are_visible_and_one_instance_each(heldout_scenes):

@@ -37,7 +37,10 @@ def _iou(a, b) -> float:
 @pytest.mark.parametrize("factor", [0.45, 1.5], ids=["darker", "lighter"])
 def test_an_item_of_the_belt_s_hue_is_found_on_a_coloured_belt(belt, factor):
     for seed in range(2):
-        found = [(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max)
-                 for d, score in OfflineDetector().detect_scored(_scene(belt, factor, seed)) if score >= 0.5]
+        found = [
+            (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max)
+            for d, score in OfflineDetector().detect_scored(_scene(belt, factor, seed))
+            if score >= 0.5
+        ]
         for item in (SAME_HUE, WHITE):
             assert max((_iou(item, box) for box in found), default=0) >= 0.5, (item, found)

@@ -93,8 +93,7 @@ def test_detector_stages_follow_the_params(scene):
 
 
 def test_gate_follows_the_params():
-    frame = next(s for s in (make_scene("heldout", i, salt="gate-items", reference=True) for i in range(20))
-                 if s.items)
+    frame = next(s for s in (make_scene("heldout", i, salt="gate-items", reference=True) for i in range(20)) if s.items)
     assert not EmptySceneGate(frame.background).is_empty(frame.image)
     # a blob must cover the whole frame to count: every frame is then empty
     lenient = dataclasses.replace(DEFAULT, gate_min_blob=1.0)

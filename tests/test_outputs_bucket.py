@@ -51,8 +51,7 @@ def listing(stack: Stack, bucket: str) -> dict[str, int]:
 
 def writes_to(stack: Stack, bucket: str) -> list:
     """The mutating requests the emulator saw for objects of `bucket` (uploads are /upload/...)."""
-    return [r for r in stack.emulator.requests
-            if r.method in WRITES and (f"/b/{bucket}/o" in r.path)]
+    return [r for r in stack.emulator.requests if r.method in WRITES and (f"/b/{bucket}/o" in r.path)]
 
 
 # --- through the function ---------------------------------------------------------------------------
@@ -69,18 +68,22 @@ def test_outputs_marker_and_claim_go_to_the_outputs_bucket_and_the_source_is_nev
         assert listing(stack, BUCKET) == source_before
         assert writes_to(stack, BUCKET) == []
         outputs = listing(stack, OUTPUTS)
-        assert sorted(outputs) == sorted([
-            *(f"processed/cam1/belt.jpg-output-{i:04d}.jpg" for i in range(1, OBJECTS + 1)),
-            "processed-overview/cam1/processed_belt.jpg.jpg",
-            "processed-markers/cam1/belt.jpg.json",
-            "processed-markers/cam1/belt.jpg.claim",
-        ])
+        assert sorted(outputs) == sorted(
+            [
+                *(f"processed/cam1/belt.jpg-output-{i:04d}.jpg" for i in range(1, OBJECTS + 1)),
+                "processed-overview/cam1/processed_belt.jpg.jpg",
+                "processed-markers/cam1/belt.jpg.json",
+                "processed-markers/cam1/belt.jpg.claim",
+            ]
+        )
         bucket = stack.client.bucket(OUTPUTS)
         marker = bucket.get_blob("processed-markers/cam1/belt.jpg.json")
         uri = f"gs://{BUCKET}/raw/cam1/belt.jpg"
         assert (marker.metadata["source-generation"], marker.metadata["status"]) == (str(blob.generation), "ok")
-        assert json.loads(bucket.get_blob("processed-markers/cam1/belt.jpg.claim").download_as_bytes())[
-            "source-uri"] == uri
+        assert (
+            json.loads(bucket.get_blob("processed-markers/cam1/belt.jpg.claim").download_as_bytes())["source-uri"]
+            == uri
+        )
 
         # Rows name the source where it is and the outputs where they are.
         (image_row,) = stack.rows("images")
@@ -88,7 +91,8 @@ def test_outputs_marker_and_claim_go_to_the_outputs_bucket_and_the_source_is_nev
         assert image_row["overview_uri"] == f"gs://{OUTPUTS}/processed-overview/cam1/processed_belt.jpg.jpg"
         rows = sorted(stack.rows("objects"), key=lambda row: row["object_index"])
         assert [row["output_uri"] for row in rows] == [
-            f"gs://{OUTPUTS}/processed/cam1/belt.jpg-output-{i:04d}.jpg" for i in range(1, OBJECTS + 1)]
+            f"gs://{OUTPUTS}/processed/cam1/belt.jpg-output-{i:04d}.jpg" for i in range(1, OBJECTS + 1)
+        ]
         for row in rows:
             crop = bucket.get_blob(row["output_uri"].removeprefix(f"gs://{OUTPUTS}/"))
             assert crop.metadata["source-uri"] == uri
@@ -112,7 +116,8 @@ def test_a_new_generation_replaces_its_outputs_in_the_outputs_bucket(tmp_path, m
 
         # The stale crops of the older generation are listed and removed in the outputs bucket.
         assert [name for name in listing(stack, OUTPUTS) if name.startswith("processed/")] == [
-            "processed/cam1/belt.jpg-output-0001.jpg"]
+            "processed/cam1/belt.jpg-output-0001.jpg"
+        ]
         marker = stack.client.bucket(OUTPUTS).get_blob("processed-markers/cam1/belt.jpg.json")
         assert marker.metadata["source-generation"] == str(second.generation)
         assert sorted(listing(stack, BUCKET)) == ["raw/cam1/belt.jpg"]
@@ -141,7 +146,8 @@ def test_events_from_the_outputs_bucket_are_ignored(tmp_path, monkeypatch):
 
 
 def test_ignored_invocations_per_image_are_n_plus_3_in_one_bucket_and_none_with_an_outputs_bucket(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     """Eventarc delivers every finalize in the triggering bucket. With one bucket, an image with N
     objects makes the function write N crops, the overview, the marker and the claim there: N + 3
     more finalize events, each an invocation that is ignored. With an outputs bucket: none."""
@@ -151,8 +157,7 @@ def test_ignored_invocations_per_image_are_n_plus_3_in_one_bucket_and_none_with_
             stack.emulator.clear_requests()
             assert stack.deliver(stack.event_for(blob)).status_code == 200
             # Each successful object write in the triggering bucket is one finalize event.
-            fired = {name: generation for name, generation in listing(stack, BUCKET).items()
-                     if name != blob.name}
+            fired = {name: generation for name, generation in listing(stack, BUCKET).items() if name != blob.name}
             assert len(writes_to(stack, BUCKET)) == len(fired)
             if output_bucket is None:
                 assert len(fired) == OBJECTS + 3
@@ -194,8 +199,11 @@ def test_outputs_bucket_is_hardened_like_the_images_bucket_and_created_only_when
     images = resource("google_storage_bucket", "images")
     assert bucket["location"] == images["location"]
     # Outputs expire like the images bucket's outputs rule, claims after the longest redelivery.
-    (outputs_rule,) = [rule["lifecycle_rule"] for rule in bucket["dynamic"]
-                       if "lifecycle_rule" in rule and "outputs_retention_days" in rule["lifecycle_rule"]["for_each"]]
+    (outputs_rule,) = [
+        rule["lifecycle_rule"]
+        for rule in bucket["dynamic"]
+        if "lifecycle_rule" in rule and "outputs_retention_days" in rule["lifecycle_rule"]["for_each"]
+    ]
     assert ref(block(block(outputs_rule, "content"), "condition")["age"]) == "var.outputs_retention_days"
     (claims,) = bucket["lifecycle_rule"]
     condition = block(claims, "condition")
@@ -208,22 +216,31 @@ def test_function_gets_the_outputs_bucket_and_the_trigger_stays_on_the_images_bu
     env = config()["locals"]["function_environment"]
     assert ref(env["OUTPUT_BUCKET"]) == "local.output_bucket_setting"
     assert ref(config()["locals"]["output_bucket_setting"]) == (
-        "var.separate_outputs_bucket ? google_storage_bucket.outputs[0].name : \"\"")
-    (trigger,) = function["event_trigger"] if isinstance(function["event_trigger"], list) else [function["event_trigger"]]
-    (bucket_filter,) = trigger["event_filters"] if isinstance(trigger["event_filters"], list) else [trigger["event_filters"]]
+        'var.separate_outputs_bucket ? google_storage_bucket.outputs[0].name : ""'
+    )
+    (trigger,) = (
+        function["event_trigger"] if isinstance(function["event_trigger"], list) else [function["event_trigger"]]
+    )
+    (bucket_filter,) = (
+        trigger["event_filters"] if isinstance(trigger["event_filters"], list) else [trigger["event_filters"]]
+    )
     assert ref(bucket_filter["value"]) == "local.images_bucket_name"
 
 
 def _grants_on(bucket_expression: str) -> dict[str, dict]:
-    return {name: body for name, body in config()["resource"]["google_storage_bucket_iam_member"].items()
-            if ref(body["bucket"]) == bucket_expression}
+    return {
+        name: body
+        for name, body in config()["resource"]["google_storage_bucket_iam_member"].items()
+        if ref(body["bucket"]) == bucket_expression
+    }
 
 
 def test_split_runtime_may_write_only_the_outputs_bucket_and_only_read_uploads_and_backgrounds():
     outputs = _grants_on("google_storage_bucket.outputs[0].name")
     (grant,) = outputs.values()
-    assert config()["file_of"][f"resource.google_storage_bucket_iam_member.{next(iter(outputs))}"] == \
-        "outputs_bucket.tf"
+    assert (
+        config()["file_of"][f"resource.google_storage_bucket_iam_member.{next(iter(outputs))}"] == "outputs_bucket.tf"
+    )
     assert grant["role"] == "roles/storage.objectUser" and ref(grant["member"]) == "local.runtime_member"
     assert ref(grant["count"]) == "var.separate_outputs_bucket ? 1 : 0"
 
@@ -250,15 +267,24 @@ def test_local_stack_runs_with_a_separate_outputs_bucket(tmp_path):
     sample = sorted(local.SAMPLES_DIR.glob("*.jpg"))[0]
     with FakeGeminiServer(lambda request: boxes_answer(2)) as gemini:
         stack = local.LocalStack(
-            bucket="local-test", storage_port=free_port(), function_port=free_port(), data_dir=tmp_path,
+            bucket="local-test",
+            storage_port=free_port(),
+            function_port=free_port(),
+            data_dir=tmp_path,
             output_bucket="local-test-outputs",
-            extra_env={"GOOGLE_GEMINI_BASE_URL": gemini.base_url, "GEMINI_API_KEY": "local-test-key",
-                       "GOOGLE_CLOUD_PROJECT": "", "BQ_OBJECTS_TABLE": "", "BQ_IMAGES_TABLE": "",
-                       "EMPTY_BELT_GATE_CAMERAS": ""},
+            extra_env={
+                "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
+                "GEMINI_API_KEY": "local-test-key",
+                "GOOGLE_CLOUD_PROJECT": "",
+                "BQ_OBJECTS_TABLE": "",
+                "BQ_IMAGES_TABLE": "",
+                "EMPTY_BELT_GATE_CAMERAS": "",
+            },
         )
         with stack:
-            (name,) = local.upload([sample], bucket="local-test", emulator_url=stack.storage_url,
-                                   prefix="raw/", camera="cam7")
+            (name,) = local.upload(
+                [sample], bucket="local-test", emulator_url=stack.storage_url, prefix="raw/", camera="cam7"
+            )
             sink_path = tmp_path / "results.sqlite"
             wait_for(lambda: sink_path.exists() and len(SqliteSink(sink_path).rows("images")) == 1)
             client = local.storage_client(stack.storage_url)
@@ -266,8 +292,14 @@ def test_local_stack_runs_with_a_separate_outputs_bucket(tmp_path):
             outputs = sorted(blob.name for blob in client.list_blobs("local-test-outputs"))
     assert source == [name]
     stem = name.removeprefix("raw/")
-    assert outputs == sorted([f"processed/{stem}-output-0001.jpg", f"processed/{stem}-output-0002.jpg",
-                              f"processed-overview/cam7/processed_{sample.name}.jpg",
-                              f"processed-markers/{stem}.json", f"processed-markers/{stem}.claim"])
+    assert outputs == sorted(
+        [
+            f"processed/{stem}-output-0001.jpg",
+            f"processed/{stem}-output-0002.jpg",
+            f"processed-overview/cam7/processed_{sample.name}.jpg",
+            f"processed-markers/{stem}.json",
+            f"processed-markers/{stem}.claim",
+        ]
+    )
     (row,) = SqliteSink(sink_path).rows("images")
     assert row["status"] == "ok" and row["overview_uri"].startswith("gs://local-test-outputs/")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -49,10 +50,12 @@ class ScriptedDetector:
         self.calls += 1
         if self.during:
             self.during()
-        detections = [Detection(Box(*box), label=f"bag {index}", color="red")
-                      for index, box in enumerate(self.boxes, start=1)]
-        return DetectionResult(detections, detector="gemini", model="gemini-test",
-                               usage=Usage(10, 5, 0, 15), latency_ms=12.5)
+        detections = [
+            Detection(Box(*box), label=f"bag {index}", color="red") for index, box in enumerate(self.boxes, start=1)
+        ]
+        return DetectionResult(
+            detections, detector="gemini", model="gemini-test", usage=Usage(10, 5, 0, 15), latency_ms=12.5
+        )
 
     def close(self) -> None:
         self.closed = True
@@ -94,22 +97,58 @@ def test_an_image_gives_its_rows_crops_overview_and_marker() -> None:
         assert storage.metadata(BUCKET, name) == {"source-generation": str(ref.generation), "source-uri": ref.uri}
         assert storage.read(ObjectRef(BUCKET, name), max_bytes=10**6)[:2] == b"\xff\xd8"  # a JPEG
     marker = storage.metadata(BUCKET, MARKER)
-    assert marker == {"source-generation": str(ref.generation), "source-uri": ref.uri, "status": "ok",
-                      "detector": "gemini", "fallback": "false"}
+    assert marker == {
+        "source-generation": str(ref.generation),
+        "source-uri": ref.uri,
+        "status": "ok",
+        "detector": "gemini",
+        "fallback": "false",
+    }
     assert json.loads(storage.read(ObjectRef(BUCKET, MARKER), max_bytes=10**6)) == {
-        "source_uri": ref.uri, "generation": ref.generation, "status": "ok", "objects_found": 2, "reason": None}
+        "source_uri": ref.uri,
+        "generation": ref.generation,
+        "status": "ok",
+        "objects_found": 2,
+        "reason": None,
+    }
 
     (image,) = sink.tables["images"]
-    assert {key: image[key] for key in ("source_uri", "source_generation", "status", "objects_found", "detector",
-                                        "model", "total_tokens", "model_latency_ms", "overview_uri",
-                                        "image_width", "image_height", "error_type")} == {
-        "source_uri": ref.uri, "source_generation": ref.generation, "status": "ok", "objects_found": 2,
-        "detector": "gemini", "model": "gemini-test", "total_tokens": 15, "model_latency_ms": 12.5,
-        "overview_uri": outcome.overview_uri, "image_width": 200, "image_height": 100, "error_type": None}
+    assert {
+        key: image[key]
+        for key in (
+            "source_uri",
+            "source_generation",
+            "status",
+            "objects_found",
+            "detector",
+            "model",
+            "total_tokens",
+            "model_latency_ms",
+            "overview_uri",
+            "image_width",
+            "image_height",
+            "error_type",
+        )
+    } == {
+        "source_uri": ref.uri,
+        "source_generation": ref.generation,
+        "status": "ok",
+        "objects_found": 2,
+        "detector": "gemini",
+        "model": "gemini-test",
+        "total_tokens": 15,
+        "model_latency_ms": 12.5,
+        "overview_uri": outcome.overview_uri,
+        "image_width": 200,
+        "image_height": 100,
+        "error_type": None,
+    }
     objects = sink.tables["objects"]
     assert [row["output_uri"] for row in objects] == list(outcome.crop_uris)
     assert [(row["object_index"], row["box_x_min"], row["box_norm_x_max"]) for row in objects] == [
-        (1, 10, 0.3), (2, 100, 0.9)]
+        (1, 10, 0.3),
+        (2, 100, 0.9),
+    ]
 
 
 def test_a_redelivery_is_a_duplicate_that_adds_nothing() -> None:
@@ -165,10 +204,20 @@ def test_an_output_a_newer_generation_wrote_stays_and_an_older_ones_is_replaced(
     assert ref.generation is not None
     overview = OVERVIEW
     crop = "processed/cam1/a.jpg-output-0001.jpg"
-    storage.write(BUCKET, crop, b"older", content_type="image/jpeg",
-                  metadata={"source-generation": str(ref.generation - 1), "source-uri": ref.uri})
-    storage.write(BUCKET, overview, b"newer", content_type="image/jpeg",
-                  metadata={"source-generation": str(ref.generation + 1000), "source-uri": ref.uri})
+    storage.write(
+        BUCKET,
+        crop,
+        b"older",
+        content_type="image/jpeg",
+        metadata={"source-generation": str(ref.generation - 1), "source-uri": ref.uri},
+    )
+    storage.write(
+        BUCKET,
+        overview,
+        b"newer",
+        content_type="image/jpeg",
+        metadata={"source-generation": str(ref.generation + 1000), "source-uri": ref.uri},
+    )
     newer = storage.live_generation(BUCKET, overview)
 
     outcome = pipeline.process(ref)
@@ -191,7 +240,11 @@ def test_a_broken_image_gives_a_failed_row_and_a_failed_marker() -> None:
     assert outcome.status == "failed"
     (image,) = sink.tables["images"]
     assert (image["status"], image["error_type"], image["detector"], image["model"]) == (
-        "failed", "image_decode_error", "gemini", pipeline.config.gemini_model)
+        "failed",
+        "image_decode_error",
+        "gemini",
+        pipeline.config.gemini_model,
+    )
     assert storage.metadata(BUCKET, MARKER)["status"] == "failed"
     assert pipeline.detector.calls == 0  # type: ignore[attr-defined]
 

@@ -39,12 +39,16 @@ def test_the_first_command_runs_the_whole_job_offline_in_a_fresh_clone(tmp_path)
         assert port_is_free(port), f"port {port} is taken; `make local` needs it"
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)], check=True)
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("GEMINI_", "GOOGLE_", "BQ_", "STORAGE_EMULATOR", "BIGQUERY_EMULATOR", "VIRTUAL_ENV"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("GEMINI_", "GOOGLE_", "BQ_", "STORAGE_EMULATOR", "BIGQUERY_EMULATOR", "VIRTUAL_ENV"))
+    }
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
 
-    result = subprocess.run(setup_commands()[0], shell=True, cwd=clone, env=env, capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        setup_commands()[0], shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=900
+    )
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout

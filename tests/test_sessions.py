@@ -13,8 +13,19 @@ from segmentation.errors import TransientError
 from segmentation.sessions import read_environment_once
 from segmentation.storage import GcsStorage
 
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-                   "ALL_PROXY", "NO_PROXY", "NETRC", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+PROXY_VARIABLES = (
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "NETRC",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+)
 
 
 @pytest.fixture
@@ -51,8 +62,7 @@ def test_a_netrc_file_leaves_the_session_alone(clean_environment):
     assert session.trust_env is True
 
 
-def test_the_storage_client_skips_the_lookups_and_still_works(clean_environment, monkeypatch,
-                                                              storage_emulator):
+def test_the_storage_client_skips_the_lookups_and_still_works(clean_environment, monkeypatch, storage_emulator):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", storage_emulator)
     storage_emulator.create_bucket("sessions-test")
     gcs = GcsStorage()
@@ -61,8 +71,7 @@ def test_the_storage_client_skips_the_lookups_and_still_works(clean_environment,
     assert gcs.read(ObjectRef("sessions-test", "raw/a.jpg", None), max_bytes=10) == b"abc"
 
 
-def test_the_storage_client_still_goes_through_a_configured_proxy(clean_environment, monkeypatch,
-                                                                  storage_emulator):
+def test_the_storage_client_still_goes_through_a_configured_proxy(clean_environment, monkeypatch, storage_emulator):
     """A proxy that refuses connections: the request must fail, proving it was sent there and
     not straight to the (working) emulator."""
     with socket.socket() as closed:

@@ -90,9 +90,19 @@ def test_large_batches_are_split(bq_sink: BigQuerySink, fake_bigquery: FakeBigQu
 
 @pytest.mark.parametrize(
     ("status", "reason"),
-    [(503, None), (500, None), (502, None), (504, None), (429, None), (403, "rateLimitExceeded"), (403, "quotaExceeded")],
+    [
+        (503, None),
+        (500, None),
+        (502, None),
+        (504, None),
+        (429, None),
+        (403, "rateLimitExceeded"),
+        (403, "quotaExceeded"),
+    ],
 )
-def test_transient_api_errors(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery, status: int, reason: str | None) -> None:
+def test_transient_api_errors(
+    bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery, status: int, reason: str | None
+) -> None:
     fake_bigquery.fail_next(1, status=status, reason=reason, retry_after=3)
     with pytest.raises(TransientError) as caught:
         bq_sink.insert("images", [schema_row("images")])
@@ -114,20 +124,25 @@ def test_unknown_table_on_the_server_is_permanent(monkeypatch: pytest.MonkeyPatc
         sink.insert("objects", [schema_row("objects")])
 
 
-def test_rejected_rows_are_permanent_and_name_the_first_errors(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:
+def test_rejected_rows_are_permanent_and_name_the_first_errors(
+    bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery
+) -> None:
     fake_bigquery.reject_next(1, message="no such field: surprise.")
     with pytest.raises(PermanentError, match=r"row 0 \(objects-0\).*invalid: no such field: surprise\."):
         bq_sink.insert("objects", [schema_row("objects", n) for n in range(2)])
     assert fake_bigquery.rows(OBJECTS) == []
 
 
-def test_row_errors_the_server_finds_are_permanent(monkeypatch: pytest.MonkeyPatch, fake_bigquery: FakeBigQuery) -> None:
+def test_row_errors_the_server_finds_are_permanent(
+    monkeypatch: pytest.MonkeyPatch, fake_bigquery: FakeBigQuery
+) -> None:
     """A row our schema check passes but BigQuery refuses (here: the table's schema has drifted)."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import bigquery
 
-    client = bigquery.Client(project="test-project", credentials=AnonymousCredentials(),
-                             client_options={"api_endpoint": fake_bigquery.url})
+    client = bigquery.Client(
+        project="test-project", credentials=AnonymousCredentials(), client_options={"api_endpoint": fake_bigquery.url}
+    )
     sink = BigQuerySink(OBJECTS, "test-project.results.objects", client=client)  # images rows into objects
     with pytest.raises(PermanentError, match=r"no such field: status\.") as caught:
         sink.insert("images", [schema_row("images", 1), schema_row("images", 2)])
@@ -143,9 +158,13 @@ def test_row_errors_with_a_transient_reason_are_transient(bq_sink: BigQuerySink,
 
 def test_schema_validation_runs_before_the_network(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery) -> None:
     good = schema_row("objects", 1)
-    for bad in (schema_row("objects", 2, source_generation="12"), schema_row("objects", 2, has_mask=1),
-                schema_row("objects", 2, processed_at="yesterday"), {**schema_row("objects", 2), "extra": 1},
-                {k: v for k, v in schema_row("objects", 2).items() if k != "source_uri"}):
+    for bad in (
+        schema_row("objects", 2, source_generation="12"),
+        schema_row("objects", 2, has_mask=1),
+        schema_row("objects", 2, processed_at="yesterday"),
+        {**schema_row("objects", 2), "extra": 1},
+        {k: v for k, v in schema_row("objects", 2).items() if k != "source_uri"},
+    ):
         with pytest.raises(PermanentError, match="objects"):
             bq_sink.insert("objects", [good, bad])
     assert fake_bigquery.request_count == 0
@@ -189,7 +208,9 @@ def test_sqlite_tables_match_the_schema(sqlite_sink: SqliteSink, table: str) -> 
         journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     schema = load_schema(table)
     assert [(name, kind) for _, name, kind, *_ in info] == [(c["name"], sql_types[c["type"]]) for c in schema]
-    assert {name for _, name, _, notnull, _, _ in info if notnull} == {c["name"] for c in schema if c["mode"] == "REQUIRED"}
+    assert {name for _, name, _, notnull, _, _ in info if notnull} == {
+        c["name"] for c in schema if c["mode"] == "REQUIRED"
+    }
     assert [name for _, name, _, _, _, pk in info if pk] == ["row_id"]
     assert journal == "wal"
 

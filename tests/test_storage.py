@@ -38,16 +38,22 @@ def gcs(monkeypatch: pytest.MonkeyPatch, storage_emulator: StorageEmulator) -> G
 def _put(gcs: GcsStorage, emulator: StorageEmulator, name: str, data: bytes) -> ObjectRef:
     """Write an object and return the ObjectRef a finalize event for it would carry."""
     gcs.write(BUCKET, name, data, content_type="image/jpeg")
-    return ObjectRef(BUCKET, name, generation=emulator.live_generation(BUCKET, name),
-                     content_type="image/jpeg", size=len(data))
+    return ObjectRef(
+        BUCKET, name, generation=emulator.live_generation(BUCKET, name), content_type="image/jpeg", size=len(data)
+    )
 
 
 # --- round trips ---------------------------------------------------------------------------
 
 
 def test_write_metadata_list_delete_round_trip(gcs: GcsStorage) -> None:
-    uri = gcs.write(BUCKET, "processed/a b-output-0001.jpg", b"crop", content_type="image/jpeg",
-                    metadata={"source_generation": "17", "objects": "3"})
+    uri = gcs.write(
+        BUCKET,
+        "processed/a b-output-0001.jpg",
+        b"crop",
+        content_type="image/jpeg",
+        metadata={"source_generation": "17", "objects": "3"},
+    )
     gcs.write(BUCKET, "processed/z.jpg", b"z", content_type="image/jpeg")
     gcs.write(BUCKET, "raw/other.jpg", b"o", content_type="image/jpeg")
 
@@ -100,7 +106,9 @@ def test_read_works_against_the_stock_emulator_without_generation_headers(monkey
 # --- refusals ------------------------------------------------------------------------------
 
 
-def test_too_large_by_event_size_is_refused_without_any_request(gcs: GcsStorage, storage_emulator: StorageEmulator) -> None:
+def test_too_large_by_event_size_is_refused_without_any_request(
+    gcs: GcsStorage, storage_emulator: StorageEmulator
+) -> None:
     ref = _put(gcs, storage_emulator, "raw/big.jpg", b"x" * 101)
     storage_emulator.clear_requests()
 
@@ -159,8 +167,14 @@ def test_conditional_write_only_replaces_the_generation_it_read(gcs: GcsStorage)
     with pytest.raises(WriteConflictError):  # it exists now
         gcs.write(BUCKET, name, b"again", content_type="application/json", if_generation_match=0)
 
-    gcs.write(BUCKET, name, b"second", content_type="application/json", metadata={"status": "ok"},
-              if_generation_match=first.generation)
+    gcs.write(
+        BUCKET,
+        name,
+        b"second",
+        content_type="application/json",
+        metadata={"status": "ok"},
+        if_generation_match=first.generation,
+    )
     second = gcs.object_state(BUCKET, name)
     assert second.generation != first.generation and second.metadata == {"status": "ok"}
     with pytest.raises(WriteConflictError):  # somebody wrote since `first` was read
@@ -206,7 +220,9 @@ OPERATIONS = {
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
-def test_server_errors_are_transient(gcs: GcsStorage, storage_emulator: StorageEmulator, operation: str, status: int) -> None:
+def test_server_errors_are_transient(
+    gcs: GcsStorage, storage_emulator: StorageEmulator, operation: str, status: int
+) -> None:
     ref = _put(gcs, storage_emulator, "raw/a.jpg", b"abc")
     method, call = OPERATIONS[operation]
     storage_emulator.fail_next(1, method=method, status=status, retry_after=7)
@@ -272,8 +288,9 @@ def test_injected_client_is_used(monkeypatch: pytest.MonkeyPatch, storage_emulat
     monkeypatch.setenv("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     storage_emulator.create_bucket(BUCKET)
-    client = storage.Client(project="test", credentials=AnonymousCredentials(),
-                            client_options={"api_endpoint": storage_emulator.url})
+    client = storage.Client(
+        project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": storage_emulator.url}
+    )
     gcs = GcsStorage(client)
     gcs.write(BUCKET, "a.txt", b"hi", content_type="text/plain")
     assert gcs.read(ObjectRef(BUCKET, "a.txt"), max_bytes=10) == b"hi"

@@ -4,22 +4,28 @@ what the in-memory storage of the fast tests does is what the production class d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import pytest
 
+from devtools.standins.gcs_server import running_gcs_server
+from devtools.standins.storage_emulator import running_storage_emulator
 from segmentation.detections import ObjectRef
 from segmentation.errors import ImageTooLargeError, ObjectGoneError, PermanentError, WriteConflictError
 from segmentation.memory_storage import MemoryStorage
 from segmentation.storage import GcsStorage, ObjectState, Storage
-from devtools.standins.gcs_server import running_gcs_server
-from devtools.standins.storage_emulator import running_storage_emulator
 
 BUCKET = "contract-test"
 
 
-@pytest.fixture(params=["memory", "gcs-emulator", "gcs-stand-in"])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("gcs-emulator", marks=pytest.mark.emulator),
+        pytest.param("gcs-stand-in", marks=pytest.mark.emulator),
+    ]
+)
 def storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Storage]:
     if request.param == "memory":
         yield MemoryStorage(buckets=[BUCKET])
@@ -94,8 +100,9 @@ def test_if_generation_match_writes_only_over_the_named_generation(storage: Stor
     with pytest.raises(WriteConflictError):  # 0: only if there is none
         storage.write(BUCKET, "m.json", b"2", content_type="application/json", if_generation_match=0)
     assert first is not None
-    storage.write(BUCKET, "m.json", b"2", content_type="application/json", metadata={"n": "2"},
-                  if_generation_match=first)
+    storage.write(
+        BUCKET, "m.json", b"2", content_type="application/json", metadata={"n": "2"}, if_generation_match=first
+    )
     with pytest.raises(WriteConflictError):  # `first` is no longer live
         storage.write(BUCKET, "m.json", b"3", content_type="application/json", if_generation_match=first)
     with pytest.raises(WriteConflictError):  # a generation that never existed

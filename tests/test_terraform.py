@@ -64,8 +64,16 @@ def _load(path: Path) -> dict[str, Any]:
 def config() -> dict[str, dict[str, Any]]:
     """Every block of terraform/*.tf, merged: resource/data as {type: {name: body}}, variable,
     output and locals as {name: value}, terraform as a list of blocks, plus each block's file."""
-    merged: dict[str, Any] = {"resource": {}, "data": {}, "variable": {}, "output": {}, "locals": {},
-                              "terraform": [], "provider": [], "file_of": {}}
+    merged: dict[str, Any] = {
+        "resource": {},
+        "data": {},
+        "variable": {},
+        "output": {},
+        "locals": {},
+        "terraform": [],
+        "provider": [],
+        "file_of": {},
+    }
     for path in sorted(TF.glob("*.tf")):
         parsed = _load(path)
         for kind in ("resource", "data"):
@@ -175,9 +183,15 @@ def test_the_apis_the_system_needs_are_enabled_and_stay_enabled_on_destroy():
     assert ref(services["for_each"]) == "local.required_apis"
     apis = re.findall(r'"([a-z]+\.googleapis\.com)"', config()["locals"]["required_apis"])
     assert {
-        "cloudfunctions.googleapis.com", "run.googleapis.com", "eventarc.googleapis.com",
-        "pubsub.googleapis.com", "cloudbuild.googleapis.com", "artifactregistry.googleapis.com",
-        "storage.googleapis.com", "bigquery.googleapis.com", "aiplatform.googleapis.com",
+        "cloudfunctions.googleapis.com",
+        "run.googleapis.com",
+        "eventarc.googleapis.com",
+        "pubsub.googleapis.com",
+        "cloudbuild.googleapis.com",
+        "artifactregistry.googleapis.com",
+        "storage.googleapis.com",
+        "bigquery.googleapis.com",
+        "aiplatform.googleapis.com",
         "logging.googleapis.com",
     } <= set(apis)
     assert services["disable_on_destroy"] is False
@@ -262,7 +276,9 @@ def test_trigger_is_object_finalize_on_the_images_bucket_with_retries():
     trigger = block(function(), "event_trigger")
     assert trigger["event_type"] == "google.cloud.storage.object.v1.finalized"
     assert trigger["retry_policy"] == "RETRY_POLICY_RETRY"
-    (event_filter,) = trigger["event_filters"] if isinstance(trigger["event_filters"], list) else [trigger["event_filters"]]
+    (event_filter,) = (
+        trigger["event_filters"] if isinstance(trigger["event_filters"], list) else [trigger["event_filters"]]
+    )
     assert event_filter["attribute"] == "bucket"
     assert ref(event_filter["value"]) == "local.images_bucket_name"
     assert ref(trigger["trigger_region"]) == "local.trigger_region"
@@ -290,8 +306,10 @@ def test_function_builds_main_on_object_finalized_from_the_archive_and_runs_as_t
     assert service["all_traffic_on_latest_revision"] is True
     assert ref(service["environment_variables"]) == "merge(local.function_environment, local.server_environment)"
     for key, variable in {
-        "available_memory": "function_memory", "available_cpu": "function_cpu",
-        "timeout_seconds": "function_timeout_seconds", "max_instance_count": "function_max_instances",
+        "available_memory": "function_memory",
+        "available_cpu": "function_cpu",
+        "timeout_seconds": "function_timeout_seconds",
+        "max_instance_count": "function_max_instances",
         "max_instance_request_concurrency": "function_concurrency",
     }.items():
         assert ref(service[key]) == f"var.{variable}"
@@ -358,7 +376,9 @@ def test_variable_defaults_equal_the_codes_defaults():
             continue  # GEMINI_BACKEND (vertex on purpose), GOOGLE_CLOUD_PROJECT, the table ids, OUTPUT_BUCKET
         checked += 1
         assert _same_value(default_of(variable), setting.default), (
-            f"var.{variable} defaults to {default_of(variable)!r}; {env_name} defaults to {setting.default!r} in the code")
+            f"var.{variable} defaults to {default_of(variable)!r}; "
+            f"{env_name} defaults to {setting.default!r} in the code"
+        )
     assert checked == len(DEPLOYED_SETTINGS) - 6  # and MEMORY_LIMIT_MIB, from memory and cpu
 
 
@@ -376,12 +396,16 @@ def _deployed_env(overrides: dict[str, Any]) -> dict[str, str]:
             values[env_name] = str(int(value))
         else:
             values[env_name] = str(value)
-    values.update(GEMINI_BACKEND=environment()["GEMINI_BACKEND"],
-                  GOOGLE_CLOUD_PROJECT=overrides.get("project_id", "my-project"),
-                  BQ_OBJECTS_TABLE="p.conveyor.objects", BQ_IMAGES_TABLE="p.conveyor.images",
-                  MEMORY_LIMIT_MIB=str(worker_memory_mib(overrides)),
-                  OUTPUT_BUCKET="p-conveyor-outputs" if overrides.get(
-                      "separate_outputs_bucket", default_of("separate_outputs_bucket")) else "")
+    values.update(
+        GEMINI_BACKEND=environment()["GEMINI_BACKEND"],
+        GOOGLE_CLOUD_PROJECT=overrides.get("project_id", "my-project"),
+        BQ_OBJECTS_TABLE="p.conveyor.objects",
+        BQ_IMAGES_TABLE="p.conveyor.images",
+        MEMORY_LIMIT_MIB=str(worker_memory_mib(overrides)),
+        OUTPUT_BUCKET="p-conveyor-outputs"
+        if overrides.get("separate_outputs_bucket", default_of("separate_outputs_bucket"))
+        else "",
+    )
     return values
 
 
@@ -407,8 +431,17 @@ def test_every_variable_is_typed_and_described():
     for name, body in config()["variable"].items():
         assert body.get("type"), f"variable {name} has no type"
         assert len(body.get("description", "")) > 15, f"variable {name} has no description"
-    for name in ("project_id", "region", "source_prefix", "crops_prefix", "overview_prefix",
-                 "markers_prefix", "function_memory", "function_timeout_seconds", "environment"):
+    for name in (
+        "project_id",
+        "region",
+        "source_prefix",
+        "crops_prefix",
+        "overview_prefix",
+        "markers_prefix",
+        "function_memory",
+        "function_timeout_seconds",
+        "environment",
+    ):
         assert config()["variable"][name].get("validation"), f"variable {name} is not validated"
     for name, body in config()["output"].items():
         assert body.get("description"), f"output {name} has no description"
@@ -421,19 +454,39 @@ def _regex_of(variable: str) -> re.Pattern[str]:
     return re.compile(match.group(1).encode().decode("unicode_escape"))
 
 
-@pytest.mark.parametrize("value, ok", [
-    ("europe-west1", True), ("us-central1", True), ("northamerica-northeast2", True), ("me-central2", True),
-    ("europe-west1-b", False), ("EU", False), ("us", False), ("Europe-West1", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("europe-west1", True),
+        ("us-central1", True),
+        ("northamerica-northeast2", True),
+        ("me-central2", True),
+        ("europe-west1-b", False),
+        ("EU", False),
+        ("us", False),
+        ("Europe-West1", False),
+        ("", False),
+    ],
+)
 def test_region_validation(value, ok):
     assert bool(_regex_of("region").fullmatch(value)) is ok
 
 
 @pytest.mark.parametrize("variable", ["source_prefix", "crops_prefix", "overview_prefix", "markers_prefix"])
-@pytest.mark.parametrize("value, ok", [
-    ("raw/", True), ("cams/site-1/", True), ("processed-overview/", True),
-    ("raw", False), ("/raw/", False), ("", False), ("raw//", False), ('raw")/', False), ("a b/", False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("raw/", True),
+        ("cams/site-1/", True),
+        ("processed-overview/", True),
+        ("raw", False),
+        ("/raw/", False),
+        ("", False),
+        ("raw//", False),
+        ('raw")/', False),
+        ("a b/", False),
+    ],
+)
 def test_prefix_validation(variable, value, ok):
     assert bool(_regex_of(variable).fullmatch(value)) is ok
 
@@ -449,7 +502,8 @@ def test_memory_is_validated_and_the_retry_deadline_fits_in_the_timeout():
     for env in ENVS:
         values = tfvars(env)
         assert values.get("retry_deadline_s", default_of("retry_deadline_s")) + 60 <= values.get(
-            "function_timeout_seconds", default_of("function_timeout_seconds"))
+            "function_timeout_seconds", default_of("function_timeout_seconds")
+        )
         assert values.get("function_memory", default_of("function_memory")) in allowed
     assert "startswith(prefix, var.source_prefix)" in preconditions  # outputs never retrigger the function
 
@@ -462,29 +516,65 @@ EXPECTED_GRANTS = {
     ("google_storage_bucket_iam_member", "roles/storage.objectViewer", RUNTIME, "local.images_bucket_name"),
     ("google_storage_bucket_iam_member", "roles/storage.objectUser", RUNTIME, "local.images_bucket_name"),
     ("google_storage_bucket_iam_member", "roles/storage.objectUser", RUNTIME, "google_storage_bucket.outputs[0].name"),
-    ("google_bigquery_table_iam_member", "${google_project_iam_custom_role.row_inserter.name}", RUNTIME,
-     "google_bigquery_table.objects.table_id"),
-    ("google_bigquery_table_iam_member", "${google_project_iam_custom_role.row_inserter.name}", RUNTIME,
-     "google_bigquery_table.images.table_id"),
+    (
+        "google_bigquery_table_iam_member",
+        "${google_project_iam_custom_role.row_inserter.name}",
+        RUNTIME,
+        "google_bigquery_table.objects.table_id",
+    ),
+    (
+        "google_bigquery_table_iam_member",
+        "${google_project_iam_custom_role.row_inserter.name}",
+        RUNTIME,
+        "google_bigquery_table.images.table_id",
+    ),
     ("google_project_iam_member", "${google_project_iam_custom_role.gemini_caller.name}", RUNTIME, "var.project_id"),
-    ("google_project_iam_member", "roles/eventarc.eventReceiver",
-     "serviceAccount:${google_service_account.trigger.email}", "var.project_id"),
-    ("google_cloud_run_v2_service_iam_member", "roles/run.invoker",
-     "serviceAccount:${google_service_account.trigger.email}",
-     "google_cloudfunctions2_function.segmentation.service_config[0].service"),
-    ("google_project_iam_member", "roles/run.builder",
-     "serviceAccount:${google_service_account.build.email}", "var.project_id"),
-    ("google_project_iam_member", "roles/pubsub.publisher",
-     "serviceAccount:${data.google_storage_project_service_account.gcs_agent.email_address}", "var.project_id"),
-    ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "local.pubsub_agent_member",
-     "google_pubsub_topic.dead_letter.name"),
+    (
+        "google_project_iam_member",
+        "roles/eventarc.eventReceiver",
+        "serviceAccount:${google_service_account.trigger.email}",
+        "var.project_id",
+    ),
+    (
+        "google_cloud_run_v2_service_iam_member",
+        "roles/run.invoker",
+        "serviceAccount:${google_service_account.trigger.email}",
+        "google_cloudfunctions2_function.segmentation.service_config[0].service",
+    ),
+    (
+        "google_project_iam_member",
+        "roles/run.builder",
+        "serviceAccount:${google_service_account.build.email}",
+        "var.project_id",
+    ),
+    (
+        "google_project_iam_member",
+        "roles/pubsub.publisher",
+        "serviceAccount:${data.google_storage_project_service_account.gcs_agent.email_address}",
+        "var.project_id",
+    ),
+    (
+        "google_pubsub_topic_iam_member",
+        "roles/pubsub.publisher",
+        "local.pubsub_agent_member",
+        "google_pubsub_topic.dead_letter.name",
+    ),
     # Only with customer-managed keys: each service agent on its key (local.kms_grants).
-    ("google_kms_crypto_key_iam_member", "roles/cloudkms.cryptoKeyEncrypterDecrypter", "each.value.member",
-     "each.value.key"),
+    (
+        "google_kms_crypto_key_iam_member",
+        "roles/cloudkms.cryptoKeyEncrypterDecrypter",
+        "each.value.member",
+        "each.value.key",
+    ),
 }
-_SCOPE_KEY = {"google_storage_bucket_iam_member": "bucket", "google_bigquery_table_iam_member": "table_id",
-              "google_project_iam_member": "project", "google_cloud_run_v2_service_iam_member": "name",
-              "google_pubsub_topic_iam_member": "topic", "google_kms_crypto_key_iam_member": "crypto_key_id"}
+_SCOPE_KEY = {
+    "google_storage_bucket_iam_member": "bucket",
+    "google_bigquery_table_iam_member": "table_id",
+    "google_project_iam_member": "project",
+    "google_cloud_run_v2_service_iam_member": "name",
+    "google_pubsub_topic_iam_member": "topic",
+    "google_kms_crypto_key_iam_member": "crypto_key_id",
+}
 
 
 def _grants() -> set[tuple[str, str, str, str]]:
@@ -527,11 +617,15 @@ def test_storage_grants_are_conditioned_on_prefixes_and_listing_only_under_crops
     assert "for prefix in local.output_prefixes" in condition
     assert 'resource.name.startsWith(\\"${local.object_name_root}${prefix}\\")' in condition
     # storage.objects.list is checked on the bucket: allowed only for list prefixes under crops_prefix.
-    assert ('api.getAttribute(\\"storage.googleapis.com/objectListPrefix\\", \\"\\")'
-            '.startsWith(\\"${var.crops_prefix}\\")') in condition
+    assert (
+        'api.getAttribute(\\"storage.googleapis.com/objectListPrefix\\", \\"\\").startsWith(\\"${var.crops_prefix}\\")'
+    ) in condition
     # The list permission the function uses is only ever called with the crops prefix.
-    pipeline = (ROOT / "segmentation" / "pipeline.py").read_text()
-    assert pipeline.count("list_names(") == 1 and "list_names(names.bucket, names.crops_glob_prefix)" in pipeline
+    calls = {p.name: p.read_text().count("list_names(") for p in (ROOT / "segmentation").glob("*.py")}
+    calls.pop("storage.py")  # the definitions
+    calls.pop("memory_storage.py")
+    assert {name: n for name, n in calls.items() if n} == {"outputs.py": 1}
+    assert "list_names(names.bucket, names.crops_glob_prefix)" in (ROOT / "segmentation" / "outputs.py").read_text()
 
 
 def test_service_accounts_are_distinct_and_each_is_used_for_its_job():
@@ -546,8 +640,14 @@ def test_service_accounts_are_distinct_and_each_is_used_for_its_job():
 
 def test_outputs_give_what_to_do_after_apply():
     outputs = config()["output"]
-    assert {"images_bucket", "upload_command", "objects_table", "images_table", "function_name",
-            "example_query"} <= set(outputs)
+    assert {
+        "images_bucket",
+        "upload_command",
+        "objects_table",
+        "images_table",
+        "function_name",
+        "example_query",
+    } <= set(outputs)
     assert "${var.source_prefix}" in outputs["upload_command"]["value"]
     assert "gcloud storage cp" in outputs["upload_command"]["value"]
     assert "local.objects_table_id" in outputs["example_query"]["value"]
@@ -584,7 +684,8 @@ def test_dead_letter_topic_and_subscription_keep_undelivered_events_for_the_rete
 
 def test_the_pubsub_service_agent_may_publish_dead_letters_and_ack_on_the_trigger_subscription():
     assert config()["locals"]["pubsub_agent_member"] == (
-        "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com")
+        "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+    )
     grant = resource("google_pubsub_topic_iam_member", "pubsub_agent_publishes_dead_letters")
     assert (grant["role"], ref(grant["member"])) == ("roles/pubsub.publisher", "local.pubsub_agent_member")
     script, env = _dead_letter_script()
@@ -596,26 +697,39 @@ def test_the_trigger_subscription_gets_the_dead_letter_policy_whenever_the_trigg
     policy = resource("terraform_data", "trigger_dead_letter_policy")
     trigger = "google_cloudfunctions2_function.segmentation.event_trigger[0].trigger"
     assert {ref(value) for value in policy["triggers_replace"]} >= {
-        trigger, "google_pubsub_topic.dead_letter.id", "var.dead_letter_max_delivery_attempts",
-        "local.dead_letter_retention"}
+        trigger,
+        "google_pubsub_topic.dead_letter.id",
+        "var.dead_letter_max_delivery_attempts",
+        "local.dead_letter_retention",
+    }
     script, env = _dead_letter_script()
     assert {key: ref(value) for key, value in env.items()} == {
-        "TRIGGER": trigger, "PUBSUB_AGENT": "local.pubsub_agent_member",
+        "TRIGGER": trigger,
+        "PUBSUB_AGENT": "local.pubsub_agent_member",
         "DEAD_LETTER_TOPIC": "google_pubsub_topic.dead_letter.id",
         "MAX_DELIVERY_ATTEMPTS": "tostring(var.dead_letter_max_delivery_attempts)",
-        "RETENTION": "local.dead_letter_retention"}
+        "RETENTION": "local.dead_letter_retention",
+    }
 
     # Run the script as Terraform would, with a gcloud that records its arguments.
     calls = tmp_path / "calls"
     gcloud = tmp_path / "bin" / "gcloud"
     gcloud.parent.mkdir()
-    gcloud.write_text('#!/bin/bash\nprintf "%s\\n" "$*" >> "$CALLS"\n'
-                      '[ "$1 $2" = "eventarc triggers" ] && echo projects/p/subscriptions/eventarc-eu-t-sub-1\n'
-                      "exit 0\n")
+    gcloud.write_text(
+        '#!/bin/bash\nprintf "%s\\n" "$*" >> "$CALLS"\n'
+        '[ "$1 $2" = "eventarc triggers" ] && echo projects/p/subscriptions/eventarc-eu-t-sub-1\n'
+        "exit 0\n"
+    )
     gcloud.chmod(0o755)
-    values = {"TRIGGER": "projects/p/locations/eu/triggers/t", "PUBSUB_AGENT": "serviceAccount:agent",
-              "DEAD_LETTER_TOPIC": "projects/p/topics/conveyor-prod-dead-letter", "MAX_DELIVERY_ATTEMPTS": "100",
-              "RETENTION": "604800s", "CALLS": str(calls), "PATH": f"{gcloud.parent}:{os.environ['PATH']}"}
+    values = {
+        "TRIGGER": "projects/p/locations/eu/triggers/t",
+        "PUBSUB_AGENT": "serviceAccount:agent",
+        "DEAD_LETTER_TOPIC": "projects/p/topics/conveyor-prod-dead-letter",
+        "MAX_DELIVERY_ATTEMPTS": "100",
+        "RETENTION": "604800s",
+        "CALLS": str(calls),
+        "PATH": f"{gcloud.parent}:{os.environ['PATH']}",
+    }
     subprocess.run(["/bin/bash", "-c", script], env=values, check=True, timeout=30)
     subscription = "projects/p/subscriptions/eventarc-eu-t-sub-1"
     assert calls.read_text().splitlines() == [
@@ -637,8 +751,10 @@ def test_events_are_dead_lettered_before_the_trigger_subscription_would_drop_the
     for variable, low, high in ((attempts, 5, 100), (retention, 1, 31)):
         validation = block(config()["variable"][variable.split(".")[1]], "validation")["condition"]
         assert f"{variable} >= {low}" in validation and f"{variable} <= {high}" in validation
-    give_up, retained = (ref(p["condition"]) for p in block(
-        resource("terraform_data", "trigger_dead_letter_policy"), "lifecycle")["precondition"])
+    give_up, retained = (
+        ref(p["condition"])
+        for p in block(resource("terraform_data", "trigger_dead_letter_policy"), "lifecycle")["precondition"]
+    )
     assert retained == f"{attempts} * (var.function_timeout_seconds + 600) < {retention} * 86400"
     assert give_up == (f"var.give_up_after_s < sum([for k in range({attempts} - 1) : min(600, 10 * pow(2, k))])")
     for env in (None, *ENVS):
@@ -647,7 +763,7 @@ def test_events_are_dead_lettered_before_the_trigger_subscription_would_drop_the
         worst_case_s = get("dead_letter_max_delivery_attempts") * (get("function_timeout_seconds") + 600)
         assert worst_case_s < get("dead_letter_retention_days") * 86400, env
         # The function records its failed row before Pub/Sub can have used up the attempts.
-        fastest_s = sum(min(600, 10 * 2 ** k) for k in range(get("dead_letter_max_delivery_attempts") - 1))
+        fastest_s = sum(min(600, 10 * 2**k) for k in range(get("dead_letter_max_delivery_attempts") - 1))
         assert get("give_up_after_s") < fastest_s, env
 
 
@@ -663,13 +779,27 @@ def _checkov() -> Path:
 
 @pytest.mark.parametrize("env", (None, *ENVS))
 def test_checkov_reports_no_failed_check_and_every_skip_is_justified_inline(env):
-    command = [str(_checkov()), "--directory", str(TF), "--framework", "terraform", "--compact",
-               "--skip-download", "--output", "json"]
+    command = [
+        str(_checkov()),
+        "--directory",
+        str(TF),
+        "--framework",
+        "terraform",
+        "--compact",
+        "--skip-download",
+        "--output",
+        "json",
+    ]
     if env:
         command += ["--var-file", str(TF / "envs" / f"{env}.tfvars")]
     # --skip-download and BC_SKIP_MAPPING: no calls to Prisma Cloud (there is no network anyway).
-    run = subprocess.run(command, capture_output=True, text=True, timeout=240,
-                         env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING"})
+    run = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING"},
+    )
     assert run.returncode in (0, 1), run.stderr[-3000:]
     report = json.loads(run.stdout)
     results = report["results"]
@@ -727,10 +857,17 @@ def test_archive_holds_main_requirements_and_the_whole_package_and_nothing_else(
     assert not any("local" in Path(name).stem for name in package), "local emulation is outside the package"
 
     # Every module of this repository that importing main loads is in the archive.
-    probe = ("import json, sys, main; "
-             "print(json.dumps([getattr(m, '__file__', None) for m in list(sys.modules.values())]))")
-    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    probe = (
+        "import json, sys, main; print(json.dumps([getattr(m, '__file__', None) for m in list(sys.modules.values())]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert run.returncode == 0, run.stderr
     loaded = {Path(f).resolve() for f in json.loads(run.stdout.splitlines()[-1]) if f}
     ours = {p.relative_to(ROOT).as_posix() for p in loaded if ROOT in p.parents and ".venv" not in p.parts}
@@ -780,8 +917,11 @@ def _third_party_imports(files: list[str]) -> list[list[str]]:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found.setdefault(node.module, set()).update(alias.name for alias in node.names)
     local_roots = {"main", "segmentation", "__future__"}
-    return sorted([module, *sorted(names)] for module, names in found.items()
-                  if module.split(".")[0] not in sys.stdlib_module_names | local_roots)
+    return sorted(
+        [module, *sorted(names)]
+        for module, names in found.items()
+        if module.split(".")[0] not in sys.stdlib_module_names | local_roots
+    )
 
 
 _CLEAN_PROBE = r"""
@@ -827,13 +967,25 @@ def _clean_interpreter() -> Path:
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(building)], check=True, timeout=300)
     install = subprocess.run(
-        [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--require-hashes", "-r", str(ROOT / "requirements.txt")],
-        capture_output=True, text=True, timeout=900,
+        [
+            str(building / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--require-hashes",
+            "-r",
+            str(ROOT / "requirements.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-4000:]
-    check = subprocess.run([str(building / "bin" / "python"), "-m", "pip", "check"],
-                           capture_output=True, text=True, timeout=120)
+    check = subprocess.run(
+        [str(building / "bin" / "python"), "-m", "pip", "check"], capture_output=True, text=True, timeout=120
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     (building / ".complete").write_text(hashlib.sha256(requirements).hexdigest())
     try:
@@ -855,7 +1007,10 @@ def test_function_imports_from_the_archive_in_a_clean_interpreter(tmp_path):
     # -s: no user site-packages; -E: no PYTHON* variables; cwd: the unpacked archive only.
     run = subprocess.run(
         [str(python), "-s", "-E", "-c", _CLEAN_PROBE, json.dumps(imports), str(ROOT)],
-        cwd=unpacked, capture_output=True, text=True, timeout=300,
+        cwd=unpacked,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]

@@ -81,20 +81,28 @@ def test_runtime_roles_hold_exactly_the_permissions_of_the_calls_the_function_ma
         monkeypatch.delenv(name, raising=False)
     with FakeGeminiServer(lambda request: Answer("[]")) as vertex:
         monkeypatch.setenv("GOOGLE_VERTEX_BASE_URL", vertex.base_url)
-        detector = GeminiDetector(Config.from_env({"GOOGLE_CLOUD_PROJECT": "p", "GOOGLE_CLOUD_LOCATION": "global"}),
-                                  credentials=Credentials(token="test-token"))
+        detector = GeminiDetector(
+            Config.from_env({"GOOGLE_CLOUD_PROJECT": "p", "GOOGLE_CLOUD_LOCATION": "global"}),
+            credentials=Credentials(token="test-token"),
+        )
         try:
-            detector.detect(ModelInput(data=image.getvalue(), mime_type="image/jpeg", width=64, height=48),
-                            (64, 48), deadline=time.monotonic() + 10)
+            detector.detect(
+                ModelInput(data=image.getvalue(), mime_type="image/jpeg", width=64, height=48),
+                (64, 48),
+                deadline=time.monotonic() + 10,
+            )
         finally:
             detector.close()
         (vertex_request,) = vertex.requests
     assert vertex_request.api == "vertex"
-    assert re.fullmatch(r"/v1(beta1)?/projects/p/locations/global/publishers/google/models/[^/:]+:generateContent",
-                        vertex_request.path), vertex_request.path
+    assert re.fullmatch(
+        r"/v1(beta1)?/projects/p/locations/global/publishers/google/models/[^/:]+:generateContent", vertex_request.path
+    ), vertex_request.path
 
-    assert bigquery_paths and all(re.fullmatch(r"/bigquery/v2/projects/[^/]+/datasets/[^/]+/tables/[^/]+/insertAll",
-                                               path.split("?", 1)[0]) for path in bigquery_paths), bigquery_paths
+    assert bigquery_paths and all(
+        re.fullmatch(r"/bigquery/v2/projects/[^/]+/datasets/[^/]+/tables/[^/]+/insertAll", path.split("?", 1)[0])
+        for path in bigquery_paths
+    ), bigquery_paths
     gemini_methods = {_method(path) for path in [*gemini_paths, vertex_request.path]}
     bigquery_methods = {_method(path) for path in bigquery_paths}
     assert gemini_methods == {"generateContent"} and bigquery_methods == {"insertAll"}
@@ -112,13 +120,16 @@ def test_custom_roles_are_bound_to_the_runtime_account_on_the_project_and_the_tw
     bindings = config()["resource"]["google_bigquery_table_iam_member"]
     assert set(bindings) == {"runtime_inserts_objects", "runtime_inserts_images"}
     assert {ref(body["table_id"]) for body in bindings.values()} == {
-        "google_bigquery_table.objects.table_id", "google_bigquery_table.images.table_id"}
+        "google_bigquery_table.objects.table_id",
+        "google_bigquery_table.images.table_id",
+    }
     for body in bindings.values():
         assert ref(body["role"]) == "google_project_iam_custom_role.row_inserter.name" and body["member"] == RUNTIME
     # No dataset- or project-level BigQuery grant for the runtime account.
     assert "google_bigquery_dataset_iam_member" not in config()["resource"]
-    project_roles = {body["role"] for body in config()["resource"]["google_project_iam_member"].values()
-                     if body["member"] == RUNTIME}
+    project_roles = {
+        body["role"] for body in config()["resource"]["google_project_iam_member"].values() if body["member"] == RUNTIME
+    }
     assert project_roles == {"${google_project_iam_custom_role.gemini_caller.name}"}
 
     # The predefined roles a reviewer flagged are gone from every .tf file, comments aside.
@@ -138,16 +149,24 @@ def test_custom_role_ids_are_valid_and_per_environment(environment, suffix):
     for name in ("gemini_caller", "row_inserter"):
         role = _custom_role(name)
         assert ref(role["project"]) == "var.project_id"
-        role_id = (role["role_id"].replace("${local.role_id_prefix}", prefix)
-                   .replace('${replace(var.environment, "-", "_")}', environment.replace("-", "_"))
-                   .replace("${var.custom_role_suffix}", suffix))
+        role_id = (
+            role["role_id"]
+            .replace("${local.role_id_prefix}", prefix)
+            .replace('${replace(var.environment, "-", "_")}', environment.replace("-", "_"))
+            .replace("${var.custom_role_suffix}", suffix)
+        )
         # IAM: 3-64 characters, letters, digits, underscores and periods.
         assert re.fullmatch(r"[A-Za-z0-9_.]{3,64}", role_id), role_id
         assert environment.replace("-", "_") in role_id
         ids.add(role_id)
     assert len(ids) == 2
-    assert re.fullmatch(config()["variable"]["custom_role_suffix"]["validation"][0]["condition"]
-                        .split('regex("', 1)[1].split('",', 1)[0].replace("\\\\", "\\"), suffix)
+    assert re.fullmatch(
+        config()["variable"]["custom_role_suffix"]["validation"][0]["condition"]
+        .split('regex("', 1)[1]
+        .split('",', 1)[0]
+        .replace("\\\\", "\\"),
+        suffix,
+    )
 
 
 # --- Customer-managed keys -------------------------------------------------------------------------------
@@ -169,8 +188,11 @@ def test_cmek_is_optional_per_resource_and_uses_the_providers_attributes():
         assert "google_kms_crypto_key_iam_member.service_agents_use_keys" in json.dumps(bucket["depends_on"])
 
     dataset = resource("google_bigquery_dataset", "results")
-    (default_encryption,) = [item["default_encryption_configuration"] for item in dataset["dynamic"]
-                             if "default_encryption_configuration" in item]
+    (default_encryption,) = [
+        item["default_encryption_configuration"]
+        for item in dataset["dynamic"]
+        if "default_encryption_configuration" in item
+    ]
     assert 'var.bigquery_kms_key_name != ""' in default_encryption["for_each"]
     assert ref(block(default_encryption, "content")["kms_key_name"]) == "default_encryption_configuration.value"
 
@@ -190,7 +212,9 @@ def test_each_service_agent_may_use_its_key_and_nothing_more():
 
     grants = config()["locals"]["kms_grants"]
     agents = {
-        "var.create_bucket || var.separate_outputs_bucket ? var.bucket_kms_key_name": "data.google_storage_project_service_account.gcs_agent.email_address",
+        "var.create_bucket || var.separate_outputs_bucket ? var.bucket_kms_key_name": (
+            "data.google_storage_project_service_account.gcs_agent.email_address"
+        ),
         "var.bigquery_kms_key_name": "data.google_bigquery_default_service_account.bq_agent",
         "var.dead_letter_kms_key_name": "local.pubsub_agent_member",
     }
@@ -214,7 +238,9 @@ def _readme_retention() -> dict[str, dict[str, int]]:
     for line in table.splitlines():
         cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[0] in (*ENVS, "default"):
-            rows[cells[0]] = {name: int(re.match(r"\d+", cell)[0]) for name, cell in zip(RETENTION, cells[1:], strict=False)}
+            rows[cells[0]] = {
+                name: int(re.match(r"\d+", cell)[0]) for name, cell in zip(RETENTION, cells[1:], strict=False)
+            }
     return rows
 
 
@@ -229,7 +255,11 @@ def test_prod_and_the_defaults_keep_data_for_a_stated_time_and_the_readme_says_s
             assert value > 0, f"{env}: {name} = 0 keeps data forever"
             assert readme[env][name] == value, (env, name)
     prod = tfvars("prod")
-    assert (prod["raw_retention_days"], prod["outputs_retention_days"], prod["partition_expiration_days"]) == (30, 90, 400)
+    assert (prod["raw_retention_days"], prod["outputs_retention_days"], prod["partition_expiration_days"]) == (
+        30,
+        90,
+        400,
+    )
 
 
 # --- Environments in one project ---------------------------------------------------------------------------
@@ -238,14 +268,19 @@ def test_prod_and_the_defaults_keep_data_for_a_stated_time_and_the_readme_says_s
 def test_names_carry_the_environment_so_two_environments_can_share_a_project():
     assert default_of("dataset_id") == ""
     assert config()["locals"]["dataset_id"] == (
-        '${var.dataset_id != "" ? var.dataset_id : "conveyor_${replace(var.environment, "-", "_")}"}')
+        '${var.dataset_id != "" ? var.dataset_id : "conveyor_${replace(var.environment, "-", "_")}"}'
+    )
     assert ref(resource("google_bigquery_dataset", "results")["dataset_id"]) == "local.dataset_id"
     assert config()["locals"]["base"] == "conveyor-${var.environment}"
     named = {
-        ("google_service_account", "runtime"): "account_id", ("google_service_account", "trigger"): "account_id",
-        ("google_service_account", "build"): "account_id", ("google_pubsub_topic", "dead_letter"): "name",
-        ("google_pubsub_subscription", "dead_letter"): "name", ("google_storage_bucket", "images"): "name",
-        ("google_storage_bucket", "function_source"): "name", ("google_project_iam_custom_role", "gemini_caller"): "role_id",
+        ("google_service_account", "runtime"): "account_id",
+        ("google_service_account", "trigger"): "account_id",
+        ("google_service_account", "build"): "account_id",
+        ("google_pubsub_topic", "dead_letter"): "name",
+        ("google_pubsub_subscription", "dead_letter"): "name",
+        ("google_storage_bucket", "images"): "name",
+        ("google_storage_bucket", "function_source"): "name",
+        ("google_project_iam_custom_role", "gemini_caller"): "role_id",
         ("google_project_iam_custom_role", "row_inserter"): "role_id",
     }
     for (rtype, name), attribute in named.items():
@@ -260,8 +295,10 @@ def test_project_wide_grants_are_managed_by_one_environment_only():
     assert ref(publisher["count"]) == "var.manage_shared_iam ? 1 : 0"
     # Existing states keep the binding: its address gains an index, and a moved block says so.
     moved = _load(TF / "iam.tf").get("moved", [])
-    assert {"from": "${google_project_iam_member.gcs_agent_publishes_events}",
-            "to": "${google_project_iam_member.gcs_agent_publishes_events[0]}"} in moved
+    assert {
+        "from": "${google_project_iam_member.gcs_agent_publishes_events}",
+        "to": "${google_project_iam_member.gcs_agent_publishes_events[0]}",
+    } in moved
     assert "var.manage_shared_iam" in config()["locals"]["kms_grants"]
     deploy = (ROOT / "README.md").read_text().split("## Deploy", 1)[1].split("\n## ", 1)[0]
     assert "manage_shared_iam = false" in deploy
@@ -286,7 +323,8 @@ def test_the_generator_notices_a_stale_table(tmp_path):
     module.mkdir()
     (module / "variables.tf").write_text(
         'variable "b" {\n  type = number\n  default = 3\n  description = "B | b"\n}\n'
-        'variable "a" {\n  type = map(string)\n  description = "A"\n}\n')
+        'variable "a" {\n  type = map(string)\n  description = "A"\n}\n'
+    )
     (module / "outputs.tf").write_text('output "x" {\n  description = "X"\n  value = 1\n}\n')
     tables = terraform_docs.render(module)
     assert "| a | A | `map(string)` | n/a | yes |" in tables

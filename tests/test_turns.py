@@ -175,6 +175,7 @@ def test_events_whose_answers_come_back_together_draw_in_turns_and_upload_withou
                     return draw(image, *args, **kwargs)
                 finally:
                     record(drawing, sizes[image.size], start)
+
             return drawn
 
         def slow_write(bucket, name, data, **kwargs):
@@ -185,15 +186,23 @@ def test_events_whose_answers_come_back_together_draw_in_turns_and_upload_withou
             try:
                 return real_write(bucket, name, data, **kwargs)
             finally:
-                event = name.rsplit("/", 1)[-1].split("-output-")[0].removeprefix("processed_").removesuffix(".jpg").rsplit(".", 1)[0]
+                event = (
+                    name.rsplit("/", 1)[-1]
+                    .split("-output-")[0]
+                    .removeprefix("processed_")
+                    .removesuffix(".jpg")
+                    .rsplit(".", 1)[0]
+                )
                 record(uploading, event, start)
 
         monkeypatch.setattr(pipeline_module, "crop_jpeg", timed_drawing(pipeline_module.crop_jpeg))
         monkeypatch.setattr(pipeline_module, "overview_jpeg", timed_drawing(pipeline_module.overview_jpeg))
         monkeypatch.setattr(storage, "write", slow_write)
         results: list = []
-        threads = [threading.Thread(target=lambda blob=blob: results.append(stack.deliver(stack.event_for(blob))))
-                   for blob in blobs]
+        threads = [
+            threading.Thread(target=lambda blob=blob: results.append(stack.deliver(stack.event_for(blob))))
+            for blob in blobs
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -61,18 +61,31 @@ def test_a_held_out_coco_photo_is_refused_saying_what_was_measured(name):
     assert "backgrounds/" in message
 
 
-@pytest.mark.parametrize("index, overrides", [
-    (0, dict(kind="belt", count=8, salt="crowded")),
-    (1, dict(kind="belt", count=8, salt="crowded")),
-    (2, dict(kind="belt", count=8, salt="crowded")),
-    (0, dict(kind="belt", count=0, salt="empty")),
-    (1, dict(kind="belt", count=0, salt="empty")),
-    (3, dict(kind="belt", count=3)),
-    (0, dict(kind="carousel", salt="carousel")),
-    (1, dict(kind="carousel", count=8, salt="crowded")),
-    (2, dict(kind="carousel", count=0, salt="empty")),
-], ids=["crowded-0", "crowded-1", "crowded-2", "empty-0", "empty-1", "belt-3", "carousel", "carousel-crowded",
-        "carousel-empty"])
+@pytest.mark.parametrize(
+    "index, overrides",
+    [
+        (0, dict(kind="belt", count=8, salt="crowded")),
+        (1, dict(kind="belt", count=8, salt="crowded")),
+        (2, dict(kind="belt", count=8, salt="crowded")),
+        (0, dict(kind="belt", count=0, salt="empty")),
+        (1, dict(kind="belt", count=0, salt="empty")),
+        (3, dict(kind="belt", count=3)),
+        (0, dict(kind="carousel", salt="carousel")),
+        (1, dict(kind="carousel", count=8, salt="crowded")),
+        (2, dict(kind="carousel", count=0, salt="empty")),
+    ],
+    ids=[
+        "crowded-0",
+        "crowded-1",
+        "crowded-2",
+        "empty-0",
+        "empty-1",
+        "belt-3",
+        "carousel",
+        "carousel-crowded",
+        "carousel-empty",
+    ],
+)
 def test_held_out_belt_scenes_are_not_refused_where_a_photo_is(index, overrides):
     """Crowded, empty and plain belts, and carousels with their reference: analysed. The same
     detector (the same reference, for a carousel) refuses a held-out COCO photo."""

@@ -106,19 +106,51 @@ class SplitParams:
 SPLITS: dict[str, SplitParams] = {
     "tuning": SplitParams(
         sizes=((1280, 720), (1440, 810), (1024, 576), (1920, 1080), (800, 600)),
-        belt_dark_lum=(30, 76), grey_belt_p=0.25, grey_belt_lum=(82, 122),
-        light_gain=(0.7, 1.25), gradient=0.35, vignette=(0.0, 0.4), spot_p=0.3, cast=0.09,
-        noise=(1.5, 4.0), jpeg_quality=(80, 92), transpose_p=0.2, empty_p=0.12, max_items=8,
-        touch_p=0.45, carousel_p=0.12, seam_slant_deg=2.5, shadow_strength=(0.2, 0.55),
-        shadow_blur=(4, 12), paint_alpha=(0.2, 0.6), black_item_p=0.22, ref_light_change=0.22,
+        belt_dark_lum=(30, 76),
+        grey_belt_p=0.25,
+        grey_belt_lum=(82, 122),
+        light_gain=(0.7, 1.25),
+        gradient=0.35,
+        vignette=(0.0, 0.4),
+        spot_p=0.3,
+        cast=0.09,
+        noise=(1.5, 4.0),
+        jpeg_quality=(80, 92),
+        transpose_p=0.2,
+        empty_p=0.12,
+        max_items=8,
+        touch_p=0.45,
+        carousel_p=0.12,
+        seam_slant_deg=2.5,
+        shadow_strength=(0.2, 0.55),
+        shadow_blur=(4, 12),
+        paint_alpha=(0.2, 0.6),
+        black_item_p=0.22,
+        ref_light_change=0.22,
     ),
     "heldout": SplitParams(
         sizes=((1280, 720), (1600, 900), (1024, 768), (1920, 1080), (960, 720)),
-        belt_dark_lum=(32, 74), grey_belt_p=0.25, grey_belt_lum=(84, 120),
-        light_gain=(0.7, 1.25), gradient=0.35, vignette=(0.05, 0.4), spot_p=0.3, cast=0.09,
-        noise=(1.5, 4.0), jpeg_quality=(80, 92), transpose_p=0.2, empty_p=0.12, max_items=8,
-        touch_p=0.45, carousel_p=0.12, seam_slant_deg=2.5, shadow_strength=(0.2, 0.55),
-        shadow_blur=(4, 12), paint_alpha=(0.2, 0.6), black_item_p=0.22, ref_light_change=0.22,
+        belt_dark_lum=(32, 74),
+        grey_belt_p=0.25,
+        grey_belt_lum=(84, 120),
+        light_gain=(0.7, 1.25),
+        gradient=0.35,
+        vignette=(0.05, 0.4),
+        spot_p=0.3,
+        cast=0.09,
+        noise=(1.5, 4.0),
+        jpeg_quality=(80, 92),
+        transpose_p=0.2,
+        empty_p=0.12,
+        max_items=8,
+        touch_p=0.45,
+        carousel_p=0.12,
+        seam_slant_deg=2.5,
+        shadow_strength=(0.2, 0.55),
+        shadow_blur=(4, 12),
+        paint_alpha=(0.2, 0.6),
+        black_item_p=0.22,
+        ref_light_change=0.22,
     ),
 }
 
@@ -252,12 +284,27 @@ def _paint(rng, p: SplitParams, belt: np.ndarray, top: int, bottom: int, s: floa
         w = max(2, int(rng.uniform(3, 8) * s))
         direction = rng.choice([-1, 1])
         if rng.random() < 0.5:  # chevron
-            draw.line([(cx - direction * size / 2, cy - size / 2), (cx + direction * size / 2, cy),
-                       (cx - direction * size / 2, cy + size / 2)], fill=255, width=w, joint="curve")
+            draw.line(
+                [
+                    (cx - direction * size / 2, cy - size / 2),
+                    (cx + direction * size / 2, cy),
+                    (cx - direction * size / 2, cy + size / 2),
+                ],
+                fill=255,
+                width=w,
+                joint="curve",
+            )
         else:  # arrow
             draw.line([(cx - direction * size, cy), (cx + direction * size, cy)], fill=255, width=w)
-            draw.line([(cx + direction * (size - size / 2.5), cy - size / 2.5), (cx + direction * size, cy),
-                       (cx + direction * (size - size / 2.5), cy + size / 2.5)], fill=255, width=w)
+            draw.line(
+                [
+                    (cx + direction * (size - size / 2.5), cy - size / 2.5),
+                    (cx + direction * size, cy),
+                    (cx + direction * (size - size / 2.5), cy + size / 2.5),
+                ],
+                fill=255,
+                width=w,
+            )
     if rng.random() < 0.3:
         y = rng.uniform(top + 20 * s, bottom - 20 * s)
         draw.line([(0, y), (width, y)], fill=255, width=max(2, int(rng.uniform(2, 6) * s)))
@@ -291,11 +338,18 @@ def _pick_color(rng: np.random.Generator, p: SplitParams, belt_grey: bool, exclu
     return str(rng.choice(names))
 
 
-def _item_sprite(rng: np.random.Generator, kind: str, base: np.ndarray, second: np.ndarray,
-                 long_side: float) -> tuple[np.ndarray, np.ndarray, dict]:
+def _item_sprite(
+    rng: np.random.Generator, kind: str, base: np.ndarray, second: np.ndarray, long_side: float
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """An unrotated item: albedo (h, w, 3 float32) and mask (h, w bool), long side horizontal."""
-    aspect = {"suitcase": (0.55, 0.8), "duffel": (0.36, 0.55), "backpack": (0.65, 0.85),
-              "parcel": (0.5, 1.0), "soft": (0.55, 0.95), "pouch": (0.5, 0.8)}[kind]
+    aspect = {
+        "suitcase": (0.55, 0.8),
+        "duffel": (0.36, 0.55),
+        "backpack": (0.65, 0.85),
+        "parcel": (0.5, 1.0),
+        "soft": (0.55, 0.95),
+        "pouch": (0.5, 0.8),
+    }[kind]
     L = long_side
     S = L * rng.uniform(*aspect)
     pad = int(0.08 * L) + 4
@@ -311,8 +365,9 @@ def _item_sprite(rng: np.random.Generator, kind: str, base: np.ndarray, second: 
 
     def both(fn, box, **kw):
         getattr(md, fn)(box, fill=255, **{k: v for k, v in kw.items() if k != "color"})
-        getattr(ad, fn)(box, fill=kw.get("color", tuple(int(v) for v in base)),
-                        **{k: v for k, v in kw.items() if k != "color"})
+        getattr(ad, fn)(
+            box, fill=kw.get("color", tuple(int(v) for v in base)), **{k: v for k, v in kw.items() if k != "color"}
+        )
 
     if kind == "suitcase":
         info.update(hard=rng.random() < 0.6, dome=0.05)
@@ -322,22 +377,29 @@ def _item_sprite(rng: np.random.Generator, kind: str, base: np.ndarray, second: 
         for wy in (y0 + wr * 1.2, y1 - wr * 1.2):  # wheels at one end, sticking out a little
             both("ellipse", (x1 - wr * 1.2, wy - wr, x1 + wr * 0.6, wy + wr), color=black)
         hw = S * rng.uniform(0.25, 0.4)  # telescopic handle housing at the other end
-        ad.rounded_rectangle((x0 + S * 0.05, (y0 + y1) / 2 - hw / 2, x0 + S * 0.12, (y0 + y1) / 2 + hw / 2),
-                             radius=3, fill=black)
+        ad.rounded_rectangle(
+            (x0 + S * 0.05, (y0 + y1) / 2 - hw / 2, x0 + S * 0.12, (y0 + y1) / 2 + hw / 2), radius=3, fill=black
+        )
         if info["hard"]:
             for k in range(int(rng.integers(3, 6))):
                 gy = y0 + S * (0.2 + 0.6 * k / 4)
                 ad.line([(x0 + L * 0.15, gy), (x1 - L * 0.15, gy)], fill=dark, width=max(2, int(S * 0.012)))
         elif rng.random() < 0.6:
-            ad.rounded_rectangle((x0 + L * 0.2, y0 + S * 0.15, x1 - L * 0.2, y1 - S * 0.15), radius=r / 2,
-                                 outline=dark, width=max(1, int(S * 0.01)))
+            ad.rounded_rectangle(
+                (x0 + L * 0.2, y0 + S * 0.15, x1 - L * 0.2, y1 - S * 0.15),
+                radius=r / 2,
+                outline=dark,
+                width=max(1, int(S * 0.01)),
+            )
         if rng.random() < 0.5:  # carry handle on a long side
-            ad.rounded_rectangle(((x0 + x1) / 2 - L * 0.1, y0 + S * 0.03, (x0 + x1) / 2 + L * 0.1, y0 + S * 0.09),
-                                 radius=3, fill=black)
+            ad.rounded_rectangle(
+                ((x0 + x1) / 2 - L * 0.1, y0 + S * 0.03, (x0 + x1) / 2 + L * 0.1, y0 + S * 0.09), radius=3, fill=black
+            )
     elif kind == "duffel":
         both("rounded_rectangle", (x0, y0, x1, y1), radius=S / 2)
-        ad.line([(x0 + L * 0.18, (y0 + y1) / 2), (x1 - L * 0.18, (y0 + y1) / 2)], fill=dark,
-                width=max(2, int(S * 0.03)))
+        ad.line(
+            [(x0 + L * 0.18, (y0 + y1) / 2), (x1 - L * 0.18, (y0 + y1) / 2)], fill=dark, width=max(2, int(S * 0.03))
+        )
         strap = tuple(int(v) for v in (second if rng.random() < 0.5 else np.array(black)))
         for fx in (0.36, 0.64):
             sx = x0 + L * fx
@@ -347,10 +409,16 @@ def _item_sprite(rng: np.random.Generator, kind: str, base: np.ndarray, second: 
         r = S * rng.uniform(0.2, 0.35)
         both("rounded_rectangle", (x0, y0, x1, y1), radius=r)
         pc = tuple(int(v) for v in (base * 0.85 if rng.random() < 0.6 else second))
-        ad.rounded_rectangle((x0 + L * 0.45, y0 + S * 0.18, x1 - L * 0.08, y1 - S * 0.18), radius=r * 0.6, fill=pc,
-                             outline=dark, width=max(1, int(S * 0.012)))
-        ad.rounded_rectangle((x0 + L * 0.04, (y0 + y1) / 2 - S * 0.12, x0 + L * 0.1, (y0 + y1) / 2 + S * 0.12),
-                             radius=3, fill=black)
+        ad.rounded_rectangle(
+            (x0 + L * 0.45, y0 + S * 0.18, x1 - L * 0.08, y1 - S * 0.18),
+            radius=r * 0.6,
+            fill=pc,
+            outline=dark,
+            width=max(1, int(S * 0.012)),
+        )
+        ad.rounded_rectangle(
+            (x0 + L * 0.04, (y0 + y1) / 2 - S * 0.12, x0 + L * 0.1, (y0 + y1) / 2 + S * 0.12), radius=3, fill=black
+        )
     elif kind == "parcel":
         info.update(bevel=rng.uniform(0.18, 0.3), dome=0.0)
         both("rectangle", (x0, y0, x1, y1))
@@ -371,11 +439,15 @@ def _item_sprite(rng: np.random.Generator, kind: str, base: np.ndarray, second: 
         if kind == "soft":
             for k in (2, 3, 4):
                 rad += rng.uniform(0, 0.12 / (k - 1)) * np.cos(k * th + rng.uniform(0, 6))
-        pts = [((x0 + x1) / 2 + L / 2 * r * math.cos(t) / rad.max(), (y0 + y1) / 2 + S / 2 * r * math.sin(t) / rad.max())
-               for r, t in zip(rad, th, strict=False)]
+        pts = [
+            ((x0 + x1) / 2 + L / 2 * r * math.cos(t) / rad.max(), (y0 + y1) / 2 + S / 2 * r * math.sin(t) / rad.max())
+            for r, t in zip(rad, th, strict=False)
+        ]
         both("polygon", pts)
         if kind == "pouch" and rng.random() < 0.6:
-            ad.line([(x0 + L * 0.2, y0 + S * 0.3), (x1 - L * 0.2, y0 + S * 0.3)], fill=dark, width=max(1, int(S * 0.04)))
+            ad.line(
+                [(x0 + L * 0.2, y0 + S * 0.3), (x1 - L * 0.2, y0 + S * 0.3)], fill=dark, width=max(1, int(S * 0.04))
+            )
         info.update(dome=0.2 if kind == "soft" else 0.1)
 
     m = np.asarray(mask) > 127
@@ -429,14 +501,24 @@ class _Placed:
         y0, x0 = max(0, self.y), max(0, self.x)
         y1, x1 = min(shape[0], self.y + h), min(shape[1], self.x + w)
         if y1 > y0 and x1 > x0:
-            out[y0:y1, x0:x1] = self.mask[y0 - self.y:y1 - self.y, x0 - self.x:x1 - self.x]
+            out[y0:y1, x0:x1] = self.mask[y0 - self.y : y1 - self.y, x0 - self.x : x1 - self.x]
         return out
 
 
-def _place_items(rng, p: SplitParams, shape, region, belt_grey: bool, count: int, scale: float,
-                 belt_width: float, kinds: tuple[str, ...] | None = None,
-                 colors: tuple[str, ...] | None = None, belt_rgb: np.ndarray | None = None,
-                 paint_rng: np.random.Generator | None = None) -> list[_Placed]:
+def _place_items(
+    rng,
+    p: SplitParams,
+    shape,
+    region,
+    belt_grey: bool,
+    count: int,
+    scale: float,
+    belt_width: float,
+    kinds: tuple[str, ...] | None = None,
+    colors: tuple[str, ...] | None = None,
+    belt_rgb: np.ndarray | None = None,
+    paint_rng: np.random.Generator | None = None,
+) -> list[_Placed]:
     """Sprites placed apart, touching or overlapping; every earlier item keeps >= 55 % visible,
     and every item keeps at least MIN_VISIBLE_AREA of the image visible. An item's base paint
     differs from the belt by at least MIN_PAINT_CONTRAST (redrawn from `paint_rng` otherwise)."""
@@ -514,7 +596,7 @@ def _place_items(rng, p: SplitParams, shape, region, belt_grey: bool, count: int
         for q in placed:
             qm = q.full_mask(shape)
             later = np.zeros(shape, bool)
-            for r in placed[placed.index(q) + 1:]:
+            for r in placed[placed.index(q) + 1 :]:
                 later |= r.full_mask(shape)
             vis = qm & ~later
             if vis.sum() and (vis & ~tm).sum() < max(0.55 * qm.sum(), min_visible):
@@ -527,8 +609,9 @@ def _place_items(rng, p: SplitParams, shape, region, belt_grey: bool, count: int
     return placed
 
 
-def _render_items(rng, p: SplitParams, canvas: np.ndarray, placed: list[_Placed], light_dir: np.ndarray,
-                  scale: float) -> list[Item]:
+def _render_items(
+    rng, p: SplitParams, canvas: np.ndarray, placed: list[_Placed], light_dir: np.ndarray, scale: float
+) -> list[Item]:
     height, width = canvas.shape[:2]
     shape = (height, width)
     masks = []
@@ -563,15 +646,15 @@ def _render_items(rng, p: SplitParams, canvas: np.ndarray, placed: list[_Placed]
             rgb = rgb + (255 - rgb) * (0.45 * spec)[..., None]
         y0, x0 = max(0, q.y), max(0, q.x)
         y1, x1 = min(height, q.y + h), min(width, q.x + w)
-        sub_m = q.mask[y0 - q.y:y1 - q.y, x0 - q.x:x1 - q.x]
-        sub = rgb[y0 - q.y:y1 - q.y, x0 - q.x:x1 - q.x]
+        sub_m = q.mask[y0 - q.y : y1 - q.y, x0 - q.x : x1 - q.x]
+        sub = rgb[y0 - q.y : y1 - q.y, x0 - q.x : x1 - q.x]
         region = canvas[y0:y1, x0:x1]
         region[sub_m] = sub[sub_m]
         masks.append(full)
     items = []
     for i, q in enumerate(placed):
         vis = masks[i].copy()
-        for later in masks[i + 1:]:
+        for later in masks[i + 1 :]:
             vis &= ~later
         items.append(Item(q.kind, q.color, vis))
     return items
@@ -582,11 +665,15 @@ def _lighting(rng, p: SplitParams, shape: tuple[int, int], strength: float = 1.0
     ys = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
     xs = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
     ang = rng.uniform(0, 2 * np.pi)
-    light = _u(rng, p.light_gain) * (1 + strength * p.gradient * rng.uniform(0.3, 1) * (xs * math.cos(ang) + ys * math.sin(ang)) / 2)
-    light = light * (1 - strength * _u(rng, p.vignette) * (xs ** 2 + ys ** 2) / 2)
+    light = _u(rng, p.light_gain) * (
+        1 + strength * p.gradient * rng.uniform(0.3, 1) * (xs * math.cos(ang) + ys * math.sin(ang)) / 2
+    )
+    light = light * (1 - strength * _u(rng, p.vignette) * (xs**2 + ys**2) / 2)
     if rng.random() < p.spot_p:
         sx, sy, r = rng.uniform(-0.8, 0.8), rng.uniform(-0.6, 0.6), rng.uniform(0.3, 0.7)
-        light = light * (1 + strength * rng.uniform(0.1, 0.3) * np.exp(-((xs - sx) ** 2 + (ys - sy) ** 2) / (2 * r * r)))
+        light = light * (
+            1 + strength * rng.uniform(0.1, 0.3) * np.exp(-((xs - sx) ** 2 + (ys - sy) ** 2) / (2 * r * r))
+        )
     cast = 1 + rng.uniform(-p.cast, p.cast, 3)
     return light[..., None] * (cast / cast.mean()).astype(np.float32)
 
@@ -604,7 +691,9 @@ def _finish(rng, p: SplitParams, radiance: np.ndarray, quality: int) -> Image.Im
 # ---------------------------------------------------------------------------------- carousel
 
 
-def _carousel_background(rng, width: int, height: int, run: float = 0.0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _carousel_background(
+    rng, width: int, height: int, run: float = 0.0
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Albedo of the hall and the carousel's band (top, bottom, 0, width); `run`: how far (a share
     of a slat) the slats have moved on."""
     s = height / 720
@@ -617,8 +706,12 @@ def _carousel_background(rng, width: int, height: int, run: float = 0.0) -> tupl
         w, h = rng.uniform(80, 220) * s, rng.uniform(50, horizon * 0.7)
         x, y = rng.uniform(0, width - w), rng.uniform(5, horizon - h - 5)
         d.rectangle((x, y, x + w, y + h), fill=tuple(int(v) for v in rng.uniform(20, 240, 3)))
-        d.text((x + 8, y + 8), str(rng.choice(["ARRIVALS", "BAGGAGE 4", "EXIT", "WELCOME"])), fill=(255, 255, 255),
-               font=_font(18 * s))
+        d.text(
+            (x + 8, y + 8),
+            str(rng.choice(["ARRIVALS", "BAGGAGE 4", "EXIT", "WELCOME"])),
+            fill=(255, 255, 255),
+            font=_font(18 * s),
+        )
     tile = rng.uniform(60, 110) * s
     floor = tuple(int(v) for v in rng.uniform(150, 200, 3))
     d.rectangle((0, horizon, width, height), fill=floor)
@@ -639,8 +732,11 @@ def _carousel_background(rng, width: int, height: int, run: float = 0.0) -> tupl
     x = -slat * (2 - run)
     tone = rng.uniform(90, 140)
     while x < width + slat:
-        d.polygon([(x, top), (x + slat, top), (x + slat * 1.15, bottom), (x + slat * 0.15, bottom)],
-                  fill=tuple(int(tone * f) for f in (1.0, 1.0, 1.04)), outline=(60, 60, 64))
+        d.polygon(
+            [(x, top), (x + slat, top), (x + slat * 1.15, bottom), (x + slat * 0.15, bottom)],
+            fill=tuple(int(tone * f) for f in (1.0, 1.0, 1.04)),
+            outline=(60, 60, 64),
+        )
         x += slat
     d.rectangle((0, bottom, width, bottom + 14 * s), fill=(200, 202, 206))
     arr = np.asarray(img, np.float32).copy()
@@ -655,10 +751,19 @@ def _carousel_background(rng, width: int, height: int, run: float = 0.0) -> tupl
 # ---------------------------------------------------------------------------------- scenes
 
 
-def make_scene(split: str, index: int, *, kind: str | None = None, count: int | None = None,
-               size: tuple[int, int] | None = None, item_kinds: tuple[str, ...] | None = None,
-               item_colors: tuple[str, ...] | None = None, salt: str = "", reference: bool = False,
-               belt_moved: bool = False) -> Scene:
+def make_scene(
+    split: str,
+    index: int,
+    *,
+    kind: str | None = None,
+    count: int | None = None,
+    size: tuple[int, int] | None = None,
+    item_kinds: tuple[str, ...] | None = None,
+    item_colors: tuple[str, ...] | None = None,
+    salt: str = "",
+    reference: bool = False,
+    belt_moved: bool = False,
+) -> Scene:
     """Scene `index` of `split`, deterministic. `kind` ("belt" or "carousel"), `count`, `size`,
     `item_kinds` and `item_colors` override the random draw; `salt` gives another stream of scenes.
     Carousel scenes always come with a reference photo of the empty scene (other light); belt
@@ -687,9 +792,21 @@ def make_scene(split: str, index: int, *, kind: str | None = None, count: int | 
         belt_width = (region[1] - region[0]) * 1.1
     ang = rng.uniform(0, 2 * np.pi)
     light_dir = np.array([math.cos(ang), math.sin(ang)], np.float32)
-    belt_rgb = np.median(albedo[region[0]:region[1]:4, ::4].reshape(-1, 3), axis=0)
-    placed = _place_items(rng, p, (height, width), region, belt_grey, count, scale, belt_width,
-                          item_kinds, item_colors, belt_rgb=belt_rgb, paint_rng=_rng(split, index, salt + "paint"))
+    belt_rgb = np.median(albedo[region[0] : region[1] : 4, ::4].reshape(-1, 3), axis=0)
+    placed = _place_items(
+        rng,
+        p,
+        (height, width),
+        region,
+        belt_grey,
+        count,
+        scale,
+        belt_width,
+        item_kinds,
+        item_colors,
+        belt_rgb=belt_rgb,
+        paint_rng=_rng(split, index, salt + "paint"),
+    )
     canvas = albedo.copy()
     items = _render_items(rng, p, canvas, placed, light_dir, scale)
     light = _lighting(rng, p, (height, width))
@@ -702,12 +819,13 @@ def make_scene(split: str, index: int, *, kind: str | None = None, count: int | 
         cast = 1 + ref_rng.uniform(-p.cast, p.cast, 3).astype(np.float32) / 2
         ref_albedo = albedo
         if belt_moved and kind == "carousel":
-            ref_albedo = _carousel_background(carousel_rng, width, height,
-                                              run=float(_rng(split, index, salt + "run").uniform(0.1, 0.9)))[0]
+            ref_albedo = _carousel_background(
+                carousel_rng, width, height, run=float(_rng(split, index, salt + "run").uniform(0.1, 0.9))
+            )[0]
         elif belt_moved:
             ref_albedo = albedo.copy()
             run = int(_rng(split, index, salt + "run").integers(int(40 * scale), width))
-            ref_albedo[region[0]:region[1]] = np.roll(albedo[region[0]:region[1]], run, axis=1)
+            ref_albedo[region[0] : region[1]] = np.roll(albedo[region[0] : region[1]], run, axis=1)
         background = _finish(ref_rng, p, ref_albedo * light * change * cast, quality)
     if transpose:
         image = image.transpose(Image.Transpose.TRANSPOSE)
@@ -715,20 +833,33 @@ def make_scene(split: str, index: int, *, kind: str | None = None, count: int | 
             background = background.transpose(Image.Transpose.TRANSPOSE)
         for item in items:
             item.mask = item.mask.T.copy()
-    return Scene(image=image, items=items, kind=kind, background=background, split=split, index=index,
-                 meta={"belt_rows": region[:2], "transposed": transpose})
+    return Scene(
+        image=image,
+        items=items,
+        kind=kind,
+        background=background,
+        split=split,
+        index=index,
+        meta={"belt_rows": region[:2], "transposed": transpose},
+    )
 
 
-def vibrate(image: Image.Image, rng: np.random.Generator, *, max_shift: float = 2.0,
-            exposure: float = 0.1, quality: int = 90) -> Image.Image:
+def vibrate(
+    image: Image.Image, rng: np.random.Generator, *, max_shift: float = 2.0, exposure: float = 0.1, quality: int = 90
+) -> Image.Image:
     """The frame as a vibrating camera with auto-exposure would take it a moment later: shifted
     by up to `max_shift` pixels each way (sub-pixel), brightness scaled by up to +-`exposure`,
     JPEG-compressed again."""
     dx, dy = rng.uniform(-max_shift, max_shift, 2)
     gain = 1 + rng.uniform(-exposure, exposure)
     arr = np.asarray(image, np.float32)
-    moved = cv2.warpAffine(arr, np.float32([[1, 0, dx], [0, 1, dy]]), (arr.shape[1], arr.shape[0]),
-                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    moved = cv2.warpAffine(
+        arr,
+        np.float32([[1, 0, dx], [0, 1, dy]]),
+        (arr.shape[1], arr.shape[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
     buffer = io.BytesIO()
     Image.fromarray(np.clip(moved * gain, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
@@ -741,20 +872,34 @@ def to_coco(scenes: list[Scene], file_names: list[str] | None = None) -> dict:
     images, annotations = [], []
     for i, scene in enumerate(scenes):
         image_id = i + 1
-        entry = {"id": image_id, "width": scene.image.width, "height": scene.image.height,
-                 "file_name": file_names[i] if file_names else f"{scene.split}-{scene.index:04d}.jpg",
-                 "scene": scene.kind, "empty": not scene.items, "split": scene.split, "index": scene.index}
+        entry = {
+            "id": image_id,
+            "width": scene.image.width,
+            "height": scene.image.height,
+            "file_name": file_names[i] if file_names else f"{scene.split}-{scene.index:04d}.jpg",
+            "scene": scene.kind,
+            "empty": not scene.items,
+            "split": scene.split,
+            "index": scene.index,
+        }
         if scene.background is not None:
             entry["background"] = entry["file_name"].replace(".jpg", "-background.jpg")
         images.append(entry)
         for item in scene.items:
             rle = mask_utils.encode(np.asfortranarray(item.mask.astype(np.uint8)))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "color": item.color, "kind": item.kind,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "color": item.color,
+                    "kind": item.kind,
+                }
+            )
     return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "item"}]}
 
 

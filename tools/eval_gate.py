@@ -77,12 +77,16 @@ def synthetic_rows(n: int) -> list[tuple[str, str, str]]:
     for kind in ("belt", "carousel"):
         for moved in (False, True):
             label = f"synthetic {kind}, belt {'run on' if moved else 'still'}"
-            scenes = [make_scene("heldout", i, kind=kind, count=0, salt="gate-empty", reference=True, belt_moved=moved)
-                      for i in range(n)]
+            scenes = [
+                make_scene("heldout", i, kind=kind, count=0, salt="gate-empty", reference=True, belt_moved=moved)
+                for i in range(n)
+            ]
             for shift, name in ((0.0, "as taken"), (0.5, "+-0.5 px, +-10 %"), (2.0, "+-2 px, +-10 %")):
                 skipped = []
                 for i, scene in enumerate(scenes):
-                    frame = vibrate(scene.image, np.random.default_rng(1000 + i), max_shift=shift) if shift else scene.image
+                    frame = (
+                        vibrate(scene.image, np.random.default_rng(1000 + i), max_shift=shift) if shift else scene.image
+                    )
                     skipped.append(EmptySceneGate(scene.background).is_empty(frame))
                 rows.append((f"{label}: empty, {name}", "skipped", _share(skipped)))
     false_skips = []
@@ -92,11 +96,27 @@ def synthetic_rows(n: int) -> list[tuple[str, str, str]]:
             frame = vibrate(scene.image, np.random.default_rng(2000 + i))
             false_skips.append(EmptySceneGate(scene.background).is_empty(frame))
     for i in range(n):
-        scene = make_scene("heldout", i, kind="belt", count=1, item_kinds=("pouch",), item_colors=("black",),
-                           salt="small-dark", reference=True, belt_moved=True)
-        false_skips.append(EmptySceneGate(scene.background).is_empty(vibrate(scene.image, np.random.default_rng(3000 + i))))
-    rows.append(("synthetic, items (random draw + small black), belt run on, +-2 px, +-10 %", "false skips",
-                 _share(false_skips)))
+        scene = make_scene(
+            "heldout",
+            i,
+            kind="belt",
+            count=1,
+            item_kinds=("pouch",),
+            item_colors=("black",),
+            salt="small-dark",
+            reference=True,
+            belt_moved=True,
+        )
+        false_skips.append(
+            EmptySceneGate(scene.background).is_empty(vibrate(scene.image, np.random.default_rng(3000 + i)))
+        )
+    rows.append(
+        (
+            "synthetic, items (random draw + small black), belt run on, +-2 px, +-10 %",
+            "false skips",
+            _share(false_skips),
+        )
+    )
     return rows
 
 
@@ -108,8 +128,10 @@ def coco_rows() -> list[tuple[str, str, str]]:
         false_skips.append(gate.is_empty(photo))
         false_skips.append(gate.is_empty(vibrate(photo, np.random.default_rng(4000 + i))))
         skipped.append(gate.is_empty(vibrate(empty, np.random.default_rng(5000 + i))))
-    return [("real COCO luggage photos (17), as taken and +-2 px, +-10 %", "false skips", _share(false_skips)),
-            ("real COCO photos, luggage painted out, +-2 px, +-10 %", "skipped", _share(skipped))]
+    return [
+        ("real COCO luggage photos (17), as taken and +-2 px, +-10 %", "false skips", _share(false_skips)),
+        ("real COCO photos, luggage painted out, +-2 px, +-10 %", "skipped", _share(skipped)),
+    ]
 
 
 def realdata_rows(root: Path) -> list[tuple[str, str, str]]:
@@ -128,10 +150,10 @@ def realdata_rows(root: Path) -> list[tuple[str, str, str]]:
         gate = EmptySceneGate(Image.open(root / reference["relative_path"]).convert("RGB"))
         licence = reference["licence"]
         others = [r for r in frames if r is not reference]
-        false_skips = [gate.is_empty(Image.open(root / r["relative_path"]).convert("RGB"))
-                       for r in others if r["kind"] == "bags"]
-        rows.append((f"real {camera} ({licence}): frames with items", "false skips",
-                     _share(false_skips)))
+        false_skips = [
+            gate.is_empty(Image.open(root / r["relative_path"]).convert("RGB")) for r in others if r["kind"] == "bags"
+        ]
+        rows.append((f"real {camera} ({licence}): frames with items", "false skips", _share(false_skips)))
         if len(empties) > 1:
             still, vibrated = [], []
             for i, r in enumerate(empties[1:]):

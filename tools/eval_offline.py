@@ -96,7 +96,7 @@ def _full_mask(det, size: tuple[int, int]) -> np.ndarray:
     out = np.zeros((h, w), np.uint8)
     b = det.box
     m = np.asarray(det.mask) > 127
-    out[b.y_min:b.y_max, b.x_min:b.x_max] = m
+    out[b.y_min : b.y_max, b.x_min : b.x_max] = m
     return out
 
 
@@ -113,8 +113,14 @@ def evaluate_scenes(scenes: list[Scene]) -> tuple[dict, list[dict], list[list]]:
             full = _full_mask(det, scene.image.size)
             rle = mask_utils.encode(np.asfortranarray(full))
             dets.append((det, score, rle))
-            results.append({"image_id": image_id, "category_id": 1, "score": float(score),
-                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "score": float(score),
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                }
+            )
         per_image.append(dets)
     return gt, results, per_image
 
@@ -178,8 +184,19 @@ def gate_figures(split: str, nonempty: list[Scene], n_empty: int, n_small_dark: 
     """The gate against each scene's empty reference (the camera still; tools.eval_gate shakes it)."""
     false_skips = 0
     frames = [make_scene(split, s.index, reference=True) for s in nonempty]
-    frames += [make_scene(split, i, kind="belt", count=1, item_kinds=("pouch",), item_colors=("black",),
-                          salt="small-dark", reference=True) for i in range(n_small_dark)]
+    frames += [
+        make_scene(
+            split,
+            i,
+            kind="belt",
+            count=1,
+            item_kinds=("pouch",),
+            item_colors=("black",),
+            salt="small-dark",
+            reference=True,
+        )
+        for i in range(n_small_dark)
+    ]
     for scene in frames:
         if OfflineDetector(background=scene.background).belt_is_empty(scene.image):
             false_skips += 1
@@ -211,8 +228,9 @@ def speed(scenes: list[Scene], passes: int = 5) -> tuple[float, float]:
     return float(np.median(rates)), float(np.median(gate_times)) * 1000
 
 
-def run(split: str, n: int, *, start: int = 0, n_empty: int = 40, n_small_dark: int = 30,
-        timing: bool = True) -> Report:
+def run(
+    split: str, n: int, *, start: int = 0, n_empty: int = 40, n_small_dark: int = 30, timing: bool = True
+) -> Report:
     import cv2
 
     cv2.setNumThreads(1)
@@ -223,8 +241,24 @@ def run(split: str, n: int, *, start: int = 0, n_empty: int = 40, n_small_dark: 
     nonempty = [s for s in scenes if s.items]
     false_skips, n_nonempty, skip_rate, n_empties = gate_figures(split, nonempty, n_empty, n_small_dark)
     fps, gate_ms = speed(scenes) if timing else (0.0, 0.0)
-    return Report(split, len(scenes), len(gt["annotations"]), ap, ap50, ap75, recall50, acc, n_color,
-                  false_skips, n_nonempty, skip_rate, n_empties, fps, gate_ms, confusions)
+    return Report(
+        split,
+        len(scenes),
+        len(gt["annotations"]),
+        ap,
+        ap50,
+        ap75,
+        recall50,
+        acc,
+        n_color,
+        false_skips,
+        n_nonempty,
+        skip_rate,
+        n_empties,
+        fps,
+        gate_ms,
+        confusions,
+    )
 
 
 COCO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "coco_luggage"
@@ -274,21 +308,35 @@ def scene_rows(n: int, realdata: Path | None = None) -> list[tuple[str, str]]:
     drawn = [make_scene(split, i) for i in range(n)]
     for kind in ("belt", "carousel"):
         scenes = [s for s in drawn if s.kind == kind and s.items]
-        rows.append(_row(f"held-out {kind} scenes (random draw{', with reference' if kind == 'carousel' else ''})",
-                         [refused(_detector_for(s), s.image) for s in scenes]))
-    groups = (("held-out crowded belts (8 items)", dict(kind="belt", count=8, salt="crowded")),
-              ("held-out empty belts", dict(kind="belt", count=0, salt="empty")),
-              ("held-out carousels with reference", dict(kind="carousel", salt="carousel")),
-              ("held-out crowded carousels (8 items), reference", dict(kind="carousel", count=8, salt="crowded")),
-              ("held-out empty carousels with reference", dict(kind="carousel", count=0, salt="empty")))
+        rows.append(
+            _row(
+                f"held-out {kind} scenes (random draw{', with reference' if kind == 'carousel' else ''})",
+                [refused(_detector_for(s), s.image) for s in scenes],
+            )
+        )
+    groups = (
+        ("held-out crowded belts (8 items)", dict(kind="belt", count=8, salt="crowded")),
+        ("held-out empty belts", dict(kind="belt", count=0, salt="empty")),
+        ("held-out carousels with reference", dict(kind="carousel", salt="carousel")),
+        ("held-out crowded carousels (8 items), reference", dict(kind="carousel", count=8, salt="crowded")),
+        ("held-out empty carousels with reference", dict(kind="carousel", count=0, salt="empty")),
+    )
     for name, overrides in groups:
         scenes = [make_scene(split, i, **overrides) for i in range(max(10, n // 3))]
         rows.append(_row(name, [refused(_detector_for(s), s.image) for s in scenes]))
     carousels = [make_scene(split, i, kind="carousel", salt="carousel") for i in range(max(10, n // 3))]
-    rows.append(_row("(held-out carousels WITHOUT reference)", [refused(OfflineDetector(), s.image) for s in carousels]))
-    rows.append(_row("(held-out carousels, another scene's reference)",
-                     [refused(OfflineDetector(background=carousels[(i + 1) % len(carousels)].background), s.image)
-                      for i, s in enumerate(carousels)]))
+    rows.append(
+        _row("(held-out carousels WITHOUT reference)", [refused(OfflineDetector(), s.image) for s in carousels])
+    )
+    rows.append(
+        _row(
+            "(held-out carousels, another scene's reference)",
+            [
+                refused(OfflineDetector(background=carousels[(i + 1) % len(carousels)].background), s.image)
+                for i, s in enumerate(carousels)
+            ],
+        )
+    )
     tuning, heldout = coco_halves()
     rows.append(_row("COCO photos, tuning half", [refused(OfflineDetector(), p) for p in tuning]))
     rows.append(_row("COCO photos, held-out half", [refused(OfflineDetector(), p) for p in heldout]))
@@ -310,8 +358,11 @@ def realdata_rows(root: Path) -> list[tuple[str, str]]:
         by_folder.setdefault(entry["relative_path"].split("/", 1)[0], []).append(entry)
     rows = []
     for folder, items in sorted(by_folder.items()):
-        rows.append(_row(f"real: {folder}, no reference", [refused(OfflineDetector(), root / e["relative_path"])
-                                                          for e in items]))
+        rows.append(
+            _row(
+                f"real: {folder}, no reference", [refused(OfflineDetector(), root / e["relative_path"]) for e in items]
+            )
+        )
         references: dict[str, Any] = {}
         for entry in items:
             if entry["kind"] == "empty":
@@ -325,8 +376,11 @@ def realdata_rows(root: Path) -> list[tuple[str, str]]:
                 with Image.open(root / path) as reference:
                     detectors[seq] = OfflineDetector(background=reference.convert("RGB"))
             for kind in ("bags", "empty"):
-                flags = [refused(detectors[e["camera_sequence_id"]], root / e["relative_path"])
-                         for e in with_reference if e["kind"] == kind]
+                flags = [
+                    refused(detectors[e["camera_sequence_id"]], root / e["relative_path"])
+                    for e in with_reference
+                    if e["kind"] == kind
+                ]
                 if flags:
                     rows.append(_row(f"real: {folder}, {kind} frames, first empty frame as reference", flags))
     return rows
@@ -348,8 +402,14 @@ def main(argv: list[str] | None = None) -> None:
         width = max(len(k) for k, _ in rows)
         print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
         return
-    report = run(args.split, args.n, start=args.start, n_empty=args.empty, n_small_dark=args.small_dark,
-                 timing=not args.no_timing)
+    report = run(
+        args.split,
+        args.n,
+        start=args.start,
+        n_empty=args.empty,
+        n_small_dark=args.small_dark,
+        timing=not args.no_timing,
+    )
     print(report.table())
     if report.confusions:
         worst = sorted(report.confusions.items(), key=lambda kv: -kv[1])[:8]

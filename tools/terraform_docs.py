@@ -81,14 +81,20 @@ def _code(text: str) -> str:
 
 def render(module: Path = MODULE) -> str:
     """The Inputs and Outputs sections, Markdown, between the markers."""
-    lines = [BEGIN, "## Inputs", "", "| Name | Description | Type | Default | Required |",
-             "|------|-------------|------|---------|:--------:|"]
+    lines = [
+        BEGIN,
+        "## Inputs",
+        "",
+        "| Name | Description | Type | Default | Required |",
+        "|------|-------------|------|---------|:--------:|",
+    ]
     for name, body in sorted(_blocks("variable", module).items()):
         required = "default" not in body
         default = "n/a" if required else _code(_hcl_value(body["default"]))
         kind = _code(_unwrap(str(body.get("type", "any"))))
-        lines.append(f"| {name} | {_cell(body.get('description', ''))} | {kind} | {default} | "
-                     f"{'yes' if required else 'no'} |")
+        lines.append(
+            f"| {name} | {_cell(body.get('description', ''))} | {kind} | {default} | {'yes' if required else 'no'} |"
+        )
     lines += ["", "## Outputs", "", "| Name | Description |", "|------|-------------|"]
     for name, body in sorted(_blocks("output", module).items()):
         lines.append(f"| {name} | {_cell(body.get('description', ''))} |")
@@ -101,7 +107,7 @@ def replace_tables(readme: str, tables: str) -> str:
     start, end = readme.find(BEGIN), readme.find(END)
     if start < 0 or end < start:
         raise ValueError(f"{README.name} must hold the markers {BEGIN} and {END}")
-    return readme[:start] + tables + readme[end + len(END):].lstrip("\n")
+    return readme[:start] + tables + readme[end + len(END) :].lstrip("\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,8 +41,16 @@ from segmentation.schema import TABLES, load_schema
 _INSERT_ALL = re.compile(
     r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)/insertAll$"
 )
-_STATUS_REASONS = {400: "invalid", 403: "rateLimitExceeded", 404: "notFound", 429: "rateLimitExceeded",
-                   500: "internalError", 502: "badGateway", 503: "backendError", 504: "backendError"}
+_STATUS_REASONS = {
+    400: "invalid",
+    403: "rateLimitExceeded",
+    404: "notFound",
+    429: "rateLimitExceeded",
+    500: "internalError",
+    502: "badGateway",
+    503: "backendError",
+    504: "backendError",
+}
 
 
 @dataclass
@@ -105,13 +113,21 @@ def row_errors(table: str, row: Any) -> list[dict[str, str]]:
     errors = []
     for name in row:
         if name not in columns:
-            errors.append({"reason": "invalid", "location": name, "debugInfo": "", "message": "no such field: " + name + "."})
+            errors.append(
+                {"reason": "invalid", "location": name, "debugInfo": "", "message": "no such field: " + name + "."}
+            )
     for name, column in columns.items():
         value = row.get(name)
         if value is None:
             if column["mode"] == "REQUIRED":
-                errors.append({"reason": "invalid", "location": name, "debugInfo": "",
-                               "message": f"Missing required field: {name}."})
+                errors.append(
+                    {
+                        "reason": "invalid",
+                        "location": name,
+                        "debugInfo": "",
+                        "message": f"Missing required field: {name}.",
+                    }
+                )
             continue
         problem = _value_error(column, value)
         if problem:
@@ -140,7 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
                 fault.remaining -= 1
         if fault is not None:
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-            return self._error(fault.status, fault.reason, f"injected by the test stand-in: HTTP {fault.status}", headers)
+            return self._error(
+                fault.status, fault.reason, f"injected by the test stand-in: HTTP {fault.status}", headers
+            )
         if match is None:
             return self._error(404, "notFound", f"Not found: URL {self.path}")
         table = match["table"]
@@ -161,10 +179,14 @@ class _Handler(BaseHTTPRequestHandler):
             if rejection is not None:
                 rejection[0] -= 1
                 error = {"reason": rejection[1], "location": "", "debugInfo": "", "message": rejection[2]}
-                return {"kind": "bigquery#tableDataInsertAllResponse",
-                        "insertErrors": [{"index": i, "errors": [error]} for i in range(len(rows))]}
-            problems = {i: row_errors(table, item.get("json") if isinstance(item, dict) else None)
-                        for i, item in enumerate(rows)}
+                return {
+                    "kind": "bigquery#tableDataInsertAllResponse",
+                    "insertErrors": [{"index": i, "errors": [error]} for i in range(len(rows))],
+                }
+            problems = {
+                i: row_errors(table, item.get("json") if isinstance(item, dict) else None)
+                for i, item in enumerate(rows)
+            }
             problems = {i: errors for i, errors in problems.items() if errors}
             if problems and not skip_invalid:
                 stopped = {"reason": "stopped", "location": "", "debugInfo": "", "message": ""}
@@ -186,8 +208,13 @@ class _Handler(BaseHTTPRequestHandler):
             return response
 
     def _error(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
-        body = {"error": {"code": status, "message": message,
-                          "errors": [{"message": message, "domain": "global", "reason": reason}]}}
+        body = {
+            "error": {
+                "code": status,
+                "message": message,
+                "errors": [{"message": message, "domain": "global", "reason": reason}],
+            }
+        }
         self._send(status, body, headers or {})
 
     def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
@@ -226,8 +253,9 @@ class FakeBigQuery:
         httpd.state = self._state
         httpd.round_trip_s = self.round_trip_s
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-bigquery", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-bigquery", daemon=True
+        )
         self._thread.start()
         host, port = httpd.server_address[:2]
         self.url = f"http://{host}:{port}"  # type: ignore[str-bytes-safe]
@@ -263,13 +291,16 @@ class FakeBigQuery:
         with self._state.lock:
             return [json.loads(request["body"]) for request in self._state.requests]
 
-    def fail_next(self, n: int = 1, *, status: int = 503, reason: str | None = None,
-                  retry_after: float | None = None) -> None:
+    def fail_next(
+        self, n: int = 1, *, status: int = 503, reason: str | None = None, retry_after: float | None = None
+    ) -> None:
         """Answer the next `n` requests with HTTP `status` (rows are not stored)."""
         with self._state.lock:
             self._state.faults.append(_Fault(n, status, reason or _STATUS_REASONS.get(status, "invalid"), retry_after))
 
-    def reject_next(self, n: int = 1, *, reason: str = "invalid", message: str = "rejected by the test stand-in") -> None:
+    def reject_next(
+        self, n: int = 1, *, reason: str = "invalid", message: str = "rejected by the test stand-in"
+    ) -> None:
         """Answer the next `n` requests 200 with every row in insertErrors (nothing stored)."""
         with self._state.lock:
             self._state.rejections.append([n, reason, message])

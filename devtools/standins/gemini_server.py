@@ -15,7 +15,8 @@ was there). Answers come from a script: queued behaviours first (`enqueue`), the
 `Answer` (text, optionally cut off), `ErrorReply` (Google's error JSON) and `RawReply` (any
 bytes: not JSON, gzip without its header, JSON the SDK rejects), each optionally slow.
 Before the script, a request the real model refuses gets its 400 INVALID_ARGUMENT
-(`refused_argument`: MINIMAL thinking on 3.7/3.8, a single-region location for 3.6 and later). A base `latency` is added to every answer, for benchmarks.
+(`refused_argument`: MINIMAL thinking on 3.7/3.8, a single-region location for 3.6 and later).
+A base `latency` is added to every answer, for benchmarks.
 
 Token counts in ``usageMetadata`` follow Google's documented rules (`image_token_count`), not a
 live model: an image costs, by model generation and media resolution (per part, else the
@@ -201,7 +202,9 @@ def slow(behaviour: Behaviour, seconds: float) -> Behaviour:
     return dataclasses.replace(behaviour, delay=seconds)
 
 
-def rate_limited(retry_delay: str | None = "2s", message: str = "Resource exhausted. Please try again later.") -> ErrorReply:
+def rate_limited(
+    retry_delay: str | None = "2s", message: str = "Resource exhausted. Please try again later."
+) -> ErrorReply:
     """429 RESOURCE_EXHAUSTED, with a google.rpc.RetryInfo detail unless `retry_delay` is None."""
     details = ({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},) if retry_delay else ()
     return ErrorReply(429, "RESOURCE_EXHAUSTED", message, details)
@@ -253,18 +256,29 @@ def refused_argument(request: RecordedRequest) -> ErrorReply | None:
     if version in ((3, 7), (3, 8)) and str(level).upper() == "MINIMAL":
         return _invalid_argument(
             f"Thinking level MINIMAL is not supported by models/{request.model}. Supported levels: LOW, MEDIUM, HIGH.",
-            "generation_config.thinking_config.thinking_level")
+            "generation_config.thinking_config.thinking_level",
+        )
     if request.api == "vertex" and version >= (3, 6) and request.location not in MULTI_REGION_LOCATIONS:
         return _invalid_argument(
             f"Publisher model {request.model} is not served in location {request.location}. "
-            "It is available in the global location and the eu and us multi-regions.", "location")
+            "It is available in the global location and the eu and us multi-regions.",
+            "location",
+        )
     return None
 
 
 def _invalid_argument(message: str, field: str) -> ErrorReply:
-    return ErrorReply(400, "INVALID_ARGUMENT", message, (
-        {"@type": "type.googleapis.com/google.rpc.BadRequest",
-         "fieldViolations": [{"field": field, "description": message}]},))
+    return ErrorReply(
+        400,
+        "INVALID_ARGUMENT",
+        message,
+        (
+            {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": field, "description": message}],
+            },
+        ),
+    )
 
 
 def empty_list(request: RecordedRequest) -> Behaviour:
@@ -280,7 +294,9 @@ def sample_text(n: int) -> str:
 def sample_numbers() -> list[int]:
     """The numbers of every recorded sample present, in order."""
     folder = shared_fixture("gemini")
-    return sorted(int(m.group(1)) for p in folder.glob("sample_*.txt") if (m := re.fullmatch(r"sample_(\d+)\.txt", p.name)))
+    return sorted(
+        int(m.group(1)) for p in folder.glob("sample_*.txt") if (m := re.fullmatch(r"sample_(\d+)\.txt", p.name))
+    )
 
 
 def fixture_responder(n: int) -> Responder:

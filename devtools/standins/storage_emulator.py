@@ -69,8 +69,14 @@ GenerationMode = Literal["exact", "serve-live", "stock"]
 
 # A JSON-API metadata GET or a media download of one object; the client percent-encodes the
 # object name into one path segment.
-_STATUS_REASONS = {400: "invalid", 401: "required", 403: "forbidden", 404: "notFound", 412: "conditionNotMet",
-                   429: "rateLimitExceeded"}
+_STATUS_REASONS = {
+    400: "invalid",
+    401: "required",
+    403: "forbidden",
+    404: "notFound",
+    412: "conditionNotMet",
+    429: "rateLimitExceeded",
+}
 _PRINTABLE_ASCII = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
 _UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/(?P<bucket>[^/]+)/o$")
 _OBJECT_PATH = re.compile(r"^(?P<download>/download)?/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>[^/]+)$")
@@ -87,9 +93,7 @@ class SeenRequest:
     @property
     def is_media(self) -> bool:
         """True for a download of object bytes (not metadata)."""
-        return self.method == "GET" and (
-            self.path.startswith("/download/") or self.query.get("alt") == ["media"]
-        )
+        return self.method == "GET" and (self.path.startswith("/download/") or self.query.get("alt") == ["media"])
 
 
 @dataclass
@@ -152,8 +156,13 @@ class _Handler(EmulatorRequestHandler):
         if fault is not None:
             self._drain_body()
             message = f"injected by the test stand-in: HTTP {fault.status}"
-            body = {"error": {"code": fault.status, "message": message,
-                              "errors": [{"domain": "global", "reason": fault.reason, "message": message}]}}
+            body = {
+                "error": {
+                    "code": fault.status,
+                    "message": message,
+                    "errors": [{"domain": "global", "reason": fault.reason, "message": message}],
+                }
+            }
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             self._send_json(fault.status, body, headers)
             return True
@@ -173,8 +182,13 @@ class _Handler(EmulatorRequestHandler):
         requested = query.get("generation", [None])[0]
         if state.generations == "exact" and requested is not None and requested != str(live["generation"]):
             message = f"No such object: {bucket}/{name}#{requested}"
-            body = {"error": {"code": 404, "message": message,
-                              "errors": [{"domain": "global", "reason": "notFound", "message": message}]}}
+            body = {
+                "error": {
+                    "code": 404,
+                    "message": message,
+                    "errors": [{"domain": "global", "reason": "notFound", "message": message}],
+                }
+            }
             self._send_json(404, body, {})
             return True
         if match["download"] or query.get("alt") == ["media"]:
@@ -219,8 +233,13 @@ class _Handler(EmulatorRequestHandler):
 
     def _send_precondition_failed(self) -> None:
         message = "At least one of the pre-conditions you specified did not hold."
-        body_json = {"error": {"code": 412, "message": message,
-                               "errors": [{"domain": "global", "reason": "conditionNotMet", "message": message}]}}
+        body_json = {
+            "error": {
+                "code": 412,
+                "message": message,
+                "errors": [{"domain": "global", "reason": "conditionNotMet", "message": message}],
+            }
+        }
         self._send_json(412, body_json, {})
 
     def _drain_body(self) -> None:
@@ -399,8 +418,9 @@ def running_storage_emulator(
     state = _State(generations=generations)
     httpd = _Server(("127.0.0.1", 0), partial(_Handler, storage))
     httpd.state = state
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="storage-emulator", daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="storage-emulator", daemon=True
+    )
     thread.start()
     host, port = httpd.server_address[:2]
     try:

@@ -20,7 +20,7 @@ from segmentation.offline.arrays import (
 from segmentation.offline.belt import _belt_model, _reference_model
 from segmentation.offline.colour import _belt_area, _colors, _illumination
 from segmentation.offline.evidence import _belt_borders, _evidence, _fill_holes, _thresholds
-from segmentation.offline.instances import _Analysis, _Instance, _calibrated_score, _shape
+from segmentation.offline.instances import _Analysis, _calibrated_score, _Instance, _shape
 from segmentation.offline.joining import _join_across_gaps, _join_occluded
 from segmentation.offline.params import DEFAULT as P
 from segmentation.offline.params import OfflineParams
@@ -68,7 +68,9 @@ def _analyze(work, ref, *, min_area: float, params: OfflineParams = P) -> _Analy
     # weak markers: flat patches that are only somewhat darker (a shadow or a dark item)
     strong_u8 = strong.astype(np.uint8)
     strong_core = cv2.erode(strong_u8, k3)
-    weak_core = cv2.erode((notbelt & flat & (cv2.dilate(strong_u8, np.ones((5, 5), np.uint8)) == 0)).astype(np.uint8), k3)
+    weak_core = cv2.erode(
+        (notbelt & flat & (cv2.dilate(strong_u8, np.ones((5, 5), np.uint8)) == 0)).astype(np.uint8), k3
+    )
     markers = np.zeros((h, w), np.int32)
     next_label = 2
     min_marker = max(6, int(0.00006 * h * w))
@@ -132,8 +134,9 @@ def _analyze(work, ref, *, min_area: float, params: OfflineParams = P) -> _Analy
     # 3) separate touching and overlapping items: one marker per bulge of the distance
     #    transform, flooded by colour, bulges joined again unless a neck separates them
     edge_level = params.edge_level
-    inst = _split_touching(fg, image8, lg, grad, min_px=max(20, 0.3 * min_area * h * w), edge_level=edge_level,
-                           params=params)
+    inst = _split_touching(
+        fg, image8, lg, grad, min_px=max(20, 0.3 * min_area * h * w), edge_level=edge_level, params=params
+    )
     # 4) join the parts of an item that a strap, a seam-coloured band or another item cut apart
     inst = _join_across_gaps(inst, lg, params=params)
     # 5) cut items of one paint that touch without a neck at the notches where their outlines cross
@@ -152,7 +155,7 @@ def _analyze(work, ref, *, min_area: float, params: OfflineParams = P) -> _Analy
     neutral, light = _illumination(blurred, model_lum, belt_mask)
     instances = []
     boxes = _label_boxes(inst, int(ids[-1]) + 1)[0]
-    for rid, cnt in zip(ids, counts):
+    for rid, cnt in zip(ids, counts, strict=False):
         if rid == 0 or cnt < min_px:
             continue
         bx0, by0, bx1, by1 = boxes[rid].tolist()
@@ -164,9 +167,10 @@ def _analyze(work, ref, *, min_area: float, params: OfflineParams = P) -> _Analy
             continue
         ys, xs = ys + cy0, xs + cx0
         x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
-        sub = crop[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
-        dist = cv2.distanceTransform(cv2.copyMakeBorder(sub.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0),
-                                     cv2.DIST_L2, 3)
+        sub = crop[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
+        dist = cv2.distanceTransform(
+            cv2.copyMakeBorder(sub.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0), cv2.DIST_L2, 3
+        )
         if dist.max() < 3.0:  # a stroke, not an object
             continue
         contrast = float(np.abs(m[y0:y1, x0:x1][sub]).mean() + cd[y0:y1, x0:x1][sub].mean())
@@ -176,7 +180,7 @@ def _analyze(work, ref, *, min_area: float, params: OfflineParams = P) -> _Analy
         py0, px0, py1, px1 = max(0, y0 - 1), max(0, x0 - 1), min(h, y1 + 1), min(w, x1 + 1)
         around = inst[py0:py1, px0:px1]
         own = np.zeros(around.shape, bool)
-        own[y0 - py0:y1 - py0, x0 - px0:x1 - px0] = sub
+        own[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0] = sub
         ring = (cv2.dilate(own.astype(np.uint8), k3) > 0) & ~own
         belt_frac = float(np.mean(around[ring] == 0)) if ring.any() else 1.0
         area_px, gap = _hull_gap(sub)
@@ -185,12 +189,20 @@ def _analyze(work, ref, *, min_area: float, params: OfflineParams = P) -> _Analy
         score = max(0.0001, round(float(_calibrated_score(*features, params=params)), 4))
         colors = _colors(blurred[y0:y1, x0:x1], sub, beltlike[y0:y1, x0:x1], neutral, light[y0:y1, x0:x1])
         elong, angle = _shape(ys, xs)
-        instances.append(_Instance(
-            mask=sub, box=(x0, y0, x1, y1), score=score,
-            color=colors[0][0] if colors else "gray", colors=colors,
-            belt_share=len(ys) / max(belt_area, 1), elongation=elong, angle=angle,
-            fill=len(ys) / float(sub.size), features=features,
-        ))
+        instances.append(
+            _Instance(
+                mask=sub,
+                box=(x0, y0, x1, y1),
+                score=score,
+                color=colors[0][0] if colors else "gray",
+                colors=colors,
+                belt_share=len(ys) / max(belt_area, 1),
+                elongation=elong,
+                angle=angle,
+                fill=len(ys) / float(sub.size),
+                features=features,
+            )
+        )
     instances.sort(key=lambda i: -i.score)
     scene = SceneCheck(misfit=misfit, unsure=sum(1 for i in instances if i.score < 0.5), reference=ref is not None)
     return _Analysis(shape=(h, w), instances=instances, belt_area=belt_area, scene=scene)

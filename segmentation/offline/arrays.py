@@ -40,8 +40,6 @@ class _DisjointSet:
         return [self.find(a) for a in range(len(self.parent))]
 
 
-
-
 def _mat(rows):
     import numpy as np
 
@@ -184,8 +182,15 @@ def _label_boxes(labels, k: int):
     in_row[own, ys] = True
     in_col = np.zeros((k, w), bool)
     in_col[own, xs] = True
-    box = np.stack([in_col.argmax(axis=1), in_row.argmax(axis=1), w - in_col[:, ::-1].argmax(axis=1),
-                    h - in_row[:, ::-1].argmax(axis=1)], axis=1).astype(np.int64)
+    box = np.stack(
+        [
+            in_col.argmax(axis=1),
+            in_row.argmax(axis=1),
+            w - in_col[:, ::-1].argmax(axis=1),
+            h - in_row[:, ::-1].argmax(axis=1),
+        ],
+        axis=1,
+    ).astype(np.int64)
     box[~in_row.any(axis=1)] = 0
     return box, ys, xs, own
 

@@ -150,7 +150,7 @@ def _belt_chroma_weights(x, mode, *, params: OfflineParams = P):
     green = x[..., 1]
     dr = x[..., 0] - green - np.float32(mode[0])
     db = x[..., 2] - green - np.float32(mode[1])
-    return np.exp((dr * dr + db * db) * np.float32(-1 / params.belt_chroma_sigma ** 2)) + np.float32(0.05)
+    return np.exp((dr * dr + db * db) * np.float32(-1 / params.belt_chroma_sigma**2)) + np.float32(0.05)
 
 
 def _interpolate_unreliable(profile, bad, axis: int, *, params: OfflineParams = P):
@@ -168,7 +168,7 @@ def _interpolate_unreliable(profile, bad, axis: int, *, params: OfflineParams = 
     fill = bad.copy()
     starts = np.flatnonzero(bad & ~np.concatenate([[False], bad[:-1]]))
     ends = np.flatnonzero(bad & ~np.concatenate([bad[1:], [False]])) + 1
-    for a, b in zip(starts, ends):
+    for a, b in zip(starts, ends, strict=False):
         if a > 0 and b < len(flat) and np.abs(flat[a - 1] - flat[b]).mean() > params.interpolate_max_step:
             fill[a:b] = False
     for c in range(3):

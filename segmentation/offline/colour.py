@@ -69,8 +69,9 @@ def _colors(rgb, mask, beltlike, neutral, light):
 
     from segmentation.colors import dominant_colors, linear_to_srgb8, srgb_to_linear, white_balance
 
-    inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                      borderValue=0) > 0
+    inner = (
+        cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    )
     if np.count_nonzero(inner) < 0.25 * np.count_nonzero(mask):
         inner = mask
     own = inner & ~beltlike

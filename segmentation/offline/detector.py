@@ -16,11 +16,10 @@ from segmentation.errors import UnsupportedSceneError
 from segmentation.images import ModelInput, to_rgb
 from segmentation.offline.analysis import _analyze
 from segmentation.offline.arrays import _draft_size, _reference_like, _work_array
+from segmentation.offline.instances import _Analysis, _to_detection
 from segmentation.offline.params import DEFAULT as P
 from segmentation.offline.params import OfflineParams
-from segmentation.offline.instances import _Analysis, _to_detection
 from segmentation.offline.scene import scene_refusal
-
 
 MODEL = "offline-belt-v1"
 
@@ -64,12 +63,16 @@ class OfflineDetector:
         analysis = self._analyze(image)
         why = scene_refusal(analysis.scene, params=self.params)
         if why:
-            hint = ("is the camera's empty-scene reference still its view?" if analysis.scene.reference else
-                    "an empty-scene photo from the same camera at BACKGROUNDS_PREFIX<camera>.jpg "
-                    "(default backgrounds/) helps")
+            hint = (
+                "is the camera's empty-scene reference still its view?"
+                if analysis.scene.reference
+                else "an empty-scene photo from the same camera at BACKGROUNDS_PREFIX<camera>.jpg "
+                "(default backgrounds/) helps"
+            )
             raise UnsupportedSceneError(
                 f"the offline detector cannot analyse this image: {why}. It is made for plain conveyor belts "
-                f"and baggage carousels seen by a fixed camera; {hint}")
+                f"and baggage carousels seen by a fixed camera; {hint}"
+            )
         detections = [d for d, _ in self._detections(analysis, image_size)]
         return DetectionResult(
             detections=detections,

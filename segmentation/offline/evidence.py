@@ -9,9 +9,8 @@ from segmentation.offline.arrays import _components, _mat, _noise
 
 def _evidence(lg, model):
     """Log-brightness ratio `m` and chroma difference `cd` of the image against the model."""
-    import numpy as np
-
     import cv2
+    import numpy as np
 
     d = lg - model
     m = cv2.transform(d, _mat([[1 / 3, 1 / 3, 1 / 3]]))
@@ -36,8 +35,10 @@ def _belt_borders(labels, grad, n: int):
     import numpy as np
 
     regions, gvals = [], []
-    for a, b, g1, g2 in ((labels[:, :-1], labels[:, 1:], grad[:, :-1], grad[:, 1:]),
-                         (labels[:-1], labels[1:], grad[:-1], grad[1:])):
+    for a, b, g1, g2 in (
+        (labels[:, :-1], labels[:, 1:], grad[:, :-1], grad[:, 1:]),
+        (labels[:-1], labels[1:], grad[:-1], grad[1:]),
+    ):
         diff = a != b
         a, b = a[diff], b[diff]
         belt = np.minimum(a, b) == 1
@@ -52,7 +53,6 @@ def _belt_borders(labels, grad, n: int):
 def _fill_holes(fg, *, max_hole: float, min_hole: float = 0):
     """`fg` with its holes (background not connected to the image border) of `min_hole` to
     `max_hole` pixels filled."""
-    import cv2
     import numpy as np
 
     bg = (~fg).astype(np.uint8)

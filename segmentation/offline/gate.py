@@ -15,12 +15,12 @@ from typing import Any
 
 from PIL import Image
 
+from segmentation.images import to_rgb
 from segmentation.offline.arrays import _components, _log, _mat, _reference_like, _work_array
 from segmentation.offline.belt import _reference_model
 from segmentation.offline.evidence import _evidence, _fill_holes, _thresholds
 from segmentation.offline.params import DEFAULT as P
 from segmentation.offline.params import OfflineParams
-from segmentation.images import to_rgb
 
 MODEL = "empty-scene-gate-v2"  # the `model` of an image the gate recorded as empty
 
@@ -43,8 +43,14 @@ class EmptySceneGate:
     """The gate of one camera, built from its empty-scene reference; safe to share between threads
     once built (the reference copies are cached per frame shape)."""
 
-    def __init__(self, reference: Image.Image, *, side: int | None = None, min_area: float | None = None,
-                 params: OfflineParams = P):
+    def __init__(
+        self,
+        reference: Image.Image,
+        *,
+        side: int | None = None,
+        min_area: float | None = None,
+        params: OfflineParams = P,
+    ):
         self.reference = to_rgb(reference)
         self.params = params
         self.side = params.gate_side if side is None else side
@@ -64,9 +70,12 @@ class EmptySceneGate:
         work = _work_array(to_rgb(image), self.side)
         scale = image.size[0] / work.shape[1]
         share, shift, run = _unexplained_share(work, self._reference_copy(work.shape[:2]), params=self.params)
-        return GateCheck(empty=share < self.min_area, blob_share=share,
-                         camera_shift=(shift[0] * scale, shift[1] * scale),
-                         belt_run=None if run is None else run * scale)
+        return GateCheck(
+            empty=share < self.min_area,
+            blob_share=share,
+            camera_shift=(shift[0] * scale, shift[1] * scale),
+            belt_run=None if run is None else run * scale,
+        )
 
     def _reference_copy(self, shape: tuple[int, int]):
         ref = self._copies.get(shape)
@@ -115,8 +124,15 @@ def _band_run_on(lr, lg, a: int, b: int, *, params: OfflineParams = P):
     import numpy as np
 
     strip = np.ascontiguousarray(lr[a:b])
-    run = _best_shift(_gray(strip), _gray(np.ascontiguousarray(lg[a:b])), strip.shape[1] // 2 - 3, 1,
-                      exclude=2, periodic=True, params=params)[0]
+    run = _best_shift(
+        _gray(strip),
+        _gray(np.ascontiguousarray(lg[a:b])),
+        strip.shape[1] // 2 - 3,
+        1,
+        exclude=2,
+        periodic=True,
+        params=params,
+    )[0]
     moved = lr.copy()
     moved[a:b] = _shifted(strip, run, 0)
     return moved, run
@@ -132,12 +148,18 @@ def _shifted(a, dx: float, dy: float):
     import cv2
     import numpy as np
 
-    return cv2.warpAffine(a, np.float32([[1, 0, dx], [0, 1, dy]]), (a.shape[1], a.shape[0]),
-                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        a,
+        np.float32([[1, 0, dx], [0, 1, dy]]),
+        (a.shape[1], a.shape[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
-def _best_shift(ref, img, max_dx: int, max_dy: int, *, exclude: int = 0,
-                periodic: bool = False, params: OfflineParams = P) -> tuple[float, float]:
+def _best_shift(
+    ref, img, max_dx: int, max_dy: int, *, exclude: int = 0, periodic: bool = False, params: OfflineParams = P
+) -> tuple[float, float]:
     """The shift (dx, dy) that moves `ref` onto `img`, searched within +-max_dx, +-max_dy by phase
     correlation, leaving out |shift| < `exclude` along the longer search axis; with `periodic`,
     the shortest shift whose match is nearly the best (a belt repeats itself). Sub-pixel by the
@@ -152,16 +174,16 @@ def _best_shift(ref, img, max_dx: int, max_dy: int, *, exclude: int = 0,
     surface = np.fft.fftshift(np.fft.irfft2(cross, s=(h, w)))
     cy, cx = h // 2, w // 2
     max_dx, max_dy = min(max_dx, cx - 1), min(max_dy, cy - 1)
-    sub = surface[cy - max_dy:cy + max_dy + 1, cx - max_dx:cx + max_dx + 1].copy()
+    sub = surface[cy - max_dy : cy + max_dy + 1, cx - max_dx : cx + max_dx + 1].copy()
     if exclude:
         if max_dx >= max_dy:
-            sub[:, max(0, max_dx - exclude + 1):max_dx + exclude] = -np.inf
+            sub[:, max(0, max_dx - exclude + 1) : max_dx + exclude] = -np.inf
         else:
-            sub[max(0, max_dy - exclude + 1):max_dy + exclude, :] = -np.inf
+            sub[max(0, max_dy - exclude + 1) : max_dy + exclude, :] = -np.inf
     iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
     if periodic:
         near = np.argwhere(sub >= params.gate_periodic_match * sub[iy, ix])
-        iy, ix = min(near.tolist(), key=lambda p: (abs(p[0] - max_dy) + abs(p[1] - max_dx)))
+        iy, ix = min(near.tolist(), key=lambda p: abs(p[0] - max_dy) + abs(p[1] - max_dx))
     y0, y1, x0, x1 = max(0, iy - 2), min(sub.shape[0], iy + 3), max(0, ix - 2), min(sub.shape[1], ix + 3)
     weights = np.nan_to_num(np.maximum(sub[y0:y1, x0:x1], 0), posinf=0.0)
     total = float(weights.sum())
@@ -177,7 +199,7 @@ def _moving_band(cover, *, params: OfflineParams = P) -> tuple[int, int] | None:
 
     on = np.concatenate([[0], (cover > params.gate_belt_band_cover).astype(np.int8), [0]])
     edges = np.flatnonzero(np.diff(on))
-    runs = [(float(cover[a:b].sum()), int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+    runs = [(float(cover[a:b].sum()), int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=False)]
     if not runs:
         return None
     _, a, b = max(runs)

@@ -15,7 +15,6 @@ from segmentation.offline.params import DEFAULT as P
 from segmentation.offline.params import OfflineParams
 from segmentation.offline.scene import SceneCheck
 
-
 LABEL = "item"
 
 
@@ -41,11 +40,27 @@ class _Analysis:
     scene: SceneCheck
 
 
-def _calibrated_score(contrast: float, edge: float, area_frac: float, thickness: float, belt_frac: float,
-                      solidity: float, *, params: OfflineParams = P) -> float:
-    x = (math.log(max(contrast, 1e-6)), min(edge, 0.5), math.log(max(area_frac, 1e-9)), min(thickness, 30) / 10,
-         belt_frac, solidity)
-    z = params.cal_b + sum(w * (v - mu) / sd for w, v, mu, sd in zip(params.cal_w, x, params.cal_mu, params.cal_sd))
+def _calibrated_score(
+    contrast: float,
+    edge: float,
+    area_frac: float,
+    thickness: float,
+    belt_frac: float,
+    solidity: float,
+    *,
+    params: OfflineParams = P,
+) -> float:
+    x = (
+        math.log(max(contrast, 1e-6)),
+        min(edge, 0.5),
+        math.log(max(area_frac, 1e-9)),
+        min(thickness, 30) / 10,
+        belt_frac,
+        solidity,
+    )
+    z = params.cal_b + sum(
+        w * (v - mu) / sd for w, v, mu, sd in zip(params.cal_w, x, params.cal_mu, params.cal_sd, strict=False)
+    )
     return 1 / (1 + math.exp(-z))
 
 
@@ -79,14 +94,15 @@ def _shape_word(elongation: float) -> str:
     return "elongated"
 
 
-def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, int], *,
-                  params: OfflineParams = P) -> Detection | None:
+def _to_detection(
+    inst: _Instance, sx: float, sy: float, out_size: tuple[int, int], *, params: OfflineParams = P
+) -> Detection | None:
     import cv2
     import numpy as np
 
     x0, y0, x1, y1 = inst.box
-    ox0, oy0 = int(math.floor(x0 * sx)), int(math.floor(y0 * sy))
-    ox1, oy1 = min(out_size[0], int(math.ceil(x1 * sx))), min(out_size[1], int(math.ceil(y1 * sy)))
+    ox0, oy0 = math.floor(x0 * sx), math.floor(y0 * sy)
+    ox1, oy1 = min(out_size[0], math.ceil(x1 * sx)), min(out_size[1], math.ceil(y1 * sy))
     if ox1 <= ox0 or oy1 <= oy0:
         return None
     # resample the mask: pixel centres of the output box mapped into the working mask
@@ -94,8 +110,14 @@ def _to_detection(inst: _Instance, sx: float, sy: float, out_size: tuple[int, in
     if params.mask_smooth > 0:
         pad = cv2.GaussianBlur(pad, (0, 0), params.mask_smooth)
     to_work = np.array([[1 / sx, 0, (ox0 + 0.5) / sx - 0.5 - x0 + 2], [0, 1 / sy, (oy0 + 0.5) / sy - 0.5 - y0 + 2]])
-    big = cv2.warpAffine(pad, to_work, (ox1 - ox0, oy1 - oy0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    big = cv2.warpAffine(
+        pad,
+        to_work,
+        (ox1 - ox0, oy1 - oy0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     big = big >= params.mask_level
     rows, cols = np.flatnonzero(big.any(axis=1)), np.flatnonzero(big.any(axis=0))
     if not len(rows):

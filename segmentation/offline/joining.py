@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from segmentation.offline.arrays import _DisjointSet, _cheapest_pair, _label_boxes, _nonzero, _touching
+from segmentation.offline.arrays import _cheapest_pair, _DisjointSet, _label_boxes, _nonzero, _touching
 from segmentation.offline.belt import _modes
 from segmentation.offline.colour import _paint_distance
 from segmentation.offline.params import DEFAULT as P
@@ -40,7 +40,7 @@ def _join_across_gaps(inst, lg, *, params: OfflineParams = P):
         cx1, cy1 = min(w, x1 + params.gap_reach), min(h, y1 + params.gap_reach)
         crop = inst[cy0:cy1, cx0:cx1]
         near = cv2.dilate((crop == r).astype(np.uint8), reach) > 0
-        neighbours = np.flatnonzero(np.bincount(crop[near], minlength=k)[r + 1:]) + r + 1
+        neighbours = np.flatnonzero(np.bincount(crop[near], minlength=k)[r + 1 :]) + r + 1
         near_pairs.update((r, o) for o in neighbours.tolist() if (r, o) not in adjacent)
     if not near_pairs:
         return inst
@@ -50,8 +50,9 @@ def _join_across_gaps(inst, lg, *, params: OfflineParams = P):
     involved[list({r for pair in near_pairs for r in pair})] = True
     sel = involved[own]
     paint = _modes(lg[ys[sel], xs[sel]][None], axis=1, bins=48, line_index=own[sel], lines=k).reshape(k, 3)
-    candidates = {(r, o) for r, o in near_pairs
-                  if _paint_distance(paint[r] - paint[o], params=params) <= params.max_color_dist}
+    candidates = {
+        (r, o) for r, o in near_pairs if _paint_distance(paint[r] - paint[o], params=params) <= params.max_color_dist
+    }
     if not candidates:
         return inst
     out = inst.copy()
@@ -79,8 +80,11 @@ def _join_across_gaps(inst, lg, *, params: OfflineParams = P):
         (a strap, a band: thin gap components touching both) into group ra."""
         x0, y0, crop, ma, mb, hull, thin_gap = geometry
         inside = hull & ~ma & ~mb & (crop > 0)
-        patches = [o for o in np.unique(crop[inside]).tolist()
-                   if np.count_nonzero(crop[inside] == o) >= params.patch_inside * area[o]]
+        patches = [
+            o
+            for o in np.unique(crop[inside]).tolist()
+            if np.count_nonzero(crop[inside] == o) >= params.patch_inside * area[o]
+        ]
         n_gap, gap_labels = cv2.connectedComponents(thin_gap.astype(np.uint8), connectivity=4)
         k3 = np.ones((3, 3), np.uint8)
         touch_a = np.unique(gap_labels[cv2.dilate(ma.astype(np.uint8), k3) > 0])
@@ -98,7 +102,7 @@ def _join_across_gaps(inst, lg, *, params: OfflineParams = P):
                 box[ra, :2] = np.minimum(box[ra, :2], box[o, :2])
                 box[ra, 2:] = np.maximum(box[ra, 2:], box[o, 2:])
         bh, bw = bridge.shape
-        out[y0:y0 + bh, x0:x0 + bw][bridge] = ra
+        out[y0 : y0 + bh, x0 : x0 + bw][bridge] = ra
         for key in [key for key in costs if changed & set(key)]:
             del costs[key]
 
@@ -108,9 +112,16 @@ def _join_across_gaps(inst, lg, *, params: OfflineParams = P):
     return out
 
 
-def _merge_convex(labels, lg, *, min_px: float, max_gap: float | None = None,
-                  max_gap_other: float | None = None,
-                  max_color_dist: float | None = None, params: OfflineParams = P):
+def _merge_convex(
+    labels,
+    lg,
+    *,
+    min_px: float,
+    max_gap: float | None = None,
+    max_gap_other: float | None = None,
+    max_color_dist: float | None = None,
+    params: OfflineParams = P,
+):
     """Join adjacent pieces (labels 1..) of one foreground blob into items.
 
     Pieces smaller than `min_px` join the neighbour they share the longest border with. Then,
@@ -140,8 +151,12 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float | None = None,
     carea = area.copy()  # pixels the colour (csum) is taken over: the item's paint, not its patches
     # each piece's convex hull, from its outline pixels only (the hull of all its pixels)
     outline = np.ones(labels.shape, bool)
-    outline[1:-1, 1:-1] = ((labels[1:-1, 1:-1] != labels[:-2, 1:-1]) | (labels[1:-1, 1:-1] != labels[2:, 1:-1])
-                           | (labels[1:-1, 1:-1] != labels[1:-1, :-2]) | (labels[1:-1, 1:-1] != labels[1:-1, 2:]))
+    outline[1:-1, 1:-1] = (
+        (labels[1:-1, 1:-1] != labels[:-2, 1:-1])
+        | (labels[1:-1, 1:-1] != labels[2:, 1:-1])
+        | (labels[1:-1, 1:-1] != labels[1:-1, :-2])
+        | (labels[1:-1, 1:-1] != labels[1:-1, 2:])
+    )
     ys, xs = _nonzero(outline & (labels > 0))
     lab = labels[ys, xs]
     order = np.argsort(lab, kind="stable")
@@ -150,14 +165,14 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float | None = None,
     hulls = {}
     for r in range(1, k):
         if bounds[r + 1] > bounds[r]:
-            hulls[r] = cv2.convexHull(pts[bounds[r]:bounds[r + 1]]).reshape(-1, 2)
+            hulls[r] = cv2.convexHull(pts[bounds[r] : bounds[r + 1]]).reshape(-1, 2)
     adj: dict[tuple[int, int], int] = {}
     outside = np.zeros(k)  # border length of each piece with the outside of the blob (belt)
     for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1], labels[1:])):
         diff = a != b
         lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
         codes, counts = np.unique(lo.astype(np.int64) * k + hi, return_counts=True)
-        for c, n in zip(codes.tolist(), counts.tolist()):
+        for c, n in zip(codes.tolist(), counts.tolist(), strict=False):
             key = divmod(c, k)
             if key[0] == 0:
                 outside[key[1]] += n
@@ -215,16 +230,20 @@ def _merge_convex(labels, lg, *, min_px: float, max_gap: float | None = None,
             return False, (True, cost)
         patch, host = (a, b) if area[a] <= area[b] else (b, a)
         perimeter = outside[patch] + sum(n for key, n in adj.items() if patch in key)
-        foreign = sum(n for key, n in adj.items() if patch in key and host not in key
-                      and not one_paint(key[0] if key[1] == patch else key[1], (patch, host)))
+        foreign = sum(
+            n
+            for key, n in adj.items()
+            if patch in key and host not in key and not one_paint(key[0] if key[1] == patch else key[1], (patch, host))
+        )
         ok = outside[patch] <= params.patch_max_outline * perimeter and foreign <= params.patch_max_foreign * perimeter
         return ok, (True, cost)
 
     def one_paint(r: int, others) -> bool:
         """Whether piece r has the paint of one of the pieces `others`."""
         colour = csum[r] / max(carea[r], 1)
-        return any(_paint_distance(colour - csum[o] / max(carea[o], 1), params=params) <= max_color_dist
-                   for o in others)
+        return any(
+            _paint_distance(colour - csum[o] / max(carea[o], 1), params=params) <= max_color_dist for o in others
+        )
 
     while adj:
         small = [r for r in hulls if area[r] < min_px and any(r in key for key in adj)]
@@ -265,7 +284,7 @@ def _join_occluded(inst, lg, *, min_px: float, params: OfflineParams = P):
     # touching pairs (4-neighbours) of pieces that are large enough to be items
     n = len(counts)
     uniq, n_border = _touching(inst, n, big)
-    pairs = [divmod(int(c), n) for c, nb in zip(uniq, n_border) if nb >= 3]
+    pairs = [divmod(int(c), n) for c, nb in zip(uniq, n_border, strict=False) if nb >= 3]
     if not pairs:
         return inst
     label_boxes = _label_boxes(inst, n)[0]
@@ -273,9 +292,10 @@ def _join_occluded(inst, lg, *, min_px: float, params: OfflineParams = P):
     for r in {r for pair in pairs for r in pair}:
         x0, y0, x1, y1 = box[r] = [int(v) for v in label_boxes[r]]
         area[r] = float(counts[r])
-        contours, _ = cv2.findContours((inst[y0:y1, x0:x1] == r).astype(np.uint8),
-                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        hulls[r] = cv2.convexHull(np.concatenate(contours)) + (x0, y0)
+        contours, _ = cv2.findContours(
+            (inst[y0:y1, x0:x1] == r).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        hulls[r] = (*cv2.convexHull(np.concatenate(contours)), x0, y0)
     out = inst.copy()
     groups = _DisjointSet(n)
 
@@ -294,8 +314,9 @@ def _join_occluded(inst, lg, *, min_px: float, params: OfflineParams = P):
             return None
         ma, mb = crop == ra, crop == rb
         both = ma | mb
-        paint = _modes(lg[y0:y1, x0:x1][both][None], axis=1, bins=48, line_index=mb[both].astype(np.int64),
-                       lines=2).reshape(2, 3)
+        paint = _modes(
+            lg[y0:y1, x0:x1][both][None], axis=1, bins=48, line_index=mb[both].astype(np.int64), lines=2
+        ).reshape(2, 3)
         return c if _paint_distance(paint[0] - paint[1], params=params) <= params.occluded_one_paint else None
 
     costs: dict[tuple[int, int], Any] = {}

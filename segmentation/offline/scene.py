@@ -39,12 +39,18 @@ def scene_refusal(check: SceneCheck, *, params: OfflineParams = P) -> str | None
     limit = params.scene_misfit_max
     if check.misfit > limit:
         if check.reference:
-            return (f"three quarters of it differ from the camera's empty-scene reference by more than "
-                    f"{check.misfit:.2f} (log brightness + chroma; the same scene: at most {limit}), so it shows "
-                    "another scene or the camera moved")
-        return (f"no belt model fits it: three quarters of it differ from the best one by more than "
-                f"{check.misfit:.2f} (log brightness + chroma; a belt scene: at most {limit})")
+            return (
+                f"three quarters of it differ from the camera's empty-scene reference by more than "
+                f"{check.misfit:.2f} (log brightness + chroma; the same scene: at most {limit}), so it shows "
+                "another scene or the camera moved"
+            )
+        return (
+            f"no belt model fits it: three quarters of it differ from the best one by more than "
+            f"{check.misfit:.2f} (log brightness + chroma; a belt scene: at most {limit})"
+        )
     if check.unsure > params.scene_max_unsure:
-        return (f"too much clutter: {check.unsure} candidate regions below 0.5 confidence (a belt scene: at "
-                f"most {params.scene_max_unsure})")
+        return (
+            f"too much clutter: {check.unsure} candidate regions below 0.5 confidence (a belt scene: at "
+            f"most {params.scene_max_unsure})"
+        )
     return None

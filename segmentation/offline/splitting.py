@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from segmentation.offline.arrays import _DisjointSet, _components, _contours_hull_gap, _hull_gap
+from segmentation.offline.arrays import _components, _contours_hull_gap, _DisjointSet, _hull_gap
 from segmentation.offline.belt import _modes
 from segmentation.offline.colour import _colour_features, _paint_distance
 from segmentation.offline.joining import _merge_convex
@@ -14,9 +14,19 @@ from segmentation.offline.params import DEFAULT as P
 from segmentation.offline.params import OfflineParams
 
 
-def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, neck: float | None = None,
-                    max_color_dist: float | None = None, merge_gap: float | None = None,
-                    params: OfflineParams = P):
+def _split_touching(
+    fg,
+    image8,
+    lg,
+    grad,
+    *,
+    min_px: float,
+    edge_level: float,
+    neck: float | None = None,
+    max_color_dist: float | None = None,
+    merge_gap: float | None = None,
+    params: OfflineParams = P,
+):
     """Instance labels (0 = background, 1.. = items) for the foreground mask `fg`.
 
     Two bulges of a blob without a neck between them join when their commonest colours differ
@@ -71,7 +81,10 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
         bulges = _DisjointSet(k)
 
         pairs = []
-        for a, b, d1, d2 in ((ws[:, :-1], ws[:, 1:], dist[:, :-1], dist[:, 1:]), (ws[:-1], ws[1:], dist[:-1], dist[1:])):
+        for a, b, d1, d2 in (
+            (ws[:, :-1], ws[:, 1:], dist[:, :-1], dist[:, 1:]),
+            (ws[:-1], ws[1:], dist[:-1], dist[1:]),
+        ):
             diff = (a != b) & (a > 1) & (b > 1)
             lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
             pairs.append((lo.astype(np.int64) * k + hi, np.minimum(d1[diff], d2[diff])))
@@ -85,14 +98,18 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
             uniq, inv = np.unique(codes, return_inverse=True)
             border_max = np.zeros(len(uniq))
             np.maximum.at(border_max, inv, vals)
-            order = np.argsort(-border_max / np.maximum([min(peak_value[c // k], peak_value[c % k]) for c in uniq], 1e-3))
+            order = np.argsort(
+                -border_max / np.maximum([min(peak_value[c // k], peak_value[c % k]) for c in uniq], 1e-3)
+            )
             for i in order:
                 a, b = int(uniq[i] // k), int(uniq[i] % k)
                 ra, rb = bulges.find(a), bulges.find(b)
                 if ra == rb:
                     continue
-                if border_max[i] >= neck * min(peak_value[ra], peak_value[rb]) and \
-                        np.abs(color[ra] - color[rb]).sum() <= max_color_dist:
+                if (
+                    border_max[i] >= neck * min(peak_value[ra], peak_value[rb])
+                    and np.abs(color[ra] - color[rb]).sum() <= max_color_dist
+                ):
                     bulges.attach(rb, ra)
                     peak_value[ra] = max(peak_value[ra], peak_value[rb])
         roots = np.array(bulges.roots())
@@ -100,8 +117,9 @@ def _split_touching(fg, image8, lg, grad, *, min_px: float, edge_level: float, n
         merged[~mask] = 0
         stray = mask & (merged == 1)  # flooded from outside the blob: give it to the nearest piece
         if stray.any() and (mask & ~stray).any():
-            _, near = cv2.distanceTransformWithLabels((merged <= 1).astype(np.uint8), cv2.DIST_L2, 3,
-                                                      labelType=cv2.DIST_LABEL_PIXEL)
+            _, near = cv2.distanceTransformWithLabels(
+                (merged <= 1).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+            )
             owner = np.zeros(int(near.max()) + 1, np.int32)
             seeds = merged > 1
             owner[near[seeds]] = merged[seeds]
@@ -189,8 +207,9 @@ def _colour_refine(labels, mask, lg, *, min_px: float, params: OfflineParams = P
         return labels
     small = mask & (out == 0)
     if small.any():
-        _, near = cv2.distanceTransformWithLabels((out == 0).astype(np.uint8), cv2.DIST_L2, 3,
-                                                  labelType=cv2.DIST_LABEL_PIXEL)
+        _, near = cv2.distanceTransformWithLabels(
+            (out == 0).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+        )
         owner = np.zeros(int(near.max()) + 1, np.int32)
         seeds = out > 0
         owner[near[seeds]] = out[seeds]
@@ -226,8 +245,9 @@ def _edge_refine(labels, mask, grad, *, min_px: float, level: float):
     out = remap[cc]
     rest = mask & (out == 0)
     if rest.any():
-        _, near = cv2.distanceTransformWithLabels((out == 0).astype(np.uint8), cv2.DIST_L2, 3,
-                                                  labelType=cv2.DIST_LABEL_PIXEL)
+        _, near = cv2.distanceTransformWithLabels(
+            (out == 0).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+        )
         owner = np.zeros(int(near.max()) + 1, np.int32)
         seeds = out > 0
         owner[near[seeds]] = out[seeds]
@@ -286,14 +306,19 @@ def _cut_at_defects(inst, lg, *, min_px: float, params: OfflineParams = P):
         if defects is None:
             continue
         min_depth = max(2.5, params.defect_depth * math.sqrt(area / math.pi))
-        notches = [(int(cnt[d[2]][0][0]), int(cnt[d[2]][0][1])) for d in defects.reshape(-1, 4)
-                   if d[3] / 256.0 >= min_depth]
+        notches = [
+            (int(cnt[d[2]][0][0]), int(cnt[d[2]][0][1])) for d in defects.reshape(-1, 4) if d[3] / 256.0 >= min_depth
+        ]
         if len(notches) < 2:
             continue
         others = (crop > 0) & (piece == 0)
         rr = params.defect_free
-        blocked = [bool(others[max(0, py - rr):py + rr + 1, max(0, px - rr):px + rr + 1].any()) for px, py in notches]
-        notches = [p for _, p in sorted(zip(blocked, notches), key=lambda pair: pair[0])]  # open ones first
+        blocked = [
+            bool(others[max(0, py - rr) : py + rr + 1, max(0, px - rr) : px + rr + 1].any()) for px, py in notches
+        ]
+        notches = [
+            p for _, p in sorted(zip(blocked, notches, strict=False), key=lambda pair: pair[0])
+        ]  # open ones first
         n_free = blocked.count(False)
         cands = []
         for i in range(n_free):
@@ -318,8 +343,9 @@ def _cut_at_defects(inst, lg, *, min_px: float, params: OfflineParams = P):
         best = None
         for left, _, plab, big in sorted(cands, key=lambda c: c[:2]):
             sel = (plab == big[0]) | (plab == big[1])
-            paint = _modes(lg[y0:y1, x0:x1][sel][None], axis=1, bins=48,
-                           line_index=(plab[sel] == big[1]).astype(np.int64), lines=2).reshape(2, 3)
+            paint = _modes(
+                lg[y0:y1, x0:x1][sel][None], axis=1, bins=48, line_index=(plab[sel] == big[1]).astype(np.int64), lines=2
+            ).reshape(2, 3)
             if _paint_distance(paint[0] - paint[1], params=params) > params.defect_one_paint:
                 continue
             best = (left, plab, big)

@@ -296,7 +296,7 @@ def cold_import_wall_ms(runs: int) -> tuple[list[float], list[float]]:
     return imports, processes
 
 
-def importtime_medians(runs: int) -> tuple[dict[str, tuple[float, float]], list[float]]:
+def importtime_medians(runs: int) -> tuple[dict[str, tuple[float, ...]], list[float]]:
     """package -> median (self ms, cumulative ms) over `runs` -X importtime runs; and each run's total."""
     code = f"import sys; sys.stderr.write({IMPORT_MARK!r} + '\\n'); import main"
     per_run = [
@@ -307,11 +307,11 @@ def importtime_medians(runs: int) -> tuple[dict[str, tuple[float, float]], list[
         package: tuple(statistics.median(times.get(package, (0.0, 0.0))[i] for times in per_run) for i in (0, 1))
         for package in packages
     }
-    totals = [sum(own for own, _ in times.values()) for times in per_run]
+    totals = [float(sum(own for own, _ in times.values())) for times in per_run]
     return medians, totals
 
 
-def import_breakdown_table(medians: dict[str, tuple[float, float]], total_ms: float) -> str:
+def import_breakdown_table(medians: dict[str, tuple[float, ...]], total_ms: float) -> str:
     """The 12 slowest packages by cumulative time, then the watched ones below them or absent."""
     ranked = sorted(((p, t) for p, t in medians.items() if p != "main"), key=lambda item: item[1][1], reverse=True)
     shown = ranked[:12] + [(p, t) for p, t in ranked[12:] if p in WATCHED_PACKAGES]
@@ -506,7 +506,7 @@ def fake_gemini(objects: int) -> Iterator[Any]:
 @contextlib.contextmanager
 def storage_emulator() -> Iterator[Emulator]:
     """A fresh in-memory emulator with BUCKET; STORAGE_EMULATOR_HOST points at it while it runs."""
-    from google.cloud import storage  # type: ignore[attr-defined]  # untyped package
+    from google.cloud import storage
 
     from devtools.standins.storage_emulator import running_storage_emulator
 
@@ -567,6 +567,7 @@ def child_main(import_s: float, status_at_start: str, status_after_import: str) 
     for event in json.loads(sys.argv[1]):
         start = time.perf_counter()
         outcome = handle_cloud_event(event["attributes"], event["data"])
+        assert outcome is not None
         wall_ms = (time.perf_counter() - start) * 1000
         result["events"].append(
             {
@@ -720,7 +721,7 @@ def per_image_samples(
 def own_process_storage() -> Iterator[Emulator]:
     """The threaded in-memory storage stand-in in its own process, with BUCKET;
     STORAGE_EMULATOR_HOST points at it while it runs."""
-    from google.cloud import storage  # type: ignore[attr-defined]  # untyped package
+    from google.cloud import storage
 
     with emulator_process("memory") as (_, url), environ({"STORAGE_EMULATOR_HOST": url}):
         client = storage.Client()
@@ -931,6 +932,8 @@ def counting_gemini(answer_text: str, latency: float, spread: float = 0.0) -> It
     draws_lock = threading.Lock()
 
     class CountingGemini(gemini_server.FakeGeminiServer):
+        in_flight: Any  # the shared counter of calls being answered
+
         def _wait(self, seconds: float) -> None:
             if spread and seconds > 0:
                 with draws_lock:
@@ -979,6 +982,7 @@ def emulator_process(storage: str = "memory", round_trip_ms: float = 0.0) -> Ite
         args += ["--round-trip-ms", str(round_trip_ms)]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
+        assert process.stdout is not None
         line = process.stdout.readline()
         if not line.startswith("READY "):
             raise RuntimeError(f"storage emulator did not start: {line!r}")
@@ -1144,7 +1148,8 @@ def throughput_cell(
                 }
             )
         with environ(env):
-            served = {"source": ROOT / "benchmarks" / "floor_function.py", "target": "floor"} if floor else {}
+            floor_source = ROOT / "benchmarks" / "floor_function.py"
+            served: dict[str, Any] = {"source": floor_source, "target": "floor"} if floor else {}
             stack = LocalStack(
                 bucket=BUCKET,
                 storage_port=0,
@@ -1168,6 +1173,7 @@ def throughput_cell(
                 gemini.latency = latency
                 gemini_before = len(gemini.requests)
                 storage_before = emulator_stats(storage_url)
+                assert stack.function_process is not None
                 worker_pid = stack.function_process.pid
                 cpu_before = (
                     process_cpu_s(worker_pid),
@@ -1669,9 +1675,9 @@ def tokens_section(
                         with quiet_stdout():
                             outcome = pipeline.process(upload.ref())
                         detector.close()
-                        rows = [r for r in SqliteSink(config.sqlite_path).rows("images") if r["source_name"] == name]
-                        if outcome.status != "ok" or len(rows) != 1:
-                            raise RuntimeError(f"{name}: {outcome.status}, {len(rows)} image rows")
+                        found = [r for r in SqliteSink(config.sqlite_path).rows("images") if r["source_name"] == name]
+                        if outcome.status != "ok" or len(found) != 1:
+                            raise RuntimeError(f"{name}: {outcome.status}, {len(found)} image rows")
                         request = gemini.requests[before]
                         part = request.image_part or {}
                         level = (part.get("mediaResolution") or {}).get("level") or request.generation_config.get(
@@ -1685,7 +1691,7 @@ def tokens_section(
                             else "none"
                         )
                         key = (model, side, resolution)
-                        tokens[key] = rows[0]["prompt_tokens"]
+                        tokens[key] = found[0]["prompt_tokens"]
                         sent[key] = f"{level or '-'} ({where})"
                         text_tokens.add(
                             tokens[key] - image_token_count(model, level, model_input_size(width, height, side))
@@ -1693,7 +1699,7 @@ def tokens_section(
     headers = ["max side", "image sent"] + [
         f"{model.removeprefix('gemini-')} {res or 'none'}" for model in models for res in resolutions
     ]
-    rows = []
+    rows: list[tuple] = []
     for side in max_sides:
         w, h = model_input_size(width, height, side)
         rows.append((side, f"{w}x{h}", *(tokens[(model, side, res)] for model in models for res in resolutions)))

@@ -33,6 +33,7 @@ from segmentation.events import object_ref_from_event
 from segmentation.function import build_pipeline
 from segmentation.images import ModelInput
 from segmentation.pipeline import Pipeline
+from segmentation.storage import GcsStorage
 
 MODES = ("wait", "model", "io")
 _lock = threading.Lock()
@@ -44,6 +45,7 @@ def _shared() -> Pipeline:
     with _lock:
         if _pipeline is None:
             _pipeline = build_pipeline(Config.from_env())
+            assert isinstance(_pipeline.storage, GcsStorage)
             _pipeline.storage.client  # noqa: B018 - built on the first event, as the function's is
             # bench.warm_up knows a worker has handled an event by this C extension (which the
             # storage client loads on its first transfer); the "wait" floor makes none.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from segmentation import logs
@@ -50,7 +51,7 @@ def default_pipeline() -> Pipeline:
         return _pipeline
 
 
-def handle_cloud_event(attributes: dict[str, Any], data: Any, pipeline: Pipeline | None = None) -> Outcome | None:
+def handle_cloud_event(attributes: Mapping[str, Any], data: Any, pipeline: Pipeline | None = None) -> Outcome | None:
     """Process one object-finalize event; a malformed or foreign event is logged and acknowledged.
 
     Raises only `TransientError` (already logged as one JSON line): the platform redelivers."""

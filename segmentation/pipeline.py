@@ -510,7 +510,7 @@ class Pipeline:
                     ref, [name for (name, _), uri in zip(outputs, uris, strict=False) if uri is not None], deadline
                 )
                 raise _Superseded()
-        *crop_uris, overview_uri = uris
+        *crop_uris, overview_uri = [uri for uri in uris if uri is not None]  # all written: checked above
 
         status = "partial" if result.partial else ("ok" if detections else "empty")
         image_row = self._image_row(

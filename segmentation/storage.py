@@ -41,7 +41,7 @@ from segmentation.errors import (
 )
 
 if TYPE_CHECKING:
-    from google.cloud import storage
+    import google.cloud.storage as storage
 
 
 _BUCKET_METADATA_SWITCH = "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"
@@ -234,7 +234,7 @@ class GcsStorage:
             with self._lock:
                 if self._client is None:
                     os.environ.setdefault(_BUCKET_METADATA_SWITCH, "true")
-                    from google.cloud import storage
+                    import google.cloud.storage as storage
                     from requests.adapters import HTTPAdapter
 
                     from segmentation.sessions import read_environment_once

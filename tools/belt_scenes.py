@@ -192,7 +192,7 @@ def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
     return float(rng.uniform(*lo_hi))
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: float) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=max(8, int(size)))
 
 
@@ -262,7 +262,7 @@ def _belt(rng: np.random.Generator, p: SplitParams, width: int, height: int) -> 
         b = np.asarray(bolts, np.float32)[..., None] / 255
         image = image * (1 - 0.55 * b)
     # lip shadow of the rails onto the belt
-    lip = np.ones((height, 1), np.float32)
+    lip: np.ndarray = np.ones((height, 1), np.float32)
     d = np.minimum(np.abs(ys - top), np.abs(ys - bottom))
     lip = 1 - 0.25 * np.exp(-d / (6 * s)) * ((ys >= top) & (ys < bottom))
     image = image * lip[..., None]
@@ -620,7 +620,7 @@ def _render_items(
         # soft cast shadow (offset towards away-from-light) and contact shadow
         strength = _u(rng, p.shadow_strength)
         off = -light_dir * rng.uniform(4, 16) * scale
-        M = np.float32([[1, 0, off[0]], [0, 1, off[1]]])
+        M = np.array([[1, 0, off[0]], [0, 1, off[1]]], np.float32)
         f = full.astype(np.float32)
         cast = cv2.warpAffine(f, M, (width, height))
         cast = np.maximum(cast, f)
@@ -784,7 +784,7 @@ def make_scene(
         albedo, (top, bottom) = _belt(rng, p, width, height)
         region = (top, bottom, 0, width)
         belt_grey = float(albedo[(top + bottom) // 2].mean()) > 80
-        belt_width = bottom - top
+        belt_width: float = bottom - top
     else:
         carousel_rng = copy.deepcopy(rng)
         albedo, region = _carousel_background(rng, width, height)
@@ -855,7 +855,7 @@ def vibrate(
     arr = np.asarray(image, np.float32)
     moved = cv2.warpAffine(
         arr,
-        np.float32([[1, 0, dx], [0, 1, dy]]),
+        np.array([[1, 0, dx], [0, 1, dy]], np.float32),
         (arr.shape[1], arr.shape[0]),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REFLECT,
@@ -869,7 +869,8 @@ def to_coco(scenes: list[Scene], file_names: list[str] | None = None) -> dict:
     """COCO dict (images, annotations with RLE of the visible mask, category "item")."""
     from pycocotools import mask as mask_utils
 
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for i, scene in enumerate(scenes):
         image_id = i + 1
         entry = {
@@ -883,7 +884,7 @@ def to_coco(scenes: list[Scene], file_names: list[str] | None = None) -> dict:
             "index": scene.index,
         }
         if scene.background is not None:
-            entry["background"] = entry["file_name"].replace(".jpg", "-background.jpg")
+            entry["background"] = str(entry["file_name"]).replace(".jpg", "-background.jpg")
         images.append(entry)
         for item in scene.items:
             rle = mask_utils.encode(np.asfortranarray(item.mask.astype(np.uint8)))

@@ -34,14 +34,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from segmentation.offline.gate import EmptySceneGate  # noqa: E402
-from tools.belt_scenes import make_scene, vibrate  # noqa: E402
+from tools.belt_scenes import Scene, make_scene, vibrate  # noqa: E402
 
 COCO = ROOT.parent / "shared" / "fixtures" / "coco_luggage"
 
 
+def _reference(scene: Scene) -> Image.Image:
+    """A fixed-camera scene's empty reference (every scene the gate rows draw has one)."""
+    assert scene.background is not None
+    return scene.background
+
+
 def luggage_painted_out(photo: Image.Image, masks: list[np.ndarray]) -> Image.Image:
     """The photo with the given object masks painted out (their surroundings flowed in)."""
-    hole = np.zeros((photo.height, photo.width), np.uint8)
+    hole: np.ndarray = np.zeros((photo.height, photo.width), np.uint8)
     for mask in masks:
         hole |= mask.astype(np.uint8)
     hole = cv2.dilate(hole, np.ones((9, 9), np.uint8))
@@ -87,14 +93,14 @@ def synthetic_rows(n: int) -> list[tuple[str, str, str]]:
                     frame = (
                         vibrate(scene.image, np.random.default_rng(1000 + i), max_shift=shift) if shift else scene.image
                     )
-                    skipped.append(EmptySceneGate(scene.background).is_empty(frame))
+                    skipped.append(EmptySceneGate(_reference(scene)).is_empty(frame))
                 rows.append((f"{label}: empty, {name}", "skipped", _share(skipped)))
     false_skips = []
     for i in range(3 * n):
         scene = make_scene("heldout", i, salt="gate-items", reference=True, belt_moved=True)
         if scene.items:
             frame = vibrate(scene.image, np.random.default_rng(2000 + i))
-            false_skips.append(EmptySceneGate(scene.background).is_empty(frame))
+            false_skips.append(EmptySceneGate(_reference(scene)).is_empty(frame))
     for i in range(n):
         scene = make_scene(
             "heldout",
@@ -108,7 +114,7 @@ def synthetic_rows(n: int) -> list[tuple[str, str, str]]:
             belt_moved=True,
         )
         false_skips.append(
-            EmptySceneGate(scene.background).is_empty(vibrate(scene.image, np.random.default_rng(3000 + i)))
+            EmptySceneGate(_reference(scene)).is_empty(vibrate(scene.image, np.random.default_rng(3000 + i)))
         )
     rows.append(
         (

@@ -210,12 +210,13 @@ def _touching(labels, k: int, keep):
     return np.unique(np.concatenate(codes), return_counts=True)
 
 
-def _cheapest_pair(pairs, groups, costs: dict, cost, *, rank=lambda entry: entry):
+def _cheapest_pair(pairs, groups, costs: dict, cost, *, rank=lambda entry: entry) -> tuple[int, int] | None:
     """The pair of groups (roots, smaller first) of two pieces in `pairs` that are not yet one group
     and whose cost ranks lowest, or None. `cost(ra, rb)` gives a pair's entry (None: never join),
     kept in `costs` until the caller drops it; `rank(entry)` is what is compared (the first
     cheapest wins a tie)."""
-    best, best_rank = None, math.inf
+    best: tuple[int, int] | None = None
+    best_rank = math.inf
     for a, b in pairs:
         ra, rb = groups.find(a), groups.find(b)
         if ra == rb:

@@ -29,6 +29,7 @@ def _modes(x, axis: int, bins: int = 96, line_index=None, lines: int | None = No
             lines, line_index = height, np.repeat(np.arange(height), width)
     else:  # x is 1 x N x 3, grouped by line_index (labels)
         channels = x.shape[2]
+    assert lines is not None
     wt = None
     if weights is not None:
         wt = weights.ravel().astype(np.float64)

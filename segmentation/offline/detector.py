@@ -57,9 +57,9 @@ class OfflineDetector:
         Raises `UnsupportedSceneError` for a frame that is not a belt scene it can analyse
         (`scene_refusal`), rather than returning guesses."""
         started = time.perf_counter()
-        image = Image.open(io.BytesIO(model_input.data))
-        image.draft("RGB", _draft_size(image.size, self.work_side))  # JPEG: decode at reduced size
-        image = to_rgb(image.convert("RGB") if image.mode != "RGB" else image)
+        decoded = Image.open(io.BytesIO(model_input.data))
+        decoded.draft("RGB", _draft_size(decoded.size, self.work_side))  # JPEG: decode at reduced size
+        image = to_rgb(decoded.convert("RGB") if decoded.mode != "RGB" else decoded)
         analysis = self._analyze(image)
         why = scene_refusal(analysis.scene, params=self.params)
         if why:

@@ -34,7 +34,7 @@ def _belt_borders(labels, grad, n: int):
     belt."""
     import numpy as np
 
-    regions, gvals = [], []
+    parts, gvals = [], []
     for a, b, g1, g2 in (
         (labels[:, :-1], labels[:, 1:], grad[:, :-1], grad[:, 1:]),
         (labels[:-1], labels[1:], grad[:-1], grad[1:]),
@@ -42,9 +42,9 @@ def _belt_borders(labels, grad, n: int):
         diff = a != b
         a, b = a[diff], b[diff]
         belt = np.minimum(a, b) == 1
-        regions.append(np.maximum(a, b)[belt])
+        parts.append(np.maximum(a, b)[belt])
         gvals.append(np.maximum(g1[diff], g2[diff])[belt])
-    regions = np.concatenate(regions)
+    regions = np.concatenate(parts)
     length = np.bincount(regions, minlength=n).astype(np.float64)
     sharp = np.bincount(regions, weights=np.concatenate(gvals), minlength=n) / np.maximum(length, 1)
     return length, sharp

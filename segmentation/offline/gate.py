@@ -150,7 +150,7 @@ def _shifted(a, dx: float, dy: float):
 
     return cv2.warpAffine(
         a,
-        np.float32([[1, 0, dx], [0, 1, dy]]),
+        np.array([[1, 0, dx], [0, 1, dy]], np.float32),
         (a.shape[1], a.shape[0]),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
@@ -183,7 +183,8 @@ def _best_shift(
     iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
     if periodic:
         near = np.argwhere(sub >= params.gate_periodic_match * sub[iy, ix])
-        iy, ix = min(near.tolist(), key=lambda p: abs(p[0] - max_dy) + abs(p[1] - max_dx))
+        best = min(near.tolist(), key=lambda p: abs(p[0] - max_dy) + abs(p[1] - max_dx))
+        iy, ix = np.intp(best[0]), np.intp(best[1])
     y0, y1, x0, x1 = max(0, iy - 2), min(sub.shape[0], iy + 3), max(0, ix - 2), min(sub.shape[1], ix + 3)
     weights = np.nan_to_num(np.maximum(sub[y0:y1, x0:x1], 0), posinf=0.0)
     total = float(weights.sum())

@@ -118,12 +118,12 @@ def _to_detection(
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
-    big = big >= params.mask_level
-    rows, cols = np.flatnonzero(big.any(axis=1)), np.flatnonzero(big.any(axis=0))
+    on = big >= params.mask_level
+    rows, cols = np.flatnonzero(on.any(axis=1)), np.flatnonzero(on.any(axis=0))
     if not len(rows):
         return None
     bx0, bx1, by0, by1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
-    crop = big[by0:by1, bx0:bx1]
+    crop = on[by0:by1, bx0:bx1]
     box = Box(ox0 + bx0, oy0 + by0, ox0 + bx1, oy0 + by1)
     mask = Image.fromarray(crop.astype(np.uint8) * np.uint8(255), "L")
     colors = inst.colors

@@ -31,7 +31,7 @@ def _join_across_gaps(inst, lg, *, params: OfflineParams = P):
     box, ys, xs, own = _label_boxes(inst, k)  # x0, y0, x1, y1 (exclusive)
     adjacent = {divmod(int(c), k) for c in _touching(inst, k, np.arange(k) > 0)[0]}
     reach = np.ones((2 * params.gap_reach + 1, 2 * params.gap_reach + 1), np.uint8)
-    near_pairs = set()
+    near_pairs: set[tuple[int, int]] = set()
     for r in range(1, k):
         if area[r] == 0:
             continue
@@ -162,7 +162,7 @@ def _merge_convex(
     order = np.argsort(lab, kind="stable")
     bounds = np.searchsorted(lab[order], np.arange(k + 1))
     pts = np.stack([xs[order], ys[order]], 1).astype(np.int32)
-    hulls = {}
+    hulls: dict[int, Any] = {}
     for r in range(1, k):
         if bounds[r + 1] > bounds[r]:
             hulls[r] = cv2.convexHull(pts[bounds[r] : bounds[r + 1]]).reshape(-1, 2)
@@ -288,14 +288,17 @@ def _join_occluded(inst, lg, *, min_px: float, params: OfflineParams = P):
     if not pairs:
         return inst
     label_boxes = _label_boxes(inst, n)[0]
-    box, area, hulls = {}, {}, {}  # each group's bounding box, pixels and convex hull (image coordinates)
+    # each group's bounding box, pixels and convex hull (image coordinates)
+    box: dict[int, list[int]] = {}
+    area: dict[int, float] = {}
+    hulls: dict[int, Any] = {}
     for r in {r for pair in pairs for r in pair}:
         x0, y0, x1, y1 = box[r] = [int(v) for v in label_boxes[r]]
         area[r] = float(counts[r])
         contours, _ = cv2.findContours(
             (inst[y0:y1, x0:x1] == r).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
         )
-        hulls[r] = (*cv2.convexHull(np.concatenate(contours)), x0, y0)
+        hulls[r] = cv2.convexHull(np.concatenate(contours)) + (x0, y0)  # noqa: RUF005 - array + offset
     out = inst.copy()
     groups = _DisjointSet(n)
 

@@ -5,6 +5,7 @@ edges, and cuts between the notches of a concave item (docs/offline-detector-met
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from segmentation.offline.arrays import _components, _contours_hull_gap, _DisjointSet, _hull_gap
 from segmentation.offline.belt import _modes
@@ -81,12 +82,12 @@ def _split_touching(
         bulges = _DisjointSet(k)
 
         pairs = []
-        for a, b, d1, d2 in (
+        for wa, wb, d1, d2 in (
             (ws[:, :-1], ws[:, 1:], dist[:, :-1], dist[:, 1:]),
             (ws[:-1], ws[1:], dist[:-1], dist[1:]),
         ):
-            diff = (a != b) & (a > 1) & (b > 1)
-            lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
+            diff = (wa != wb) & (wa > 1) & (wb > 1)
+            lo, hi = np.minimum(wa[diff], wb[diff]), np.maximum(wa[diff], wb[diff])
             pairs.append((lo.astype(np.int64) * k + hi, np.minimum(d1[diff], d2[diff])))
         codes = np.concatenate([p[0] for p in pairs])
         # each piece's commonest colour (a mode per channel: stripes and highlights do not count);
@@ -168,7 +169,7 @@ def _colour_refine(labels, mask, lg, *, min_px: float, params: OfflineParams = P
         return labels
     crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1e-3)
     cv2.setRNGSeed(1)
-    _, _, centres = cv2.kmeans(sample, k, None, crit, 2, cv2.KMEANS_PP_CENTERS)
+    _, _, centres = cv2.kmeans(sample, k, None, crit, 2, cv2.KMEANS_PP_CENTERS)  # type: ignore[call-overload]
     # join close centres (union-find on L1 distance)
     group = list(range(k))
     for i in range(k):
@@ -320,7 +321,7 @@ def _cut_at_defects(inst, lg, *, min_px: float, params: OfflineParams = P):
             p for _, p in sorted(zip(blocked, notches, strict=False), key=lambda pair: pair[0])
         ]  # open ones first
         n_free = blocked.count(False)
-        cands = []
+        cands: list[Any] = []
         for i in range(n_free):
             for j in range(i + 1, len(notches)):
                 cut = piece.copy()

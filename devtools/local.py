@@ -57,7 +57,7 @@ def storage_client(emulator_url: str):
     """A google-cloud-storage client pointed at the emulator (as STORAGE_EMULATOR_HOST does)."""
     os.environ["STORAGE_EMULATOR_HOST"] = emulator_url
     from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage  # type: ignore[attr-defined]  # untyped package
+    from google.cloud import storage
 
     return storage.Client(project="local", credentials=AnonymousCredentials())
 

@@ -22,7 +22,7 @@ CHROMA_SIGMA = 0.06  # soft-binning width on the lattice
 LIGHT_CENTRES = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)  # Oklab L centres of the lightness bins
 ACCENT_FLOOR = 0.1  # the coloured share below which the chroma histogram is not scaled up further
 # Relative weight of each block in the final vector.
-WEIGHTS = {"chroma": 1.0, "lightness": 0.5, "texture": 0.35, "orientation": 0.25, "shape": 0.35}
+WEIGHTS = {"layout": 0.7, "chroma": 1.0, "lightness": 0.5, "texture": 0.35, "orientation": 0.25, "shape": 0.35}
 DIM = GRID * GRID + len(LIGHT_CENTRES) + 10 + 8 + 8
 VERSION = "oklab-lbp-v1"
 
@@ -38,8 +38,9 @@ def describe(image: Image.Image) -> np.ndarray:
         "texture": _lbp(L, w),
         "orientation": _orientations(L, w),
         "shape": _shape(w),
+        "layout": _layout(L, C, h, w),
     }
-    parts = [WEIGHTS[k] * _unit(np.sqrt(np.maximum(v, 0))) for k, v in blocks.items()]
+    parts = [WEIGHTS[k] * _unit(v if k == "layout" else np.sqrt(np.maximum(v, 0))) for k, v in blocks.items()]
     return _unit(np.concatenate(parts).astype(np.float32))
 
 
@@ -147,3 +148,33 @@ def _shape(w: np.ndarray) -> np.ndarray:
     for i, centre in enumerate((0.6, 0.8, 1.0)):
         out[5 + i] = np.exp(-((fill - centre) / 0.12) ** 2)
     return out
+
+
+LAYOUT = (8, 4)  # cells along and across the object's long axis
+
+
+def _layout(L: np.ndarray, C: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The object turned so its long axis is horizontal, cut into LAYOUT cells, each cell's mean
+    chromaticity and lightness, averaged over the four flips (a photo may show either end first)."""
+    import cv2
+
+    m = (w > 0.5 * w.max()).astype(np.uint8)
+    pts = cv2.findNonZero(m)
+    if pts is None or len(pts) < 5:
+        return np.zeros(LAYOUT[0] // 2 * LAYOUT[1] // 2 * 3, np.float32)
+    (cx, cy), (a, b), angle = cv2.minAreaRect(pts)
+    if a < b:
+        a, b, angle = b, a, angle + 90
+    rad = np.radians(h)
+    Lc = np.maximum(L, 0.05)
+    feat = np.stack([C * np.cos(rad) / Lc, C * np.sin(rad) / Lc, L], axis=-1).astype(np.float32)
+    rot = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    rot[0, 2] += a / 2 - cx
+    rot[1, 2] += b / 2 - cy
+    size = (max(int(a), LAYOUT[0]), max(int(b), LAYOUT[1]))
+    upright = cv2.warpAffine(feat, rot, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    cells = cv2.resize(upright, LAYOUT, interpolation=cv2.INTER_AREA)  # (across, along, 3)
+    sym = (cells + cells[::-1] + cells[:, ::-1] + cells[::-1, ::-1]) / 4
+    half = sym[: LAYOUT[1] // 2, : LAYOUT[0] // 2]
+    half = half - half.mean(axis=(0, 1), keepdims=True) * np.array([0, 0, 1], np.float32)
+    return half.ravel()

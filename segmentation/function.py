@@ -19,6 +19,7 @@ from segmentation.errors import UnexpectedError
 from segmentation.events import EventError, object_ref_from_event
 from segmentation.gemini import GeminiDetector
 from segmentation.pipeline import Outcome, Pipeline
+from segmentation.search.embedders import embedder_from_config
 from segmentation.sink import sink_from_config
 from segmentation.storage import GcsStorage
 
@@ -37,6 +38,7 @@ def build_pipeline(config: Config) -> Pipeline:
         sink=sink_from_config(config),
         detector=GeminiDetector(config),
         offline=OfflineDetectors(storage, config) if uses_offline else None,
+        embedder=embedder_from_config(config),
     )
 
 

@@ -64,6 +64,8 @@ from segmentation.offline.gate import MODEL as GATE_MODEL
 from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
+from segmentation.search.embedders import Embedder
+from segmentation.search.indexing import INDEXING_BUDGET_S, embed_crops, embedding_rows, seen_at
 from segmentation.sink import RowSink
 from segmentation.storage import Storage
 from segmentation.turns import Turns
@@ -158,6 +160,7 @@ class Pipeline:
         sink: RowSink,
         detector: Detector,
         offline: OfflineDetectors | None = None,
+        embedder: Embedder | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -166,6 +169,8 @@ class Pipeline:
         self.sink = sink
         self.detector = detector
         self.offline = offline
+        # Indexes each crop for lost-bag search; None: indexing is off (EMBEDDER=off).
+        self.embedder = embedder
         self._clock = clock
         self._wall_clock = wall_clock
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload")
@@ -471,6 +476,14 @@ class Pipeline:
                     (names.crop(index), crop_jpeg(image, detection))
                     for index, detection in enumerate(detections, start=1)
                 ]
+        # Indexing (a network call per crop for Gemini) runs beside the uploads, on its own budget.
+        embedded = (
+            self._uploads.submit(
+                embed_crops, self.embedder, [jpeg for _, jpeg in crops], deadline=self._indexing_deadline(deadline)
+            )
+            if self.embedder is not None and crops
+            else None
+        )
         metadata = {GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri}
 
         def write(output: tuple[str, bytes]) -> str | None:
@@ -490,7 +503,8 @@ class Pipeline:
             # the overview is still being encoded (it takes longer than cutting them all).
             existing = self._uploads.submit(self.outputs.crop_names, names, deadline)
             writes = [self._uploads.submit(write, crop) for crop in crops]
-            with _settled_on_error(existing), _all_settled_on_error(writes):
+            pending = [existing, *([embedded] if embedded else [])]
+            with _all_settled_on_error(pending), _all_settled_on_error(writes):
                 outputs = [*crops, (names.overview, overview.result())]
                 writes.append(self._uploads.submit(write, outputs[-1]))
                 wait(writes, timeout=TURN_UPLOAD_WAIT_S)
@@ -513,6 +527,14 @@ class Pipeline:
         *crop_uris, overview_uri = [uri for uri in uris if uri is not None]  # all written: checked above
 
         status = "partial" if result.partial else ("ok" if detections else "empty")
+        object_rows = [
+            self._object_row(ref, index, detection, crop_uri, overview_uri, result, (loaded.width, loaded.height))
+            for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris, strict=False), start=1)
+        ]
+        with timer("insert"):
+            self._insert("objects", object_rows, deadline)
+        with timer("index"):
+            embedding_status, embedding_error = self._index(ref, embedded, object_rows, deadline)
         image_row = self._image_row(
             ref,
             status=status,
@@ -521,13 +543,10 @@ class Pipeline:
             objects_found=len(detections),
             overview_uri=overview_uri,
             size=(loaded.width, loaded.height),
+            embedding_status=embedding_status,
+            embedding_error=embedding_error,
         )
-        object_rows = [
-            self._object_row(ref, index, detection, crop_uri, overview_uri, result, (loaded.width, loaded.height))
-            for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris, strict=False), start=1)
-        ]
         with timer("insert"):
-            self._insert("objects", object_rows, deadline)
             self._insert("images", [image_row], deadline)
         outcome = Outcome(
             status,
@@ -600,6 +619,43 @@ class Pipeline:
                 raise exc from None
             return dataclasses.replace(result, fallback_reason=reason[:2000])
 
+    def _indexing_deadline(self, deadline: float) -> float:
+        return min(deadline, self._clock() + INDEXING_BUDGET_S)
+
+    def _index(
+        self, ref: ObjectRef, embedded: Future | None, object_rows: list[dict[str, Any]], deadline: float
+    ) -> tuple[str, PipelineError | None]:
+        """Store the crops' embeddings; the image's `embedding_status` and, if it failed, why.
+        A failure is logged and recorded, never raised: the object rows are already stored."""
+        if self.embedder is None:
+            return "off", None
+        if embedded is None:
+            return "none", None
+        try:
+            vectors = embedded.result()
+            processed_at = _now_iso()
+            rows_ = embedding_rows(
+                self.embedder,
+                object_rows,
+                vectors,
+                camera=camera_of(ref.name, self.config.source_prefix),
+                seen_at=seen_at(ref.created, processed_at),
+                embedded_at=processed_at,
+            )
+            self._insert("embeddings", rows_, self._indexing_deadline(deadline))
+        except Exception as exc:
+            error = exc if isinstance(exc, PipelineError) else UnexpectedError(f"{type(exc).__name__}: {exc}"[:2000])
+            log_event(
+                "WARNING",
+                f"crops not indexed for search: {error}",
+                error_type=error.error_type,
+                bucket=ref.bucket,
+                object=ref.name,
+                generation=ref.generation,
+            )
+            return "failed", error
+        return "ok", None
+
     # --- I/O with retries -------------------------------------------------------------------
 
     def _insert(self, table: str, rows: list[dict], deadline: float) -> None:
@@ -656,6 +712,8 @@ class Pipeline:
         overview_uri: str | None = None,
         size: tuple[int, int] | None = None,
         error: PipelineError | None = None,
+        embedding_status: str | None = None,
+        embedding_error: PipelineError | None = None,
     ) -> dict[str, Any]:
         return rows.image_row(
             ref,
@@ -669,6 +727,8 @@ class Pipeline:
             overview_uri=overview_uri,
             size=size,
             error=error,
+            embedding_status=embedding_status,
+            embedding_error=embedding_error,
         )
 
     def _object_row(

@@ -129,7 +129,13 @@ def row_errors(table: str, row: Any) -> list[dict[str, str]]:
                     }
                 )
             continue
-        problem = _value_error(column, value)
+        if column["mode"] == "REPEATED":
+            if not isinstance(value, list):
+                problem: str | None = f"Cannot convert value to repeated {column['type'].lower()}: {json.dumps(value)[:80]}."
+            else:
+                problem = next((p for p in (_value_error(column, item) for item in value) if p), None)
+        else:
+            problem = _value_error(column, value)
         if problem:
             errors.append({"reason": "invalid", "location": name, "debugInfo": "", "message": problem})
     return errors

@@ -553,6 +553,7 @@ def child_main(import_s: float, status_at_start: str, status_after_import: str) 
     event's outcome.
     """
     from segmentation.function import default_pipeline, handle_cloud_event
+    from segmentation.pipeline import Outcome
 
     result: dict[str, Any] = {
         "import_ms": import_s * 1000,
@@ -567,7 +568,7 @@ def child_main(import_s: float, status_at_start: str, status_after_import: str) 
     for event in json.loads(sys.argv[1]):
         start = time.perf_counter()
         outcome = handle_cloud_event(event["attributes"], event["data"])
-        assert outcome is not None
+        assert isinstance(outcome, Outcome)
         wall_ms = (time.perf_counter() - start) * 1000
         result["events"].append(
             {

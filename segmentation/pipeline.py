@@ -179,6 +179,11 @@ class Pipeline:
         # Shared by this process's concurrent events: each holds its image's peak until it is done.
         self.memory = MemoryBudget.from_limits(config.memory_limit_mib, config.decode_memory_fraction, clock=clock)
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The instance's I/O threads, shared with the search service."""
+        return self._uploads
+
     def process(self, ref: ObjectRef, *, force: bool = False) -> Outcome:
         """Process one object-finalize event's object. Raises only `TransientError` (redeliver me).
 
@@ -503,7 +508,7 @@ class Pipeline:
             # the overview is still being encoded (it takes longer than cutting them all).
             existing = self._uploads.submit(self.outputs.crop_names, names, deadline)
             writes = [self._uploads.submit(write, crop) for crop in crops]
-            pending = [existing, *([embedded] if embedded else [])]
+            pending: list[Future] = [existing, *([embedded] if embedded else [])]
             with _all_settled_on_error(pending), _all_settled_on_error(writes):
                 outputs = [*crops, (names.overview, overview.result())]
                 writes.append(self._uploads.submit(write, outputs[-1]))

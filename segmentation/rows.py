@@ -6,7 +6,7 @@ the configured detector and prompt), so the same inputs always give the same row
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from segmentation import PIPELINE_VERSION
@@ -125,7 +125,7 @@ def object_row(
 
 def embedding_row(
     object_row: Mapping[str, Any],
-    vector: Sequence[float],
+    vector: Iterable[float],
     *,
     embedder: tuple[str, str, int],
     camera: str | None,

@@ -70,4 +70,4 @@ def _check_value(table: str, name: str, column_type: str, value: Any) -> None:
     if not isinstance(value, expected):
         raise RowSchemaError(f"{table}.{name}: {type(value).__name__} given for {column_type}")
     if column_type == "TIMESTAMP":
-        dt.datetime.fromisoformat(value)
+        dt.datetime.fromisoformat(str(value))

@@ -92,14 +92,14 @@ def _chroma(L: np.ndarray, C: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.nd
     sat = C / Lc
     coloured = w * np.clip((sat - 0.06) / 0.06, 0, 1)
     centres = np.linspace(-CHROMA_RANGE, CHROMA_RANGE, GRID)
-    wx = np.exp(-((x[..., None] - centres) / CHROMA_SIGMA) ** 2)
-    wy = np.exp(-((y[..., None] - centres) / CHROMA_SIGMA) ** 2)
+    wx = np.exp(-(((x[..., None] - centres) / CHROMA_SIGMA) ** 2))
+    wy = np.exp(-(((y[..., None] - centres) / CHROMA_SIGMA) ** 2))
     hist = np.einsum("ij,ija,ijb->ab", coloured, wx, wy).ravel()
     return hist / max(float(coloured.sum()), ACCENT_FLOOR * float(w.sum()), 1e-9)
 
 
 def _lightness(L: np.ndarray, w: np.ndarray) -> np.ndarray:
-    light = np.array([float((w * np.exp(-((L - c) / 0.1) ** 2)).sum()) for c in LIGHT_CENTRES])
+    light = np.array([float((w * np.exp(-(((L - c) / 0.1) ** 2))).sum()) for c in LIGHT_CENTRES])
     return light / max(light.sum(), 1e-9)
 
 
@@ -107,8 +107,9 @@ def _lbp(L: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Rotation-invariant uniform local binary patterns (8 neighbours, radius 1): 10 codes."""
     c = L[1:-1, 1:-1]
     offsets = [(-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)]
-    bits = np.stack([L[1 + dy:L.shape[0] - 1 + dy, 1 + dx:L.shape[1] - 1 + dx] >= c + 0.01
-                     for dy, dx in offsets]).astype(np.int8)
+    bits = np.stack(
+        [L[1 + dy : L.shape[0] - 1 + dy, 1 + dx : L.shape[1] - 1 + dx] >= c + 0.01 for dy, dx in offsets]
+    ).astype(np.int8)
     transitions = np.abs(np.diff(np.concatenate([bits, bits[:1]]), axis=0)).sum(axis=0)
     ones = bits.sum(axis=0)
     code = np.where(transitions <= 2, ones, 9)
@@ -144,9 +145,9 @@ def _shape(w: np.ndarray) -> np.ndarray:
     aspect = min(a, b) / max(a, b, 1e-6)
     fill = float(m.sum()) / max(a * b, 1.0)
     for i, centre in enumerate(np.linspace(0.3, 1.0, 5)):
-        out[i] = np.exp(-((aspect - centre) / 0.1) ** 2)
+        out[i] = np.exp(-(((aspect - centre) / 0.1) ** 2))
     for i, centre in enumerate((0.6, 0.8, 1.0)):
-        out[5 + i] = np.exp(-((fill - centre) / 0.12) ** 2)
+        out[5 + i] = np.exp(-(((fill - centre) / 0.12) ** 2))
     return out
 
 
@@ -178,3 +179,5 @@ def _layout(L: np.ndarray, C: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.nd
     half = sym[: LAYOUT[1] // 2, : LAYOUT[0] // 2]
     half = half - half.mean(axis=(0, 1), keepdims=True) * np.array([0, 0, 1], np.float32)
     return half.ravel()
+
+DIM = GRID * GRID + len(LIGHT_CENTRES) + 10 + 8 + 8 + LAYOUT[0] // 2 * LAYOUT[1] // 2 * 3

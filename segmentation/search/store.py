@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from segmentation.config import Config
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,14 @@ class VectorStore(Protocol):
         """The `top_k` crops of `space` closest to `vector` that pass `filters`, best first, at
         most one per crop (`object_row_id`). Raises `TransientError` or `PermanentError`."""
         ...
+
+
+def store_from_config(config: Config) -> VectorStore:
+    """BigQuery's `embeddings` table when BigQuery tables are configured, else the SQLite sink's."""
+    if config.uses_bigquery:
+        from segmentation.search.bigquery_store import BigQueryVectorStore
+
+        return BigQueryVectorStore(config.bq_table("embeddings"))
+    from segmentation.search.sqlite_store import SqliteVectorStore
+
+    return SqliteVectorStore(config.sqlite_path)

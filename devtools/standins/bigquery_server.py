@@ -131,7 +131,9 @@ def row_errors(table: str, row: Any) -> list[dict[str, str]]:
             continue
         if column["mode"] == "REPEATED":
             if not isinstance(value, list):
-                problem: str | None = f"Cannot convert value to repeated {column['type'].lower()}: {json.dumps(value)[:80]}."
+                problem: str | None = (
+                    f"Cannot convert value to repeated {column['type'].lower()}: {json.dumps(value)[:80]}."
+                )
             else:
                 problem = next((p for p in (_value_error(column, item) for item in value) if p), None)
         else:

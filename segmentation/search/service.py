@@ -136,7 +136,7 @@ class Searcher:
         def read(uri: str) -> bytes | None:
             try:
                 return retry_call(
-                    lambda: self.storage.read(_ref_of(uri), max_bytes=MAX_CROP_BYTES), deadline=deadline, what="crop"
+                    lambda: self.storage.read(ref_of_uri(uri), max_bytes=MAX_CROP_BYTES), deadline=deadline, what="crop"
                 )
             except PipelineError as exc:
                 log_event("WARNING", "crop not readable for the search results", crop_uri=uri, error=str(exc)[:300])
@@ -238,7 +238,7 @@ class SearchService:
             crops = self.searcher.read_crops([match.candidate for match in found.matches], deadline)
             sheet = contact_sheet(
                 found.matches,
-                [_decoded(crop) for crop in crops],
+                [decoded_image(crop) for crop in crops],
                 query_image=photo,
                 query_text=query.text,
             )
@@ -306,7 +306,9 @@ class SearchService:
         query = with_offline_default(parse_query_text(body, form, now=self._now()), include_offline)
         photo: Image.Image | None = None
         if query.photo:
-            photo_ref = _ref_of(query.photo) if query.photo.startswith("gs://") else ObjectRef(ref.bucket, query.photo)
+            photo_ref = (
+                ref_of_uri(query.photo) if query.photo.startswith("gs://") else ObjectRef(ref.bucket, query.photo)
+            )
             photo_data = retry_call(
                 lambda: self.storage.read(photo_ref, max_bytes=self.config.max_image_bytes),
                 deadline=deadline,
@@ -336,7 +338,7 @@ def _text_form(name: str) -> str | None:
     return None
 
 
-def _ref_of(uri: str) -> ObjectRef:
+def ref_of_uri(uri: str) -> ObjectRef:
     if not uri.startswith("gs://") or "/" not in uri[5:]:
         raise BadQueryError(f"{uri!r} is not a gs://bucket/object URI")
     bucket, _, name = uri[5:].partition("/")
@@ -350,7 +352,7 @@ def _query_jpeg(photo: Image.Image) -> bytes:
     return encode_jpeg(small, quality=90)
 
 
-def _decoded(jpeg: bytes | None) -> Image.Image | None:
+def decoded_image(jpeg: bytes | None) -> Image.Image | None:
     if jpeg is None:
         return None
     from PIL import Image

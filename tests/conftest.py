@@ -42,6 +42,7 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_local_generations.py": ("emulator",),
     "test_model_answers.py": ("emulator",),
     "test_replay.py": ("emulator",),
+    "test_search_function.py": ("emulator",),
     "test_storage.py": ("emulator",),
     "test_unsupported_scene.py": ("emulator",),
     "gemini_server.py": ("emulator",),  # its doctest starts the server

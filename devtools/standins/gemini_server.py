@@ -174,6 +174,16 @@ class RecordedRequest:
         return None
 
     @property
+    def images(self) -> list[bytes]:
+        """Every image part of the user turns, decoded, in order (a re-rank: the query, then the candidates)."""
+        return [
+            _decode_base64(part["inlineData"].get("data", ""))
+            for content in self.body.get("contents", [])
+            for part in _parts(content)
+            if "inlineData" in part
+        ]
+
+    @property
     def is_embedding(self) -> bool:
         return self.method in EMBED_METHODS
 
@@ -352,6 +362,25 @@ def _invalid_argument(message: str, field: str) -> ErrorReply:
 def empty_list(request: RecordedRequest) -> Behaviour:
     """The default responder: nothing found."""
     return Answer("[]")
+
+
+def rerank_by_colour(request: RecordedRequest) -> Behaviour:
+    """A generateContent responder for re-rank requests (`segmentation.search.rerank`): the first
+    image is the query, each later one a candidate, and each candidate's ``same_bag`` is the
+    Bhattacharyya coefficient of its soft colour histogram with the query's (a stand-in's
+    judgement: 1 for the same colours, near 0 for unrelated ones)."""
+    histograms = [_histogram(data) for data in request.images]
+    if not histograms:
+        return Answer("[]")
+    query, candidates = histograms[0], histograms[1:]
+    scores = [
+        {
+            "candidate": number,
+            "same_bag": round(float(query @ other), 3) if query is not None and other is not None else 0,
+        }
+        for number, other in enumerate(candidates, start=1)
+    ]
+    return Answer(json.dumps(scores))
 
 
 def stand_in_embeddings(request: RecordedRequest) -> Behaviour:
@@ -686,7 +715,8 @@ def _record(path: str, headers: Any, raw: bytes) -> RecordedRequest:
     image_bytes = image_mime = None
     contents = body.get("contents", []) if isinstance(body, dict) else []
     if isinstance(body, dict) and groups.get("method") in EMBED_METHODS:
-        requests = body.get("requests") if isinstance(body.get("requests"), list) else [body]
+        batch = body.get("requests")
+        requests: list[Any] = batch if isinstance(batch, list) else [body]
         contents = [r.get("content") for r in requests if isinstance(r, dict) and isinstance(r.get("content"), dict)]
     for content in contents:
         for part in _parts(content):

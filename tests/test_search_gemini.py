@@ -216,7 +216,8 @@ def test_a_429_is_retried_after_the_servers_retry_delay_then_succeeds(fake, back
     assert len(fake.requests) == 2 and vectors[0].shape == (768,)
     retries = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "retrying" in line]
     # The backoff alone is at most 0.05 s here: the wait is the server's RetryInfo.
-    assert [entry["message"] for entry in retries] == ["Gemini embedContent failed transiently; retrying"]
+    method = "embedContent" if backend == "vertex" else "batchEmbedContents"
+    assert [entry["message"] for entry in retries] == [f"Gemini {method} failed transiently; retrying"]
     assert retries[0]["wait_s"] >= 0.3
 
 

@@ -214,7 +214,7 @@ class GeminiEmbedder:
             request,
             deadline=deadline,
             timeout_s=self._config.gemini_timeout_s,
-            what="Gemini embedContent",
+            what="Gemini embedContent" if self._config.resolved_backend == "vertex" else "Gemini batchEmbedContents",
             classify=self._classify,
             base_delay=RETRY_BASE_DELAY_S,
             sleep=sleep,

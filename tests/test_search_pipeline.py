@@ -182,7 +182,9 @@ def test_a_query_photo_finds_its_bag_first(tmp_path: Path, bags: list[Bag]) -> N
     rows = world.sink.rows("search_matches")
     assert [(row["rank"], row["crop_uri"]) for row in rows] == [(m["rank"], m["crop_uri"]) for m in document["matches"]]
     assert {row["query_kind"] for row in rows} == {"photo"}
-    sheet = Image.open(io.BytesIO(world.storage.read(ObjectRef(BUCKET, "search-results/lost-17.jpg.jpg"), max_bytes=10**7)))
+    sheet = Image.open(
+        io.BytesIO(world.storage.read(ObjectRef(BUCKET, "search-results/lost-17.jpg.jpg"), max_bytes=10**7))
+    )
     assert sheet.format == "JPEG" and sheet.width > 0
 
 

@@ -180,4 +180,5 @@ def _layout(L: np.ndarray, C: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.nd
     half = half - half.mean(axis=(0, 1), keepdims=True) * np.array([0, 0, 1], np.float32)
     return half.ravel()
 
+
 DIM = GRID * GRID + len(LIGHT_CENTRES) + 10 + 8 + 8 + LAYOUT[0] // 2 * LAYOUT[1] // 2 * 3

@@ -231,8 +231,7 @@ SETTINGS: tuple[Setting, ...] = (
         "embedding_dimensions",
         "768",
         _int,
-        "Length of the Gemini embeddings, 128-3072. Crops indexed with one length are searched "
-        "only with that length.",
+        "Length of the Gemini embeddings, 128-3072. Crops indexed with one length are searched only with that length.",
     ),
     Setting(
         "SEARCH_TOP_K",
@@ -450,8 +449,7 @@ SETTINGS: tuple[Setting, ...] = (
         "bq_embeddings_table",
         "",
         _str,
-        "BigQuery table for crop embeddings, project.dataset.table. Empty: `embeddings` beside "
-        "BQ_OBJECTS_TABLE.",
+        "BigQuery table for crop embeddings, project.dataset.table. Empty: `embeddings` beside BQ_OBJECTS_TABLE.",
     ),
     Setting(
         "BQ_SEARCH_MATCHES_TABLE",

@@ -45,7 +45,7 @@ def filter_sql(space: Space, filters: Filters) -> tuple[str, list[object]]:
         clauses.append("julianday(seen_at) >= julianday(?)")
         params.append(filters.since.isoformat())
     if filters.until is not None:
-        clauses.append("julianday(seen_at) <= julianday(?)")
+        clauses.append("julianday(seen_at) < julianday(?)")
         params.append(filters.until.isoformat())
     if filters.color:
         # instr on lower-cased text: a plain substring test (LIKE would read % and _ as wildcards).

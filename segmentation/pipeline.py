@@ -64,6 +64,7 @@ from segmentation.offline.gate import MODEL as GATE_MODEL
 from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
+from segmentation.search.backfill import pending_document
 from segmentation.search.embedders import Embedder
 from segmentation.search.indexing import INDEXING_BUDGET_S, embed_crops, embedding_rows, seen_at
 from segmentation.sink import RowSink
@@ -539,7 +540,7 @@ class Pipeline:
         with timer("insert"):
             self._insert("objects", object_rows, deadline)
         with timer("index"):
-            embedding_status, embedding_error = self._index(ref, embedded, object_rows, deadline)
+            embedding_status, embedding_error = self._index(ref, names, embedded, object_rows, deadline)
         image_row = self._image_row(
             ref,
             status=status,
@@ -628,24 +629,27 @@ class Pipeline:
         return min(deadline, self._clock() + INDEXING_BUDGET_S)
 
     def _index(
-        self, ref: ObjectRef, embedded: Future | None, object_rows: list[dict[str, Any]], deadline: float
+        self,
+        ref: ObjectRef,
+        names: OutputNames,
+        embedded: Future | None,
+        object_rows: list[dict[str, Any]],
+        deadline: float,
     ) -> tuple[str, PipelineError | None]:
         """Store the crops' embeddings; the image's `embedding_status` and, if it failed, why.
-        A failure is logged and recorded, never raised: the object rows are already stored."""
+        A failure is logged and recorded, never raised: the object rows are already stored, and a
+        pending document lets `segmentation.replay --embeddings` fill the embeddings in later."""
         if self.embedder is None:
             return "off", None
         if embedded is None:
             return "none", None
+        processed_at = _now_iso()
+        camera = camera_of(ref.name, self.config.source_prefix)
+        seen = seen_at(ref.created, processed_at)
         try:
             vectors = embedded.result()
-            processed_at = _now_iso()
             rows_ = embedding_rows(
-                self.embedder,
-                object_rows,
-                vectors,
-                camera=camera_of(ref.name, self.config.source_prefix),
-                seen_at=seen_at(ref.created, processed_at),
-                embedded_at=processed_at,
+                self.embedder, object_rows, vectors, camera=camera, seen_at=seen, embedded_at=processed_at
             )
             self._insert("embeddings", rows_, self._indexing_deadline(deadline))
         except Exception as exc:
@@ -658,8 +662,38 @@ class Pipeline:
                 object=ref.name,
                 generation=ref.generation,
             )
+            self._leave_pending_embeddings(ref, names, object_rows, camera, seen, deadline)
             return "failed", error
         return "ok", None
+
+    def _leave_pending_embeddings(
+        self,
+        ref: ObjectRef,
+        names: OutputNames,
+        object_rows: list[dict[str, Any]],
+        camera: str | None,
+        seen: str,
+        deadline: float,
+    ) -> None:
+        try:
+            self.outputs.write_unless_newer(
+                ref,
+                names.pending_embeddings,
+                pending_document(object_rows, camera=camera, seen_at=seen),
+                content_type="application/json",
+                metadata={GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri},
+                deadline=deadline,
+                what="pending embeddings write",
+            )
+        except PipelineError as exc:
+            log_event(
+                "ERROR",
+                f"pending embeddings not recorded; only redoing the image indexes its crops: {exc}",
+                error_type=exc.error_type,
+                bucket=ref.bucket,
+                object=ref.name,
+                generation=ref.generation,
+            )
 
     # --- I/O with retries -------------------------------------------------------------------
 

@@ -13,12 +13,26 @@ import json
 from PIL import Image, ImageEnhance
 
 from devtools import local
+from devtools.standins.gemini_server import unavailable
 from segmentation.config import Config
+from segmentation.function import reset_pipeline
+from segmentation.replay import main as replay_main
 from segmentation.search.__main__ import main as search_main
 from segmentation.sink import SqliteSink
-from tests.harness import free_port, wait_for
+from tests.harness import BUCKET as BUCKET_E2E
+from tests.harness import boxes_answer, free_port, running_stack, wait_for
 
 BUCKET = "search-test"
+
+
+def belt_jpeg() -> bytes:
+    """A 1000x600 belt with three differently coloured items where `boxes_answer(3)` puts its boxes."""
+    image = Image.new("RGB", (1000, 600), (90, 90, 92))
+    for i, colour in enumerate([(20, 20, 22), (180, 30, 30), (30, 60, 170)]):
+        image.paste(colour, (100 * i + 10, 70, 100 * i + 80, 290))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
 
 
 def test_a_photo_dropped_in_search_finds_the_crop_of_its_bag(tmp_path, capsys, monkeypatch):
@@ -72,3 +86,46 @@ def test_a_photo_dropped_in_search_finds_the_crop_of_its_bag(tmp_path, capsys, m
     table = [line for line in printed.splitlines() if line.startswith("1 ")]
     assert table and wanted["output_uri"] in table[0]
     assert (tmp_path / "sheet.jpg").stat().st_size > 0
+
+
+def test_gemini_indexing_outage_then_fill_in_then_a_description_search(tmp_path, monkeypatch):
+    """EMBEDDER=gemini through the real google-genai client and the function: an embedding outage
+    keeps the image's rows and leaves a pending document, `segmentation.replay --embeddings` fills
+    the embeddings in, and a description dropped into search/ is answered from them."""
+    monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "")
+    with running_stack(tmp_path / "results.sqlite", monkeypatch, embedder="gemini") as stack:
+        monkeypatch.setenv("RETRY_DEADLINE_S", "2")
+        reset_pipeline()
+        stack.gemini.enqueue(boxes_answer(3))
+        stack.gemini.enqueue_embedding(*[unavailable() for _ in range(20)])
+        blob = stack.upload("raw/cam5/belt.jpg", belt_jpeg(), "image/jpeg")
+
+        assert stack.deliver(stack.event_for(blob)).status_code == 200
+
+        (image,) = stack.rows("images")
+        assert image["status"] == "ok" and image["objects_found"] == 3
+        assert image["embedding_status"] == "failed" and "unavailable" in image["embedding_error"].lower()
+        assert len(stack.rows("objects")) == 3 and stack.rows("embeddings") == []
+        assert stack.names("processed-markers/cam5/belt.jpg.embeddings") != []
+
+        stack.gemini.reset()
+        monkeypatch.setenv("RETRY_DEADLINE_S", "20")
+        assert replay_main([f"gs://{BUCKET_E2E}/", "--embeddings"]) == 0
+        embeddings = stack.rows("embeddings")
+        assert sorted(row["object_row_id"] for row in embeddings) == sorted(
+            row["row_id"] for row in stack.rows("objects")
+        )
+        assert {(row["embedder"], row["model"], row["dimensions"]) for row in embeddings} == {
+            ("gemini", "gemini-embedding-2", 768)
+        }
+        assert stack.names("processed-markers/cam5/belt.jpg.embeddings") == []
+
+        reset_pipeline()
+        query = stack.upload("search/lost.txt", b"black suitcase", "text/plain")
+        assert stack.deliver(stack.event_for(query)).status_code == 200
+        document = json.loads(stack.bucket.blob("search-results/lost.txt.json").download_as_bytes())
+
+    assert document["status"] == "ok" and document["embedder"] == "gemini"
+    assert {match["crop_uri"] for match in document["matches"]} == {row["output_uri"] for row in stack.rows("objects")}
+    texts = [text for request in stack.gemini.requests for parts in request.embedded_texts for text in parts]
+    assert any("black suitcase" in text for text in texts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from segmentation.function import build_search
 from segmentation.images import ModelInput
 from segmentation.memory_storage import MemoryStorage
 from segmentation.pipeline import Pipeline
+from segmentation.search.backfill import fill_pending
 from segmentation.search.embedders import DescriptorEmbedder
 from segmentation.search.service import SearchService
 from segmentation.sink import SqliteSink
 from tools.bag_views import Bag, bag, view
 
 BUCKET = "belt"
+NOW = "2026-12-05T12:00:00+00:00"
 
 
 class KnownBoxes:
@@ -243,3 +246,46 @@ def test_search_when_indexing_is_off_answers_why(tmp_path: Path) -> None:
 
     assert outcome.status == "failed"
     assert world.results("search-results/q.txt.json")["error_type"] == "search_off"
+
+
+def test_embeddings_left_pending_are_filled_in_later_once(tmp_path: Path, bags: list[Bag]) -> None:
+    world = World(tmp_path, embedder=FailingEmbedder())
+    world.process_belt("raw/cam1/t1.jpg", bags[:3], seed=1)
+    pending = "processed-markers/cam1/t1.jpg.embeddings-pending.json"
+    assert world.storage.metadata(BUCKET, pending) is not None
+
+    fill = {"bucket": BUCKET, "markers_prefix": "processed-markers/", "deadline": time.monotonic() + 1}
+    assert fill_pending(world.storage, world.sink, FailingEmbedder(), now=NOW, **fill) == {"retry-later": 1}
+    fill["deadline"] = time.monotonic() + 5
+    assert world.sink.rows("embeddings") == [] and world.storage.metadata(BUCKET, pending) is not None
+
+    assert fill_pending(world.storage, world.sink, DescriptorEmbedder(), now=NOW, **fill) == {"filled": 1}
+    objects = world.sink.rows("objects")
+    embeddings = world.sink.rows("embeddings")
+    assert [row["object_row_id"] for row in embeddings] == [row["row_id"] for row in objects]
+    assert {row["camera"] for row in embeddings} == {"cam1"}
+    assert world.storage.metadata(BUCKET, pending) is None
+    assert fill_pending(world.storage, world.sink, DescriptorEmbedder(), now=NOW, **fill) == {}
+
+    # The filled-in vectors are the ones indexing would have stored: the photo finds its bag.
+    world.pipeline.embedder = DescriptorEmbedder()
+    world.search = build_search(world.pipeline)
+    outcome = world.search.process(world.upload("search/q.jpg", jpeg(view(bags[1], 9, where="photo"))))
+    assert outcome.matches[0].candidate.object_row_id == objects[1]["row_id"]
+
+
+def test_a_description_finds_the_bag_of_its_colour(tmp_path: Path, bags: list[Bag]) -> None:
+    world = World(tmp_path)
+    world.process_belt("raw/cam1/t1.jpg", bags[:3], seed=1)
+    world.process_belt("raw/cam2/t2.jpg", bags[3:], seed=2)
+    target = next(b for b in bags if b.colour == "red")
+
+    outcome = world.search.process(
+        world.upload("search/q.txt", f"{target.colour} {target.kind}".encode(), "text/plain")
+    )
+
+    document = world.results("search-results/q.txt.json")
+    assert outcome.status == "ok" and document["query"]["kind"] == "text"
+    index = bags.index(target)
+    assert document["matches"][0]["crop_uri"] == world.sink.rows("objects")[index]["output_uri"]
+    assert {row["query_text"] for row in world.sink.rows("search_matches")} == {f"{target.colour} {target.kind}"}

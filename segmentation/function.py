@@ -50,7 +50,9 @@ def build_search(pipeline: Pipeline) -> SearchService:
         pipeline.config,
         storage=pipeline.storage,
         sink=pipeline.sink,
-        searcher=searcher_for(pipeline.config, pipeline.embedder, pipeline.storage, pipeline.executor),
+        searcher=searcher_for(
+            pipeline.config, pipeline.embedder, pipeline.storage, pipeline.executor, detector=pipeline.detector
+        ),
         executor=pipeline.executor,
     )
 

@@ -21,13 +21,14 @@ from PIL import Image
 
 from segmentation.config import Config
 from segmentation.detections import Box, Detection, DetectionResult, ObjectRef
-from segmentation.errors import TransientError
+from segmentation.errors import ResponseParseError, TransientError
 from segmentation.function import build_search
 from segmentation.images import ModelInput
 from segmentation.memory_storage import MemoryStorage
 from segmentation.pipeline import Pipeline
 from segmentation.search.backfill import fill_pending
 from segmentation.search.embedders import DescriptorEmbedder
+from segmentation.search.query import Query
 from segmentation.search.service import SearchService
 from segmentation.sink import SqliteSink
 from tools.bag_views import Bag, bag, view
@@ -289,3 +290,74 @@ def test_a_description_finds_the_bag_of_its_colour(tmp_path: Path, bags: list[Ba
     index = bags.index(target)
     assert document["matches"][0]["crop_uri"] == world.sink.rows("objects")[index]["output_uri"]
     assert {row["query_text"] for row in world.sink.rows("search_matches")} == {f"{target.colour} {target.kind}"}
+
+
+def phone_photo(target: Bag, others: Sequence[Bag]) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """A passenger's photo: the bag among other things on a floor, and the bag's box."""
+    bag_view = view(target, 9, where="photo", occlude=0.0)
+    clutter = [view(other, 11, where="photo", occlude=0.0) for other in others]
+    width = bag_view.width + sum(item.width for item in clutter) + 40
+    height = max([bag_view.height, *(item.height for item in clutter)]) + 40
+    photo = Image.new("RGB", (width, height), (150, 140, 120))
+    photo.paste(bag_view, (20, 20))
+    x = 20 + bag_view.width
+    for item in clutter:
+        photo.paste(item, (x, 20))
+        x += item.width
+    return photo, (20, 20, 20 + bag_view.width, 20 + bag_view.height)
+
+
+class FoundAt(KnownBoxes):
+    """A detector that finds the given boxes in any photo (a stand-in for Gemini on the query photo)."""
+
+    def __init__(self, boxes: list[tuple[int, int, int, int]]) -> None:
+        super().__init__()
+        self.boxes = boxes
+
+
+def test_the_bag_in_a_query_photo_is_searched_for_not_the_whole_photo(tmp_path: Path, bags: list[Bag]) -> None:
+    world = World(tmp_path)
+    world.process_belt("raw/cam1/t1.jpg", bags, seed=1)
+    target, others = bags[2], [bags[0], bags[5]]
+    photo, box = phone_photo(target, others)
+    searcher = world.search.searcher
+    assert searcher is not None
+    smaller = (box[0] + 5, box[1] + 5, box[2] - 5, box[3] - 5)  # the largest detection is the one searched for
+    searcher.detector = FoundAt([smaller, box])
+
+    found = searcher.search(Query(photo="p.jpg"), photo, top=3, deadline=time.monotonic() + 5)
+
+    assert found.query_box == box
+    assert found.matches[0].candidate.object_row_id == world.sink.rows("objects")[2]["row_id"]
+
+
+def test_a_re_rank_reorders_and_a_failed_one_keeps_the_embedding_order(tmp_path: Path, bags: list[Bag]) -> None:
+    world = World(tmp_path)
+    world.process_belt("raw/cam1/t1.jpg", bags, seed=1)
+    searcher = world.search.searcher
+    assert searcher is not None
+    photo = view(bags[0], 9, where="photo")
+    plain = searcher.search(Query(photo="p.jpg"), photo, top=6, deadline=time.monotonic() + 5)
+    seen: list[int] = []
+
+    def reverse(query: bytes, crops: Sequence[bytes], deadline: float) -> list[float]:
+        seen.append(len(crops))
+        return [index / len(crops) for index in range(len(crops))]  # the last candidate scores best
+
+    searcher.reranker = reverse
+    reranked = searcher.search(Query(photo="p.jpg"), photo, top=3, deadline=time.monotonic() + 5)
+
+    assert seen == [6]  # every candidate (at most 20) was shown to the re-ranker
+    assert [m.candidate.object_row_id for m in reranked.matches] == [
+        m.candidate.object_row_id for m in plain.matches[::-1][:3]
+    ]
+    assert [m.rank for m in reranked.matches] == [1, 2, 3]
+    assert reranked.matches[0].rerank_score == round(5 / 6, 4)
+
+    def broken(query: bytes, crops: Sequence[bytes], deadline: float) -> list[float]:
+        raise ResponseParseError("the re-rank answer was not JSON")
+
+    searcher.reranker = broken
+    kept = searcher.search(Query(photo="p.jpg"), photo, top=3, deadline=time.monotonic() + 5)
+    assert [m.candidate for m in kept.matches] == [m.candidate for m in plain.matches[:3]]
+    assert kept.rerank_error is not None and "not JSON" in kept.rerank_error

@@ -64,7 +64,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     storage = GcsStorage()
     embedder = embedder_from_config(config)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="search")
-    searcher = searcher_for(config, embedder, storage, executor)
+    detector = None
+    if config.resolved_backend:
+        from segmentation.gemini import GeminiDetector
+
+        detector = GeminiDetector(config)
+    searcher = searcher_for(config, embedder, storage, executor, detector=detector)
     if searcher is None:
         print("search is off: EMBEDDER=off, so no crop is indexed", file=sys.stderr)
         return 2

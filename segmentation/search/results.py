@@ -62,9 +62,14 @@ def filters_json(filters: Filters) -> dict[str, Any]:
 
 
 def results_document(
-    record: SearchRecord, matches: Sequence[Match], *, rerank_error: str | None = None
+    record: SearchRecord,
+    matches: Sequence[Match],
+    *,
+    rerank_error: str | None = None,
+    query_box: tuple[int, int, int, int] | None = None,
 ) -> dict[str, Any]:
-    """The `search-results/<query>.json` document."""
+    """The `search-results/<query>.json` document. `query_box`: the bag found in the query photo
+    (pixels), when that crop was searched for instead of the whole photo."""
     return {
         "query": {
             "uri": record.query_uri,
@@ -72,6 +77,7 @@ def results_document(
             "kind": record.kind,
             "text": record.text,
             "filters": filters_json(record.filters),
+            "box": list(query_box) if query_box else None,
         },
         "status": "ok",
         "embedder": record.space.embedder,

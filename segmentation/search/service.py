@@ -27,7 +27,7 @@ import numpy as np
 from segmentation.detections import ObjectRef
 from segmentation.errors import ImageDecodeError, PermanentError, PipelineError, TransientError
 from segmentation.events import skip_reason_for_prefix
-from segmentation.images import encode_jpeg, load_image
+from segmentation.images import encode_jpeg, load_image, model_input
 from segmentation.logs import log_event, redact
 from segmentation.naming import OutputNames
 from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from segmentation.config import Config
+    from segmentation.pipeline import Detector
     from segmentation.sink import RowSink
     from segmentation.storage import Storage
 
@@ -82,12 +83,14 @@ class SearchOutcome:
 
 @dataclass(frozen=True)
 class Found:
-    """A finished search, before anything is written."""
+    """A finished search, before anything is written. `query_box`: the bag the detector found in
+    the query photo (x_min, y_min, x_max, y_max), which was searched for instead of the whole photo."""
 
     matches: list[Match]
     space: Space
     query_jpeg: bytes | None
     rerank_error: str | None = None
+    query_box: tuple[int, int, int, int] | None = None
 
 
 class Searcher:
@@ -101,11 +104,15 @@ class Searcher:
         *,
         reranker: Reranker | None = None,
         executor: Executor | None = None,
+        detector: Detector | None = None,
     ):
         self.embedder = embedder
         self.store = store
         self.storage = storage
         self.reranker = reranker
+        # Finds the bag in a query photo, so the search compares a crop with crops (Gemini only:
+        # the offline detector is made for belts, not a passenger's photo).
+        self.detector = detector
         self._executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="search")
 
     @property
@@ -114,6 +121,9 @@ class Searcher:
 
     def search(self, query: Query, photo: Image.Image | None, *, top: int, deadline: float) -> Found:
         """The `top` best matches of `query` (`photo`: its decoded photo, if it has one)."""
+        query_box = self._bag_in(photo, deadline) if photo is not None else None
+        if photo is not None and query_box is not None:
+            photo = photo.crop(query_box)
         query_jpeg = _query_jpeg(photo) if photo is not None else None
         vector = self._vector(query, query_jpeg, deadline)
         wanted = max(top, RERANK_CANDIDATES) if self.reranker and query_jpeg else top
@@ -128,7 +138,24 @@ class Searcher:
             except PipelineError as exc:
                 rerank_error = f"{exc.error_type}: {redact(str(exc))[:500]}"
                 log_event("WARNING", "re-rank failed; the embedding order stands", error=rerank_error)
-        return Found(matches[:top], self.space, query_jpeg, rerank_error)
+        return Found(matches[:top], self.space, query_jpeg, rerank_error, query_box)
+
+    def _bag_in(self, photo: Image.Image, deadline: float) -> tuple[int, int, int, int] | None:
+        """The largest object the detector finds in `photo`, or None (no detector, nothing found,
+        or the detector failed: then the whole photo is searched for, and the log says why)."""
+        if self.detector is None:
+            return None
+        try:
+            prepared = model_input(photo, max_side=QUERY_PHOTO_MAX_SIDE)
+            result = self.detector.detect(prepared, (photo.width, photo.height), deadline=deadline)
+        except PipelineError as exc:
+            log_event("WARNING", "no bag found in the query photo; searching for the whole photo", error=str(exc)[:300])
+            return None
+        boxes = [detection.box for detection in result.detections if detection.box.width and detection.box.height]
+        if not boxes:
+            return None
+        box = max(boxes, key=lambda b: b.width * b.height)
+        return (max(0, box.x_min), max(0, box.y_min), min(photo.width, box.x_max), min(photo.height, box.y_max))
 
     def read_crops(self, candidates: Sequence[Candidate], deadline: float) -> list[bytes | None]:
         """Each candidate's crop JPEG, or None where it cannot be read (deleted, unreadable)."""
@@ -246,7 +273,9 @@ class SearchService:
             rows = match_rows(record, found.matches)
             if rows:
                 retry_call(lambda: self.sink.insert("search_matches", rows), deadline=deadline, what="matches insert")
-            document = results_document(record, found.matches, rerank_error=found.rerank_error)
+            document = results_document(
+                record, found.matches, rerank_error=found.rerank_error, query_box=found.query_box
+            )
             self._write(ref, results_name, document_bytes(document), "application/json", deadline)
         except TransientError as exc:
             log_event(
@@ -366,8 +395,15 @@ def decoded_image(jpeg: bytes | None) -> Image.Image | None:
         return None
 
 
-def searcher_for(config: Config, embedder: Embedder | None, storage: Storage, executor: Executor) -> Searcher | None:
-    """The configured searcher over `embedder`'s space, or None when indexing is off."""
+def searcher_for(
+    config: Config,
+    embedder: Embedder | None,
+    storage: Storage,
+    executor: Executor,
+    detector: Detector | None = None,
+) -> Searcher | None:
+    """The configured searcher over `embedder`'s space, or None when indexing is off. `detector`
+    (Gemini) finds the bag in query photos when a Gemini backend is configured."""
     if embedder is None:
         return None
     from segmentation.search.store import store_from_config
@@ -379,4 +415,5 @@ def searcher_for(config: Config, embedder: Embedder | None, storage: Storage, ex
         def reranker(query: bytes, candidates: Sequence[bytes], deadline: float) -> list[float]:
             return rerank(config, query, candidates, deadline=deadline)
 
-    return Searcher(embedder, store_from_config(config), storage, reranker=reranker, executor=executor)
+    finder = detector if detector is not None and detector.name == "gemini" and config.resolved_backend else None
+    return Searcher(embedder, store_from_config(config), storage, reranker=reranker, executor=executor, detector=finder)

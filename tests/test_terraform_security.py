@@ -241,7 +241,7 @@ def test_each_service_agent_may_use_its_key_and_nothing_more():
 
 # --- Retention -------------------------------------------------------------------------------------------
 
-RETENTION = ("raw_retention_days", "outputs_retention_days", "partition_expiration_days")
+RETENTION = ("raw_retention_days", "outputs_retention_days", "partition_expiration_days", "search_retention_days")
 
 
 def _readme_retention() -> dict[str, dict[str, int]]:
@@ -251,7 +251,7 @@ def _readme_retention() -> dict[str, dict[str, int]]:
     rows = {}
     for line in table.splitlines():
         cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0] in (*ENVS, "default"):
+        if len(cells) == len(RETENTION) + 1 and cells[0] in (*ENVS, "default"):
             rows[cells[0]] = {
                 name: int(re.match(r"\d+", cell)[0]) for name, cell in zip(RETENTION, cells[1:], strict=False)
             }

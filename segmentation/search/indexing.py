@@ -70,7 +70,11 @@ def embedding_rows(
 
 def seen_at(created: float | None, processed_at: str) -> str:
     """When a photo was taken, as near as the pipeline knows: the object's creation time from the
-    event (ISO 8601 UTC), else when it was processed."""
+    event (ISO 8601 UTC), else when it was processed.
+
+    >>> seen_at(1796400000.5, "2026-12-05T12:00:00+00:00"), seen_at(None, "2026-12-05T12:00:00+00:00")
+    ('2026-12-04T16:00:00.500000+00:00', '2026-12-05T12:00:00+00:00')
+    """
     if created is None or not math.isfinite(created):
         return processed_at
     import datetime as dt

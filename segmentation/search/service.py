@@ -234,7 +234,11 @@ class SearchService:
         """Search for the query `ref` names. Raises only `TransientError` (redeliver me)."""
         deadline = self._clock() + self.config.retry_deadline_s
         fields = {"bucket": ref.bucket, "object": ref.name, "generation": ref.generation}
-        reason = skip_reason_for_prefix(ref, self.config.search_prefix, queries=True)
+        reason = (
+            "in the outputs bucket (OUTPUT_BUCKET)"
+            if self.config.output_bucket and ref.bucket == self.config.output_bucket
+            else skip_reason_for_prefix(ref, self.config.search_prefix, queries=True)
+        )
         if reason:
             log_event("INFO", f"ignored query: {reason}", **fields)
             return SearchOutcome("ignored", reason=reason)

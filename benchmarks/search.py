@@ -1,6 +1,6 @@
 """Lost-bag search benchmarks (issue 18) on this machine; prints Markdown tables.
 
-Run from the repository root (about eight minutes on two cores, most of it the store section)::
+Run from the repository root (about five minutes on two cores, half of it the store section)::
 
     .venv/bin/python benchmarks/search.py                       # everything
     .venv/bin/python benchmarks/search.py --quick               # small sizes, few repetitions
@@ -39,8 +39,8 @@ Tables:
     (`rows.embedding_row`, random unit vectors) of length 373 (the descriptor) and 768 (Gemini's
     default), with no filter and with a camera filter (one camera in ten), in a fresh interpreter
     per file: median / p90 ms, peak RSS of a search (VmHWM reset before each call), file size.
-4.  `Searcher.search` for one photo query against 10^4 rows: the photo's thumbnail and JPEG,
-    the embedding, the lookup.
+4.  `Searcher.search` for one photo query (and one description) against 10^4 rows: the photo's
+    thumbnail and JPEG, the embedding, the lookup.
 """
 
 from __future__ import annotations

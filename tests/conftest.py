@@ -32,6 +32,7 @@ TIERS = ("emulator", "load", "terraform", "freshclone", "slow")
 # Files whose every test talks to a stand-in server or runs the function in a process of its own.
 FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_bench.py": ("emulator", "slow"),
+    "test_bench_search.py": ("emulator", "slow"),
     "test_delivery_integrity.py": ("emulator",),
     "test_end_to_end.py": ("emulator",),
     "test_fake_servers.py": ("emulator",),

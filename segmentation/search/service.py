@@ -380,8 +380,15 @@ def ref_of_uri(uri: str) -> ObjectRef:
 
 def _query_jpeg(photo: Image.Image) -> bytes:
     """The query photo as the embedder gets it: at most QUERY_PHOTO_MAX_SIDE pixels a side."""
-    small = photo.copy()
-    small.thumbnail((QUERY_PHOTO_MAX_SIDE, QUERY_PHOTO_MAX_SIDE))
+    from PIL import Image
+
+    scale = QUERY_PHOTO_MAX_SIDE / max(photo.size)
+    small = photo
+    if scale < 1:
+        size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+        # A whole-pixel box reduction first (cheap, and itself an average), then Lanczos the rest.
+        factor = max(1, int(1 / scale))
+        small = (photo.reduce(factor) if factor > 1 else photo).resize(size, Image.Resampling.LANCZOS)
     return encode_jpeg(small, quality=90)
 
 

@@ -16,6 +16,8 @@ import numpy as np
 from segmentation.errors import TransientError
 from segmentation.search.store import Candidate, Filters, Space
 
+# Rows whose vectors are read and scored at once.
+CHUNK_ROWS = 8192
 _DETAILS = (
     "object_row_id",
     "crop_uri",
@@ -67,15 +69,21 @@ class SqliteVectorStore:
         query = np.asarray(vector, dtype=np.float32)
         try:
             with sqlite3.connect(self.path, timeout=30.0) as conn:
-                fetched = conn.execute(
-                    f'SELECT rowid, object_row_id, embedding FROM "embeddings" WHERE {where}', params
-                ).fetchall()
-                if not fetched:
+                cursor = conn.execute(f'SELECT rowid, object_row_id, embedding FROM "embeddings" WHERE {where}', params)
+                # Scored a chunk at a time: memory holds one chunk of vectors, not the whole table.
+                all_rowids: list[int] = []
+                object_ids: list[str] = []
+                chunks: list[np.ndarray] = []
+                while chunk := cursor.fetchmany(CHUNK_ROWS):
+                    matrix = np.frombuffer(b"".join(row[2] for row in chunk), dtype="<f4").reshape(len(chunk), -1)
+                    chunks.append(matrix @ query)
+                    all_rowids.extend(row[0] for row in chunk)
+                    object_ids.extend(row[1] for row in chunk)
+                if not chunks:
                     return []
-                matrix = np.frombuffer(b"".join(row[2] for row in fetched), dtype="<f4").reshape(len(fetched), -1)
-                scores = matrix @ query
-                best = _best_per_object([row[1] for row in fetched], scores, top_k)
-                rowids = [fetched[i][0] for i in best]
+                scores = np.concatenate(chunks)
+                best = _best_per_object(object_ids, scores, top_k)
+                rowids = [all_rowids[i] for i in best]
                 details = {
                     row[0]: row[1:]
                     for row in conn.execute(
@@ -91,7 +99,7 @@ class SqliteVectorStore:
                 return []  # nothing indexed yet
             raise
         return [
-            Candidate(**dict(zip(_DETAILS, details[fetched[i][0]], strict=True)), score=round(float(scores[i]), 6))
+            Candidate(**dict(zip(_DETAILS, details[all_rowids[i]], strict=True)), score=round(float(scores[i]), 6))
             for i in best
         ]
 

@@ -129,3 +129,18 @@ def test_gemini_indexing_outage_then_fill_in_then_a_description_search(tmp_path,
     assert {match["crop_uri"] for match in document["matches"]} == {row["output_uri"] for row in stack.rows("objects")}
     texts = [text for request in stack.gemini.requests for parts in request.embedded_texts for text in parts]
     assert any("black suitcase" in text for text in texts)
+
+
+def test_importing_main_loads_neither_numpy_nor_opencv():
+    """Cold start: search and indexing load NumPy (and the descriptor OpenCV) on first use, not at
+    import, so an instance that scales up to process one image pays for them only if it needs them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import json, sys, main; print(json.dumps(sorted(sys.modules)))"
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    loaded = set(json.loads(result.stdout))
+    assert "segmentation.search.service" in loaded
+    assert not {"numpy", "cv2"} & loaded

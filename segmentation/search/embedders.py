@@ -17,11 +17,11 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from segmentation.errors import ImageDecodeError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from segmentation.config import Config
 
 
@@ -48,6 +48,8 @@ class Embedder(Protocol):
 
 def unit(vector: np.ndarray) -> np.ndarray:
     """`vector` as float32 scaled to length 1 (a zero vector stays zero)."""
+    import numpy as np
+
     vector = np.asarray(vector, dtype=np.float32)
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 0 else vector

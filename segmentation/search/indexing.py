@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from segmentation.errors import PermanentError
 from segmentation.retry import retry_call
 from segmentation.rows import embedding_row
 from segmentation.search.embedders import Embedder
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Seconds an image's indexing may take, retries included, at most: a slow embedding service
 # must not use the time the image's rows need.
@@ -32,6 +33,8 @@ class BadEmbeddingError(PermanentError):
 def checked_vectors(vectors: Sequence[Any], expected: int, dimensions: int) -> list[np.ndarray]:
     """`vectors` as float32 arrays, once each is `dimensions` long and finite, and there are
     `expected` of them; else `BadEmbeddingError`."""
+    import numpy as np
+
     if len(vectors) != expected:
         raise BadEmbeddingError(f"{len(vectors)} vectors for {expected} inputs")
     checked = []

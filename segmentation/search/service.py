@@ -22,8 +22,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from segmentation.detections import ObjectRef
 from segmentation.errors import ImageDecodeError, PermanentError, PipelineError, TransientError
 from segmentation.events import skip_reason_for_prefix
@@ -46,6 +44,7 @@ from segmentation.search.results import (
 from segmentation.search.store import Candidate, Space, VectorStore
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from segmentation.config import Config
@@ -172,6 +171,8 @@ class Searcher:
         return list(self._executor.map(read, [candidate.crop_uri for candidate in candidates]))
 
     def _vector(self, query: Query, query_jpeg: bytes | None, deadline: float) -> np.ndarray:
+        import numpy as np
+
         vectors = []
         if query_jpeg is not None:
             (photo_vector,) = retry_call(

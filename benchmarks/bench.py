@@ -496,6 +496,8 @@ def fake_gemini(objects: int) -> Iterator[Any]:
                 "GEMINI_API_KEY": "bench-key",
                 "SQLITE_PATH": str(Path(tmp) / "results.sqlite"),
                 "GEMINI_MAX_OBJECTS": "25",
+                # Detection only: what indexing adds is measured by benchmarks/search.py.
+                "EMBEDDER": "off",
                 # As the deployment note in segmentation/storage.py recommends.
                 "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
             }
@@ -1129,6 +1131,8 @@ def throughput_cell(
             "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
             "GEMINI_API_KEY": "bench-key",
             "GEMINI_MAX_OBJECTS": "25",
+            # Detection only: what indexing adds is measured by benchmarks/search.py.
+            "EMBEDDER": "off",
             "EMPTY_BELT_GATE_CAMERAS": "*" if gate else "",
             # THREADS = the concurrency, as Google advises for Python functions; with several WORKERS
             # each could take them all, and the client keeps `concurrency` in flight, as Cloud Run's

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from segmentation.detections import ObjectRef
 from segmentation.errors import ImageDecodeError, PermanentError, PipelineError, TransientError
 from segmentation.events import skip_reason_for_prefix
-from segmentation.images import encode_jpeg, load_image, model_input
+from segmentation.images import ModelInput, load_image, model_input
 from segmentation.logs import log_event, redact
 from segmentation.naming import OutputNames
 from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
@@ -120,10 +120,7 @@ class Searcher:
 
     def search(self, query: Query, photo: Image.Image | None, *, top: int, deadline: float) -> Found:
         """The `top` best matches of `query` (`photo`: its decoded photo, if it has one)."""
-        query_box = self._bag_in(photo, deadline) if photo is not None else None
-        if photo is not None and query_box is not None:
-            photo = photo.crop(query_box)
-        query_jpeg = _query_jpeg(photo) if photo is not None else None
+        query_jpeg, query_box = self._query_image(photo, deadline) if photo is not None else (None, None)
         vector = self._vector(query, query_jpeg, deadline)
         wanted = max(top, RERANK_CANDIDATES) if self.reranker and query_jpeg else top
         candidates = retry_call(
@@ -139,13 +136,22 @@ class Searcher:
                 log_event("WARNING", "re-rank failed; the embedding order stands", error=rerank_error)
         return Found(matches[:top], self.space, query_jpeg, rerank_error, query_box)
 
-    def _bag_in(self, photo: Image.Image, deadline: float) -> tuple[int, int, int, int] | None:
-        """The largest object the detector finds in `photo`, or None (no detector, nothing found,
-        or the detector failed: then the whole photo is searched for, and the log says why)."""
+    def _query_image(self, photo: Image.Image, deadline: float) -> tuple[bytes, tuple[int, int, int, int] | None]:
+        """The query photo as the embedder gets it (at most QUERY_PHOTO_MAX_SIDE pixels a side): the
+        bag the detector finds in it, else the whole photo; and that bag's box."""
+        whole = model_input(photo, max_side=QUERY_PHOTO_MAX_SIDE)
+        box = self._bag_in(photo, whole, deadline)
+        if box is None:
+            return whole.data, None
+        return model_input(photo.crop(box), max_side=QUERY_PHOTO_MAX_SIDE).data, box
+
+    def _bag_in(self, photo: Image.Image, prepared: ModelInput, deadline: float) -> tuple[int, int, int, int] | None:
+        """The largest object the detector finds in `photo` (`prepared`: its model input), or None
+        (no detector, nothing found, or the detector failed: then the whole photo is searched
+        for, and the log says why)."""
         if self.detector is None:
             return None
         try:
-            prepared = model_input(photo, max_side=QUERY_PHOTO_MAX_SIDE)
             result = self.detector.detect(prepared, (photo.width, photo.height), deadline=deadline)
         except PipelineError as exc:
             log_event("WARNING", "no bag found in the query photo; searching for the whole photo", error=str(exc)[:300])
@@ -377,20 +383,6 @@ def ref_of_uri(uri: str) -> ObjectRef:
         raise BadQueryError(f"{uri!r} is not a gs://bucket/object URI")
     bucket, _, name = uri[5:].partition("/")
     return ObjectRef(bucket, name)
-
-
-def _query_jpeg(photo: Image.Image) -> bytes:
-    """The query photo as the embedder gets it: at most QUERY_PHOTO_MAX_SIDE pixels a side."""
-    from PIL import Image
-
-    scale = QUERY_PHOTO_MAX_SIDE / max(photo.size)
-    small = photo
-    if scale < 1:
-        size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
-        # A whole-pixel box reduction first (cheap, and itself an average), then Lanczos the rest.
-        factor = max(1, int(1 / scale))
-        small = (photo.reduce(factor) if factor > 1 else photo).resize(size, Image.Resampling.LANCZOS)
-    return encode_jpeg(small, quality=90)
 
 
 def decoded_image(jpeg: bytes | None) -> Image.Image | None:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from devtools.local_storage import EVENTS_PATH
 from segmentation.config import Config
+from segmentation.detections import ObjectRef
 from segmentation.events import FINALIZED, IMAGE_EXTENSIONS
 from segmentation.logs import redact
 from segmentation.sink import SqliteSink
@@ -435,8 +436,8 @@ def demo_search(stack: LocalStack, config: Config, bucket: str) -> bool:
         return True
     wanted = objects[0]
     client = storage_client(stack.storage_url)
-    crop_bucket, _, crop_name = wanted["output_uri"][len("gs://") :].partition("/")
-    crop = Image.open(io.BytesIO(client.bucket(crop_bucket).blob(crop_name).download_as_bytes())).convert("RGB")
+    crop_ref = ObjectRef.from_uri(wanted["output_uri"])
+    crop = Image.open(io.BytesIO(client.bucket(crop_ref.bucket).blob(crop_ref.name).download_as_bytes())).convert("RGB")
     photo = ImageEnhance.Brightness(crop.rotate(90, expand=True)).enhance(0.8)
     data = io.BytesIO()
     photo.save(data, "JPEG", quality=88)

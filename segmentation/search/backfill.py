@@ -127,12 +127,8 @@ def fill_one(
 
 
 def _read_crop(storage: Storage, uri: str, deadline: float) -> bytes:
-    ref = _ref_of(uri)
+    try:
+        ref = ObjectRef.from_uri(uri)
+    except ValueError as exc:
+        raise PermanentError(str(exc)) from None
     return retry_call(lambda: storage.read(ref, max_bytes=MAX_CROP_BYTES), deadline=deadline, what="crop read")
-
-
-def _ref_of(uri: str) -> ObjectRef:
-    if not uri.startswith("gs://"):
-        raise PermanentError(f"{uri!r} is not a gs:// URI")
-    bucket, _, name = uri[5:].partition("/")
-    return ObjectRef(bucket, name)

@@ -379,10 +379,11 @@ def _text_form(name: str) -> str | None:
 
 
 def ref_of_uri(uri: str) -> ObjectRef:
-    if not uri.startswith("gs://") or "/" not in uri[5:]:
-        raise BadQueryError(f"{uri!r} is not a gs://bucket/object URI")
-    bucket, _, name = uri[5:].partition("/")
-    return ObjectRef(bucket, name)
+    """`ObjectRef.from_uri`, a bad URI being a bad query."""
+    try:
+        return ObjectRef.from_uri(uri)
+    except ValueError as exc:
+        raise BadQueryError(str(exc)) from None
 
 
 def decoded_image(jpeg: bytes | None) -> Image.Image | None:

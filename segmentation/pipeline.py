@@ -61,7 +61,7 @@ from segmentation.memory import MemoryBudget, Reservation
 from segmentation.naming import OutputNames
 from segmentation.offline import OfflineDetector
 from segmentation.offline.gate import MODEL as GATE_MODEL
-from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
+from segmentation.outputs import Outputs, generation_of, output_metadata
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
 from segmentation.search.backfill import pending_document
@@ -490,7 +490,7 @@ class Pipeline:
             if self.embedder is not None and crops
             else None
         )
-        metadata = {GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri}
+        metadata = output_metadata(ref)
 
         def write(output: tuple[str, bytes]) -> str | None:
             return self.outputs.write_unless_newer(
@@ -681,7 +681,7 @@ class Pipeline:
                 names.pending_embeddings,
                 pending_document(object_rows, camera=camera, seen_at=seen),
                 content_type="application/json",
-                metadata={GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri},
+                metadata=output_metadata(ref),
                 deadline=deadline,
                 what="pending embeddings write",
             )

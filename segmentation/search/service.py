@@ -28,7 +28,7 @@ from segmentation.events import skip_reason_for_prefix
 from segmentation.images import ModelInput, load_image, model_input
 from segmentation.logs import log_event, redact
 from segmentation.naming import OutputNames
-from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
+from segmentation.outputs import Outputs, generation_of, output_metadata
 from segmentation.retry import retry_call
 from segmentation.search.embedders import Embedder, unit
 from segmentation.search.query import BadQueryError, Query, parse_query_text, with_offline_default
@@ -363,7 +363,7 @@ class SearchService:
             name,
             data,
             content_type=content_type,
-            metadata={GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri},
+            metadata=output_metadata(ref),
             deadline=deadline,
             what="search results write",
         )

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segmentation.search.store import Candidate, Filters, Space
+from segmentation.search.store import CANDIDATE_COLUMNS, Candidate, Filters, Space
 from segmentation.storage import classify_google_error
 
 if TYPE_CHECKING:
@@ -48,17 +48,7 @@ MARKER = "-- conveyor-segmentation: BigQueryVectorStore.nearest v1"
 # The embeddings columns the search filters on and returns; the vector index stores them all
 # (terraform/bigquery.tf), so the base subquery needs nothing from outside the index.
 FILTER_COLUMNS = ("embedder", "model", "dimensions", "camera", "seen_at", "item_color", "detector")
-RESULT_COLUMNS = (
-    "object_row_id",
-    "crop_uri",
-    "source_uri",
-    "camera",
-    "seen_at",
-    "label",
-    "item_color",
-    "item_gen_desc",
-    "item_det_desc",
-)
+RESULT_COLUMNS = CANDIDATE_COLUMNS
 
 SEARCH_SQL = f"""{MARKER}
 SELECT

@@ -14,21 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from segmentation.errors import TransientError
-from segmentation.search.store import Candidate, Filters, Space
+from segmentation.search.store import CANDIDATE_COLUMNS, Candidate, Filters, Space
 
 # Rows whose vectors are read and scored at once.
 CHUNK_ROWS = 8192
-_DETAILS = (
-    "object_row_id",
-    "crop_uri",
-    "source_uri",
-    "camera",
-    "seen_at",
-    "label",
-    "item_color",
-    "item_gen_desc",
-    "item_det_desc",
-)
 
 
 def filter_sql(space: Space, filters: Filters) -> tuple[str, list[object]]:
@@ -87,7 +76,7 @@ class SqliteVectorStore:
                 details = {
                     row[0]: row[1:]
                     for row in conn.execute(
-                        f'SELECT rowid, {", ".join(_DETAILS)} FROM "embeddings" '
+                        f'SELECT rowid, {", ".join(CANDIDATE_COLUMNS)} FROM "embeddings" '
                         f"WHERE rowid IN ({', '.join('?' for _ in rowids)})",
                         rowids,
                     )
@@ -99,7 +88,9 @@ class SqliteVectorStore:
                 return []  # nothing indexed yet
             raise
         return [
-            Candidate(**dict(zip(_DETAILS, details[all_rowids[i]], strict=True)), score=round(float(scores[i]), 6))
+            Candidate(
+                **dict(zip(CANDIDATE_COLUMNS, details[all_rowids[i]], strict=True)), score=round(float(scores[i]), 6)
+            )
             for i in best
         ]
 

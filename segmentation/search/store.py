@@ -11,7 +11,7 @@ Both read only rows of the query's embedder, model and length, and apply the sam
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -56,6 +56,10 @@ class Candidate:
     score: float
     item_gen_desc: str | None = None
     item_det_desc: str | None = None
+
+
+# The embeddings columns a candidate is read from (every field but the score), in field order.
+CANDIDATE_COLUMNS = tuple(field.name for field in fields(Candidate) if field.name != "score")
 
 
 class VectorStore(Protocol):

@@ -422,6 +422,7 @@ _BINS = 6
 _BIN_CENTRES = np.linspace(0.0, 255.0, _BINS)
 _projection_lock = threading.Lock()
 _projection: np.ndarray | None = None
+_blas_lock = threading.Lock()
 
 
 def _histogram_projection() -> np.ndarray:
@@ -458,7 +459,11 @@ def stand_in_embedding(content: dict[str, Any], dimensions: int | None) -> list[
         if "inlineData" in part:
             histogram = _histogram(_decode_base64(part["inlineData"].get("data", "")))
             if histogram is not None:
-                total += histogram @ _histogram_projection()
+                projection = _histogram_projection()
+                # One product at a time: OpenBLAS aborts the process ("Bad memory unallocation")
+                # when more threads than it has buffers call it at once, as a load test's do.
+                with _blas_lock:
+                    total += histogram @ projection
         elif "text" in part:
             seed = int.from_bytes(hashlib.sha256(str(part["text"]).encode("utf-8")).digest()[:8], "big")
             total += np.random.default_rng(seed).standard_normal(MAX_EMBEDDING_DIMENSIONS)

@@ -66,7 +66,7 @@ from segmentation.errors import (
     ResponseParseError,
     UnreadableAnswerError,
 )
-from segmentation.genai_client import build_client, call_with_retries, classify, milliseconds
+from segmentation.genai_client import build_client, call_with_retries, classify, milliseconds, thinking_config
 from segmentation.logs import add_secret, log_event, redact
 from segmentation.models import capabilities, location_problem, retirement_error, startup_problems
 from segmentation.parse import ParsedResponse, parse_response, refuse_unusable_boxes
@@ -278,12 +278,7 @@ class GeminiDetector:
     def _generation_config(self, request_timeout_s: float) -> types.GenerateContentConfig:
         config = self._config
         spec = self._spec
-        thinking = None
-        level = spec.thinking_level(config.gemini_thinking_level)
-        if level is not None:
-            thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(level))
-        elif spec.thinking == "budget" and config.gemini_thinking_budget is not None:
-            thinking = types.ThinkingConfig(thinking_budget=config.gemini_thinking_budget)
+        thinking = thinking_config(spec, config)
         request_resolution = None
         if config.gemini_media_resolution and not spec.per_part_media:
             request_resolution = types.MediaResolution(f"MEDIA_RESOLUTION_{config.gemini_media_resolution.upper()}")

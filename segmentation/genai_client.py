@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import google.auth.credentials
 
     from segmentation.config import Config
+    from segmentation.models import ModelSpec
 
 T = TypeVar("T")
 
@@ -74,6 +75,17 @@ def redactor(config: Config) -> Callable[[str], str]:
         return redact(text)
 
     return _redact
+
+
+def thinking_config(spec: ModelSpec, config: Config) -> types.ThinkingConfig | None:
+    """The thinking settings a `GEMINI_MODEL` call sends: the configured level where the model takes
+    levels (the nearest it accepts), the budget where it takes budgets, else none."""
+    level = spec.thinking_level(config.gemini_thinking_level)
+    if level is not None:
+        return types.ThinkingConfig(thinking_level=types.ThinkingLevel(level))
+    if spec.thinking == "budget" and config.gemini_thinking_budget is not None:
+        return types.ThinkingConfig(thinking_budget=config.gemini_thinking_budget)
+    return None
 
 
 def build_client(

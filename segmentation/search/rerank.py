@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from google.genai import types
 
 from segmentation.errors import ResponseParseError
-from segmentation.genai_client import build_client, call_with_retries, classify, milliseconds, redactor
+from segmentation.genai_client import (
+    build_client,
+    call_with_retries,
+    classify,
+    milliseconds,
+    redactor,
+    thinking_config,
+)
 from segmentation.logs import add_secret
 from segmentation.models import capabilities
 
@@ -112,12 +119,7 @@ def rerank(
         parts += [types.Part.from_text(text=f"Candidate {number}:"), _image(data, per_part)]
     contents = [types.Content(role="user", parts=parts)]
 
-    thinking = None
-    level = spec.thinking_level(config.gemini_thinking_level)
-    if level is not None:
-        thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(level))
-    elif spec.thinking == "budget" and config.gemini_thinking_budget is not None:
-        thinking = types.ThinkingConfig(thinking_budget=config.gemini_thinking_budget)
+    thinking = thinking_config(spec, config)
 
     redact = redactor(config)
     client = build_client(config, credentials=credentials)

@@ -48,7 +48,6 @@ Example (needs credentials, or GOOGLE_GEMINI_BASE_URL pointing at a server)::
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -66,7 +65,14 @@ from segmentation.errors import (
     ResponseParseError,
     UnreadableAnswerError,
 )
-from segmentation.genai_client import build_client, call_with_retries, classify, milliseconds, thinking_config
+from segmentation.genai_client import (
+    LazyClient,
+    build_client,
+    call_with_retries,
+    classify,
+    milliseconds,
+    thinking_config,
+)
 from segmentation.logs import add_secret, log_event, redact
 from segmentation.models import capabilities, location_problem, retirement_error, startup_problems
 from segmentation.parse import ParsedResponse, parse_response, refuse_unusable_boxes
@@ -175,8 +181,7 @@ class GeminiDetector:
         self._config = config
         self._credentials = credentials
         add_secret(config.gemini_api_key)  # no log line may print it, whatever echoes it
-        self._client: genai.Client | None = None
-        self._client_lock = threading.Lock()
+        self._client = LazyClient(self._build_client)
         self._today = today or _utc_today
         self._spec = capabilities(config.gemini_model, config.resolved_backend)
         if config.detector != "offline":
@@ -211,7 +216,7 @@ class GeminiDetector:
         `BoxScaleError`) when two answers in a row are unusable. `UnreadableAnswerError` is a
         `TransientError`: answers the SDK could not read kept coming until the deadline.
         """
-        client = self._get_client()
+        client = self._client.get()
         calls = _CallLog()
         image_part = self._image_part(model_input)
         contents: list[Any] = [image_part, self._config.gemini_prompt]
@@ -250,18 +255,9 @@ class GeminiDetector:
 
     def close(self) -> None:
         """Release the HTTP connections (the detector rebuilds its client if used again)."""
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._client.close()
 
     # -- the request ----------------------------------------------------------------------
-
-    def _get_client(self) -> genai.Client:
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._build_client()
-            return self._client
 
     def _build_client(self) -> genai.Client:
         return build_client(self._config, credentials=self._credentials, timeout_s=self._config.gemini_timeout_s)

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -75,6 +76,28 @@ def redactor(config: Config) -> Callable[[str], str]:
         return redact(text)
 
     return _redact
+
+
+class LazyClient:
+    """A google-genai client built on first use and shared by threads; `close` lets its
+    connections go (the next `get` builds a new one)."""
+
+    def __init__(self, build: Callable[[], genai.Client]):
+        self._build = build
+        self._client: genai.Client | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> genai.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 def thinking_config(spec: ModelSpec, config: Config) -> types.ThinkingConfig | None:

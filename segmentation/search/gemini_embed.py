@@ -53,7 +53,7 @@ from google.genai import types
 from pydantic import ValidationError
 
 from segmentation.errors import ModelRequestError, PermanentError
-from segmentation.genai_client import build_client, call_with_retries, classify, milliseconds, redactor
+from segmentation.genai_client import LazyClient, build_client, call_with_retries, classify, milliseconds, redactor
 from segmentation.logs import add_secret
 from segmentation.search.embedders import unit
 
@@ -109,21 +109,19 @@ class GeminiEmbedder:
         concurrency: int = EMBED_CONCURRENCY,
     ):
         self._config = config
-        self._credentials = credentials
         self._concurrency = max(1, concurrency)
         self.model = config.embedding_model
         self.dimensions = config.embedding_dimensions
         add_secret(config.gemini_api_key)  # no log line may print it, whatever echoes it
         self._redact = redactor(config)
-        self._client: genai.Client | None = None
-        self._client_lock = threading.Lock()
+        self._client = LazyClient(lambda: build_client(config, credentials=credentials))
 
     def embed_images(self, jpegs: Sequence[bytes], *, deadline: float) -> list[np.ndarray]:
         """One unit vector per image, in order: one call per crop on Vertex AI (run concurrently),
         one batchEmbedContents call per `MAX_BATCH` crops on the Developer API."""
         if not jpegs:
             return []
-        client = self._get_client()
+        client = self._client.get()
         contents = [_image_content(data) for data in jpegs]
         if self._config.resolved_backend == "vertex":
             return self._embed_each(client, contents, deadline)
@@ -140,22 +138,13 @@ class GeminiEmbedder:
         if takes_task_instructions(self.model):
             text = QUERY_INSTRUCTION.format(text=text)
         content = types.Content(role="user", parts=[types.Part.from_text(text=text)])
-        return self._embed(self._get_client(), [content], deadline, query=True)[0]
+        return self._embed(self._client.get(), [content], deadline, query=True)[0]
 
     def close(self) -> None:
         """Release the HTTP connections (the embedder rebuilds its client if used again)."""
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._client.close()
 
     # -- calls ----------------------------------------------------------------------------
-
-    def _get_client(self) -> genai.Client:
-        with self._client_lock:
-            if self._client is None:
-                self._client = build_client(self._config, credentials=self._credentials)
-            return self._client
 
     def _embed_each(self, client: genai.Client, contents: list[types.Content], deadline: float) -> list[np.ndarray]:
         """One call per content, at most `concurrency` at once; the first failure stops the rest."""

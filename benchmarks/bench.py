@@ -496,6 +496,8 @@ def fake_gemini(objects: int) -> Iterator[Any]:
                 "GEMINI_API_KEY": "bench-key",
                 "SQLITE_PATH": str(Path(tmp) / "results.sqlite"),
                 "GEMINI_MAX_OBJECTS": "25",
+                # Detection only: what indexing adds is measured by benchmarks/search.py.
+                "EMBEDDER": "off",
                 # As the deployment note in segmentation/storage.py recommends.
                 "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
             }
@@ -553,6 +555,7 @@ def child_main(import_s: float, status_at_start: str, status_after_import: str) 
     event's outcome.
     """
     from segmentation.function import default_pipeline, handle_cloud_event
+    from segmentation.pipeline import Outcome
 
     result: dict[str, Any] = {
         "import_ms": import_s * 1000,
@@ -567,7 +570,7 @@ def child_main(import_s: float, status_at_start: str, status_after_import: str) 
     for event in json.loads(sys.argv[1]):
         start = time.perf_counter()
         outcome = handle_cloud_event(event["attributes"], event["data"])
-        assert outcome is not None
+        assert isinstance(outcome, Outcome)
         wall_ms = (time.perf_counter() - start) * 1000
         result["events"].append(
             {
@@ -1128,6 +1131,8 @@ def throughput_cell(
             "GOOGLE_GEMINI_BASE_URL": gemini.base_url,
             "GEMINI_API_KEY": "bench-key",
             "GEMINI_MAX_OBJECTS": "25",
+            # Detection only: what indexing adds is measured by benchmarks/search.py.
+            "EMBEDDER": "off",
             "EMPTY_BELT_GATE_CAMERAS": "*" if gate else "",
             # THREADS = the concurrency, as Google advises for Python functions; with several WORKERS
             # each could take them all, and the client keeps `concurrency` in flight, as Cloud Run's

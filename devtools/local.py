@@ -6,6 +6,8 @@ and a bridge that delivers object-finalize CloudEvents as Eventarc would.
     python -m devtools.local up --output-bucket local-outputs   # outputs in a second bucket
     python -m devtools.local upload a.jpg b.png --camera cam1   # as a camera would
     python -m devtools.local rows               # print the rows in the local SQLite sink
+    python -m devtools.local search photo.jpg   # lost-bag search (or a description) from a terminal
+    python -m devtools.local upload q.jpg --query   # drop a query into search/, as staff would
 
 The storage code path is the production one: google-cloud-storage follows
 STORAGE_EMULATOR_HOST to `devtools.local_storage`, a stand-in with Cloud Storage's
@@ -42,6 +44,7 @@ from pathlib import Path
 
 from devtools.local_storage import EVENTS_PATH
 from segmentation.config import Config
+from segmentation.detections import ObjectRef
 from segmentation.events import FINALIZED, IMAGE_EXTENSIONS
 from segmentation.logs import redact
 from segmentation.sink import SqliteSink
@@ -121,14 +124,15 @@ class EventBridge:
         self,
         storage_url: str,
         bucket: str,
-        prefix: str,
+        prefix: str | tuple[str, ...],
         function_url: str,
         *,
         interval: float = 0.3,
         max_attempts: int = 5,
     ):
         self.storage_url = storage_url.rstrip("/")
-        self.bucket, self.prefix = bucket, prefix
+        # The prefixes whose objects are delivered: the function's inputs (images, search queries).
+        self.bucket, self.prefix = bucket, (prefix,) if isinstance(prefix, str) else prefix
         self.function_url = function_url
         self.interval, self.max_attempts = interval, max_attempts
         self.after = 0  # the write log's sequence number followed so far
@@ -304,7 +308,8 @@ class LocalStack:
         wait_for_http(self.function_url)
         if self.use_bridge:
             config = Config.from_env(self.function_env())
-            self.bridge = EventBridge(self.storage_url, self.bucket, config.source_prefix, self.function_url).start()
+            inputs = (config.source_prefix, config.search_prefix)
+            self.bridge = EventBridge(self.storage_url, self.bucket, inputs, self.function_url).start()
         return self
 
     def stop(self) -> None:
@@ -326,7 +331,8 @@ class LocalStack:
 
 
 def upload(paths: Iterable[Path], *, bucket: str, emulator_url: str, prefix: str, camera: str | None) -> list[str]:
-    """Upload image files under `prefix` (and `camera/`), as a camera would; returns object names."""
+    """Upload files under `prefix` (and `camera/`), as a camera (or staff, for search/) would;
+    returns object names."""
     client = storage_client(emulator_url)
     names = []
     for path in paths:
@@ -391,6 +397,8 @@ def _content_type(path: Path) -> str:
         ".tiff": "image/tiff",
         ".bmp": "image/bmp",
         ".gif": "image/gif",
+        ".txt": "text/plain",
+        ".json": "application/json",
     }.get(suffix, "application/octet-stream")
 
 
@@ -402,6 +410,53 @@ def _wait_until_processed(stack: LocalStack, names: Sequence[str], timeout: floa
             return True
         time.sleep(0.2)
     return False
+
+
+def local_search(argv: Sequence[str]) -> int:
+    """`python -m segmentation.search` against `up`'s emulator and SQLite file (defaults)."""
+    from segmentation.search.__main__ import main as search_main
+
+    environ = dict(os.environ)
+    environ.setdefault("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{DEFAULT_STORAGE_PORT}")
+    environ.setdefault("SQLITE_PATH", str(ROOT / "local-data" / "results.sqlite"))
+    os.environ["STORAGE_EMULATOR_HOST"] = environ["STORAGE_EMULATOR_HOST"]  # read by the storage client
+    return search_main(argv, environ)
+
+
+def demo_search(stack: LocalStack, config: Config, bucket: str) -> bool:
+    """The demo's lost-bag search: one processed crop, turned a quarter and made darker as a
+    passenger's photo might show it, dropped into search/; prints what the function answered."""
+    import io
+
+    from PIL import Image, ImageEnhance
+
+    objects = SqliteSink(stack.data_dir / "results.sqlite").rows("objects")
+    if not objects:
+        print("search demo skipped: no objects were found in the samples")
+        return True
+    wanted = objects[0]
+    client = storage_client(stack.storage_url)
+    crop_ref = ObjectRef.from_uri(wanted["output_uri"])
+    crop = Image.open(io.BytesIO(client.bucket(crop_ref.bucket).blob(crop_ref.name).download_as_bytes())).convert("RGB")
+    photo = ImageEnhance.Brightness(crop.rotate(90, expand=True)).enhance(0.8)
+    data = io.BytesIO()
+    photo.save(data, "JPEG", quality=88)
+    name = f"{config.search_prefix}demo-lost-bag.jpg"
+    client.bucket(bucket).blob(name).upload_from_string(data.getvalue(), content_type="image/jpeg")
+    print(f"\nlost-bag search: uploaded a photo of {wanted['output_uri']} (turned, darker) -> gs://{bucket}/{name}")
+    if not _wait_until_processed(stack, [name], timeout=120):
+        print("the query was not processed in time")
+        return False
+    results_bucket = stack.output_bucket or bucket
+    results_name = f"{config.search_results_prefix}demo-lost-bag.jpg.json"
+    document = json.loads(client.bucket(results_bucket).blob(results_name).download_as_bytes())
+    print(f"results: gs://{results_bucket}/{results_name}  contact sheet: {document.get('contact_sheet_uri')}")
+    for match in document["matches"][:5]:
+        mark = "  <- the bag in the photo" if match["crop_uri"] == wanted["output_uri"] else ""
+        seen = f"{match['camera']}  {match['seen_at'][:19]}"
+        print(f"  #{match['rank']}  {match['score']:.3f}  {seen}  {match['crop_uri']}{mark}")
+    print("search from a terminal: python -m devtools.local search PHOTO_OR_DESCRIPTION [--camera demo] [--since 2h]")
+    return document.get("status") == "ok"
 
 
 def _interrupt(signum, frame) -> None:
@@ -436,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_files = sub.add_parser("upload", help="upload image files into the emulated bucket's source prefix")
     up_files.add_argument("paths", nargs="+", type=Path)
     up_files.add_argument("--camera", help="sub-folder under the source prefix, e.g. cam1")
+    up_files.add_argument("--query", action="store_true", help="upload into SEARCH_PREFIX: a lost-bag query")
     up_files.add_argument("--bucket", default=DEFAULT_BUCKET)
     up_files.add_argument(
         "--emulator", default=os.environ.get("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{DEFAULT_STORAGE_PORT}")
@@ -447,12 +503,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.add_argument("--db", type=Path, default=ROOT / "local-data" / "results.sqlite")
     rows.add_argument("--json", action="store_true", help="print every column, one JSON object per row")
 
+    search = sub.add_parser(
+        "search",
+        help="lost-bag search against the local stack (python -m segmentation.search with its settings)",
+        add_help=False,
+    )
+    search.add_argument("rest", nargs=argparse.REMAINDER)
+
     args = parser.parse_args(argv)
     config = Config.from_env()
+    if args.command == "search":
+        return local_search(args.rest)
     if args.command == "upload":
-        upload(
-            args.paths, bucket=args.bucket, emulator_url=args.emulator, prefix=config.source_prefix, camera=args.camera
-        )
+        prefix = config.search_prefix if args.query else config.source_prefix
+        upload(args.paths, bucket=args.bucket, emulator_url=args.emulator, prefix=prefix, camera=args.camera)
         return 0
     if args.command == "rows":
         print_rows(args.db, args.table, args.limit, as_json=args.json)
@@ -493,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finished = _wait_until_processed(stack, names, timeout=600)
             print_rows(args.data_dir / "results.sqlite", "images", len(names))
             print_rows(args.data_dir / "results.sqlite", "objects", 100)
+            finished = finished and demo_search(stack, config, args.bucket)
             if args.once:
                 return 0 if finished else 1
         print("running; upload with `python -m devtools.local upload FILE...`; Ctrl-C stops")

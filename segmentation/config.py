@@ -161,6 +161,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Optional photos of each camera's empty scene, {prefix}{camera}.jpg, camera = first "
         "folder under SOURCE_PREFIX; the offline detector and the gate compare against them.",
     ),
+    Setting(
+        "SEARCH_PREFIX",
+        "search_prefix",
+        "search/",
+        _prefix,
+        "Lost-bag queries: a photo, or a .txt/.json description, uploaded under this prefix is "
+        "searched for among the indexed crops (see docs/search.md).",
+    ),
+    Setting(
+        "SEARCH_RESULTS_PREFIX",
+        "search_results_prefix",
+        "search-results/",
+        _prefix,
+        "Where a query's results go: {prefix}{name}.json and the contact sheet {prefix}{name}.jpg "
+        "({name}: the query's path under SEARCH_PREFIX).",
+    ),
     # Detectors.
     Setting(
         "DETECTOR",
@@ -191,6 +207,46 @@ SETTINGS: tuple[Setting, ...] = (
         "failing or waiting for redelivery. Off: the offline detector is made for plain belts "
         "seen by a fixed camera, and on other real photos its rows are guesses; Eventarc "
         "redelivers and `segmentation.replay` takes over after an outage.",
+    ),
+    # Lost-bag search.
+    Setting(
+        "EMBEDDER",
+        "embedder",
+        "auto",
+        _choice("auto", "gemini", "descriptor", "off"),
+        "How each crop is indexed for lost-bag search: gemini (multimodal embeddings on the "
+        "Gemini backend), descriptor (the weight-free colour, texture and shape descriptor), off "
+        "(no indexing; image rows say so), or auto: gemini when a Gemini backend is configured, "
+        "else descriptor.",
+    ),
+    Setting(
+        "EMBEDDING_MODEL",
+        "embedding_model",
+        "gemini-embedding-2",
+        _str,
+        "Gemini embedding model (multimodal: crops and text queries share one space).",
+    ),
+    Setting(
+        "EMBEDDING_DIMENSIONS",
+        "embedding_dimensions",
+        "768",
+        _int,
+        "Length of the Gemini embeddings, 128-3072. Crops indexed with one length are searched only with that length.",
+    ),
+    Setting(
+        "SEARCH_TOP_K",
+        "search_top_k",
+        "10",
+        _int,
+        "Matches written per query (results file, contact sheet, search_matches rows).",
+    ),
+    Setting(
+        "SEARCH_RERANK",
+        "search_rerank",
+        "false",
+        _bool,
+        "Ask Gemini to compare a photo query with each of the 20 best candidates and reorder "
+        "them (one extra model call per query).",
     ),
     # Gemini.
     Setting(
@@ -389,6 +445,21 @@ SETTINGS: tuple[Setting, ...] = (
         "BigQuery table for image rows, project.dataset.table. Empty: rows go to SQLITE_PATH.",
     ),
     Setting(
+        "BQ_EMBEDDINGS_TABLE",
+        "bq_embeddings_table",
+        "",
+        _str,
+        "BigQuery table for crop embeddings, project.dataset.table. Empty: `embeddings` beside BQ_OBJECTS_TABLE.",
+    ),
+    Setting(
+        "BQ_SEARCH_MATCHES_TABLE",
+        "bq_search_matches_table",
+        "",
+        _str,
+        "BigQuery table for lost-bag search matches, project.dataset.table. Empty: "
+        "`search_matches` beside BQ_OBJECTS_TABLE.",
+    ),
+    Setting(
         "SQLITE_PATH",
         "sqlite_path",
         "local-data/results.sqlite",
@@ -416,9 +487,16 @@ class Config:
     markers_prefix: str
     output_bucket: str
     backgrounds_prefix: str
+    search_prefix: str
+    search_results_prefix: str
     detector: str
     empty_belt_gate_cameras: tuple[str, ...]
     offline_fallback: bool
+    embedder: str
+    embedding_model: str
+    embedding_dimensions: int
+    search_top_k: int
+    search_rerank: bool
     gemini_backend: str
     project: str
     location: str
@@ -444,6 +522,8 @@ class Config:
     claim_lease_s: float
     bq_objects_table: str
     bq_images_table: str
+    bq_embeddings_table: str
+    bq_search_matches_table: str
     sqlite_path: str
     log_level: str
 
@@ -469,13 +549,26 @@ class Config:
         return config
 
     def _validate(self) -> None:
-        outputs = (self.crops_prefix, self.overview_prefix, self.markers_prefix, self.backgrounds_prefix)
-        for prefix in outputs:
-            if _overlaps(prefix, self.source_prefix):
-                raise ConfigError(
-                    f"prefix {prefix!r} overlaps SOURCE_PREFIX {self.source_prefix!r}: "
-                    "the function would trigger itself on its own files"
-                )
+        outputs = (
+            self.crops_prefix,
+            self.overview_prefix,
+            self.markers_prefix,
+            self.backgrounds_prefix,
+            self.search_results_prefix,
+        )
+        for inputs in (self.source_prefix, self.search_prefix):
+            for prefix in outputs:
+                if _overlaps(prefix, inputs):
+                    raise ConfigError(
+                        f"prefix {prefix!r} overlaps input prefix {inputs!r}: "
+                        "the function would trigger itself on its own files"
+                    )
+        if _overlaps(self.source_prefix, self.search_prefix):
+            raise ConfigError(f"SEARCH_PREFIX {self.search_prefix!r} overlaps SOURCE_PREFIX {self.source_prefix!r}")
+        if not 128 <= self.embedding_dimensions <= 3072:
+            raise ConfigError("EMBEDDING_DIMENSIONS must be between 128 and 3072")
+        if not 1 <= self.search_top_k <= 100:
+            raise ConfigError("SEARCH_TOP_K must be between 1 and 100")
         if bool(self.bq_objects_table) != bool(self.bq_images_table):
             raise ConfigError("set both BQ_OBJECTS_TABLE and BQ_IMAGES_TABLE, or neither")
         if self.gemini_max_objects < 1 or self.model_input_max_side < 64:
@@ -497,6 +590,25 @@ class Config:
     @property
     def uses_bigquery(self) -> bool:
         return bool(self.bq_objects_table)
+
+    def bq_table(self, table: str) -> str:
+        """The BigQuery table id ("project.dataset.table") of `table`, one of `schema.TABLES`."""
+        explicit = {
+            "objects": self.bq_objects_table,
+            "images": self.bq_images_table,
+            "embeddings": self.bq_embeddings_table,
+            "search_matches": self.bq_search_matches_table,
+        }[table]
+        if explicit or not self.bq_objects_table:
+            return explicit
+        return f"{self.bq_objects_table.rsplit('.', 1)[0]}.{table}"
+
+    @property
+    def resolved_embedder(self) -> str:
+        """The embedder to index crops with: "gemini", "descriptor", or "off"."""
+        if self.embedder != "auto":
+            return self.embedder
+        return "gemini" if self.resolved_backend else "descriptor"
 
     @property
     def resolved_backend(self) -> str | None:

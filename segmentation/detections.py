@@ -28,6 +28,18 @@ class ObjectRef:
     def uri(self) -> str:
         return f"gs://{self.bucket}/{self.name}"
 
+    @classmethod
+    def from_uri(cls, uri: str) -> ObjectRef:
+        """The live generation of gs://bucket/name; ValueError for anything else.
+
+        >>> ObjectRef.from_uri("gs://belt/processed/a.jpg-output-0001.jpg").name
+        'processed/a.jpg-output-0001.jpg'
+        """
+        bucket, _, name = uri.removeprefix("gs://").partition("/")
+        if not uri.startswith("gs://") or not bucket or not name:
+            raise ValueError(f"{uri!r} is not a gs://bucket/object URI")
+        return cls(bucket, name)
+
 
 @dataclass(frozen=True)
 class Box:

@@ -30,6 +30,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif", ".hif", ".avif"}
 )
 _UNTYPED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+# Lost-bag search queries that are descriptions rather than photos.
+QUERY_EXTENSIONS = frozenset({".txt", ".json"})
 
 # What Cloud Storage allows in a bucket name (lower-case letters, digits, "-", "_", ".", starting
 # and ending with a letter or digit, at most 222 characters). The client library puts the bucket
@@ -98,19 +100,32 @@ def skip_reason(ref: ObjectRef, config: Config) -> str | None:
     """
     if config.output_bucket and ref.bucket == config.output_bucket:
         return "in the outputs bucket (OUTPUT_BUCKET)"  # a trigger wired to it: never our input
-    if not ref.name.startswith(config.source_prefix):
-        return f"outside source prefix {config.source_prefix}"
+    return skip_reason_for_prefix(ref, config.source_prefix)
+
+
+def skip_reason_for_prefix(ref: ObjectRef, prefix: str, *, queries: bool = False) -> str | None:
+    """Why an object is not an input under `prefix`: an image, or with `queries` also a
+    `.txt` / `.json` query (lost-bag search), else None.
+
+    >>> skip_reason_for_prefix(ObjectRef("b", "search/a.txt", 1, "text/plain", 5), "search/", queries=True) is None
+    True
+    """
+    if not ref.name.startswith(prefix):
+        return f"outside source prefix {prefix}"
     if ref.name.endswith("/"):
         return "folder placeholder"
     if ref.size == 0:
         return "zero-byte object"
     content_type = (ref.content_type or "").split(";")[0].strip().lower()
+    extension = posixpath.splitext(ref.name)[1].lower()
+    if queries and extension in QUERY_EXTENSIONS:
+        return None
     if content_type.startswith("image/"):
         return None
-    extension = posixpath.splitext(ref.name)[1].lower()
     if content_type in _UNTYPED and extension in IMAGE_EXTENSIONS:
         return None
-    return f"not an image (content type {content_type or 'unset'})"
+    expected = "an image, .txt or .json" if queries else "an image"
+    return f"not {expected} (content type {content_type or 'unset'})"
 
 
 def _object_name_problem(name: str) -> str | None:

@@ -26,7 +26,8 @@ Why the defaults are what they are (Google's guidance for object detection):
   Models still sometimes add fences or get cut off, and `segmentation.parse` copes with that.
 
 Retries are ours, not the SDK's: SDK retries are off, and each call goes through
-`segmentation.retry.retry_call` until the caller's `deadline`. Each request's timeout is
+`segmentation.retry.retry_call` until the caller's `deadline` (`segmentation.genai_client`, which
+the embedder and the re-ranker share). Each request's timeout is
 ``GEMINI_TIMEOUT_S``, cut to the time left, so no request can outlive the deadline.
 A 200 the SDK cannot read (not JSON, gzip without its header, JSON its types reject) is
 `UnreadableAnswerError`, retried like a 5xx. An answer that can't be parsed, or lists objects
@@ -47,54 +48,43 @@ Example (needs credentials, or GOOGLE_GEMINI_BASE_URL pointing at a server)::
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
-import os
-import re
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from google import genai
-from google.auth import exceptions as auth_exceptions
 from google.genai import errors as genai_errors
 from google.genai import types
-from pydantic import ValidationError
 
 from segmentation.config import Config
 from segmentation.detections import DetectionResult, Usage
 from segmentation.errors import (
-    DetectorNotConfiguredError,
     ModelRequestError,
     ModelRetiredError,
     NoUsableBoxesError,
     ResponseParseError,
-    TransientError,
     UnreadableAnswerError,
+)
+from segmentation.genai_client import (
+    LazyClient,
+    build_client,
+    call_with_retries,
+    classify,
+    milliseconds,
+    thinking_config,
 )
 from segmentation.logs import add_secret, log_event, redact
 from segmentation.models import capabilities, location_problem, retirement_error, startup_problems
 from segmentation.parse import ParsedResponse, parse_response, refuse_unusable_boxes
-from segmentation.retry import retry_call
 
 if TYPE_CHECKING:
     import google.auth.credentials
 
     from segmentation.images import ModelInput
 
-_TRANSIENT_HTTP_CODES = frozenset({408, 429, 500, 502, 503, 504})
-
-# Characters of an unreadable body quoted in the error (redacted), enough to tell an HTML page
-# from gzip bytes or cut-off JSON.
-_BODY_EXCERPT_CHARS = 120
-
 # First backoff step between attempts (grows exponentially, with jitter; a server-given
 # retryDelay is waited at least). Google's retry guidance for 429/5xx starts at about 1 s.
 RETRY_BASE_DELAY_S = 1.0
-
-# A request needs at least this long to have a chance; with less time left, none is started.
-_MIN_REQUEST_S = 0.05
 
 # Answers a blocked or failed generation ends with: their text, if any, is not a detection list.
 _FAILED_FINISH_REASONS = frozenset(
@@ -115,10 +105,6 @@ _FAILED_FINISH_REASONS = frozenset(
         "OTHER",
     }
 )
-
-# Per-part media resolution is documented for the Developer API's v1beta, but google-genai 3.x
-# defaults that API to v1. GOOGLE_GENAI_API_VERSION, when set, still wins.
-_DEVELOPER_API_VERSION = "v1beta"
 
 REASK_INSTRUCTION = (
     "Your previous answer was not a valid JSON list. Answer again with only the JSON array "
@@ -195,8 +181,7 @@ class GeminiDetector:
         self._config = config
         self._credentials = credentials
         add_secret(config.gemini_api_key)  # no log line may print it, whatever echoes it
-        self._client: genai.Client | None = None
-        self._client_lock = threading.Lock()
+        self._client = LazyClient(self._build_client)
         self._today = today or _utc_today
         self._spec = capabilities(config.gemini_model, config.resolved_backend)
         if config.detector != "offline":
@@ -231,7 +216,7 @@ class GeminiDetector:
         `BoxScaleError`) when two answers in a row are unusable. `UnreadableAnswerError` is a
         `TransientError`: answers the SDK could not read kept coming until the deadline.
         """
-        client = self._get_client()
+        client = self._client.get()
         calls = _CallLog()
         image_part = self._image_part(model_input)
         contents: list[Any] = [image_part, self._config.gemini_prompt]
@@ -270,58 +255,12 @@ class GeminiDetector:
 
     def close(self) -> None:
         """Release the HTTP connections (the detector rebuilds its client if used again)."""
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._client.close()
 
     # -- the request ----------------------------------------------------------------------
 
-    def _get_client(self) -> genai.Client:
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._build_client()
-            return self._client
-
     def _build_client(self) -> genai.Client:
-        config = self._config
-        # Our own retry loop owns retries; the SDK makes exactly one attempt per call.
-        http_options = types.HttpOptions(
-            timeout=_milliseconds(config.gemini_timeout_s),
-            retry_options=types.HttpRetryOptions(attempts=1),
-        )
-        backend = config.resolved_backend
-        # `vertexai` is always passed explicitly: left as None, the SDK would read
-        # GOOGLE_GENAI_USE_VERTEXAI and could pick the other backend's base URL variable.
-        if backend == "vertex":
-            if not config.project:
-                raise DetectorNotConfiguredError(
-                    "GEMINI_BACKEND=vertex needs GOOGLE_CLOUD_PROJECT (and GOOGLE_CLOUD_LOCATION, default global)"
-                )
-            return self._new_client(
-                vertexai=True,
-                project=config.project,
-                location=config.location or "global",
-                credentials=self._credentials,
-                http_options=http_options,
-            )
-        if backend == "api-key":
-            if not config.gemini_api_key:
-                raise DetectorNotConfiguredError("GEMINI_BACKEND=api-key needs GEMINI_API_KEY (or GOOGLE_API_KEY)")
-            if not os.environ.get("GOOGLE_GENAI_API_VERSION"):
-                http_options.api_version = _DEVELOPER_API_VERSION
-            return self._new_client(vertexai=False, api_key=config.gemini_api_key, http_options=http_options)
-        raise DetectorNotConfiguredError(
-            "Gemini is not configured: set GOOGLE_CLOUD_PROJECT (and GOOGLE_CLOUD_LOCATION) to use "
-            "Vertex AI with Application Default Credentials, or GEMINI_API_KEY to use the Gemini "
-            "Developer API"
-        )
-
-    def _new_client(self, **kwargs: Any) -> genai.Client:
-        try:
-            return genai.Client(**kwargs)
-        except ValueError as exc:  # the SDK's word for unusable settings
-            raise DetectorNotConfiguredError(self._redact(f"cannot set up the Gemini client: {exc}")) from None
+        return build_client(self._config, credentials=self._credentials, timeout_s=self._config.gemini_timeout_s)
 
     def _image_part(self, model_input: ModelInput) -> types.Part:
         resolution = self._config.gemini_media_resolution
@@ -335,12 +274,7 @@ class GeminiDetector:
     def _generation_config(self, request_timeout_s: float) -> types.GenerateContentConfig:
         config = self._config
         spec = self._spec
-        thinking = None
-        level = spec.thinking_level(config.gemini_thinking_level)
-        if level is not None:
-            thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(level))
-        elif spec.thinking == "budget" and config.gemini_thinking_budget is not None:
-            thinking = types.ThinkingConfig(thinking_budget=config.gemini_thinking_budget)
+        thinking = thinking_config(spec, config)
         request_resolution = None
         if config.gemini_media_resolution and not spec.per_part_media:
             request_resolution = types.MediaResolution(f"MEDIA_RESOLUTION_{config.gemini_media_resolution.upper()}")
@@ -358,7 +292,7 @@ class GeminiDetector:
             # that our deadline and timeout cap don't see. A CONTINUATION answer counts as cut off.
             automatic_continuation=False,
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
-            http_options=types.HttpOptions(timeout=_milliseconds(request_timeout_s)),
+            http_options=types.HttpOptions(timeout=milliseconds(request_timeout_s)),
         )
 
     def _generate(
@@ -368,41 +302,24 @@ class GeminiDetector:
         deadline: float,
         calls: _CallLog,
     ) -> types.GenerateContentResponse:
-        last_error: list[Exception] = []
-
-        def attempt() -> types.GenerateContentResponse:
-            remaining = deadline - time.monotonic()
-            if remaining < _MIN_REQUEST_S:
-                last = last_error[-1] if last_error else None
-                after = f" (last error: {last})" if last else ""
-                # Keeps the last error's class, so an unreadable answer stays a suspect one.
-                kind = type(last) if isinstance(last, TransientError) else TransientError
-                raise kind(f"no time left before the deadline for a Gemini call{after}")
-            timeout_s = min(self._config.gemini_timeout_s, remaining)
-            # Built outside the try: a bad setting is not the answer's fault.
-            generation_config = self._generation_config(timeout_s)
-            try:
-                response = client.models.generate_content(
-                    model=self._config.gemini_model,
-                    contents=contents,
-                    config=generation_config,
-                )
-                _check_readable(response)
-                return response
-            except Exception as exc:
-                mapped = self._classify(exc)
-                last_error.append(mapped)
-                if mapped is exc:
-                    raise
-                # Not chained: the SDK's exception holds the server's whole answer, which a
-                # misbehaving endpoint may fill with our request headers; a traceback logged
-                # by the framework would print it. The mapped message is already redacted.
-                raise mapped from None
+        def request(timeout_s: float) -> types.GenerateContentResponse:
+            response = client.models.generate_content(
+                model=self._config.gemini_model,
+                contents=contents,
+                config=self._generation_config(timeout_s),
+            )
+            _check_readable(response)
+            return response
 
         started = time.monotonic()
         try:
-            response = retry_call(
-                attempt, deadline=deadline, what="Gemini generateContent", base_delay=RETRY_BASE_DELAY_S
+            response = call_with_retries(
+                request,
+                deadline=deadline,
+                timeout_s=self._config.gemini_timeout_s,
+                what="Gemini generateContent",
+                classify=self._classify,
+                base_delay=RETRY_BASE_DELAY_S,
             )
         finally:
             calls.latency_ms += (time.monotonic() - started) * 1000
@@ -436,49 +353,19 @@ class GeminiDetector:
     # -- errors ---------------------------------------------------------------------------
 
     def _classify(self, exc: Exception) -> Exception:
-        """Map an SDK, HTTP or auth exception to our error classes (messages never hold the key).
+        """Map an SDK, HTTP or auth exception to our error classes (`segmentation.genai_client.classify`);
+        a refused request names a retired model, or a location the model is not served from."""
+        return classify(exc, redact=self._redact, request_error=self._request_error)
 
-        Unreadable answers become `UnreadableAnswerError`; HTTP errors, network and auth failures
-        `TransientError` or a `PermanentError` by their kind. Anything else is returned as it is:
-        the pipeline records it as `UnexpectedError`, with its stack trace, redacted.
-        """
-        if isinstance(exc, (TransientError, ModelRequestError, DetectorNotConfiguredError)):
-            return exc
-        unreadable = _unreadable_answer(exc)
-        if unreadable is not None:
-            return UnreadableAnswerError(self._redact(unreadable)[:500])
-        if isinstance(exc, genai_errors.APIError):
-            summary = self._redact(f"Gemini answered HTTP {exc.code} {exc.status or ''}: {exc.message or ''}")
-            summary = summary[:500]
-            if exc.code in _TRANSIENT_HTTP_CODES:
-                return TransientError(summary, retry_after=_retry_delay(exc) if exc.code == 429 else None)
-            config = self._config
-            if exc.code in (400, 404) and self._spec.retired(self._today()):
-                return ModelRetiredError(f"{retirement_error(config.gemini_model, self._spec)} ({summary})"[:700])
-            if config.resolved_backend == "vertex" and not self._spec.serves(config.location):
-                return ModelRequestError(
-                    f"{location_problem(config.gemini_model, config.location, self._spec)} ({summary})"[:800]
-                )
-            return ModelRequestError(summary)
-        if isinstance(exc, _UNUSABLE_ENDPOINT_ERRORS):
-            return DetectorNotConfiguredError(
-                self._redact(f"the Gemini endpoint is not usable: {type(exc).__name__}: {exc}")[:500]
+    def _request_error(self, exc: genai_errors.APIError, summary: str) -> ModelRequestError:
+        config = self._config
+        if exc.code in (400, 404) and self._spec.retired(self._today()):
+            return ModelRetiredError(f"{retirement_error(config.gemini_model, self._spec)} ({summary})"[:700])
+        if config.resolved_backend == "vertex" and not self._spec.serves(config.location):
+            return ModelRequestError(
+                f"{location_problem(config.gemini_model, config.location, self._spec)} ({summary})"[:800]
             )
-        if isinstance(exc, _TRANSIENT_TRANSPORT_ERRORS):
-            return TransientError(self._redact(f"Gemini request failed: {type(exc).__name__}: {exc}")[:500])
-        if isinstance(exc, auth_exceptions.DefaultCredentialsError):
-            return DetectorNotConfiguredError(
-                "no Application Default Credentials for Vertex AI: run "
-                "`gcloud auth application-default login`, give the function a service account, "
-                f"or set GEMINI_API_KEY ({self._redact(str(exc))[:200]})"
-            )
-        if isinstance(exc, auth_exceptions.TransportError) or (
-            isinstance(exc, auth_exceptions.RefreshError) and getattr(exc, "retryable", False)
-        ):
-            return TransientError(self._redact(f"refreshing Google credentials failed: {exc}")[:500])
-        if isinstance(exc, auth_exceptions.RefreshError):
-            return ModelRequestError(self._redact(f"Google credentials were refused: {exc}")[:500])
-        return exc
+        return ModelRequestError(summary)
 
     def _redact(self, text: str) -> str:
         """`text` without the API key or anything shaped like a Google credential."""
@@ -521,86 +408,6 @@ def _check_readable(response: types.GenerateContentResponse) -> None:
         raise UnreadableAnswerError("Gemini answered HTTP 200 with candidates that hold no field")
 
 
-def _unreadable_answer(exc: Exception) -> str | None:
-    """What makes the answer unreadable, if `exc` says the SDK could not read a 200's body;
-    else None. Never quotes more than a short excerpt of the body (redacted by the caller)."""
-    if isinstance(exc, json.JSONDecodeError):
-        excerpt = repr(exc.doc[:_BODY_EXCERPT_CHARS]) if isinstance(exc.doc, str) else "?"
-        return f"Gemini answered with a body that is not JSON ({exc.msg} at char {exc.pos}): {excerpt}"
-    if isinstance(exc, genai_errors.UnknownApiResponseError):
-        return "Gemini answered with a body that is not JSON"
-    if isinstance(exc, ValidationError) and exc.title.endswith("Response"):
-        # Locations and kinds only: the error's input values are pieces of the body.
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return (
-            f"Gemini answered with JSON the SDK's {exc.title} rejects ({exc.error_count()} error(s); "
-            f"first at {where or 'the top'}: {first.get('msg', '')})"
-        )
-    if isinstance(exc, RecursionError):
-        return "Gemini answered with JSON nested too deeply to read"
-    if isinstance(exc, UnicodeDecodeError):
-        return f"Gemini answered with a body that is not text: {exc.reason}"
-    if isinstance(exc, _DECODING_ERRORS):
-        return f"Gemini answered with a body that cannot be decoded: {type(exc).__name__}: {exc}"
-    return None
-
-
-def _transport_error_classes(*names: str) -> tuple[type[BaseException], ...]:
-    """The SDK HTTP client's error classes named `names`: httpx2 by default, httpx if installed."""
-    classes: list[type[BaseException]] = []
-    for module_name in ("httpx2", "httpx"):
-        try:
-            module = __import__(module_name)
-        except ImportError:
-            continue
-        for name in names:
-            cls = getattr(module, name, None)
-            if cls is not None:
-                classes.append(cls)
-    return tuple(classes)
-
-
-# A body whose Content-Encoding lies (gzip that isn't): the answer is unreadable.
-_DECODING_ERRORS = _transport_error_classes("DecodingError")
-# A base URL the client cannot use (GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL): a setting.
-_UNUSABLE_ENDPOINT_ERRORS = _transport_error_classes("UnsupportedProtocol", "InvalidURL")
-# Every other transport failure: timeouts, refused or reset connections, a connection closed
-# mid-answer (RemoteProtocolError), proxy errors, redirect loops.
-_TRANSIENT_TRANSPORT_ERRORS = _transport_error_classes("TransportError", "TooManyRedirects")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
-
-
-def _retry_delay(exc: genai_errors.APIError) -> float | None:
-    """Seconds from the google.rpc.RetryInfo detail ("retryDelay": "26s"), else Retry-After."""
-    body = exc.details
-    error = body.get("error", body) if isinstance(body, dict) else {}
-    details = error.get("details") if isinstance(error, dict) else None
-    for detail in details if isinstance(details, list) else []:
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            delay = _duration_seconds(detail.get("retryDelay"))
-            if delay is not None:
-                return delay
-    headers = getattr(getattr(exc, "response", None), "headers", None)
-    header = headers.get("retry-after") if headers is not None else None
-    if header and header.strip().isdigit():
-        return float(header.strip())
-    return None
-
-
-def _duration_seconds(value: Any) -> float | None:
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        return float(match.group(1)) if match else None
-    if isinstance(value, dict):  # the proto form {"seconds": 26, "nanos": 500000000}
-        try:
-            return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
-        except (TypeError, ValueError):
-            return None
-    return None
-
-
 def _finish_reason(candidate: types.Candidate | None) -> str:
     return _enum_name(candidate.finish_reason) if candidate is not None and candidate.finish_reason else ""
 
@@ -615,7 +422,3 @@ def _part_resolution(level: str) -> types.PartMediaResolutionLevel:
 
 def _utc_today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
-
-
-def _milliseconds(seconds: float) -> int:
-    return max(1, math.floor(seconds * 1000))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 MAX_OBJECT_NAME_BYTES = 1024
 # Room kept for the longest suffix added to a stem ("-output-NNNN.jpg", ".claim", "processed_").
 _SUFFIX_ROOM = 40
+PENDING_EMBEDDINGS_SUFFIX = ".embeddings-pending.json"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class OutputNames:
     marker: str
     claim: str
     bucket: str = ""
+    # What `segmentation.replay --embeddings` needs to index the crops later, left when indexing failed.
+    pending_embeddings: str = ""
 
     @classmethod
     def for_object(
@@ -64,6 +67,7 @@ class OutputNames:
             marker=f"{markers_prefix}{stem}.json",
             claim=f"{markers_prefix}{stem}.claim",
             bucket=bucket,
+            pending_embeddings=f"{markers_prefix}{stem}{PENDING_EMBEDDINGS_SUFFIX}",
         )
 
     def crop(self, index: int) -> str:

@@ -29,6 +29,11 @@ SOURCE_KEY = "source-uri"
 WRITE_ATTEMPTS = 5
 
 
+def output_metadata(ref: ObjectRef) -> dict[str, str]:
+    """The metadata every output written for `ref` carries: the source generation and URI."""
+    return {GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri}
+
+
 class Outputs:
     """The consistency protocol over `storage`; `executor` runs the withdrawal's deletes side by side."""
 

@@ -61,9 +61,12 @@ from segmentation.memory import MemoryBudget, Reservation
 from segmentation.naming import OutputNames
 from segmentation.offline import OfflineDetector
 from segmentation.offline.gate import MODEL as GATE_MODEL
-from segmentation.outputs import GENERATION_KEY, SOURCE_KEY, Outputs, generation_of
+from segmentation.outputs import Outputs, generation_of, output_metadata
 from segmentation.render import crop_jpeg, overview_jpeg
 from segmentation.retry import retry_call
+from segmentation.search.backfill import pending_document
+from segmentation.search.embedders import Embedder
+from segmentation.search.indexing import INDEXING_BUDGET_S, embed_crops, embedding_rows, seen_at
 from segmentation.sink import RowSink
 from segmentation.storage import Storage
 from segmentation.turns import Turns
@@ -158,6 +161,7 @@ class Pipeline:
         sink: RowSink,
         detector: Detector,
         offline: OfflineDetectors | None = None,
+        embedder: Embedder | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -166,6 +170,8 @@ class Pipeline:
         self.sink = sink
         self.detector = detector
         self.offline = offline
+        # Indexes each crop for lost-bag search; None: indexing is off (EMBEDDER=off).
+        self.embedder = embedder
         self._clock = clock
         self._wall_clock = wall_clock
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload")
@@ -173,6 +179,11 @@ class Pipeline:
         self._turns = Turns(config.output_turns, TURN_PATIENCE_S)
         # Shared by this process's concurrent events: each holds its image's peak until it is done.
         self.memory = MemoryBudget.from_limits(config.memory_limit_mib, config.decode_memory_fraction, clock=clock)
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The instance's I/O threads, shared with the search service."""
+        return self._uploads
 
     def process(self, ref: ObjectRef, *, force: bool = False) -> Outcome:
         """Process one object-finalize event's object. Raises only `TransientError` (redeliver me).
@@ -471,7 +482,15 @@ class Pipeline:
                     (names.crop(index), crop_jpeg(image, detection))
                     for index, detection in enumerate(detections, start=1)
                 ]
-        metadata = {GENERATION_KEY: str(ref.generation or ""), SOURCE_KEY: ref.uri}
+        # Indexing (a network call per crop for Gemini) runs beside the uploads, on its own budget.
+        embedded = (
+            self._uploads.submit(
+                embed_crops, self.embedder, [jpeg for _, jpeg in crops], deadline=self._indexing_deadline(deadline)
+            )
+            if self.embedder is not None and crops
+            else None
+        )
+        metadata = output_metadata(ref)
 
         def write(output: tuple[str, bytes]) -> str | None:
             return self.outputs.write_unless_newer(
@@ -490,7 +509,8 @@ class Pipeline:
             # the overview is still being encoded (it takes longer than cutting them all).
             existing = self._uploads.submit(self.outputs.crop_names, names, deadline)
             writes = [self._uploads.submit(write, crop) for crop in crops]
-            with _settled_on_error(existing), _all_settled_on_error(writes):
+            pending: list[Future] = [existing, *([embedded] if embedded else [])]
+            with _all_settled_on_error(pending), _all_settled_on_error(writes):
                 outputs = [*crops, (names.overview, overview.result())]
                 writes.append(self._uploads.submit(write, outputs[-1]))
                 wait(writes, timeout=TURN_UPLOAD_WAIT_S)
@@ -513,6 +533,14 @@ class Pipeline:
         *crop_uris, overview_uri = [uri for uri in uris if uri is not None]  # all written: checked above
 
         status = "partial" if result.partial else ("ok" if detections else "empty")
+        object_rows = [
+            self._object_row(ref, index, detection, crop_uri, overview_uri, result, (loaded.width, loaded.height))
+            for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris, strict=False), start=1)
+        ]
+        with timer("insert"):
+            self._insert("objects", object_rows, deadline)
+        with timer("index"):
+            embedding_status, embedding_error = self._index(ref, names, embedded, object_rows, deadline)
         image_row = self._image_row(
             ref,
             status=status,
@@ -521,13 +549,10 @@ class Pipeline:
             objects_found=len(detections),
             overview_uri=overview_uri,
             size=(loaded.width, loaded.height),
+            embedding_status=embedding_status,
+            embedding_error=embedding_error,
         )
-        object_rows = [
-            self._object_row(ref, index, detection, crop_uri, overview_uri, result, (loaded.width, loaded.height))
-            for index, (detection, crop_uri) in enumerate(zip(detections, crop_uris, strict=False), start=1)
-        ]
         with timer("insert"):
-            self._insert("objects", object_rows, deadline)
             self._insert("images", [image_row], deadline)
         outcome = Outcome(
             status,
@@ -600,6 +625,76 @@ class Pipeline:
                 raise exc from None
             return dataclasses.replace(result, fallback_reason=reason[:2000])
 
+    def _indexing_deadline(self, deadline: float) -> float:
+        return min(deadline, self._clock() + INDEXING_BUDGET_S)
+
+    def _index(
+        self,
+        ref: ObjectRef,
+        names: OutputNames,
+        embedded: Future | None,
+        object_rows: list[dict[str, Any]],
+        deadline: float,
+    ) -> tuple[str, PipelineError | None]:
+        """Store the crops' embeddings; the image's `embedding_status` and, if it failed, why.
+        A failure is logged and recorded, never raised: the object rows are already stored, and a
+        pending document lets `segmentation.replay --embeddings` fill the embeddings in later."""
+        if self.embedder is None:
+            return "off", None
+        if embedded is None:
+            return "none", None
+        processed_at = _now_iso()
+        camera = camera_of(ref.name, self.config.source_prefix)
+        seen = seen_at(ref.created, processed_at)
+        try:
+            vectors = embedded.result()
+            rows_ = embedding_rows(
+                self.embedder, object_rows, vectors, camera=camera, seen_at=seen, embedded_at=processed_at
+            )
+            self._insert("embeddings", rows_, self._indexing_deadline(deadline))
+        except Exception as exc:
+            error = exc if isinstance(exc, PipelineError) else UnexpectedError(f"{type(exc).__name__}: {exc}"[:2000])
+            log_event(
+                "WARNING",
+                f"crops not indexed for search: {error}",
+                error_type=error.error_type,
+                bucket=ref.bucket,
+                object=ref.name,
+                generation=ref.generation,
+            )
+            self._leave_pending_embeddings(ref, names, object_rows, camera, seen, deadline)
+            return "failed", error
+        return "ok", None
+
+    def _leave_pending_embeddings(
+        self,
+        ref: ObjectRef,
+        names: OutputNames,
+        object_rows: list[dict[str, Any]],
+        camera: str | None,
+        seen: str,
+        deadline: float,
+    ) -> None:
+        try:
+            self.outputs.write_unless_newer(
+                ref,
+                names.pending_embeddings,
+                pending_document(object_rows, camera=camera, seen_at=seen),
+                content_type="application/json",
+                metadata=output_metadata(ref),
+                deadline=deadline,
+                what="pending embeddings write",
+            )
+        except PipelineError as exc:
+            log_event(
+                "ERROR",
+                f"pending embeddings not recorded; only redoing the image indexes its crops: {exc}",
+                error_type=exc.error_type,
+                bucket=ref.bucket,
+                object=ref.name,
+                generation=ref.generation,
+            )
+
     # --- I/O with retries -------------------------------------------------------------------
 
     def _insert(self, table: str, rows: list[dict], deadline: float) -> None:
@@ -656,6 +751,8 @@ class Pipeline:
         overview_uri: str | None = None,
         size: tuple[int, int] | None = None,
         error: PipelineError | None = None,
+        embedding_status: str | None = None,
+        embedding_error: PipelineError | None = None,
     ) -> dict[str, Any]:
         return rows.image_row(
             ref,
@@ -669,6 +766,8 @@ class Pipeline:
             overview_uri=overview_uri,
             size=size,
             error=error,
+            embedding_status=embedding_status,
+            embedding_error=embedding_error,
         )
 
     def _object_row(

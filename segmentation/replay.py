@@ -10,6 +10,7 @@ unless `--redo` says otherwise, names and row ids are deterministic, so running 
     python -m segmentation.replay gs://BUCKET/raw/                 # whatever is not done yet
     python -m segmentation.replay gs://BUCKET/raw/cam1/ --redo failed,fallback --workers 8
     python -m segmentation.replay gs://BUCKET/raw/ --dry-run        # count only
+    python -m segmentation.replay gs://BUCKET/ --embeddings         # index crops whose indexing failed
 
 Exit status: 0 when every object ended processed, skipped or ignored; 1 when some are still
 failing transiently (run it again later), 2 for a usage error.
@@ -127,12 +128,41 @@ def replay(
     return progress.counts
 
 
+def fill_embeddings(pipeline: Pipeline, bucket: str) -> int:
+    """Index the crops the pending documents of `bucket`'s images name (see search.backfill)."""
+    import datetime as dt
+
+    from segmentation.search.backfill import fill_pending
+
+    if pipeline.embedder is None:
+        print("EMBEDDER=off: nothing to index with", file=sys.stderr)
+        return 2
+    config = pipeline.config
+    counts = fill_pending(
+        pipeline.storage,
+        pipeline.sink,
+        pipeline.embedder,
+        bucket=config.outputs_bucket_for(bucket),
+        markers_prefix=config.markers_prefix,
+        deadline=time.monotonic() + config.retry_deadline_s,
+        now=dt.datetime.now(dt.UTC).isoformat(),
+    )
+    parts = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    print(f"pending embeddings: {parts or 'none'}", file=sys.stderr)
+    return 1 if counts.get("retry-later") or counts.get("failed") else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segmentation.replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("uri", help="gs://BUCKET/PREFIX to reprocess (normally under the source prefix)")
     parser.add_argument("--redo", default="", help=f"also redo images already done: comma-separated {REDO_CHOICES}")
     parser.add_argument("--workers", type=int, default=4, help="images processed at once (default 4)")
     parser.add_argument("--dry-run", action="store_true", help="list and count, process nothing")
+    parser.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="instead of images, index the crops of images whose indexing failed (their pending documents)",
+    )
     args = parser.parse_args(argv)
     try:
         bucket, prefix = parse_gcs_uri(args.uri)
@@ -146,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = Config.from_env()
     pipeline = build_pipeline(config)
+    if args.embeddings:
+        return fill_embeddings(pipeline, bucket)
     if not prefix.startswith(config.source_prefix):
         print(
             f"note: {prefix!r} is not under SOURCE_PREFIX {config.source_prefix!r}; "

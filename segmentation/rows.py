@@ -6,6 +6,7 @@ the configured detector and prompt), so the same inputs always give the same row
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from segmentation import PIPELINE_VERSION
@@ -52,8 +53,11 @@ def image_row(
     overview_uri: str | None = None,
     size: tuple[int, int] | None = None,
     error: PipelineError | None = None,
+    embedding_status: str | None = None,
+    embedding_error: PipelineError | None = None,
 ) -> dict[str, Any]:
-    """The `images` row of one outcome (`error` for a failed one)."""
+    """The `images` row of one outcome (`error` for a failed one). `embedding_status`: how its
+    crops were indexed for search (ok, failed with `embedding_error`, off, none)."""
     error_type = error.error_type if error else ("truncated_answer" if status == "partial" else None)
     common = common_fields(ref, result, configured=configured, prompt=prompt, processed_at=processed_at)
     return {
@@ -70,6 +74,10 @@ def image_row(
         "overview_uri": overview_uri,
         "image_width": size[0] if size else None,
         "image_height": size[1] if size else None,
+        "embedding_status": embedding_status,
+        "embedding_error": (
+            redact(f"{embedding_error.error_type}: {embedding_error}")[:2000] if embedding_error else None
+        ),
         "processing_ms": processing_ms,
     }
 
@@ -112,4 +120,40 @@ def object_row(
         "overview_uri": overview_uri,
         "image_width": width,
         "image_height": height,
+    }
+
+
+def embedding_row(
+    object_row: Mapping[str, Any],
+    vector: Iterable[float],
+    *,
+    embedder: tuple[str, str, int],
+    camera: str | None,
+    seen_at: str,
+    embedded_at: str,
+) -> dict[str, Any]:
+    """The `embeddings` row of one crop: its `objects` row's identity and descriptions beside the
+    vector, so a search needs no join. `embedder`: (name, model, dimensions)."""
+    name, model, dimensions = embedder
+    return {
+        "row_id": row_id(object_row["row_id"], "embedding", name, model, dimensions),
+        "object_row_id": object_row["row_id"],
+        "source_uri": object_row["source_uri"],
+        "source_name": object_row["source_name"],
+        "source_generation": object_row["source_generation"],
+        "object_index": object_row["object_index"],
+        "camera": camera,
+        "seen_at": seen_at,
+        "crop_uri": object_row["output_uri"],
+        "label": object_row["label"],
+        "item_color": object_row["item_color"],
+        "item_gen_desc": object_row["item_gen_desc"],
+        "item_det_desc": object_row["item_det_desc"],
+        "detector": object_row["detector"],
+        "embedder": name,
+        "model": model,
+        "dimensions": dimensions,
+        "embedding": [float(value) for value in vector],
+        "embedded_at": embedded_at,
+        "pipeline_version": PIPELINE_VERSION,
     }

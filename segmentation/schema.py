@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
-TABLES = ("objects", "images")
+TABLES = ("objects", "images", "embeddings", "search_matches")
 
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "STRING": (str,),
@@ -35,7 +35,7 @@ class RowSchemaError(ValueError):
 
 @functools.cache
 def load_schema(table: str) -> tuple[dict[str, str], ...]:
-    """The columns of `table` ("objects" or "images") as BigQuery JSON schema dicts."""
+    """The columns of `table` (one of TABLES) as BigQuery JSON schema dicts."""
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
     with open(SCHEMA_DIR / f"{table}.json", encoding="utf-8") as handle:
@@ -54,10 +54,20 @@ def validate_row(table: str, row: Mapping[str, Any]) -> None:
             if column["mode"] == "REQUIRED":
                 raise RowSchemaError(f"{table}: required column {name} is missing")
             continue
-        expected = _PYTHON_TYPES[column["type"]]
-        if isinstance(value, bool) and column["type"] != "BOOL":
-            raise RowSchemaError(f"{table}.{name}: bool given for {column['type']}")
-        if not isinstance(value, expected):
-            raise RowSchemaError(f"{table}.{name}: {type(value).__name__} given for {column['type']}")
-        if column["type"] == "TIMESTAMP":
-            dt.datetime.fromisoformat(value)  # type: ignore[arg-type]  # a str: checked above
+        if column["mode"] == "REPEATED":
+            if not isinstance(value, (list, tuple)):
+                raise RowSchemaError(f"{table}.{name}: {type(value).__name__} given for REPEATED {column['type']}")
+            for item in value:
+                _check_value(table, name, column["type"], item)
+        else:
+            _check_value(table, name, column["type"], value)
+
+
+def _check_value(table: str, name: str, column_type: str, value: Any) -> None:
+    expected = _PYTHON_TYPES[column_type]
+    if isinstance(value, bool) and column_type != "BOOL":
+        raise RowSchemaError(f"{table}.{name}: bool given for {column_type}")
+    if not isinstance(value, expected):
+        raise RowSchemaError(f"{table}.{name}: {type(value).__name__} given for {column_type}")
+    if column_type == "TIMESTAMP":
+        dt.datetime.fromisoformat(str(value))

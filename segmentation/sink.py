@@ -42,11 +42,13 @@ MAX_ROWS_PER_REQUEST = 500
 _TRANSIENT_ROW_REASONS = frozenset({"backendError", "internalError", "timeout", "rateLimitExceeded"})
 
 _SQLITE_TYPES = {"STRING": "TEXT", "INT64": "INTEGER", "FLOAT64": "REAL", "BOOL": "INTEGER", "TIMESTAMP": "TEXT"}
+# REPEATED FLOAT64 (embeddings) is stored as little-endian float32: 4 bytes a number, not ~20 as text.
+_SQLITE_VECTOR = "BLOB"
 
 
 class RowSink(Protocol):
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Store `rows` in `table` ("objects" or "images"); re-inserting a row_id is a no-op."""
+        """Store `rows` in `table` (one of `schema.TABLES`); re-inserting a row_id is a no-op."""
 
 
 def _validated(table: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -63,10 +65,20 @@ def _validated(table: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, 
 
 
 class BigQuerySink:
-    """Streams rows to two BigQuery tables ("project.dataset.table")."""
+    """Streams rows to the BigQuery tables ("project.dataset.table"); `others` names the tables
+    beyond objects and images, which otherwise sit beside the objects table under their own name."""
 
-    def __init__(self, objects_table: str, images_table: str, client: bigquery.Client | None = None):
-        self._tables = {"objects": objects_table, "images": images_table}
+    def __init__(
+        self,
+        objects_table: str,
+        images_table: str,
+        client: bigquery.Client | None = None,
+        *,
+        others: Mapping[str, str] | None = None,
+    ):
+        dataset = objects_table.rsplit(".", 1)[0]
+        self._tables = {table: f"{dataset}.{table}" for table in TABLES}
+        self._tables.update({"objects": objects_table, "images": images_table, **(others or {})})
         self._client = client
         self._lock = threading.Lock()
 
@@ -157,7 +169,7 @@ class SqliteSink:
                     existing = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
                     for column in load_schema(table):
                         if column["name"] not in existing:  # a column added to the schema later
-                            sql_type = _SQLITE_TYPES[column["type"]]
+                            sql_type = _sqlite_type(column)
                             conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column["name"]}" {sql_type}')
 
     @contextlib.contextmanager
@@ -175,7 +187,8 @@ class SqliteSink:
         names = [column["name"] for column in load_schema(table)]
         quoted = ", ".join(f'"{name}"' for name in names)
         sql = f'INSERT OR IGNORE INTO "{table}" ({quoted}) VALUES ({", ".join("?" for _ in names)})'
-        values = [[_to_sqlite(row.get(name)) for name in names] for row in checked]
+        columns = load_schema(table)
+        values = [[_to_sqlite(column, row.get(column["name"])) for column in columns] for row in checked]
         try:
             with self._connect() as conn, _transaction(conn):
                 conn.executemany(sql, values)
@@ -198,7 +211,7 @@ class SqliteSink:
         with self._connect() as conn:
             fetched = conn.execute(sql, params).fetchall()
         return [
-            {column["name"]: _from_sqlite(column["type"], value) for column, value in zip(columns, record, strict=True)}
+            {column["name"]: _from_sqlite(column, value) for column, value in zip(columns, record, strict=True)}
             for record in fetched
         ]
 
@@ -231,7 +244,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 def _create_table_sql(table: str) -> str:
     definitions = []
     for column in load_schema(table):
-        definition = f'"{column["name"]}" {_SQLITE_TYPES[column["type"]]}'
+        definition = f'"{column["name"]}" {_sqlite_type(column)}'
         if column["name"] == "row_id":
             definition += " PRIMARY KEY"
         if column["mode"] == "REQUIRED":
@@ -240,22 +253,52 @@ def _create_table_sql(table: str) -> str:
     return f'CREATE TABLE IF NOT EXISTS "{table}" ({", ".join(definitions)})'
 
 
-def _to_sqlite(value: Any) -> Any:
+def _sqlite_type(column: Mapping[str, str]) -> str:
+    if column["mode"] == "REPEATED":
+        if column["type"] != "FLOAT64":
+            raise ValueError(f"no SQLite form for REPEATED {column['type']} ({column['name']})")
+        return _SQLITE_VECTOR
+    return _SQLITE_TYPES[column["type"]]
+
+
+def _to_sqlite(column: Mapping[str, str], value: Any) -> Any:
+    if column["mode"] == "REPEATED" and value is not None:
+        return vector_blob(value)
     return int(value) if isinstance(value, bool) else value
 
 
-def _from_sqlite(column_type: str, value: Any) -> Any:
+def _from_sqlite(column: Mapping[str, str], value: Any) -> Any:
     if value is None:
-        return None
-    if column_type == "BOOL":
+        return [] if column["mode"] == "REPEATED" else None
+    if column["mode"] == "REPEATED":
+        return blob_vector(value).tolist()
+    if column["type"] == "BOOL":
         return bool(value)
-    if column_type == "FLOAT64":
+    if column["type"] == "FLOAT64":
         return float(value)
     return value
+
+
+def vector_blob(values: Sequence[float]) -> bytes:
+    """A vector as SQLite stores it: little-endian float32."""
+    import numpy as np
+
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def blob_vector(blob: bytes) -> Any:
+    """The float32 NumPy vector of `vector_blob`."""
+    import numpy as np
+
+    return np.frombuffer(blob, dtype="<f4")
 
 
 def sink_from_config(config: Config) -> RowSink:
     """BigQuerySink when BigQuery tables are configured, else SqliteSink(config.sqlite_path)."""
     if config.uses_bigquery:
-        return BigQuerySink(config.bq_objects_table, config.bq_images_table)
+        return BigQuerySink(
+            config.bq_objects_table,
+            config.bq_images_table,
+            others={table: config.bq_table(table) for table in ("embeddings", "search_matches")},
+        )
     return SqliteSink(config.sqlite_path)

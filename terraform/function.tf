@@ -11,9 +11,16 @@ locals {
     MARKERS_PREFIX            = var.markers_prefix
     OUTPUT_BUCKET             = local.output_bucket_setting
     BACKGROUNDS_PREFIX        = var.backgrounds_prefix
+    SEARCH_PREFIX             = var.search_prefix
+    SEARCH_RESULTS_PREFIX     = var.search_results_prefix
     DETECTOR                  = var.detector
     EMPTY_BELT_GATE_CAMERAS   = join(",", var.empty_belt_gate_cameras)
     OFFLINE_FALLBACK          = tostring(var.offline_fallback)
+    EMBEDDER                  = var.embedder
+    EMBEDDING_MODEL           = var.embedding_model
+    EMBEDDING_DIMENSIONS      = tostring(var.embedding_dimensions)
+    SEARCH_TOP_K              = tostring(var.search_top_k)
+    SEARCH_RERANK             = tostring(var.search_rerank)
     GEMINI_BACKEND            = "vertex"
     GOOGLE_CLOUD_PROJECT      = var.project_id
     GOOGLE_CLOUD_LOCATION     = var.vertex_location
@@ -38,6 +45,8 @@ locals {
     CLAIM_LEASE_S             = tostring(var.function_timeout_seconds)
     BQ_OBJECTS_TABLE          = local.objects_table_id
     BQ_IMAGES_TABLE           = local.images_table_id
+    BQ_EMBEDDINGS_TABLE       = local.embeddings_table_id
+    BQ_SEARCH_MATCHES_TABLE   = local.search_matches_table_id
     LOG_LEVEL                 = upper(var.log_level)
   }
 
@@ -59,7 +68,7 @@ resource "google_cloudfunctions2_function" "segmentation" {
   project     = var.project_id
   name        = local.function_name
   location    = var.region
-  description = "Conveyor belt photos under gs://${local.images_bucket_name}/${var.source_prefix} -> Gemini detections -> crops, overview, BigQuery rows."
+  description = "Conveyor belt photos under gs://${local.images_bucket_name}/${var.source_prefix} -> Gemini detections -> crops, overview, BigQuery rows; lost-bag queries under ${var.search_prefix} -> matches."
 
   build_config {
     runtime         = "python311"
@@ -110,7 +119,15 @@ resource "google_cloudfunctions2_function" "segmentation" {
         for prefix in concat(local.output_prefixes, [var.backgrounds_prefix]) :
         !startswith(prefix, var.source_prefix) && !startswith(var.source_prefix, prefix)
       ])
-      error_message = "crops_prefix, overview_prefix, markers_prefix and backgrounds_prefix must not overlap source_prefix: the function would trigger itself on its own files."
+      error_message = "crops_prefix, overview_prefix, markers_prefix, search_results_prefix and backgrounds_prefix must not overlap source_prefix: the function would trigger itself on its own files."
+    }
+    # Queries are inputs too: search_prefix may overlap neither the uploads nor anything the function writes.
+    precondition {
+      condition = alltrue([
+        for prefix in concat(local.output_prefixes, [var.backgrounds_prefix, var.source_prefix]) :
+        !startswith(prefix, var.search_prefix) && !startswith(var.search_prefix, prefix)
+      ])
+      error_message = "search_prefix must not overlap source_prefix, backgrounds_prefix, crops_prefix, overview_prefix, markers_prefix or search_results_prefix: a query would be processed as a camera photo, or the function would search its own outputs."
     }
     precondition {
       condition     = var.function_concurrency == 1 || local.cpu >= 1

@@ -3,13 +3,22 @@
 # tests/test_terraform.py checks this file's grants against the list below.
 #
 # runtime SA (the function runs as it)
-#   images bucket, objects under source_prefix     roles/storage.objectViewer  (IAM condition)
-#     and backgrounds_prefix (empty-scene references)
-#   images bucket, objects under the 3 output      roles/storage.objectUser    (IAM condition)
-#     prefixes, and listing under crops_prefix        only if separate_outputs_bucket = false
+#   images bucket, objects under source_prefix,    roles/storage.objectViewer  (IAM condition)
+#     backgrounds_prefix (empty-scene references)
+#     and search_prefix (lost-bag queries)
+#   images bucket, objects under the 4 output      roles/storage.objectUser    (IAM condition)
+#     prefixes (search results included), and        only if separate_outputs_bucket = false
+#     listing under crops_prefix
 #   outputs bucket (outputs_bucket.tf)              roles/storage.objectUser    only if true
-#   objects table, images table                     custom role rowInserter    (bigquery.tables.updateData, .get)
-#   project                                         custom role geminiCaller   (aiplatform.endpoints.predict)
+#   objects, images, embeddings, search_matches     custom role rowInserter    (bigquery.tables.updateData, .get)
+#   embeddings table                                custom role rowReader      (bigquery.tables.getData)
+#   project                                         custom role queryRunner    (bigquery.jobs.create)
+#   project                                         custom role geminiCaller   (aiplatform.endpoints.predict:
+#                                                     generateContent and embedContent)
+# search_uploaders (var; people who look for lost bags)
+#   images bucket, objects under search_prefix      roles/storage.objectCreator (IAM condition)
+#   outputs bucket (the images bucket if single),   roles/storage.objectViewer  (IAM condition)
+#     objects and listing under search_results_prefix
 # trigger SA (Eventarc delivers events as it)
 #   project                                         roles/eventarc.eventReceiver
 #   the function's Cloud Run service                roles/run.invoker          (function.tf)
@@ -31,7 +40,7 @@ resource "google_service_account" "runtime" {
   project      = var.project_id
   account_id   = "${local.base}-run"
   display_name = "Conveyor segmentation function (${var.environment})"
-  description  = "Runs the function: reads camera uploads, writes crops/overviews/markers, streams rows to BigQuery, calls Gemini on Vertex AI."
+  description  = "Runs the function: reads camera uploads and lost-bag queries, writes crops/overviews/markers/search results, streams rows to BigQuery and searches its embeddings, calls Gemini on Vertex AI."
 
   depends_on = [google_project_service.enabled]
 }
@@ -70,10 +79,10 @@ resource "google_service_account" "build" {
 locals {
   runtime_member   = "serviceAccount:${google_service_account.runtime.email}"
   object_name_root = "projects/_/buckets/${local.images_bucket_name}/objects/"
-  output_prefixes  = [var.crops_prefix, var.overview_prefix, var.markers_prefix]
+  output_prefixes  = [var.crops_prefix, var.overview_prefix, var.markers_prefix, var.search_results_prefix]
 
   raw_read_condition = join(" || ", [
-    for prefix in [var.source_prefix, var.backgrounds_prefix] : "resource.name.startsWith(\"${local.object_name_root}${prefix}\")"
+    for prefix in [var.source_prefix, var.backgrounds_prefix, var.search_prefix] : "resource.name.startsWith(\"${local.object_name_root}${prefix}\")"
   ])
   outputs_write_condition = join(" || ", concat(
     [for prefix in local.output_prefixes : "resource.name.startsWith(\"${local.object_name_root}${prefix}\")"],
@@ -88,7 +97,7 @@ resource "google_storage_bucket_iam_member" "runtime_reads_uploads" {
 
   condition {
     title       = "read-${trimsuffix(replace(var.source_prefix, "/", "-"), "-")}"
-    description = "Read camera uploads (exact generations and their metadata) under ${var.source_prefix} and the empty-scene references under ${var.backgrounds_prefix} only."
+    description = "Read camera uploads (exact generations and their metadata) under ${var.source_prefix}, the empty-scene references under ${var.backgrounds_prefix} and lost-bag queries under ${var.search_prefix} only."
     expression  = local.raw_read_condition
   }
 }
@@ -104,18 +113,22 @@ resource "google_storage_bucket_iam_member" "runtime_writes_outputs" {
 
   condition {
     title       = "write-outputs"
-    description = "Create, overwrite, read and delete crops, overviews and completion markers; list under ${var.crops_prefix} only."
+    description = "Create, overwrite, read and delete crops, overviews, completion markers and search results; list under ${var.crops_prefix} only."
     expression  = local.outputs_write_condition
   }
 }
 
 # --- Runtime: custom roles -----------------------------------------------------------------------
 # Predefined roles would give far more than the function uses: aiplatform.user creates and changes
-# Vertex AI resources, bigquery.dataEditor reads every row and updates or deletes the tables. These
-# roles hold only what the function's API calls need (tests/test_terraform_security.py records the
-# calls through the real clients and compares):
-#   models.generateContent (google-genai, Vertex mode)  aiplatform.endpoints.predict
+# Vertex AI resources, bigquery.dataEditor reads every row and updates or deletes the tables,
+# bigquery.jobUser and dataViewer on the dataset would let it read every table. These roles hold
+# only what the function's API calls need (tests/test_terraform_security.py and
+# tests/test_search_bigquery.py record the calls through the real clients and compare):
+#   models.generateContent, models.embedContent        aiplatform.endpoints.predict
+#     (google-genai, Vertex mode)
 #   tabledata.insertAll (insert_rows_json)             bigquery.tables.updateData, bigquery.tables.get
+#   jobs.query (query_and_wait: VECTOR_SEARCH over     bigquery.jobs.create (project),
+#     the embeddings table)                            bigquery.tables.getData (that table)
 # Google lists bigquery.tables.get (and bigquery.datasets.get) as required for streaming inserts;
 # the client never reads the table (insert_rows_json takes the id as a string). A table-level
 # binding cannot carry datasets.get, and insertAll is authorised on the table, as the previous
@@ -129,7 +142,7 @@ resource "google_project_iam_custom_role" "gemini_caller" {
   project     = var.project_id
   role_id     = "${local.role_id_prefix}_geminiCaller"
   title       = "Conveyor segmentation: call Gemini (${var.environment})"
-  description = "Prompt requests (generateContent) to Vertex AI publisher models, nothing else."
+  description = "Prompt and embedding requests (generateContent, embedContent) to Vertex AI publisher models, nothing else."
   permissions = ["aiplatform.endpoints.predict"]
 
   depends_on = [google_project_service.enabled]
@@ -145,10 +158,32 @@ resource "google_project_iam_custom_role" "row_inserter" {
   depends_on = [google_project_service.enabled]
 }
 
+# Lost-bag search runs one query job per search; what a query may read is granted per table.
+resource "google_project_iam_custom_role" "query_runner" {
+  project     = var.project_id
+  role_id     = "${local.role_id_prefix}_queryRunner"
+  title       = "Conveyor segmentation: run search queries (${var.environment})"
+  description = "Query jobs (jobs.query) billed to the project; the tables a query may read are granted on each table."
+  permissions = ["bigquery.jobs.create"]
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_project_iam_custom_role" "row_reader" {
+  project     = var.project_id
+  role_id     = "${local.role_id_prefix}_rowReader"
+  title       = "Conveyor segmentation: read rows in queries (${var.environment})"
+  description = "Read a table's rows in a query (VECTOR_SEARCH over the embeddings); no inserts, no table changes."
+  permissions = ["bigquery.tables.getData"]
+
+  depends_on = [google_project_service.enabled]
+}
+
 # --- Runtime: BigQuery ---------------------------------------------------------------------------
-# The row inserter role on each table (not the dataset, not the project). The function runs no
-# query jobs, so no bigquery.jobUser. create_before_destroy: a role change adds the new grant
-# before the old one goes, so no event meets a missing permission during the apply.
+# The row inserter role on each table (not the dataset, not the project); the row reader role on
+# the embeddings table only, and query jobs on the project (a job can only be created there).
+# create_before_destroy: a role change adds the new grant before the old one goes, so no event
+# meets a missing permission during the apply.
 
 resource "google_bigquery_table_iam_member" "runtime_inserts_objects" {
   project    = google_bigquery_table.objects.project
@@ -174,6 +209,52 @@ resource "google_bigquery_table_iam_member" "runtime_inserts_images" {
   }
 }
 
+resource "google_bigquery_table_iam_member" "runtime_inserts_embeddings" {
+  project    = google_bigquery_table.embeddings.project
+  dataset_id = google_bigquery_table.embeddings.dataset_id
+  table_id   = google_bigquery_table.embeddings.table_id
+  role       = google_project_iam_custom_role.row_inserter.name
+  member     = local.runtime_member
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "google_bigquery_table_iam_member" "runtime_inserts_search_matches" {
+  project    = google_bigquery_table.search_matches.project
+  dataset_id = google_bigquery_table.search_matches.dataset_id
+  table_id   = google_bigquery_table.search_matches.table_id
+  role       = google_project_iam_custom_role.row_inserter.name
+  member     = local.runtime_member
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "google_bigquery_table_iam_member" "runtime_reads_embeddings" {
+  project    = google_bigquery_table.embeddings.project
+  dataset_id = google_bigquery_table.embeddings.dataset_id
+  table_id   = google_bigquery_table.embeddings.table_id
+  role       = google_project_iam_custom_role.row_reader.name
+  member     = local.runtime_member
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "google_project_iam_member" "runtime_runs_queries" {
+  project = var.project_id
+  role    = google_project_iam_custom_role.query_runner.name
+  member  = local.runtime_member
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
 # --- Runtime: Vertex AI --------------------------------------------------------------------------
 # Gemini is a publisher model (projects/PROJECT/locations/LOCATION/publishers/google/models/...),
 # which has no IAM policy of its own: aiplatform.endpoints.predict on it can only be granted on
@@ -186,6 +267,47 @@ resource "google_project_iam_member" "runtime_calls_vertex" {
 
   lifecycle {
     create_before_destroy = true
+  }
+}
+
+# --- Lost-bag search: the people who search ------------------------------------------------------
+# search_uploaders may add queries under search_prefix (create only: no reading, overwriting or
+# deleting anyone's query) and read and list the results under search_results_prefix, wherever the
+# function writes them (the outputs bucket, or the images bucket in the single-bucket layout). Both
+# buckets have uniform bucket-level access (storage.tf checks an existing images bucket), which IAM
+# conditions need. Listing is checked on the bucket, so the clause on the list prefix allows it
+# under search_results_prefix only.
+
+locals {
+  search_results_object_root = "projects/_/buckets/${local.outputs_bucket_name}/objects/"
+  search_results_read_condition = "resource.name.startsWith(\"${local.search_results_object_root}${var.search_results_prefix}\") || api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"${var.search_results_prefix}\")"
+}
+
+resource "google_storage_bucket_iam_member" "search_uploaders_add_queries" {
+  for_each = toset(var.search_uploaders)
+
+  bucket = local.images_bucket_name
+  role   = "roles/storage.objectCreator"
+  member = each.value
+
+  condition {
+    title       = "add-search-queries"
+    description = "Upload lost-bag queries (photos, .txt/.json descriptions) under ${var.search_prefix} only."
+    expression  = "resource.name.startsWith(\"${local.object_name_root}${var.search_prefix}\")"
+  }
+}
+
+resource "google_storage_bucket_iam_member" "search_uploaders_read_results" {
+  for_each = toset(var.search_uploaders)
+
+  bucket = local.outputs_bucket_name
+  role   = "roles/storage.objectViewer"
+  member = each.value
+
+  condition {
+    title       = "read-search-results"
+    description = "Read and list lost-bag search results (JSON, contact sheets) under ${var.search_results_prefix} only."
+    expression  = local.search_results_read_condition
   }
 }
 

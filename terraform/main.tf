@@ -3,7 +3,8 @@
 #   apis.tf      Google APIs the system needs
 #   storage.tf   images bucket (or an existing one), source bucket, source archive
 #   outputs_bucket.tf  the bucket crops, overviews and markers go to (separate_outputs_bucket)
-#   bigquery.tf  dataset and the objects / images tables (schemas from segmentation/schema/)
+#   bigquery.tf  dataset, the objects / images / embeddings / search_matches tables (schemas
+#                from segmentation/schema/) and the embeddings' vector index
 #   iam.tf       service accounts and every grant, each on the narrowest resource
 #   function.tf  the 2nd gen function, its object-finalize trigger and environment
 #   dead_letter.tf  dead-letter topic for the trigger's subscription (poison events)
@@ -29,9 +30,12 @@ locals {
   # Cloud Storage triggers must live in the bucket's location (a region, or eu/us/asia).
   trigger_region = lower(local.images_bucket_location)
 
-  # Fully qualified table ids, the form BQ_OBJECTS_TABLE / BQ_IMAGES_TABLE expect.
+  # Fully qualified table ids, the form the BQ_*_TABLE settings expect.
   objects_table_id = "${google_bigquery_table.objects.project}.${google_bigquery_table.objects.dataset_id}.${google_bigquery_table.objects.table_id}"
   images_table_id  = "${google_bigquery_table.images.project}.${google_bigquery_table.images.dataset_id}.${google_bigquery_table.images.table_id}"
+  # BQ_EMBEDDINGS_TABLE / BQ_SEARCH_MATCHES_TABLE (lost-bag search).
+  embeddings_table_id     = "${google_bigquery_table.embeddings.project}.${google_bigquery_table.embeddings.dataset_id}.${google_bigquery_table.embeddings.table_id}"
+  search_matches_table_id = "${google_bigquery_table.search_matches.project}.${google_bigquery_table.search_matches.dataset_id}.${google_bigquery_table.search_matches.table_id}"
 
   # Memory tiers in MiB, for the Cloud Run CPU/memory preconditions in function.tf.
   memory_mib = {

@@ -25,6 +25,21 @@ output "images_table" {
   value       = local.images_table_id
 }
 
+output "embeddings_table" {
+  description = "BigQuery table with one embedding per indexed crop, searched with VECTOR_SEARCH (project.dataset.table)."
+  value       = local.embeddings_table_id
+}
+
+output "search_matches_table" {
+  description = "BigQuery table with one row per match of a lost-bag query (project.dataset.table)."
+  value       = local.search_matches_table_id
+}
+
+output "search_command" {
+  description = "How a search_uploaders member looks for a lost bag: upload a photo (or a .txt/.json description) under the search prefix; the results JSON and contact sheet appear under the results prefix of the outputs bucket."
+  value       = "gcloud storage cp LOST_BAG.jpg gs://${local.images_bucket_name}/${var.search_prefix} && gcloud storage ls gs://${local.outputs_bucket_name}/${var.search_results_prefix}LOST_BAG.jpg*"
+}
+
 output "function_name" {
   description = "The Cloud Function (2nd gen) that processes each upload."
   value       = google_cloudfunctions2_function.segmentation.name
@@ -63,9 +78,11 @@ output "example_query" {
 }
 
 output "runtime_custom_roles" {
-  description = "The runtime account's custom roles: Gemini prompt requests (project) and streaming inserts (the two tables)."
+  description = "The runtime account's custom roles: Gemini prompt and embedding requests (project), streaming inserts (the four tables), search query jobs (project) and reading the embeddings table."
   value = {
     gemini_caller = google_project_iam_custom_role.gemini_caller.name
     row_inserter  = google_project_iam_custom_role.row_inserter.name
+    query_runner  = google_project_iam_custom_role.query_runner.name
+    row_reader    = google_project_iam_custom_role.row_reader.name
   }
 }

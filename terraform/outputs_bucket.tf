@@ -1,7 +1,8 @@
-# The outputs bucket: crops, overviews, completion markers and claims (OUTPUT_BUCKET), when
-# separate_outputs_bucket is true (the default). The function's writes then fire no events on the
-# images bucket's trigger, and the runtime account may only read the images bucket (raw/ and
-# backgrounds/, iam.tf). With false, outputs go to the images bucket under the same prefixes.
+# The outputs bucket: crops, overviews, completion markers, claims and lost-bag search results
+# (OUTPUT_BUCKET), when separate_outputs_bucket is true (the default). The function's writes then
+# fire no events on the images bucket's trigger, and the runtime account may only read the images
+# bucket (raw/, backgrounds/ and search/, iam.tf). With false, outputs go to the images bucket
+# under the same prefixes.
 
 locals {
   outputs_bucket_name = var.separate_outputs_bucket ? google_storage_bucket.outputs[0].name : local.images_bucket_name
@@ -40,6 +41,20 @@ resource "google_storage_bucket" "outputs" {
     content {
       condition {
         age            = var.outputs_retention_days
+        matches_prefix = lifecycle_rule.value
+      }
+      action {
+        type = "Delete"
+      }
+    }
+  }
+
+  # Lost-bag search results (JSON and contact sheet) go with their queries.
+  dynamic "lifecycle_rule" {
+    for_each = var.search_retention_days > 0 ? [[var.search_results_prefix]] : []
+    content {
+      condition {
+        age            = var.search_retention_days
         matches_prefix = lifecycle_rule.value
       }
       action {

@@ -56,6 +56,21 @@ resource "google_storage_bucket" "images" {
     }
   }
 
+  # Lost-bag queries, and their results when they live here too (single-bucket layout), are
+  # deleted search_retention_days after they were written.
+  dynamic "lifecycle_rule" {
+    for_each = var.search_retention_days > 0 ? [var.separate_outputs_bucket ? [var.search_prefix] : [var.search_prefix, var.search_results_prefix]] : []
+    content {
+      condition {
+        age            = var.search_retention_days
+        matches_prefix = lifecycle_rule.value
+      }
+      action {
+        type = "Delete"
+      }
+    }
+  }
+
   # A delivery's claim on an image (processed-markers/<name>.claim) matters only while the
   # trigger's subscription may still redeliver the event (dead_letter_retention_days).
   lifecycle_rule {

@@ -156,7 +156,8 @@ variable "noncurrent_version_retention_days" {
   }
 }
 
-# --- Object prefixes (SOURCE_PREFIX, CROPS_PREFIX, OVERVIEW_PREFIX, MARKERS_PREFIX, BACKGROUNDS_PREFIX)
+# --- Object prefixes (SOURCE_PREFIX, CROPS_PREFIX, OVERVIEW_PREFIX, MARKERS_PREFIX, BACKGROUNDS_PREFIX,
+# SEARCH_PREFIX, SEARCH_RESULTS_PREFIX)
 # Letters, digits, '.', '_', '-' and '/' only: they are also written into IAM condition expressions.
 
 variable "source_prefix" {
@@ -214,6 +215,28 @@ variable "backgrounds_prefix" {
   }
 }
 
+variable "search_prefix" {
+  description = "SEARCH_PREFIX: lost-bag queries (a photo, or a .txt/.json description) uploaded under this prefix of the images bucket are searched for among the indexed crops. Must end with '/' and not overlap source_prefix or the output prefixes."
+  type        = string
+  default     = "search/"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/$", var.search_prefix))
+    error_message = "search_prefix must be non-empty, end with '/', not start with '/', and use only letters, digits, '.', '_', '-' and '/'."
+  }
+}
+
+variable "search_results_prefix" {
+  description = "SEARCH_RESULTS_PREFIX: where a query's results JSON and contact sheet go, in the outputs bucket (the images bucket when separate_outputs_bucket = false). Must end with '/'."
+  type        = string
+  default     = "search-results/"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/$", var.search_results_prefix))
+    error_message = "search_results_prefix must be non-empty, end with '/', not start with '/', and use only letters, digits, '.', '_', '-' and '/'."
+  }
+}
+
 # --- Detectors ---------------------------------------------------------------------------------
 
 variable "detector" {
@@ -241,6 +264,80 @@ variable "offline_fallback" {
   description = "OFFLINE_FALLBACK: when Gemini keeps failing past retry_deadline_s, process the image with the offline detector (rows say detector = offline) instead of failing for redelivery. Off by default: on real photos that are not plain belts its rows are guesses."
   type        = bool
   default     = false
+}
+
+# --- Lost-bag search (EMBEDDER, EMBEDDING_*, SEARCH_*; who may search, and for how long) -------
+
+variable "embedder" {
+  description = "EMBEDDER: how each crop is indexed for lost-bag search: gemini (multimodal embeddings on Vertex AI), descriptor (the weight-free colour, texture and shape descriptor), off (no indexing), or auto (gemini, as the function always has a Vertex backend)."
+  type        = string
+  default     = "auto"
+
+  validation {
+    condition     = contains(["auto", "gemini", "descriptor", "off"], var.embedder)
+    error_message = "embedder must be auto, gemini, descriptor or off."
+  }
+}
+
+variable "embedding_model" {
+  description = "EMBEDDING_MODEL: the Gemini embedding model (multimodal: crops and text queries share one space)."
+  type        = string
+  default     = "gemini-embedding-2"
+
+  validation {
+    condition     = length(trimspace(var.embedding_model)) > 0
+    error_message = "embedding_model must not be empty."
+  }
+}
+
+variable "embedding_dimensions" {
+  description = "EMBEDDING_DIMENSIONS: length of the Gemini embeddings, 128-3072. Crops indexed with one length are searched only with that length; the vector index covers one length (terraform/README.md, Lost-bag search, before changing it on a deployment)."
+  type        = number
+  default     = 768
+
+  validation {
+    condition     = var.embedding_dimensions >= 128 && var.embedding_dimensions <= 3072 && floor(var.embedding_dimensions) == var.embedding_dimensions
+    error_message = "embedding_dimensions must be a whole number from 128 to 3072."
+  }
+}
+
+variable "search_top_k" {
+  description = "SEARCH_TOP_K: matches written per query (results file, contact sheet, search_matches rows)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.search_top_k >= 1 && var.search_top_k <= 100 && floor(var.search_top_k) == var.search_top_k
+    error_message = "search_top_k must be a whole number from 1 to 100."
+  }
+}
+
+variable "search_rerank" {
+  description = "SEARCH_RERANK: ask Gemini to compare a photo query with each of the 20 best candidates and reorder them (one extra model call per query)."
+  type        = bool
+  default     = false
+}
+
+variable "search_uploaders" {
+  description = "Who may search: IAM members (e.g. group:lost-and-found@example.com, user:..., serviceAccount:...) that may create objects under search_prefix in the images bucket and read (and list) the results under search_results_prefix, nothing else. Empty: nobody but the project's own admins."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.search_uploaders : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):[^\\s]+$", m))])
+    error_message = "search_uploaders must be IAM members such as group:lost-and-found@example.com, user:name@example.com or serviceAccount:...; public members are not allowed."
+  }
+}
+
+variable "search_retention_days" {
+  description = "Delete query photos and descriptions under search_prefix, their results under search_results_prefix and their search_matches rows (partition expiry) this many days after the query. 0 keeps them forever. Applies to a created images bucket; an existing one keeps its own lifecycle rules."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.search_retention_days >= 0 && floor(var.search_retention_days) == var.search_retention_days
+    error_message = "search_retention_days must be a whole number of days, 0 or more."
+  }
 }
 
 # --- BigQuery --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ TIERS = ("emulator", "load", "terraform", "freshclone", "slow")
 # Files whose every test talks to a stand-in server or runs the function in a process of its own.
 FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_bench.py": ("emulator", "slow"),
+    "test_bench_search.py": ("emulator", "slow"),
     "test_delivery_integrity.py": ("emulator",),
     "test_end_to_end.py": ("emulator",),
     "test_fake_servers.py": ("emulator",),
@@ -42,6 +43,7 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_local_generations.py": ("emulator",),
     "test_model_answers.py": ("emulator",),
     "test_replay.py": ("emulator",),
+    "test_search_function.py": ("emulator",),
     "test_storage.py": ("emulator",),
     "test_unsupported_scene.py": ("emulator",),
     "gemini_server.py": ("emulator",),  # its doctest starts the server

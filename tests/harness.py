@@ -97,12 +97,18 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(
-    sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, *, api_key: str = API_KEY, gcs_names: bool = False
+    sqlite_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    api_key: str = API_KEY,
+    gcs_names: bool = False,
+    embedder: str = "off",
 ) -> Iterator[Stack]:
     """Start everything, configure the function through `monkeypatch`'d environment, yield a `Stack`.
 
     `gcs_names`: the emulator holds exactly the object names Cloud Storage holds (see
-    `devtools.standins.storage_emulator`).
+    `devtools.standins.storage_emulator`). `embedder`: EMBEDDER; off by default, so the
+    detection tests count only detection calls (indexing has its own tests, test_search_*).
     """
     with running_storage_emulator(gcs_names=gcs_names) as emulator, FakeGeminiServer() as gemini:
         emulator.create_bucket(BUCKET)
@@ -113,6 +119,7 @@ def running_stack(
         monkeypatch.setenv("GEMINI_API_KEY", api_key)
         monkeypatch.setenv("SQLITE_PATH", str(sqlite_path))
         monkeypatch.setenv("RETRY_DEADLINE_S", "20")
+        monkeypatch.setenv("EMBEDDER", embedder)
         import functions_framework
 
         app = functions_framework.create_app(

@@ -540,6 +540,7 @@ def load_stack(
             "GOOGLE_API_KEY": "",
             "GOOGLE_CLOUD_PROJECT": "",
             "GEMINI_BACKEND": "api-key",
+            "EMBEDDER": "off",  # the model calls counted here are the detection calls
             "EMPTY_BELT_GATE_CAMERAS": "",
             "OFFLINE_FALLBACK": "false",
             "RETRY_DEADLINE_S": "60",

@@ -47,7 +47,10 @@ def test_uploads_become_events_and_rows(tmp_path, capsys):
     assert {row["status"] for row in images} == {"ok"}
     per_image = images[0]["objects_found"]
     assert per_image > 0 and len(crops) == per_image * len(samples)
-    assert len(gemini.requests) == len(samples) + 1
+    methods = [request.method for request in gemini.requests]
+    assert methods.count("generateContent") == len(samples) + 1
+    # Each image's crops are indexed with one batch embedding call (the api-key backend).
+    assert methods.count("batchEmbedContents") == len(samples) + 1
 
     local.print_rows(sink_path, "images", 10)
     printed = capsys.readouterr().out

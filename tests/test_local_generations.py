@@ -59,6 +59,7 @@ def stack_for(tmp_path, gemini: FakeGeminiServer, **kwargs) -> local.LocalStack:
             "EMPTY_BELT_GATE_CAMERAS": "",
             "OFFLINE_FALLBACK": "false",
             "RETRY_DEADLINE_S": "30",
+            "EMBEDDER": "off",  # the model's requests here are the detection calls
         },
         **kwargs,
     )

@@ -32,6 +32,7 @@ def env(tmp_path, monkeypatch):
         monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "rows.sqlite"))
         monkeypatch.setenv("RETRY_DEADLINE_S", "30")
         monkeypatch.setenv("EMPTY_BELT_GATE_CAMERAS", "")
+        monkeypatch.setenv("EMBEDDER", "off")  # the model's requests here are the detection calls
         bucket = storage.Client(project="t", credentials=AnonymousCredentials()).bucket(BUCKET)
         image = shared_fixture("gemini", "sample_1.png").read_bytes()
         for index in range(6):

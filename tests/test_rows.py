@@ -59,6 +59,8 @@ def test_an_ok_image_row_carries_the_answer_usage_and_size() -> None:
         "overview_uri": "gs://belt/o.jpg",
         "image_width": 200,
         "image_height": 100,
+        "embedding_status": None,
+        "embedding_error": None,
         "processing_ms": 55.5,
     }
     assert (

@@ -38,7 +38,14 @@ _SAMPLE = {
 def schema_row(table: str, n: int = 1, **overrides: Any) -> dict[str, Any]:
     """A row of `table` with every schema column filled validly (row_id unique per `n`), then
     `overrides` applied unchecked (so tests can also build invalid rows)."""
-    row = {column["name"]: _SAMPLE[column["type"]](column["name"], n) for column in load_schema(table)}
+    row = {
+        column["name"]: (
+            [_SAMPLE[column["type"]](column["name"], n + k) for k in range(3)]
+            if column["mode"] == "REPEATED"
+            else _SAMPLE[column["type"]](column["name"], n)
+        )
+        for column in load_schema(table)
+    }
     row["row_id"] = f"{table}-{n}"
     validate_row(table, row)
     row.update(overrides)
@@ -58,11 +65,12 @@ def bq_sink(monkeypatch: pytest.MonkeyPatch, fake_bigquery: FakeBigQuery) -> Big
 @pytest.mark.parametrize("table", TABLES)
 def test_rows_arrive_with_row_id_as_insert_id(bq_sink: BigQuerySink, fake_bigquery: FakeBigQuery, table: str) -> None:
     rows = [schema_row(table, n) for n in range(3)]
-    rows[1]["label" if table == "objects" else "error_message"] = None  # nulls are simply left out
+    nullable = next(column["name"] for column in load_schema(table) if column["mode"] == "NULLABLE")
+    rows[1][nullable] = None  # nulls are simply left out
 
     bq_sink.insert(table, rows)
 
-    stored = fake_bigquery.rows(OBJECTS if table == "objects" else IMAGES)
+    stored = fake_bigquery.rows({"objects": OBJECTS, "images": IMAGES}.get(table, f"test-project.results.{table}"))
     assert [row["insertId"] for row in stored] == [row["row_id"] for row in rows]
     assert [row["json"] for row in stored] == [{k: v for k, v in row.items() if v is not None} for row in rows]
 
@@ -207,7 +215,9 @@ def test_sqlite_tables_match_the_schema(sqlite_sink: SqliteSink, table: str) -> 
         info = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
         journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     schema = load_schema(table)
-    assert [(name, kind) for _, name, kind, *_ in info] == [(c["name"], sql_types[c["type"]]) for c in schema]
+    assert [(name, kind) for _, name, kind, *_ in info] == [
+        (c["name"], "BLOB" if c["mode"] == "REPEATED" else sql_types[c["type"]]) for c in schema
+    ]
     assert {name for _, name, _, notnull, _, _ in info if notnull} == {
         c["name"] for c in schema if c["mode"] == "REQUIRED"
     }
@@ -274,6 +284,9 @@ _COLUMN_VALUES = {
 def _any_row(draw: st.DrawFn, table: str) -> dict[str, Any]:
     row = {}
     for column in load_schema(table):
+        if column["mode"] == "REPEATED":  # stored as float32: values it holds exactly; NULL reads back as []
+            row[column["name"]] = draw(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False)))
+            continue
         values = _COLUMN_VALUES[column["type"]]
         row[column["name"]] = draw(values if column["mode"] == "REQUIRED" else st.none() | values)
     row["row_id"] = str(uuid.uuid4())

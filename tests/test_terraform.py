@@ -339,10 +339,18 @@ def test_environment_values_come_from_variables_and_the_created_tables():
     assert env["GEMINI_BACKEND"] == "vertex"
     assert ref(env["GOOGLE_CLOUD_PROJECT"]) == "var.project_id"
     assert ref(env["GOOGLE_CLOUD_LOCATION"]) == "var.vertex_location"
-    for key in ("SOURCE_PREFIX", "CROPS_PREFIX", "OVERVIEW_PREFIX", "MARKERS_PREFIX", "BACKGROUNDS_PREFIX"):
+    for key in (
+        "SOURCE_PREFIX",
+        "CROPS_PREFIX",
+        "OVERVIEW_PREFIX",
+        "MARKERS_PREFIX",
+        "BACKGROUNDS_PREFIX",
+        "SEARCH_PREFIX",
+        "SEARCH_RESULTS_PREFIX",
+    ):
         assert ref(env[key]) == f"var.{key.lower()}"
-    assert ref(env["BQ_OBJECTS_TABLE"]) == "local.objects_table_id"
-    assert ref(env["BQ_IMAGES_TABLE"]) == "local.images_table_id"
+    for table in TABLES:
+        assert ref(env[f"BQ_{table.upper()}_TABLE"]) == f"local.{table}_table_id"
     for table in TABLES:
         table_id = config()["locals"][f"{table}_table_id"]
         for part in ("project", "dataset_id", "table_id"):
@@ -373,13 +381,13 @@ def test_variable_defaults_equal_the_codes_defaults():
     for env_name, setting in DEPLOYED_SETTINGS.items():
         variable = _variable_for(env_name)
         if variable is None or "default" not in config()["variable"][variable]:
-            continue  # GEMINI_BACKEND (vertex on purpose), GOOGLE_CLOUD_PROJECT, the table ids, OUTPUT_BUCKET
+            continue  # GEMINI_BACKEND (vertex on purpose), GOOGLE_CLOUD_PROJECT, the 4 table ids, OUTPUT_BUCKET
         checked += 1
         assert _same_value(default_of(variable), setting.default), (
             f"var.{variable} defaults to {default_of(variable)!r}; "
             f"{env_name} defaults to {setting.default!r} in the code"
         )
-    assert checked == len(DEPLOYED_SETTINGS) - 6  # and MEMORY_LIMIT_MIB, from memory and cpu
+    assert checked == len(DEPLOYED_SETTINGS) - 8  # and MEMORY_LIMIT_MIB, from memory and cpu
 
 
 def _deployed_env(overrides: dict[str, Any]) -> dict[str, str]:
@@ -401,6 +409,8 @@ def _deployed_env(overrides: dict[str, Any]) -> dict[str, str]:
         GOOGLE_CLOUD_PROJECT=overrides.get("project_id", "my-project"),
         BQ_OBJECTS_TABLE="p.conveyor.objects",
         BQ_IMAGES_TABLE="p.conveyor.images",
+        BQ_EMBEDDINGS_TABLE="p.conveyor.embeddings",
+        BQ_SEARCH_MATCHES_TABLE="p.conveyor.search_matches",
         MEMORY_LIMIT_MIB=str(worker_memory_mib(overrides)),
         OUTPUT_BUCKET="p-conveyor-outputs"
         if overrides.get("separate_outputs_bucket", default_of("separate_outputs_bucket"))
@@ -528,6 +538,29 @@ EXPECTED_GRANTS = {
         RUNTIME,
         "google_bigquery_table.images.table_id",
     ),
+    (
+        "google_bigquery_table_iam_member",
+        "${google_project_iam_custom_role.row_inserter.name}",
+        RUNTIME,
+        "google_bigquery_table.embeddings.table_id",
+    ),
+    (
+        "google_bigquery_table_iam_member",
+        "${google_project_iam_custom_role.row_inserter.name}",
+        RUNTIME,
+        "google_bigquery_table.search_matches.table_id",
+    ),
+    # Lost-bag search: VECTOR_SEARCH reads the embeddings table in a query job of the project.
+    (
+        "google_bigquery_table_iam_member",
+        "${google_project_iam_custom_role.row_reader.name}",
+        RUNTIME,
+        "google_bigquery_table.embeddings.table_id",
+    ),
+    ("google_project_iam_member", "${google_project_iam_custom_role.query_runner.name}", RUNTIME, "var.project_id"),
+    # var.search_uploaders: add queries under search/, read results under search-results/.
+    ("google_storage_bucket_iam_member", "roles/storage.objectCreator", "each.value", "local.images_bucket_name"),
+    ("google_storage_bucket_iam_member", "roles/storage.objectViewer", "each.value", "local.outputs_bucket_name"),
     ("google_project_iam_member", "${google_project_iam_custom_role.gemini_caller.name}", RUNTIME, "var.project_id"),
     (
         "google_project_iam_member",
@@ -607,12 +640,17 @@ def test_storage_grants_are_conditioned_on_prefixes_and_listing_only_under_crops
     raw = resource("google_storage_bucket_iam_member", "runtime_reads_uploads")
     assert block(raw, "condition")["expression"] == "${local.raw_read_condition}"
     raw_condition = local["raw_read_condition"]
-    assert "for prefix in [var.source_prefix, var.backgrounds_prefix]" in raw_condition
+    assert "for prefix in [var.source_prefix, var.backgrounds_prefix, var.search_prefix]" in raw_condition
     assert 'resource.name.startsWith(\\"${local.object_name_root}${prefix}\\")' in raw_condition
 
     outputs = resource("google_storage_bucket_iam_member", "runtime_writes_outputs")
     assert block(outputs, "condition")["expression"] == "${local.outputs_write_condition}"
-    assert local["output_prefixes"] == ["${var.crops_prefix}", "${var.overview_prefix}", "${var.markers_prefix}"]
+    assert local["output_prefixes"] == [
+        "${var.crops_prefix}",
+        "${var.overview_prefix}",
+        "${var.markers_prefix}",
+        "${var.search_results_prefix}",
+    ]
     condition = local["outputs_write_condition"]
     assert "for prefix in local.output_prefixes" in condition
     assert 'resource.name.startsWith(\\"${local.object_name_root}${prefix}\\")' in condition

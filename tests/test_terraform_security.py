@@ -45,6 +45,9 @@ RUNTIME = "${local.runtime_member}"
 PERMISSIONS_OF_METHOD = {
     "generateContent": {"aiplatform.endpoints.predict"},
     "insertAll": {"bigquery.tables.updateData", "bigquery.tables.get"},
+    # Lost-bag search (tests/test_search_bigquery.py records it): BigQuery "Query table data",
+    # required permissions: the job on the project, the rows on the table.
+    "query": {"bigquery.jobs.create", "bigquery.tables.getData"},
 }
 
 
@@ -118,25 +121,36 @@ def test_custom_roles_are_bound_to_the_runtime_account_on_the_project_and_the_tw
     assert vertex["member"] == RUNTIME and ref(vertex["project"]) == "var.project_id"
 
     bindings = config()["resource"]["google_bigquery_table_iam_member"]
-    assert set(bindings) == {"runtime_inserts_objects", "runtime_inserts_images"}
-    assert {ref(body["table_id"]) for body in bindings.values()} == {
-        "google_bigquery_table.objects.table_id",
-        "google_bigquery_table.images.table_id",
+    inserts = {name: body for name, body in bindings.items() if name.startswith("runtime_inserts_")}
+    assert set(inserts) == {
+        f"runtime_inserts_{table}" for table in ("objects", "images", "embeddings", "search_matches")
     }
-    for body in bindings.values():
+    assert {ref(body["table_id"]) for body in inserts.values()} == {
+        f"google_bigquery_table.{table}.table_id" for table in ("objects", "images", "embeddings", "search_matches")
+    }
+    for body in inserts.values():
         assert ref(body["role"]) == "google_project_iam_custom_role.row_inserter.name" and body["member"] == RUNTIME
-    # No dataset- or project-level BigQuery grant for the runtime account.
+    # Reading rows: the embeddings table only (lost-bag search), never the dataset.
+    assert set(bindings) - set(inserts) == {"runtime_reads_embeddings"}
+    reads = bindings["runtime_reads_embeddings"]
+    assert ref(reads["table_id"]) == "google_bigquery_table.embeddings.table_id" and reads["member"] == RUNTIME
+    assert ref(reads["role"]) == "google_project_iam_custom_role.row_reader.name"
+    # No dataset-level BigQuery grant; on the project only the job permission, which has no narrower resource.
     assert "google_bigquery_dataset_iam_member" not in config()["resource"]
     project_roles = {
         body["role"] for body in config()["resource"]["google_project_iam_member"].values() if body["member"] == RUNTIME
     }
-    assert project_roles == {"${google_project_iam_custom_role.gemini_caller.name}"}
+    assert project_roles == {
+        "${google_project_iam_custom_role.gemini_caller.name}",
+        "${google_project_iam_custom_role.query_runner.name}",
+    }
 
     # The predefined roles a reviewer flagged are gone from every .tf file, comments aside.
     text = repr(config())
     assert "roles/aiplatform.user" not in text and "roles/bigquery.dataEditor" not in text
     # A role change adds the new grant before removing the old: no event meets a missing permission.
-    for body in [vertex, *bindings.values()]:
+    queries = resource("google_project_iam_member", "runtime_runs_queries")
+    for body in [vertex, queries, *bindings.values()]:
         assert block(body, "lifecycle")["create_before_destroy"] is True
 
 
@@ -146,7 +160,7 @@ def test_custom_role_ids_are_valid_and_per_environment(environment, suffix):
     prefix = config()["locals"]["role_id_prefix"]
     assert prefix == 'conveyor_${replace(var.environment, "-", "_")}${var.custom_role_suffix}'
     ids = set()
-    for name in ("gemini_caller", "row_inserter"):
+    for name in ("gemini_caller", "row_inserter", "query_runner", "row_reader"):
         role = _custom_role(name)
         assert ref(role["project"]) == "var.project_id"
         role_id = (
@@ -159,7 +173,7 @@ def test_custom_role_ids_are_valid_and_per_environment(environment, suffix):
         assert re.fullmatch(r"[A-Za-z0-9_.]{3,64}", role_id), role_id
         assert environment.replace("-", "_") in role_id
         ids.add(role_id)
-    assert len(ids) == 2
+    assert len(ids) == 4
     assert re.fullmatch(
         config()["variable"]["custom_role_suffix"]["validation"][0]["condition"]
         .split('regex("', 1)[1]
@@ -227,7 +241,7 @@ def test_each_service_agent_may_use_its_key_and_nothing_more():
 
 # --- Retention -------------------------------------------------------------------------------------------
 
-RETENTION = ("raw_retention_days", "outputs_retention_days", "partition_expiration_days")
+RETENTION = ("raw_retention_days", "outputs_retention_days", "partition_expiration_days", "search_retention_days")
 
 
 def _readme_retention() -> dict[str, dict[str, int]]:
@@ -237,7 +251,7 @@ def _readme_retention() -> dict[str, dict[str, int]]:
     rows = {}
     for line in table.splitlines():
         cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0] in (*ENVS, "default"):
+        if len(cells) == len(RETENTION) + 1 and cells[0] in (*ENVS, "default"):
             rows[cells[0]] = {
                 name: int(re.match(r"\d+", cell)[0]) for name, cell in zip(RETENTION, cells[1:], strict=False)
             }

@@ -8,6 +8,21 @@ client can talk to it when ``GOOGLE_GEMINI_BASE_URL`` / ``GOOGLE_VERTEX_BASE_URL
 - Vertex AI: ``/{version}/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent``
   with ``Authorization: Bearer ...``.
 
+It also answers the embedding methods the SDK calls for Gemini embedding models: on the
+Developer API ``:batchEmbedContents`` (one ``requests[]`` entry per content, answered with
+``embeddings[].values``) and ``:embedContent``; on Vertex AI ``:embedContent`` only (every part
+of the one ``content`` goes into one vector, answered with ``embedding.values`` and
+``usageMetadata``). Vertex AI offers no ``batchEmbedContents`` for Gemini embedding models, so
+that path gets the 404 of an unknown URL here. The vectors are a stand-in's, not a model's
+(`stand_in_embedding`): an image part gives a coarse colour histogram projected to 3072
+dimensions, so crops of similar colour get close vectors; a text part gives a vector seeded by
+a hash of its text (no relation to images); the parts of one content are summed. Like Google's,
+the full 3072-dimension vector is unit length and a shorter one (``outputDimensionality``, the
+first N values) is not. An ``outputDimensionality`` outside 128-3072 or an image part that
+does not decode gets a 400 INVALID_ARGUMENT. Embedding requests have a script of their own
+(`enqueue_embedding`, then the `embedder` responder): `Embeddings` (the stand-in's vectors, or
+a given vector), `ErrorReply`, `RawReply`.
+
 A request without the right credential header gets 401 UNAUTHENTICATED, as from Google.
 Every request is recorded (`RecordedRequest`: auth values are not kept, only whether auth
 was there). Answers come from a script: queued behaviours first (`enqueue`), then the
@@ -48,6 +63,7 @@ import argparse
 import base64
 import dataclasses
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -61,6 +77,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from tests.fixtures import shared_fixture
@@ -93,11 +110,16 @@ _VERSION = re.compile(r"^gemini-(\d+)(?:\.(\d+))?(?:-|$)")
 # The locations Gemini 3.6 and later are served from on Vertex AI.
 MULTI_REGION_LOCATIONS = frozenset({"global", "eu", "us"})
 
-_GEMINI_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^/:]+):generateContent$")
+_GEMINI_PATH = re.compile(
+    r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^/:]+):(?P<method>generateContent|embedContent|batchEmbedContents)$"
+)
 _VERTEX_PATH = re.compile(
     r"^/(?P<version>v1[a-z0-9]*)/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
-    r"/publishers/google/models/(?P<model>[^/:]+):generateContent$"
+    r"/publishers/google/models/(?P<model>[^/:]+):(?P<method>generateContent|embedContent)$"
 )
+EMBED_METHODS = frozenset({"embedContent", "batchEmbedContents"})
+# gemini-embedding-2's output_dimensionality range and its default (full) length.
+MIN_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS = 128, 3072
 _AUTH_HEADERS = ("authorization", "x-goog-api-key")
 _FREE_FORM_FIELDS = frozenset({"responseJsonSchema"})
 
@@ -118,6 +140,7 @@ class RecordedRequest:
     image_mime_type: str | None
     project: str = ""
     location: str = ""
+    method: str = "generateContent"  # or "embedContent" / "batchEmbedContents"
 
     @property
     def auth_present(self) -> bool:
@@ -149,6 +172,51 @@ class RecordedRequest:
                 if "inlineData" in part:
                     return part
         return None
+
+    @property
+    def images(self) -> list[bytes]:
+        """Every image part of the user turns, decoded, in order (a re-rank: the query, then the candidates)."""
+        return [
+            _decode_base64(part["inlineData"].get("data", ""))
+            for content in self.body.get("contents", [])
+            for part in _parts(content)
+            if "inlineData" in part
+        ]
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.method in EMBED_METHODS
+
+    @property
+    def embed_requests(self) -> list[dict[str, Any]]:
+        """The embedding requests this HTTP request carries: ``requests[]`` of a batch, else the body."""
+        if self.method == "batchEmbedContents":
+            requests = self.body.get("requests")
+            return [r for r in requests if isinstance(r, dict)] if isinstance(requests, list) else []
+        return [self.body] if self.method == "embedContent" else []
+
+    @property
+    def embed_contents(self) -> list[dict[str, Any]]:
+        """One content per vector asked for."""
+        return [r.get("content") or {} for r in self.embed_requests]
+
+    @property
+    def output_dimensionalities(self) -> list[int | None]:
+        """Each request's outputDimensionality (Vertex: in embedContentConfig), None where unset."""
+        return [(r.get("embedContentConfig") or r).get("outputDimensionality") for r in self.embed_requests]
+
+    @property
+    def embedded_images(self) -> list[list[bytes]]:
+        """The decoded image parts of each content, in order."""
+        return [
+            [_decode_base64(part["inlineData"].get("data", "")) for part in _parts(content) if "inlineData" in part]
+            for content in self.embed_contents
+        ]
+
+    @property
+    def embedded_texts(self) -> list[list[str]]:
+        """The text parts of each content, in order."""
+        return [[part["text"] for part in _parts(content) if "text" in part] for content in self.embed_contents]
 
 
 @dataclass(frozen=True)
@@ -188,7 +256,17 @@ class RawReply:
     delay: float = 0.0
 
 
-Behaviour = Answer | ErrorReply | RawReply
+@dataclass(frozen=True)
+class Embeddings:
+    """A 200 answer to an embedding request: one vector per content asked for, in the wire format
+    of the method called. `vector` None: the stand-in's vectors (`stand_in_embedding`); else
+    exactly `vector` for every content (any length, any JSON values: to test the client)."""
+
+    vector: tuple[Any, ...] | None = None
+    delay: float = 0.0
+
+
+Behaviour = Answer | ErrorReply | RawReply | Embeddings
 Responder = Callable[[RecordedRequest], Behaviour]
 
 
@@ -286,6 +364,114 @@ def empty_list(request: RecordedRequest) -> Behaviour:
     return Answer("[]")
 
 
+def rerank_by_colour(request: RecordedRequest) -> Behaviour:
+    """A generateContent responder for re-rank requests (`segmentation.search.rerank`): the first
+    image is the query, each later one a candidate, and each candidate's ``same_bag`` is the
+    Bhattacharyya coefficient of its soft colour histogram with the query's (a stand-in's
+    judgement: 1 for the same colours, near 0 for unrelated ones)."""
+    histograms = [_histogram(data) for data in request.images]
+    if not histograms:
+        return Answer("[]")
+    query, candidates = histograms[0], histograms[1:]
+    scores = [
+        {
+            "candidate": number,
+            "same_bag": round(float(query @ other), 3) if query is not None and other is not None else 0,
+        }
+        for number, other in enumerate(candidates, start=1)
+    ]
+    return Answer(json.dumps(scores))
+
+
+def stand_in_embeddings(request: RecordedRequest) -> Behaviour:
+    """The default embedding responder: the stand-in's vectors for every content."""
+    return Embeddings()
+
+
+def embedding_model_not_found(model: str) -> ErrorReply:
+    """404 NOT_FOUND for an embedding model the endpoint does not serve."""
+    return ErrorReply(
+        404, "NOT_FOUND", f"models/{model} is not found for API version v1beta, or is not supported for embedContent."
+    )
+
+
+def refused_embedding(request: RecordedRequest) -> ErrorReply | None:
+    """The 400 INVALID_ARGUMENT for an embedding request Google refuses, else None: no content,
+    an outputDimensionality outside 128-3072, or an image part that does not decode."""
+    if not request.embed_requests or any(not _parts(content) for content in request.embed_contents):
+        return _invalid_argument("The content to embed is empty.", "content")
+    for dimensions in request.output_dimensionalities:
+        if dimensions is not None and not (
+            isinstance(dimensions, int) and MIN_EMBEDDING_DIMENSIONS <= dimensions <= MAX_EMBEDDING_DIMENSIONS
+        ):
+            return _invalid_argument(
+                f"output_dimensionality must be between {MIN_EMBEDDING_DIMENSIONS} and "
+                f"{MAX_EMBEDDING_DIMENSIONS}, got {dimensions}.",
+                "output_dimensionality",
+            )
+    for images in request.embedded_images:
+        for data in images:
+            if _histogram(data) is None:
+                return _invalid_argument("Unable to process input image. Please retry or report.", "content.parts")
+    return None
+
+
+# Colour histogram bins per channel of the stand-in's image vectors (6 x 6 x 6 = 216 bins), soft
+# (each value shared between its two nearest bin centres) so that close colours share bins.
+_BINS = 6
+_BIN_CENTRES = np.linspace(0.0, 255.0, _BINS)
+_projection_lock = threading.Lock()
+_projection: np.ndarray | None = None
+_blas_lock = threading.Lock()
+
+
+def _histogram_projection() -> np.ndarray:
+    """A fixed random projection of the 216 histogram bins onto 3072 dimensions (seeded: same on every run)."""
+    global _projection
+    with _projection_lock:
+        if _projection is None:
+            _projection = np.random.default_rng(20261205).standard_normal((_BINS**3, MAX_EMBEDDING_DIMENSIONS))
+        return _projection
+
+
+def _histogram(data: bytes) -> np.ndarray | None:
+    """The square root of the image's normalised soft 6x6x6 RGB histogram (216 values), None if it doesn't decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            small = image.convert("RGB").resize((32, 32))
+    except Exception:
+        return None
+    pixels = np.asarray(small, dtype=np.float64).reshape(-1, 3)
+    spacing = _BIN_CENTRES[1] - _BIN_CENTRES[0]
+    # Triangular weights: (pixels, channel, bin), each channel's weights summing to 1.
+    weights = np.clip(1.0 - np.abs(pixels[:, :, None] - _BIN_CENTRES[None, None, :]) / spacing, 0.0, 1.0)
+    counts = np.einsum("pi,pj,pk->ijk", weights[:, 0], weights[:, 1], weights[:, 2]).ravel()
+    return np.sqrt(counts / counts.sum())
+
+
+def stand_in_embedding(content: dict[str, Any], dimensions: int | None) -> list[float]:
+    """The stand-in's vector of one content: each image part's soft colour histogram through a fixed
+    random projection (so similar colours give close vectors: cosine ~ the histograms'
+    Bhattacharyya coefficient), each text part a vector seeded by a hash of its text, summed; the
+    full 3072 values scaled to unit length, then the first `dimensions` kept (not rescaled)."""
+    total = np.zeros(MAX_EMBEDDING_DIMENSIONS)
+    for part in _parts(content):
+        if "inlineData" in part:
+            histogram = _histogram(_decode_base64(part["inlineData"].get("data", "")))
+            if histogram is not None:
+                projection = _histogram_projection()
+                # One product at a time: OpenBLAS aborts the process ("Bad memory unallocation")
+                # when more threads than it has buffers call it at once, as a load test's do.
+                with _blas_lock:
+                    total += histogram @ projection
+        elif "text" in part:
+            seed = int.from_bytes(hashlib.sha256(str(part["text"]).encode("utf-8")).digest()[:8], "big")
+            total += np.random.default_rng(seed).standard_normal(MAX_EMBEDDING_DIMENSIONS)
+    norm = float(np.linalg.norm(total))
+    unit = total / norm if norm > 0 else total
+    return [float(value) for value in unit[: dimensions or MAX_EMBEDDING_DIMENSIONS]]
+
+
 def sample_text(n: int) -> str:
     """The exact ``response.text`` of recorded sample `n` (1-6) in ../shared/fixtures/gemini."""
     return shared_fixture("gemini", f"sample_{n}.txt").read_text(encoding="utf-8")
@@ -360,11 +546,20 @@ def usage_metadata(request: RecordedRequest, answer: Answer) -> dict[str, int]:
 class FakeGeminiServer:
     """The fake on 127.0.0.1 and a free port. Use as a context manager, or `start()`/`stop()`."""
 
-    def __init__(self, default: Responder = empty_list, *, latency: float = 0.0, port: int = 0):
+    def __init__(
+        self,
+        default: Responder = empty_list,
+        *,
+        latency: float = 0.0,
+        port: int = 0,
+        embedder: Responder = stand_in_embeddings,
+    ):
         self.default = default
+        self.embedder = embedder
         self.latency = latency
         self._port = port
         self._queue: deque[Behaviour] = deque()
+        self._embed_queue: deque[Behaviour] = deque()
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -414,12 +609,21 @@ class FakeGeminiServer:
         with self._lock:
             self._queue.extend(behaviours)
 
-    def reset(self, default: Responder = empty_list, *, latency: float = 0.0) -> None:
-        """Forget the script and the record, and answer with `default` from now on."""
+    def enqueue_embedding(self, *behaviours: Behaviour) -> None:
+        """Answer the next embedding requests with `behaviours`, in order, before falling back to `embedder`."""
+        with self._lock:
+            self._embed_queue.extend(behaviours)
+
+    def reset(
+        self, default: Responder = empty_list, *, latency: float = 0.0, embedder: Responder = stand_in_embeddings
+    ) -> None:
+        """Forget the scripts and the record, and answer with `default` (`embedder` for embeddings) from now on."""
         with self._lock:
             self._queue.clear()
+            self._embed_queue.clear()
             self._requests.clear()
             self.default = default
+            self.embedder = embedder
             self.latency = latency
 
     @property
@@ -436,11 +640,16 @@ class FakeGeminiServer:
                 return ErrorReply(404, "NOT_FOUND", f"The requested URL {request.path} was not found on this server.")
             if not request.auth_present:
                 return ErrorReply(401, "UNAUTHENTICATED", "Request is missing required authentication credential.")
-            refused = refused_argument(request)
+            if request.is_embedding:
+                refused = refused_embedding(request)
+                queue, responder = self._embed_queue, self.embedder
+            else:
+                refused = refused_argument(request)
+                queue, responder = self._queue, self.default
             if refused is not None:
                 return refused
-            queued = self._queue.popleft() if self._queue else None
-        return queued if queued is not None else self.default(request)
+            queued = queue.popleft() if queue else None
+        return queued if queued is not None else responder(request)
 
     def _wait(self, seconds: float) -> None:
         if seconds > 0:
@@ -465,6 +674,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake._wait(self.fake.latency + behaviour.delay)
         if isinstance(behaviour, Answer):
             self._send(200, _answer_body(request, behaviour))
+        elif isinstance(behaviour, Embeddings):
+            self._send(200, _embeddings_body(request, behaviour))
         elif isinstance(behaviour, RawReply):
             self._send_raw(behaviour.status, behaviour.body, behaviour.headers)
         else:
@@ -507,8 +718,13 @@ def _record(path: str, headers: Any, raw: bytes) -> RecordedRequest:
     except json.JSONDecodeError:
         body = {}
     image_bytes = image_mime = None
-    for content in body.get("contents", []) if isinstance(body, dict) else []:
-        for part in content.get("parts", []):
+    contents = body.get("contents", []) if isinstance(body, dict) else []
+    if isinstance(body, dict) and groups.get("method") in EMBED_METHODS:
+        batch = body.get("requests")
+        requests: list[Any] = batch if isinstance(batch, list) else [body]
+        contents = [r.get("content") for r in requests if isinstance(r, dict) and isinstance(r.get("content"), dict)]
+    for content in contents:
+        for part in _parts(content):
             if "inlineData" in part:
                 image_bytes = _decode_base64(part["inlineData"].get("data", ""))
                 image_mime = part["inlineData"].get("mimeType")
@@ -526,7 +742,13 @@ def _record(path: str, headers: Any, raw: bytes) -> RecordedRequest:
         image_mime_type=image_mime,
         project=groups.get("project", ""),
         location=groups.get("location", ""),
+        method=groups.get("method", "generateContent"),
     )
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return [part for part in parts if isinstance(part, dict)] if isinstance(parts, list) else []
 
 
 def _camel_keys(value: Any) -> Any:
@@ -562,6 +784,24 @@ def _answer_body(request: RecordedRequest, answer: Answer) -> dict[str, Any]:
         "modelVersion": answer.model_version or request.model,
         "responseId": uuid.uuid4().hex[:22],
     }
+
+
+def _embeddings_body(request: RecordedRequest, answer: Embeddings) -> dict[str, Any]:
+    """`embedding` (embedContent) or `embeddings[]` (batchEmbedContents), each ``{"values": [...]}``;
+    Vertex AI's embedContent adds ``usageMetadata`` (the stand-in's estimate: text at four
+    characters a token, 258 tokens an image)."""
+    vectors = [
+        list(answer.vector) if answer.vector is not None else stand_in_embedding(content, dimensions)
+        for content, dimensions in zip(request.embed_contents, request.output_dimensionalities, strict=True)
+    ]
+    if request.method == "batchEmbedContents":
+        return {"embeddings": [{"values": vector} for vector in vectors]}
+    body: dict[str, Any] = {"embedding": {"values": vectors[0]}}
+    if request.api == "vertex":
+        tokens = sum(estimate_text_tokens(text) for text in request.embedded_texts[0])
+        tokens += _TILE_TOKENS * len(request.embedded_images[0])
+        body["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+    return body
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Lost-bag search: crops described as vectors, queries (a photo or a description) matched against them."""
